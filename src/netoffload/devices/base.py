@@ -1,0 +1,174 @@
+"""The device protocol.
+
+A device answers ``query()`` with its task offload buffer, accepts ``enable()``
+of what it reported, and does work on batches: ``submit(batch)`` hands over
+packets whose ``ext.offload`` bits say which tasks the device must do for each
+packet; ``poll()`` returns ``Completion``s in submission order. A device keeps
+counters and reports a load signal (queue occupancy).
+
+Devices that are also a wire (loopback, TUN, sockets) add ``send``/``recv``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netoffload.batch import Batch
+from netoffload.caps import Enabled, TaskOffloadBuffer
+from netoffload.errors import DeviceError
+from netoffload.tasks import Task
+
+
+@dataclass(frozen=True)
+class DeviceLoad:
+    """A device's load signal."""
+
+    queued: int = 0  # packets submitted, not yet completed
+    capacity: int = 0  # queue capacity in packets (0: unbounded / synchronous)
+    up: bool = True
+
+    @property
+    def occupancy(self) -> float:
+        return self.queued / self.capacity if self.capacity else 0.0
+
+
+@dataclass
+class Completion:
+    """The outcome of one submit: the processed batch, or why it failed.
+
+    On failure ``batch`` is the batch as submitted (untouched), so the engine
+    can redo the work in software; none of its packets is lost or duplicated.
+    """
+
+    ticket: int
+    batch: Batch
+    ok: bool = True
+    error: str = ""
+    elapsed_ns: int = 0  # device-side service time, when known
+
+
+@dataclass
+class DeviceCounters:
+    submits: int = 0
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+    per_task: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "submits": self.submits,
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "errors": self.errors,
+            "per_task": dict(self.per_task),
+        }
+
+
+class Device(abc.ABC):
+    """Base of every device."""
+
+    name: str = "device"
+
+    def __init__(self) -> None:
+        self._buffer: TaskOffloadBuffer | None = None
+        self.stats = DeviceCounters()
+        self._ready: list[Completion] = []
+
+    # -- capabilities -------------------------------------------------------
+    @abc.abstractmethod
+    def probe(self) -> TaskOffloadBuffer:
+        """Ask the hardware what it can do (nothing enabled)."""
+
+    def query(self) -> TaskOffloadBuffer:
+        if self._buffer is None:
+            self._buffer = self.probe()
+        return self._buffer
+
+    def enable(self, *reqs: Enabled | Task) -> TaskOffloadBuffer:
+        """Enable tasks (only what was reported, within limits)."""
+        buf = self.query().enable(*reqs)
+        self._apply_enable(buf)
+        self._buffer = buf
+        return buf
+
+    def disable(self, tasks: Task) -> TaskOffloadBuffer:
+        buf = self.query().disable(tasks)
+        self._apply_enable(buf)
+        self._buffer = buf
+        return buf
+
+    def _apply_enable(self, buf: TaskOffloadBuffer) -> None:
+        """Hook: push the enabled set to the hardware."""
+
+    # -- work ---------------------------------------------------------------
+    @abc.abstractmethod
+    def submit(self, batch: Batch, order: Sequence[Task]) -> int:
+        """Hand over a batch; per packet, ``ext.offload`` names the tasks to do,
+        to be done in ``order`` (the engine's stage order).
+
+        Returns a ticket. Raises DeviceError if the device refuses the batch
+        (then nothing was taken).
+        """
+
+    @abc.abstractmethod
+    def poll(self, wait: bool = True) -> list[Completion]:
+        """Completed submits, in submission order (wait for at least one if asked)."""
+
+    def complete(self, ticket: int) -> Completion:
+        """Wait for one ticket (completions of earlier tickets are kept)."""
+        while True:
+            for c in self._ready:
+                if c.ticket == ticket:
+                    self._ready.remove(c)
+                    return c
+            got = self.poll(wait=True)
+            if not got and not self.outstanding():
+                raise DeviceError(f"{self.name}: ticket {ticket} is unknown")
+            self._ready.extend(got)
+
+    def outstanding(self) -> int:
+        """Submits not yet completed."""
+        return 0
+
+    def load(self) -> DeviceLoad:
+        return DeviceLoad()
+
+    def counters(self) -> Mapping[str, object]:
+        return self.stats.as_dict()
+
+    def close(self) -> None:
+        """Release resources; idempotent."""
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # helpers for subclasses
+    def _account(self, batch: Batch) -> None:
+        self.stats.submits += 1
+        self.stats.packets += len(batch)
+        self.stats.bytes += batch.nbytes
+        asked = int(np.bitwise_or.reduce(batch.ext.offload)) if len(batch) else 0
+        for t in Task(asked).members():
+            self.stats.per_task[t.kebab] = self.stats.per_task.get(t.kebab, 0) + int(
+                ((batch.ext.offload & t) != 0).sum()
+            )
+
+
+class WireDevice(Device):
+    """A device that is also a wire: packets can be sent and received."""
+
+    @abc.abstractmethod
+    def send(self, batch: Batch) -> int:
+        """Transmit the batch; returns the number of packets accepted."""
+
+    @abc.abstractmethod
+    def recv(self, max_packets: int = 1024) -> Batch:
+        """Received packets (possibly none), with their receive-side extensions."""

@@ -1,0 +1,322 @@
+"""The engine: runs the task stages of one direction over batches.
+
+For every batch and task, the policy splits the packets that want the task
+between the devices and software, per packet. Packets bound for a device leave
+the batch for a *trip*; before the trip is submitted the engine looks ahead
+and adds the following tasks the policy also gives to that device, so that
+consecutive tasks for one device go over in one crossing. While a device works,
+the engine carries on with the software part. A failed trip is redone in
+software. Every packet leaves exactly once and in order (by ``ext.origin``),
+and every task keeps counters (offloaded, software, dropped, errors, bytes, time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netoffload.batch import Batch, Mask, Reason, merge_by_origin
+from netoffload.devices.base import Device
+from netoffload.errors import ConfigError, DeviceError
+from netoffload.policy.base import DeviceView, Feedback, Policy
+from netoffload.policy.load import SOFTWARE, LoadMonitor
+from netoffload.soft import SoftLibrary
+from netoffload.tasks import Direction, Task, stage_order
+
+
+@dataclass
+class TaskCounters:
+    offloaded: int = 0  # packets a device did this task for
+    software: int = 0  # packets the software fallback did it for
+    dropped: int = 0  # packets this task dropped or failed
+    errors: int = 0  # device failures redone in software (in packets)
+    bytes: int = 0  # bytes of packets the task was done for
+    soft_ns: int = 0
+    device_ns: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "offloaded": self.offloaded,
+            "software": self.software,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "bytes": self.bytes,
+            "soft_ns": self.soft_ns,
+            "device_ns": self.device_ns,
+            "reasons": dict(self.reasons),
+        }
+
+
+@dataclass
+class Output:
+    """What one ``Engine.process`` gives back: every packet, with its verdicts."""
+
+    batch: Batch
+
+    @property
+    def alive(self) -> Mask:
+        return self.batch.ext.alive()
+
+    def delivered(self) -> Batch:
+        a = self.alive
+        return self.batch if a.all() else self.batch.take(a)
+
+    def dropped(self) -> Batch:
+        return self.batch.take(~self.alive)
+
+
+@dataclass
+class _Trip:
+    device: int
+    ticket: int
+    batch: Batch
+    tasks: Task
+    rest: tuple[Task, ...]  # stages still to run after the trip
+    t0: float
+
+
+class Engine:
+    """Runs the stages of one direction."""
+
+    def __init__(
+        self,
+        direction: Direction,
+        tasks: Task | Sequence[Task],
+        soft: SoftLibrary,
+        policy: Policy,
+        devices: Sequence[Device] = (),
+        monitor: LoadMonitor | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        order: Sequence[Task] | None = None,
+    ) -> None:
+        if direction not in (Direction.TX, Direction.RX):
+            raise ConfigError("an engine runs one direction, TX or RX")
+        self.direction = direction
+        self.stages: tuple[Task, ...] = (
+            tuple(order) if order is not None else stage_order(direction, tasks)
+        )
+        for t in self.stages:
+            if t not in soft:
+                raise ConfigError(f"engine: no software fallback for {t.kebab!r}")
+        self.soft = soft
+        self.policy = policy
+        self.devices = list(devices)
+        self.monitor = monitor or LoadMonitor()
+        self.clock = clock
+        self.counters: dict[Task, TaskCounters] = {t: TaskCounters() for t in self.stages}
+        self.batches = 0
+        self.packets_in = 0
+        self.packets_out = 0
+        self._next_origin = 0
+
+    # ------------------------------------------------------------------ views
+    def device_views(self) -> list[DeviceView]:
+        views = []
+        for i, d in enumerate(self.devices):
+            views.append(DeviceView(i, d.name, d.query(), d.load().up))
+        return views
+
+    def report(self) -> dict[str, object]:
+        return {
+            "direction": "tx" if self.direction is Direction.TX else "rx",
+            "policy": self.policy.describe(),
+            "batches": self.batches,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "tasks": {t.kebab: c.as_dict() for t, c in self.counters.items()},
+        }
+
+    # ------------------------------------------------------------------ run
+    def process(self, batch: Batch) -> Output:
+        """Run every stage over ``batch`` (whose extensions say what each packet wants)."""
+        n = len(batch)
+        self.batches += 1
+        self.packets_in += n
+        batch.ext.origin[:] = np.arange(self._next_origin, self._next_origin + n)
+        self._next_origin += n
+        if n == 0:
+            return Output(batch)
+        views = self.device_views()
+        self.monitor.set_devices(
+            tuple(d.load().occupancy for d in self.devices), tuple(v.up for v in views)
+        )
+        out = self._run(batch, self.stages, views)
+        out.ext.offload[:] = 0
+        self.packets_out += len(out)
+        return Output(out)
+
+    def _want(self, b: Batch, t: Task) -> Mask:
+        e = b.ext
+        return np.asarray(((e.tasks & t) != 0) & ((e.done & t) == 0) & e.alive(), np.bool_)
+
+    def _run(self, b: Batch, stages: Sequence[Task], views: list[DeviceView]) -> Batch:
+        trips: list[_Trip] = []
+        rest = b
+        for si, t in enumerate(stages):
+            if len(rest) == 0:
+                break
+            want = self._want(rest, t)
+            if not want.any():
+                continue
+            paths = np.full(len(rest), SOFTWARE, dtype=np.int8)
+            if views:
+                snap = self.monitor.snapshot(self.clock())
+                paths = np.asarray(self.policy.split(t, rest, want, views, snap), np.int8)
+                paths[~want] = SOFTWARE
+                # a device may only get what it can do
+                for v in views:
+                    sel = paths == v.index
+                    if sel.any():
+                        paths[sel & ~v.capable(t, rest)] = SOFTWARE
+            for k in np.unique(paths[paths >= 0]):
+                sel = paths == k
+                if sel.all():
+                    trip, rest = rest, Batch.empty()
+                else:
+                    trip, rest = rest.take(sel), rest.take(~sel)
+                    want = want[~sel]
+                trips.append(self._open_trip(int(k), trip, stages, si, views))
+            if len(rest) and want.any():
+                rest = self._soft(t, rest, want)
+        parts = [rest]
+        for tr in trips:
+            parts.append(self._finish_trip(tr, views))
+        return merge_by_origin(parts)
+
+    def _soft(self, t: Task, b: Batch, sel: Mask) -> Batch:
+        c = self.counters[t]
+        nsel = int(sel.sum())
+        nbytes = int(b.length[sel].sum())
+        before = _dead_reasons(b)
+        t0 = time.perf_counter_ns()
+        out = self.soft[t].process(b, sel)
+        dt = time.perf_counter_ns() - t0
+        self._mark_done(out, t, by_device=False)
+        c.software += nsel
+        c.bytes += nbytes
+        c.soft_ns += dt
+        self._count_drops(t, out, before)
+        self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
+        self.policy.observe(Feedback(t, SOFTWARE, nsel, nbytes, dt / 1e9, self.clock()))
+        return out
+
+    def _mark_done(self, b: Batch, t: Task, by_device: bool) -> None:
+        # packets that wanted t and are still alive (or failed in it) have now had it done
+        asked = (b.ext.tasks & t) != 0
+        b.ext.done[asked] |= np.uint16(t)
+        if by_device:
+            b.ext.by_device[asked] |= np.uint16(t)
+
+    def _count_drops(self, t: Task, b: Batch, before: dict[int, int]) -> None:
+        """Charge to task ``t`` the packets that died since ``before`` was taken."""
+        after = _dead_reasons(b)
+        c = self.counters[t]
+        for r, k in after.items():
+            inc = k - before.get(r, 0)
+            if inc > 0:
+                c.dropped += inc
+                name = _reason_name(r)
+                c.reasons[name] = c.reasons.get(name, 0) + inc
+
+    def _open_trip(
+        self, k: int, trip: Batch, stages: Sequence[Task], si: int, views: list[DeviceView]
+    ) -> _Trip:
+        t = stages[si]
+        trip.ext.offload[:] = 0
+        want = self._want(trip, t)
+        trip.ext.offload[want] = np.uint16(t)
+        tasks = t
+        sj = si + 1
+        while sj < len(stages):
+            t2 = stages[sj]
+            w2 = self._want(trip, t2)
+            if w2.any():
+                snap = self.monitor.snapshot(self.clock())
+                p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
+                if not (p2[w2] == k).all() or not views[k].capable(t2, trip)[w2].all():
+                    break
+                trip.ext.offload[w2] |= np.uint16(t2)
+                tasks |= t2
+            sj += 1
+        dev = self.devices[k]
+        t0 = self.clock()
+        try:
+            ticket = dev.submit(trip, self.stages)
+        except DeviceError as e:
+            ticket = -1
+            self._device_failed(k, trip, tasks, str(e))
+        return _Trip(k, ticket, trip, tasks, tuple(stages[sj:]), t0)
+
+    def _device_failed(self, k: int, trip: Batch, tasks: Task, why: str) -> None:
+        for t in tasks.members():
+            n = int(((trip.ext.offload & t) != 0).sum())
+            self.counters[t].errors += n
+            self.policy.observe(
+                Feedback(t, k, n, 0, 0.0, self.clock(), error=why or "device error")
+            )
+
+    def _finish_trip(self, trip: _Trip, views: list[DeviceView]) -> Batch:
+        dev = self.devices[trip.device]
+        ok = False
+        out = trip.batch
+        if trip.ticket >= 0:
+            try:
+                comp = dev.complete(trip.ticket)
+                ok, out = comp.ok, comp.batch
+                if not ok:
+                    self._device_failed(trip.device, trip.batch, trip.tasks, comp.error)
+            except DeviceError as e:
+                self._device_failed(trip.device, trip.batch, trip.tasks, str(e))
+        if ok:
+            elapsed = self.clock() - trip.t0
+            members = list(trip.tasks.members())
+            self.monitor.record_latency(trip.device, elapsed)
+            for t in members:
+                asked = (trip.batch.ext.offload & t) != 0
+                n = int(asked.sum())
+                nbytes = int(trip.batch.length[asked].sum())
+                c = self.counters[t]
+                c.offloaded += n
+                c.bytes += nbytes
+                c.device_ns += int(elapsed * 1e9 / len(members))
+                share = elapsed / len(members)
+                self.monitor.record(t, trip.device, n, nbytes, share)
+                self.policy.observe(Feedback(t, trip.device, n, nbytes, share, self.clock()))
+            # a trip's drops are charged to its first task (the device does not say which)
+            self._count_drops(members[0], out, _dead_reasons(trip.batch))
+            out.ext.offload[:] = 0
+        else:
+            # redo in software, in stage order, what the device was asked to do
+            out = trip.batch
+            for t in self.stages:
+                if not trip.tasks & t:
+                    continue
+                sel = ((out.ext.offload & t) != 0) & out.ext.alive()
+                if sel.any():
+                    out = self._soft(t, out, sel)
+            out.ext.offload[:] = 0
+        if trip.rest and len(out):
+            out = self._run(out, trip.rest, views)
+        return out
+
+
+def _reason_name(v: int) -> str:
+    try:
+        return Reason(v).name.lower()
+    except ValueError:
+        return f"reason-{v}"
+
+
+def _dead_reasons(b: Batch) -> dict[int, int]:
+    """Histogram of the reasons of the packets that failed or were dropped."""
+    dead = ~b.ext.alive()
+    if not dead.any():
+        return {}
+    e = b.ext
+    reasons = np.where(e.error != 0, e.error, e.filter_reason)[dead]
+    vals, counts = np.unique(reasons, return_counts=True)
+    return dict(zip(vals.tolist(), counts.tolist(), strict=True))

@@ -1,0 +1,118 @@
+"""Software fallbacks of the ten tasks: batch-vectorised, sans-IO.
+
+Every task implements ``SoftTask.process(batch, sel)``: do the task for the
+packets where ``sel`` is true, pass the others through untouched, and return
+the batch (the same object when the task works in place; a new one, in the
+same packet order, when it changes packet counts — each output packet keeps
+the ``ext.origin`` of the input it came from). Malformed packets get
+``ext.error`` set to a ``Reason``; nothing raises out of ``process``.
+
+Task modules register a factory with ``register``; ``make_task`` builds one
+from options (keys, rule tables, ...) given as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from netoffload.batch import Batch, Mask
+from netoffload.errors import ConfigError
+from netoffload.tasks import Task
+
+
+class SoftTask(abc.ABC):
+    """The software implementation of one task."""
+
+    task: Task
+
+    @abc.abstractmethod
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        """Do the task for ``sel`` packets; see the module docstring."""
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab}
+
+
+Factory = Callable[..., SoftTask]
+_FACTORIES: dict[Task, Factory] = {}
+
+#: modules that register soft tasks on import (a missing module is skipped)
+_MODULES = (
+    "netoffload.soft.checksum",
+    "netoffload.soft.segment",
+    "netoffload.soft.assemble",
+    "netoffload.soft.crypto",
+    "netoffload.soft.digest",
+    "netoffload.soft.classify",
+    "netoffload.soft.dos",
+)
+_loaded = False
+
+
+def register(task: Task, factory: Factory) -> None:
+    _FACTORIES[task] = factory
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for m in _MODULES:
+        try:
+            importlib.import_module(m)
+        except ModuleNotFoundError as e:
+            if e.name != m:
+                raise
+
+
+def available() -> Task:
+    _load()
+    out = Task(0)
+    for t in _FACTORIES:
+        out |= t
+    return out
+
+
+def make_task(task: Task, **options: Any) -> SoftTask:
+    _load()
+    f = _FACTORIES.get(task)
+    if f is None:
+        raise ConfigError(f"task {task.kebab!r} has no software implementation yet")
+    return f(**options)
+
+
+class SoftLibrary:
+    """The software tasks an engine or device falls back to, built once."""
+
+    def __init__(self, tasks: Mapping[Task, SoftTask] | None = None) -> None:
+        self._tasks: dict[Task, SoftTask] = dict(tasks or {})
+
+    @classmethod
+    def build(
+        cls, tasks: Iterable[Task], options: Mapping[Task, Mapping[str, Any]] | None = None
+    ) -> SoftLibrary:
+        opts = options or {}
+        return cls({t: make_task(t, **dict(opts.get(t, {}))) for t in tasks})
+
+    def __contains__(self, task: Task) -> bool:
+        return task in self._tasks
+
+    def __getitem__(self, task: Task) -> SoftTask:
+        st = self._tasks.get(task)
+        if st is None:
+            raise ConfigError(f"no software implementation configured for {task.kebab!r}")
+        return st
+
+    def add(self, st: SoftTask) -> None:
+        self._tasks[st.task] = st
+
+    @property
+    def tasks(self) -> Task:
+        out = Task(0)
+        for t in self._tasks:
+            out |= t
+        return out
