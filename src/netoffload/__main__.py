@@ -1,0 +1,3 @@
+from netoffload.cli import main
+
+raise SystemExit(main())
