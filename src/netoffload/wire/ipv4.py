@@ -13,18 +13,18 @@ DF = 0x4000
 MF = 0x2000
 
 
-def ones_complement_sum(data: bytes | memoryview, start: int = 0) -> int:
+def ones_complement_sum(data: bytes | bytearray | memoryview, start: int = 0) -> int:
     """16-bit one's complement sum (RFC 1071), folded, not inverted. Slow path."""
     b = bytes(data)
     if len(b) % 2:
         b += b"\x00"
-    s = start + sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s: int = start + sum(struct.unpack(f"!{len(b) // 2}H", b))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
 
 
-def internet_checksum(data: bytes | memoryview, start: int = 0) -> int:
+def internet_checksum(data: bytes | bytearray | memoryview, start: int = 0) -> int:
     return (~ones_complement_sum(data, start)) & 0xFFFF
 
 
