@@ -1,0 +1,573 @@
+"""The checksum task in software, vectorised over the batch.
+
+Two modes, picked with ``make_task(Task.CHECKSUM, mode=...)``:
+
+``fill`` (transmit)
+    Fills in the IPv4 header checksum and the TCP/UDP checksum (over IPv4 or
+    IPv6, pseudo-header included). A packet whose extension has
+    ``VnetFlag.NEEDS_CSUM`` is *partial* (virtio semantics, as Linux leaves
+    it): the checksum field already holds the folded pseudo-header sum, and the
+    task sums from ``csum_start`` to the end of the packet, folds, inverts and
+    stores the result at ``csum_start + csum_offset``, then clears
+    ``NEEDS_CSUM``. A UDP checksum that computes to 0 is sent as 0xFFFF.
+
+``verify`` (receive)
+    Sets ``ext.csum_verdict`` per packet: GOOD, BAD, NONE (IPv4 UDP with
+    checksum 0, or no TCP/UDP checksum to check: other protocols, fragments,
+    non-IP frames) or PARTIAL (``NEEDS_CSUM``: the sender left it to be done, as
+    Linux's CHECKSUM_PARTIAL). ``DATA_VALID`` packets are GOOD without
+    recomputation (a device already checked them). A bad checksum sets
+    ``ext.error = Reason.BAD_CHECKSUM`` (the kernel drops such packets); an IPv6
+    UDP checksum of 0 is bad. Malformed headers get their ``Reason`` and BAD.
+
+``to_partial`` turns packets into the partial form (used by the TUN device and
+segmentation), ``mode_for(direction)`` says which mode a direction's engine uses.
+
+How it is fast: one's complement sums do not care about byte order or word
+size (RFC 1071), so every packet's byte range is summed as native 64-bit words
+with one ``np.add.reduceat`` over the whole buffer; the carries lost to 64-bit
+wrap-around are recovered exactly from the sum of the words' top 16 bits, the
+partial words at either end are masked, and the result is reduced modulo
+0xFFFF (2^16 ≡ 1) and byte-swapped (a multiplication by 256) into network order.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from netoffload.batch import Batch, CsumVerdict, Ext, Mask, Reason, VnetFlag, XFlag
+from netoffload.errors import ConfigError
+from netoffload.soft import SoftTask, register
+from netoffload.tasks import Direction, Task
+from netoffload.wire.parse import parse_batch
+
+I64 = NDArray[np.int64]
+U64 = NDArray[np.uint64]
+
+FILL = "fill"
+VERIFY = "verify"
+MODES = (FILL, VERIFY)
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+TCP_CSUM_OFF = 16
+UDP_CSUM_OFF = 6
+
+_LITTLE = sys.byteorder == "little"
+_M16 = np.uint64(0xFFFF)
+_M32 = np.uint64(0xFFFFFFFF)
+_S16 = np.uint64(16)
+_S32 = np.uint64(32)
+_S48 = np.uint64(48)
+#: keep bytes >= k of a native 64-bit word (k = 0..7), and bytes < k
+_KEEP_HI = np.array(
+    [(0xFFFFFFFFFFFFFFFF << (8 * k)) & 0xFFFFFFFFFFFFFFFF for k in range(8)], dtype=np.uint64
+)
+_KEEP_LO = np.array([(1 << (8 * k)) - 1 for k in range(8)], dtype=np.uint64)
+if not _LITTLE:  # byte k of a word is at the other end on a big-endian host
+    _KEEP_HI, _KEEP_LO = (
+        np.array(
+            [(1 << (64 - 8 * k)) - 1 if k else 0xFFFFFFFFFFFFFFFF for k in range(8)],
+            dtype=np.uint64,
+        ),
+        np.array(
+            [((1 << (8 * k)) - 1) << (64 - 8 * k) if k else 0 for k in range(8)],
+            dtype=np.uint64,
+        ),
+    )
+#: segments of at least this many 64-bit words cannot use the top-16-bit carry recovery
+_MAX_WORDS = 1 << 16
+#: ranges spanning at most this many words are summed by a gather (headers)
+_SMALL_WORDS = 12
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+# --------------------------------------------------------------------------- sums
+def _words(buf: NDArray[np.uint8]) -> tuple[NDArray[np.uint8], U64]:
+    """``buf`` as native 64-bit words (copied into an aligned, padded buffer if need be)."""
+    if buf.flags.c_contiguous and buf.ctypes.data % 8 == 0 and len(buf) % 8 == 0 and len(buf):
+        return buf, buf.view(np.uint64)
+    padded = np.zeros((len(buf) + 8) // 8 * 8, dtype=np.uint8)
+    padded[: len(buf)] = buf
+    return padded, padded.view(np.uint64)
+
+
+_local = threading.local()
+
+
+def _scratch(n: int) -> U64:
+    """A reusable per-thread uint64 work array of ``n`` elements (no page faults per batch)."""
+    buf: U64 | None = getattr(_local, "scratch", None)
+    if buf is None or len(buf) < n:
+        buf = np.empty(max(n, 1 << 16), dtype=np.uint64)
+        _local.scratch = buf
+    return buf[:n]
+
+
+def _fold32(x: U64) -> U64:
+    return (x & _M32) + (x >> _S32)
+
+
+def range_sums(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
+    """One's complement sums of the byte ranges ``buf[a[i]:b[i]]``, in network order.
+
+    The result is the 16-bit sum reduced modulo 0xFFFF (0 stands for a folded sum
+    of 0xFFFF, or of nothing). Requires ``0 <= a <= b <= len(buf)``; ranges may
+    have any alignment and length and need not be in order.
+    """
+    n = len(a)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    _, w = _words(buf)
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    ha = a >> 3
+    tb = b >> 3
+    span = tb - ha  # >= 0: index of the last (partial) word, from the first
+    k = int(span.max()) + 1
+    small = k <= _SMALL_WORDS
+    total = _small_sums(w, a, b, ha, span, k) if small else _large_sums(w, a, b, ha, tb)
+    r = total % _M16
+    # native words have the byte at an even address low (little-endian): the
+    # network-order sum of a range starting at an even address is byte-swapped
+    swap = (a & 1) == 0 if _LITTLE else (a & 1) == 1
+    return np.where(swap, (r << np.uint64(8)) % _M16, r)
+
+
+def _small_sums(w: U64, a: I64, b: I64, ha: I64, span: I64, k: int) -> U64:
+    """Short ranges (headers): gather at most ``k`` words each, mask, fold, add."""
+    cols = np.arange(k, dtype=np.int64)
+    g = w.take(ha[:, None] + cols[None, :], mode="clip")
+    m = np.where(cols[None, :] <= span[:, None], _ALL, np.uint64(0))
+    m[:, 0] &= _KEEP_HI[a & 7]
+    m[np.arange(len(a)), span] &= _KEEP_LO[b & 7]
+    g &= m
+    out: U64 = _fold32(g).sum(axis=1, dtype=np.uint64)
+    return out
+
+
+def _large_sums(w: U64, a: I64, b: I64, ha: I64, tb: I64) -> U64:
+    """Long ranges (payloads): one reduceat over the buffer's 64-bit words.
+
+    The carries lost to 64-bit wrap-around are recovered from a second
+    reduceat over the words' top 16 bits: a range of N < 2^16 words sums to S
+    in [T*2^48, (T+N)*2^48) for T the sum of the tops, and S = wrapped + k*2^64
+    for exactly one k in that interval.
+    """
+    n = len(a)
+    nw = len(w)
+    last = nw - 1
+    hmask = _KEEP_HI[a & 7]
+    tmask = _KEEP_LO[b & 7]
+    same = ha == tb
+    hmask = np.where(same, hmask & tmask, hmask)
+    tmask = np.where(same, np.uint64(0), tmask)
+    total = _fold32(w.take(ha, mode="clip") & hmask) + _fold32(w.take(tb, mode="clip") & tmask)
+    s = ha + 1  # whole words in [s, tb)
+    has_mid = tb > s
+    if not has_mid.any():
+        return total
+    s_i = np.minimum(s, last)
+    e_i = np.minimum(tb, last)
+    lo = int(s_i.min())
+    hi = int(e_i.max()) + 1
+    idx = np.empty(2 * n, dtype=np.int64)
+    idx[0::2] = s_i - lo
+    idx[1::2] = e_i - lo
+    seg = has_mid & (s_i < e_i)
+    part = w[lo:hi]
+    wrapped = np.add.reduceat(part, idx)[0::2]
+    top = np.add.reduceat(np.right_shift(part, _S48, out=_scratch(len(part))), idx)[0::2]
+    wrapped = np.where(seg, wrapped, np.uint64(0))
+    top = np.where(seg, top, np.uint64(0))
+    low = (top & _M16) << _S48
+    carries = (top >> _S16) + (wrapped < low).astype(np.uint64)
+    total += _fold32(wrapped) + carries
+    # a range running to the buffer's very end misses its last word above
+    end_word = has_mid & (tb == nw)
+    if end_word.any():
+        total += np.where(end_word, _fold32(w[last:]), np.uint64(0))
+    big = has_mid & (tb - s >= _MAX_WORDS)
+    for i in np.flatnonzero(big).tolist():  # > 512 KiB in one range: exact, slowly
+        mid = w[int(s[i]) : int(tb[i])]
+        edges = (
+            _fold32(w.take(ha[i : i + 1]) & hmask[i : i + 1])[0]
+            + _fold32(w.take(np.minimum(tb[i : i + 1], last)) & tmask[i : i + 1])[0]
+        )
+        total[i] = (
+            edges
+            + np.uint64(int((mid & _M32).sum(dtype=np.uint64)))
+            + np.uint64(int((mid >> _S32).sum(dtype=np.uint64)))
+        )
+    return total
+
+
+def _u8(buf: NDArray[np.uint8], pos: I64) -> I64:
+    if len(buf) == 0:
+        return np.zeros(len(pos), dtype=np.int64)
+    return buf.take(pos, mode="clip").astype(np.int64)
+
+
+def _u16(buf: NDArray[np.uint8], pos: I64) -> I64:
+    return (_u8(buf, pos) << 8) | _u8(buf, pos + 1)
+
+
+def _put16(buf: NDArray[np.uint8], pos: I64, val: NDArray[Any]) -> None:
+    v = np.asarray(val, dtype=np.int64)
+    buf[pos] = (v >> 8).astype(np.uint8)
+    buf[pos + 1] = (v & 0xFF).astype(np.uint8)
+
+
+def _csum(r: U64) -> U64:
+    """Checksum field value from a sum modulo 0xFFFF (~fold, 0 for a sum of 0xFFFF)."""
+    return (_M16 - r) % _M16
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass
+class Layout:
+    """Header layout of selected packets (absolute offsets into the batch buffer)."""
+
+    idx: I64  # packet indices
+    reason: NDArray[np.uint16]  # 0: parsed
+    base: I64  # packet start in the buffer
+    l3: I64  # absolute L3 offset
+    v: I64  # 4, 6 or 0
+    ihl: I64  # IPv4 header length
+    l4: I64  # absolute L4 offset
+    proto: I64  # L4 protocol
+    l4_end: I64  # absolute end of the TCP/UDP segment (UDP: by its length field)
+    l4_ok: Mask  # a TCP or UDP segment whose checksum can be done
+    field: I64  # absolute offset of the TCP/UDP checksum field
+    udp: Mask
+
+    def pseudo(self, buf: NDArray[np.uint8]) -> U64:
+        """Pseudo-header sums (mod 0xFFFF) of the l4_ok packets (0 elsewhere)."""
+        return _pseudo(buf, self.l3, self.v, self.proto, self.l4_end - self.l4, self.l4_ok)
+
+
+def _parse_into(batch: Batch, need: I64) -> NDArray[np.uint16]:
+    """parse_batch for packets ``need``; the layout lands in their extension."""
+    if len(need) == len(batch):
+        return parse_batch(batch)
+    e = batch.ext
+    sub = Batch(
+        batch.buf,
+        batch.start[need],
+        batch.length[need],
+        batch.slot_lo[need],
+        batch.slot_hi[need],
+        Ext(len(need), xflags=e.xflags[need], l3_off=e.l3_off[need], hdr_len=e.hdr_len[need]),
+    )
+    reason = parse_batch(sub)
+    se = sub.ext
+    for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
+        getattr(e, f)[need] = getattr(se, f)
+    return reason
+
+
+def layout(batch: Batch, idx: I64) -> Layout:
+    """Layout of packets ``idx``: from the extension when PARSED, else by parse_batch.
+
+    Values taken from the extension are checked against the packet, so a wrong
+    extension gives a reason, never an out-of-bounds access.
+    """
+    e = batch.ext
+    buf = batch.buf
+    n = len(idx)
+    reason = np.zeros(n, dtype=np.uint16)
+    parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
+    if not parsed.all():
+        need = idx[~parsed]
+        reason[~parsed] = _parse_into(batch, need)
+    base = batch.start[idx]
+    plen = batch.length[idx]
+    l3o = e.l3_off[idx].astype(np.int64)
+    l4o = e.l4_off[idx].astype(np.int64)
+    v = e.l3_proto[idx].astype(np.int64)
+    proto = e.l4_proto[idx].astype(np.int64)
+    ok = reason == 0
+    v4 = ok & (v == 4)
+    v6 = ok & (v == 6)
+    # re-check what a (possibly stale) extension claims
+    reason[ok & ~(v4 | v6)] = Reason.NOT_IP
+    bad = (v4 | v6) & ((l3o < 0) | (l3o + np.where(v4, 20, 40) > plen))
+    reason[bad] = Reason.TRUNCATED
+    v4 &= ~bad
+    v6 &= ~bad
+    l3 = base + l3o
+    first = _u8(buf, l3)
+    ihl = (first & 15) * 4
+    bad_ver = (v4 & (first >> 4 != 4)) | (v6 & (first >> 4 != 6))
+    reason[bad_ver] = Reason.BAD_IP_VERSION
+    v4 &= ~bad_ver
+    v6 &= ~bad_ver
+    bad_ihl = v4 & ((ihl < 20) | (l3o + ihl > plen))
+    reason[bad_ihl] = Reason.BAD_IHL
+    v4 &= ~bad_ihl
+    ip_len = np.where(v4, _u16(buf, l3 + 2), _u16(buf, l3 + 4) + 40)
+    ip_end = l3o + ip_len
+    bad_len = (v4 | v6) & ((ip_end > plen) | (v4 & (ip_len < ihl)))
+    reason[bad_len] = Reason.BAD_IP_LENGTH
+    v4 &= ~bad_len
+    v6 &= ~bad_len
+    ip = v4 | v6
+    tcp = ip & (proto == IPPROTO_TCP) & (l4o >= 0)
+    udp = ip & (proto == IPPROTO_UDP) & (l4o >= 0)
+    seg_len = ip_end - l4o
+    short = (tcp & (seg_len < 20)) | (udp & (seg_len < 8)) | ((tcp | udp) & (l4o < l3o))
+    reason[short] = Reason.TRUNCATED
+    tcp &= ~short
+    udp &= ~short
+    l4 = base + l4o
+    ulen = _u16(buf, l4 + 4)
+    bad_ulen = udp & ((ulen < 8) | (ulen > seg_len))
+    reason[bad_ulen] = Reason.BAD_L4_LENGTH
+    udp &= ~bad_ulen
+    l4_end = np.where(udp, l4 + ulen, base + ip_end)
+    l4_ok = tcp | udp
+    field = l4 + np.where(udp, UDP_CSUM_OFF, TCP_CSUM_OFF)
+    return Layout(
+        idx, reason, base, l3, np.where(ip, v, 0), ihl, l4, proto, l4_end, l4_ok, field, udp
+    )
+
+
+def _pseudo(buf: NDArray[np.uint8], l3: I64, v: I64, proto: I64, l4len: I64, sel: Mask) -> U64:
+    """Pseudo-header sums mod 0xFFFF (RFC 793/768 for IPv4, RFC 8200 §8.1 for IPv6)."""
+    n = len(l3)
+    out = np.zeros(n, dtype=np.uint64)
+    if not sel.any():
+        return out
+    six = sel & (v == 6)
+    width = 32 if six.any() else 8
+    addr = np.where(six, l3 + 8, l3 + 12)
+    cols = np.arange(0, width, 2, dtype=np.int64)
+    pos = addr[:, None] + cols[None, :]
+    hi = _u8(buf, pos.ravel()).reshape(pos.shape)
+    lo = _u8(buf, (pos + 1).ravel()).reshape(pos.shape)
+    words = (hi << 8) | lo
+    if width == 32:
+        words[~six, 4:] = 0
+    s = words.sum(axis=1) + proto + (l4len & 0xFFFF) + (l4len >> 16)
+    return np.where(sel, s % 0xFFFF, 0).astype(np.uint64)
+
+
+# --------------------------------------------------------------------------- the work
+def _ipv4_header(batch: Batch, lay: Layout, v4: Mask, fill: bool) -> Mask:
+    """Fill (or check) IPv4 header checksums; returns per packet: header checksum bad."""
+    bad = np.zeros(len(lay.idx), dtype=np.bool_)
+    if not v4.any():
+        return bad
+    l3 = lay.l3[v4]
+    if fill:
+        _put16(batch.buf, l3 + 10, np.zeros(len(l3), np.int64))
+    r = range_sums(batch.buf, l3, l3 + lay.ihl[v4])
+    if fill:
+        _put16(batch.buf, l3 + 10, _csum(r))
+    else:
+        bad[v4] = r != 0
+    return bad
+
+
+def fill(batch: Batch, sel: Mask) -> None:
+    """Fill in checksums of the ``sel`` packets (full, or completing partial ones)."""
+    e = batch.ext
+    idx = np.flatnonzero(sel)
+    if len(idx) == 0:
+        return
+    lay = layout(batch, idx)
+    partial = (e.vflags[idx] & np.uint8(VnetFlag.NEEDS_CSUM)) != 0
+    ok = lay.reason == 0
+    not_ip = lay.reason == Reason.NOT_IP
+    # full packets that cannot be parsed fail; partial ones only need good offsets
+    err = np.where(~partial & ~ok & ~not_ip, lay.reason, 0).astype(np.uint16)
+    v4 = ok & (lay.v == 4)
+    _ipv4_header(batch, lay, v4, fill=True)
+
+    cs = e.csum_start[idx].astype(np.int64)
+    co = e.csum_offset[idx].astype(np.int64)
+    plen = batch.length[idx]
+    bad_off = partial & ((cs < 0) | (co < 0) | (cs + co + 2 > plen))
+    err[bad_off] = Reason.BAD_CSUM_OFFSETS
+    part = partial & ~bad_off
+    full = ~partial & lay.l4_ok
+    do = part | full
+    if do.any():
+        a = np.where(part, lay.base + cs, lay.l4)
+        b = np.where(part, lay.base + plen, lay.l4_end)
+        store = np.where(part, lay.base + cs + co, lay.field)
+        pseudo = lay.pseudo(batch.buf)
+        d = np.flatnonzero(do)
+        fd = full[d]
+        if fd.any():
+            _put16(batch.buf, store[d][fd], np.zeros(int(fd.sum()), np.int64))
+        r = (range_sums(batch.buf, a[d], b[d]) + np.where(fd, pseudo[d], 0)) % _M16
+        c = _csum(r)
+        # UDP sends a computed 0 as 0xFFFF; so does Linux completing any partial
+        # checksum (CSUM_MANGLED_0), except where the packet is known to be TCP
+        mangle = np.where(full[d], lay.udp[d], ~(ok[d] & (lay.proto[d] == IPPROTO_TCP)))
+        c = np.where(mangle & (c == 0), _M16, c)
+        _put16(batch.buf, store[d], c)
+    done_part = idx[part]
+    e.vflags[done_part] &= np.uint8(~VnetFlag.NEEDS_CSUM & 0xFF)
+    failed = err != 0
+    if failed.any():
+        e.error[idx[failed]] = err[failed]
+
+
+def verify(batch: Batch, sel: Mask) -> None:
+    """Set the checksum verdict of the ``sel`` packets (and BAD_CHECKSUM errors)."""
+    e = batch.ext
+    idx = np.flatnonzero(sel)
+    if len(idx) == 0:
+        return
+    vf = e.vflags[idx]
+    valid = (vf & np.uint8(VnetFlag.DATA_VALID)) != 0
+    partial = ~valid & ((vf & np.uint8(VnetFlag.NEEDS_CSUM)) != 0)
+    e.csum_verdict[idx[valid]] = CsumVerdict.GOOD
+    e.csum_verdict[idx[partial]] = CsumVerdict.PARTIAL
+    idx = idx[~valid & ~partial]
+    if len(idx) == 0:
+        return
+    n = len(idx)
+    lay = layout(batch, idx)
+    verdict = np.full(n, CsumVerdict.NONE, dtype=np.uint8)
+    err = np.zeros(n, dtype=np.uint16)
+    ok = lay.reason == 0
+    malformed = ~ok & (lay.reason != Reason.NOT_IP)
+    verdict[malformed] = CsumVerdict.BAD
+    err[malformed] = lay.reason[malformed]
+    v4 = ok & (lay.v == 4)
+    bad = _ipv4_header(batch, lay, v4, fill=False)
+    l4 = lay.l4_ok
+    if l4.any():
+        d = np.flatnonzero(l4)
+        field = _u16(batch.buf, lay.field[d])
+        r = (range_sums(batch.buf, lay.l4[d], lay.l4_end[d]) + lay.pseudo(batch.buf)[d]) % _M16
+        udp = lay.udp[d]
+        none = udp & (field == 0) & (lay.v[d] == 4)
+        l4bad = (r != 0) | (udp & (field == 0) & (lay.v[d] == 6))
+        good = ~l4bad & ~none
+        verdict[d[good]] = CsumVerdict.GOOD
+        bad[d[l4bad]] = True
+    verdict[bad] = CsumVerdict.BAD
+    err[bad & ~malformed] = Reason.BAD_CHECKSUM
+    e.csum_verdict[idx] = verdict
+    failed = err != 0
+    if failed.any():
+        e.error[idx[failed]] = err[failed]
+
+
+def to_partial(batch: Batch, sel: Mask) -> NDArray[np.uint16]:
+    """Turn ``sel`` TCP/UDP packets into the partial form Linux and virtio use.
+
+    The checksum field gets the folded pseudo-header sum, ``csum_start`` the L4
+    offset, ``csum_offset`` the field's place in the L4 header, and ``NEEDS_CSUM``
+    is set; IPv4 header checksums are filled in. Returns a per-packet Reason
+    (0: done or nothing to do; other protocols are left as they are) and sets it
+    as ``ext.error`` on malformed packets.
+    """
+    e = batch.ext
+    out = np.zeros(len(batch), dtype=np.uint16)
+    idx = np.flatnonzero(sel)
+    if len(idx) == 0:
+        return out
+    lay = layout(batch, idx)
+    ok = lay.reason == 0
+    _ipv4_header(batch, lay, ok & (lay.v == 4), fill=True)
+    d = np.flatnonzero(lay.l4_ok)
+    if len(d):
+        p = lay.pseudo(batch.buf)[d]
+        _put16(batch.buf, lay.field[d], np.where(p == 0, _M16, p))
+        rows = idx[d]
+        e.csum_start[rows] = lay.l4[d] - lay.base[d]
+        e.csum_offset[rows] = lay.field[d] - lay.l4[d]
+        e.vflags[rows] |= np.uint8(VnetFlag.NEEDS_CSUM)
+    bad = ~ok & (lay.reason != Reason.NOT_IP)
+    out[idx[bad]] = lay.reason[bad]
+    e.error[idx[bad]] = lay.reason[bad]
+    return out
+
+
+# --------------------------------------------------------------------------- the task
+class ChecksumTask(SoftTask):
+    """The checksum task: ``mode="fill"`` on transmit, ``mode="verify"`` on receive."""
+
+    task = Task.CHECKSUM
+
+    def __init__(self, mode: str = FILL) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"checksum: mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self.mode = mode
+        self._run = fill if mode == FILL else verify
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        self._run(batch, sel)
+        return batch
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab, "mode": self.mode}
+
+
+def mode_for(direction: Direction) -> str:
+    """The checksum mode an engine of ``direction`` uses: fill on TX, verify on RX."""
+    if direction is Direction.TX:
+        return FILL
+    if direction is Direction.RX:
+        return VERIFY
+    raise ConfigError("checksum: a direction is TX or RX")
+
+
+def options_for(direction: Direction) -> dict[str, str]:
+    """``make_task``/``SoftLibrary.build`` options of the checksum task for ``direction``."""
+    return {"mode": mode_for(direction)}
+
+
+def task_for(direction: Direction) -> ChecksumTask:
+    return ChecksumTask(mode_for(direction))
+
+
+def _factory(mode: str = FILL, **options: Any) -> ChecksumTask:
+    if options:
+        raise ConfigError(f"checksum: unknown options {', '.join(sorted(options))}")
+    return ChecksumTask(mode)
+
+
+register(Task.CHECKSUM, _factory)
+
+
+def internet_checksum_py(data: bytes | bytearray | memoryview) -> int:
+    """A straightforward per-packet pure-Python checksum (the benchmark's baseline)."""
+    b = bytes(data)
+    s = 0
+    for i in range(0, len(b) - 1, 2):
+        s += (b[i] << 8) | b[i + 1]
+    if len(b) % 2:
+        s += b[-1] << 8
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+__all__: Sequence[str] = (
+    "FILL",
+    "VERIFY",
+    "ChecksumTask",
+    "Layout",
+    "fill",
+    "internet_checksum_py",
+    "layout",
+    "mode_for",
+    "options_for",
+    "range_sums",
+    "task_for",
+    "to_partial",
+    "verify",
+)
