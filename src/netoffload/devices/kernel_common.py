@@ -49,8 +49,9 @@ TUN_OFFLOAD_BITS: dict[str, int] = {
     "tso4": TUN_F_TSO4,
     "tso6": TUN_F_TSO6,
     "tso_ecn": TUN_F_TSO_ECN,
-    "uso4": TUN_F_USO4,
-    "uso6": TUN_F_USO6,
+    "ufo": TUN_F_UFO,
+    # the kernel takes USO4 and USO6 only together (one NETIF_F_GSO_UDP_L4 feature)
+    "uso": TUN_F_USO4 | TUN_F_USO6,
 }
 
 IFNAMSIZ = 16
@@ -136,7 +137,7 @@ def tun_features(fd: int) -> int:
 def tun_probe_offloads(fd: int) -> dict[str, bool]:
     """TUNSETOFFLOAD bit by bit (each with its prerequisites); unknown bits answer EINVAL.
 
-    Leaves the offloads off. TSO/USO need TUN_F_CSUM, TSO_ECN needs a TSO bit.
+    Leaves the offloads off. TSO/UFO/USO need TUN_F_CSUM, TSO_ECN needs a TSO bit.
     """
     result: dict[str, bool] = {}
     for name, bit in TUN_OFFLOAD_BITS.items():
