@@ -126,8 +126,8 @@ def range_sums(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
     _, w = _words(buf)
-    a = np.asarray(a, dtype=np.int64)
-    b = np.asarray(b, dtype=np.int64)
+    a = np.clip(np.asarray(a, dtype=np.int64), 0, len(buf))
+    b = np.clip(np.asarray(b, dtype=np.int64), a, len(buf))
     ha = a >> 3
     tb = b >> 3
     span = tb - ha  # >= 0: index of the last (partial) word, from the first
@@ -176,8 +176,8 @@ def _large_sums(w: U64, a: I64, b: I64, ha: I64, tb: I64) -> U64:
         return total
     s_i = np.minimum(s, last)
     e_i = np.minimum(tb, last)
-    lo = int(s_i.min())
-    hi = int(e_i.max()) + 1
+    lo = min(int(s_i.min()), int(e_i.min()))
+    hi = max(int(s_i.max()), int(e_i.max())) + 1
     idx = np.empty(2 * n, dtype=np.int64)
     idx[0::2] = s_i - lo
     idx[1::2] = e_i - lo
@@ -319,8 +319,10 @@ def layout(batch: Batch, idx: I64) -> Layout:
     v4 &= ~bad_len
     v6 &= ~bad_len
     ip = v4 | v6
-    tcp = ip & (proto == IPPROTO_TCP) & (l4o >= 0)
-    udp = ip & (proto == IPPROTO_UDP) & (l4o >= 0)
+    # a fragment's TCP/UDP checksum covers the whole datagram: nothing to do per fragment
+    whole = ~v4 | ((_u16(buf, l3 + 6) & 0x3FFF) == 0)
+    tcp = ip & whole & (proto == IPPROTO_TCP) & (l4o >= 0)
+    udp = ip & whole & (proto == IPPROTO_UDP) & (l4o >= 0)
     seg_len = ip_end - l4o
     short = (tcp & (seg_len < 20)) | (udp & (seg_len < 8)) | ((tcp | udp) & (l4o < l3o))
     reason[short] = Reason.TRUNCATED
@@ -453,7 +455,7 @@ def verify(batch: Batch, sel: Mask) -> None:
         r = (range_sums(batch.buf, lay.l4[d], lay.l4_end[d]) + lay.pseudo(batch.buf)[d]) % _M16
         udp = lay.udp[d]
         none = udp & (field == 0) & (lay.v[d] == 4)
-        l4bad = (r != 0) | (udp & (field == 0) & (lay.v[d] == 6))
+        l4bad = ~none & ((r != 0) | (udp & (field == 0)))
         good = ~l4bad & ~none
         verdict[d[good]] = CsumVerdict.GOOD
         bad[d[l4bad]] = True
