@@ -1,0 +1,561 @@
+"""Encryption and decryption: ESP tunnel mode (RFC 4303) with AEAD, in software.
+
+``EncryptTask`` (Task.ENCRYPT): for each selected packet, ``ext.sa`` indexes
+the SA table; the packet's inner IP packet (after any Ethernet header, which is
+kept in front with its EtherType set to the outer family) becomes the ESP
+payload. The task assigns the next sequence number of that SA (``ext.seq``),
+writes outer IPv4/IPv6 header, optional UDP 4500 header (RFC 3948, checksum 0),
+SPI, sequence number and IV into the head room, padding / pad length / next
+header (4 or 41) into the tail room, and encrypts in place:
+AES-GCM (RFC 4106) or ChaCha20-Poly1305 (RFC 7634), or ESP NULL encryption with
+HMAC-SHA-256-128 integrity (RFC 4868). Nonce and AAD: see ``tunnel.sa``.
+
+``DecryptTask`` (Task.DECRYPT): finds the ESP header after the outer IP (and
+UDP, when a port is 4500 or an SA's encapsulation port), looks the SA up by
+SPI, infers the high half of an extended sequence number (RFC 4303 appendix
+A2), authenticates and decrypts in place, checks the padding and next header,
+then runs the SA's anti-replay window (``soft.replay``; only authenticated
+packets move it) and leaves the inner packet. ``ext.sa`` and ``ext.seq`` are set.
+
+Per-packet verdicts in ``ext.error``, never an exception out of the batch:
+UNKNOWN_SA (no SA for ``ext.sa`` / the SPI), BAD_ICV (authentication failed),
+BAD_PADDING, BAD_ESP (not ESP, truncated trailer or header, next header not
+4/41 or not matching the inner version — dummy packets included),
+REPLAY, TOO_OLD, SEQ_EXHAUSTED (the SA's sequence space is used up), NOT_IP,
+TRUNCATED. A packet that fails keeps its original bytes.
+
+Speed: headers, trailers, nonces and AADs are built with numpy for the whole
+batch; the only per-packet Python work is one ``encrypt_into`` /
+``decrypt_into`` call on memoryview slices of the batch buffer (no copies).
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from numpy.typing import NDArray
+
+from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index
+from netoffload.errors import ConfigError
+from netoffload.soft import SoftTask, register
+from netoffload.soft.replay import OK, REPLAY, ReplayWindow
+from netoffload.tasks import Task
+from netoffload.tunnel.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
+from netoffload.wire.esp import IPPROTO_ESP, IPPROTO_UDP, NAT_T_PORT, NH_IPV4, NH_IPV6
+
+I64 = NDArray[np.int64]
+U8 = NDArray[np.uint8]
+Aead = AESGCM | ChaCha20Poly1305
+
+_ETH_P_IP = 0x0800
+_ETH_P_IPV6 = 0x86DD
+
+
+def sa_table_from(sas: SATable | None = None, sa_file: str | Path | None = None) -> SATable:
+    if sas is not None:
+        return sas
+    if sa_file is not None:
+        return load_sa_file(sa_file)
+    raise ConfigError("encrypt/decrypt need security associations (sa_file=... or sas=...)")
+
+
+def _aead(sa: SecurityAssociation) -> Aead | None:
+    if sa.algorithm in ("aes-gcm-128", "aes-gcm-256"):
+        return AESGCM(sa.cipher_key)
+    if sa.algorithm == "chacha20-poly1305":
+        return ChaCha20Poly1305(sa.cipher_key)
+    return None
+
+
+def _outer_template(sa: SecurityAssociation) -> U8:
+    """Outer IP (+UDP) + SPI + zero seq/IV: the fixed bytes of the ESP head."""
+    import ipaddress
+
+    h = bytearray()
+    if sa.outer_version == 4:
+        proto = IPPROTO_UDP if sa.udp_encap else IPPROTO_ESP
+        h += bytes([0x45, 0, 0, 0, 0, 0, 0x40, 0, sa.ttl, proto, 0, 0])
+        h += ipaddress.IPv4Address(sa.src).packed + ipaddress.IPv4Address(sa.dst).packed
+    else:
+        nh = IPPROTO_UDP if sa.udp_encap else IPPROTO_ESP
+        h += bytes([0x60, 0, 0, 0, 0, 0, nh, sa.ttl])
+        h += ipaddress.IPv6Address(sa.src).packed + ipaddress.IPv6Address(sa.dst).packed
+    if sa.udp_encap:
+        h += sa.udp_sport.to_bytes(2, "big") + sa.udp_dport.to_bytes(2, "big") + bytes(4)
+    h += sa.spi.to_bytes(4, "big") + bytes(4 + sa.iv_len)
+    return np.frombuffer(bytes(h), dtype=np.uint8).copy()
+
+
+def _u16_into(m: U8, col: int, v: I64) -> None:
+    m[:, col] = (v >> 8) & 0xFF
+    m[:, col + 1] = v & 0xFF
+
+
+def _be_bytes(v: NDArray[np.uint64], width: int) -> U8:
+    """Big-endian bytes of each value, (n, width) with width 4 or 8."""
+    if width == 8:
+        return v.astype(">u8").view(np.uint8).reshape(len(v), 8)
+    return (v & np.uint64(0xFFFFFFFF)).astype(">u4").view(np.uint8).reshape(len(v), 4)
+
+
+def _l2_len(b: Batch, rows: I64) -> I64:
+    e = b.ext
+    eth = (e.xflags[rows] & XFlag.ETHERNET) != 0
+    parsed = (e.xflags[rows] & XFlag.PARSED) != 0
+    return np.where(eth, np.where(parsed, e.l3_off[rows], 14), 0).astype(np.int64)
+
+
+def _byte(b: Batch, pos: I64, ok: Mask) -> I64:
+    """buf[pos] where ok (positions are absolute), 0 elsewhere."""
+    if len(b.buf) == 0:
+        return np.zeros(len(pos), np.int64)
+    return np.where(ok, b.buf[np.where(ok, pos, 0)], 0).astype(np.int64)
+
+
+def _u16(b: Batch, pos: I64, ok: Mask) -> I64:
+    return (_byte(b, pos, ok) << 8) | _byte(b, pos + 1, ok)
+
+
+def _u32(b: Batch, pos: I64, ok: Mask) -> I64:
+    return (_u16(b, pos, ok) << 16) | _u16(b, pos + 2, ok)
+
+
+def _ip_lengths(b: Batch, l3: I64, avail: I64) -> tuple[I64, Mask]:
+    """(version, ok, IP packet length) of the IP packet at absolute l3 with avail bytes."""
+    ok = avail >= 1
+    ver = _byte(b, l3, ok) >> 4
+    v4 = ok & (ver == 4) & (avail >= 20)
+    v6 = ok & (ver == 6) & (avail >= 40)
+    tot = np.where(v4, _u16(b, l3 + 2, v4), np.where(v6, 40 + _u16(b, l3 + 4, v6), 0))
+    good = (v4 | v6) & (tot <= avail) & (tot >= np.where(v4, 20, 40))
+    return np.where(good, ver, 0), tot
+
+
+class EncryptTask(SoftTask):
+    """ESP tunnel-mode encapsulation and AEAD encryption (see module docstring)."""
+
+    task = Task.ENCRYPT
+
+    def __init__(self, sas: SATable | None = None, sa_file: str | Path | None = None) -> None:
+        self.table = sa_table_from(sas, sa_file)
+        self.aeads = [_aead(sa) for sa in self.table.sas]
+        self.templates = [_outer_template(sa) for sa in self.table.sas]
+        self.next_seq = [sa.seq_start for sa in self.table.sas]
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab, "sas": len(self.table)}
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        rows = np.flatnonzero(sel)
+        if len(rows) == 0:
+            return batch
+        e = batch.ext
+        sa = e.sa[rows].astype(np.int64)
+        bad_sa = (sa < 0) | (sa >= len(self.table))
+        e.error[rows[bad_sa]] = Reason.UNKNOWN_SA
+        rows, sa = rows[~bad_sa], sa[~bad_sa]
+        if len(rows) == 0:
+            return batch
+        l2 = _l2_len(batch, rows)
+        avail = batch.length[rows] - l2
+        ver, iplen = _ip_lengths(batch, batch.start[rows] + l2, avail)
+        notip = ver == 0
+        e.error[rows[notip]] = Reason.NOT_IP
+        rows, sa, l2, ver, iplen = (x[~notip] for x in (rows, sa, l2, ver, iplen))
+        if len(rows) == 0:
+            return batch
+        # enough room for the largest ESP head and trailer? otherwise re-layout
+        need_head = np.array([s.overhead for s in self.table.sas], np.int64)[sa]
+        if (batch.headroom[rows] < need_head).any() or (batch.tailroom[rows] < 24).any():
+            batch = _with_room(batch, int(need_head.max()) + 16, 64)
+            e = batch.ext
+        for k in np.unique(sa).tolist():
+            g = sa == k
+            self._encrypt_sa(batch, k, rows[g], l2[g], ver[g], iplen[g])
+        return batch
+
+    def _encrypt_sa(self, b: Batch, k: int, rows: I64, l2: I64, ver: I64, L: I64) -> None:
+        sa = self.table.sas[k]
+        e = b.ext
+        n = len(rows)
+        first = self.next_seq[k]
+        seqs = np.arange(n, dtype=np.uint64) + np.uint64(first)
+        room = sa.max_seq - first + 1
+        if room < n:
+            over = np.arange(n) >= max(room, 0)
+            e.error[rows[over]] = Reason.SEQ_EXHAUSTED
+            keep = ~over
+            rows, l2, ver, L, seqs = rows[keep], l2[keep], ver[keep], L[keep], seqs[keep]
+            n = len(rows)
+            if n == 0:
+                return
+        self.next_seq[k] = first + n
+        e.seq[rows] = seqs
+        H = sa.overhead
+        pad = (-(L + 2)) % 4
+        P = L + pad + 2
+        start = b.start[rows]
+        inner = start + l2  # the inner IP packet stays where it is
+        head = inner - H  # outer header start
+        new_start = head - l2
+        # move the link-layer header (if any) in front of the outer header
+        if (l2 > 0).any():
+            h2 = l2 > 0
+            b.buf[gather_index(new_start[h2], l2[h2])] = b.buf[gather_index(start[h2], l2[h2])]
+            et = _ETH_P_IP if sa.outer_version == 4 else _ETH_P_IPV6
+            b.buf[head[h2] - 2] = et >> 8
+            b.buf[head[h2] - 1] = et & 0xFF
+        # trailer: padding 1..pad, pad length, next header
+        tail = inner + L
+        nh = np.where(ver == 4, NH_IPV4, NH_IPV6)
+        for j in range(5):
+            is_pad = j < pad
+            is_pl = j == pad
+            is_nh = j == pad + 1
+            w = is_pad | is_pl | is_nh
+            val = np.where(is_pad, j + 1, np.where(is_pl, pad, nh))
+            b.buf[tail[w] + j] = val[w]
+        # outer headers, all packets of this SA at once
+        m = np.empty((n, H), dtype=np.uint8)
+        m[:] = self.templates[k]
+        ip_total = H + P + ICV_LEN
+        iph = 20 if sa.outer_version == 4 else 40
+        if sa.outer_version == 4:
+            _u16_into(m, 2, ip_total)
+            _u16_into(m, 4, (seqs & np.uint64(0xFFFF)).astype(np.int64))
+            w = m[:, :20].astype(np.int64)
+            s = (w[:, 0::2] << 8 | w[:, 1::2]).sum(axis=1)
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            _u16_into(m, 10, ~s & 0xFFFF)
+        else:
+            _u16_into(m, 4, ip_total - 40)
+        esp = iph
+        if sa.udp_encap:
+            _u16_into(m, iph + 4, ip_total - iph)
+            esp = iph + 8
+        m[:, esp + 4 : esp + 8] = _be_bytes(seqs, 4)
+        if sa.iv_len:
+            m[:, esp + 8 : esp + 16] = _be_bytes(seqs, 8)
+        b.buf[head[:, None] + np.arange(H)] = m
+        ct = inner  # encrypted part starts right after the IV
+        mv = b.buf.data
+        aead = self.aeads[k]
+        if aead is not None:
+            nonce = np.empty((n, 12), dtype=np.uint8)
+            nonce[:, :4] = np.frombuffer(sa.salt, np.uint8)
+            nonce[:, 4:] = _be_bytes(seqs, 8)
+            nonces = nonce.view("V12").ravel().tolist()
+            if sa.esn:
+                aad = np.empty((n, 12), dtype=np.uint8)
+                aad[:, :4] = m[:, esp : esp + 4]
+                aad[:, 4:8] = _be_bytes(seqs >> np.uint64(32), 4)
+                aad[:, 8:] = m[:, esp + 4 : esp + 8]
+                aads = aad.view("V12").ravel().tolist()
+            else:
+                aads = np.ascontiguousarray(m[:, esp : esp + 8]).view("V8").ravel().tolist()
+            s_l = ct.tolist()
+            ins = map(mv.__getitem__, map(slice, s_l, (ct + P).tolist()))
+            outs = map(mv.__getitem__, map(slice, s_l, (ct + P + ICV_LEN).tolist()))
+            collections.deque(map(aead.encrypt_into, nonces, ins, aads, outs), maxlen=0)
+        else:
+            key = sa.integrity_key
+            esp_abs = (head + esp).tolist()
+            icv_at = (ct + P).tolist()
+            hi = _be_bytes(seqs >> np.uint64(32), 4).view("V4").ravel().tolist()
+            for i in range(n):
+                data: Any = mv[esp_abs[i] : icv_at[i]]
+                if sa.esn:
+                    data = bytes(data) + hi[i]
+                mv[icv_at[i] : icv_at[i] + ICV_LEN] = hmac.digest(key, data, "sha256")[:ICV_LEN]
+        b.start[rows] = new_start
+        b.length[rows] = l2 + H + P + ICV_LEN
+        e.l3_off[rows] = l2
+        e.l3_proto[rows] = sa.outer_version
+        e.l4_off[rows] = l2 + iph
+        e.l4_proto[rows] = IPPROTO_UDP if sa.udp_encap else IPPROTO_ESP
+        e.hdr_len[rows] = l2 + H
+        e.vflags[rows] = 0
+        e.gso_type[rows] = 0
+        e.gso_size[rows] = 0
+        e.csum_start[rows] = 0
+        e.csum_offset[rows] = 0
+        e.xflags[rows] |= np.uint8(XFlag.PARSED)
+
+
+def _with_room(b: Batch, head: int, tail: int) -> Batch:
+    """A copy of the batch whose every slot has at least this head and tail room."""
+    n = len(b)
+    out = Batch.alloc(b.length, headroom=head, tailroom=tail, uniform=b.stride > 0)
+    out.buf[gather_index(out.start, out.length)] = b.buf[gather_index(b.start, b.length)]
+    out.ext = b.ext
+    assert len(out) == n
+    return out
+
+
+def esp_layout(
+    b: Batch, rows: I64, udp_ports: frozenset[int] = frozenset({NAT_T_PORT})
+) -> tuple[I64, I64, I64, Mask, NDArray[np.uint16]]:
+    """Where the ESP part of each packet is: (l2, esp offset, esp end, is_esp, reason).
+
+    Offsets are relative to the packet start; ``esp end`` is the end of the IP
+    packet. ``reason`` is non-zero where the packet is not (well-formed) ESP.
+    """
+    n = len(rows)
+    reason = np.zeros(n, dtype=np.uint16)
+    l2 = _l2_len(b, rows)
+    start = b.start[rows]
+    avail = b.length[rows] - l2
+    ver, iplen = _ip_lengths(b, start + l2, avail)
+    reason[ver == 0] = Reason.NOT_IP
+    ok = ver != 0
+    v4 = ok & (ver == 4)
+    l3 = start + l2
+    ihl = np.where(v4, (_byte(b, l3, v4) & 15) * 4, 40)
+    proto = np.where(v4, _byte(b, l3 + 9, v4), _byte(b, l3 + 6, ok & ~v4))
+    frag = v4 & ((_u16(b, l3 + 6, v4) & 0x3FFF) != 0)
+    bad_ihl = v4 & ((ihl < 20) | (ihl > iplen))
+    reason[bad_ihl] = Reason.BAD_IHL
+    reason[ok & ~bad_ihl & frag] = Reason.FRAGMENT
+    ok &= ~bad_ihl & ~frag
+    esp_off = l2 + ihl
+    is_udp = ok & (proto == IPPROTO_UDP)
+    if is_udp.any():
+        uo = l3 + ihl
+        has_udp = is_udp & (iplen >= ihl + 8 + 8)
+        sp = _u16(b, uo, has_udp)
+        dp = _u16(b, uo + 2, has_udp)
+        ports = np.array(sorted(udp_ports), np.int64)
+        on_port = np.isin(sp, ports) | np.isin(dp, ports)
+        marker = _u32(b, uo + 8, has_udp) == 0
+        udp_esp = has_udp & on_port & ~marker
+        esp_off = np.where(udp_esp, esp_off + 8, esp_off)
+    else:
+        udp_esp = np.zeros(n, np.bool_)
+    is_esp = ok & ((proto == IPPROTO_ESP) | udp_esp)
+    reason[ok & ~is_esp] = Reason.BAD_ESP
+    end = l2 + iplen
+    return l2, esp_off, end, is_esp, reason
+
+
+def esp_mask(b: Batch, sas: SATable | None = None) -> Mask:
+    """Which packets of the batch are ESP (direct or in UDP on an SA's port)."""
+    ports = {NAT_T_PORT}
+    if sas is not None:
+        for s in sas.sas:
+            if s.udp_encap:
+                ports |= {s.udp_sport, s.udp_dport}
+    rows = np.arange(len(b), dtype=np.int64)
+    _, _, _, is_esp, _ = esp_layout(b, rows, frozenset(ports))
+    return is_esp
+
+
+class DecryptTask(SoftTask):
+    """ESP tunnel-mode decapsulation and AEAD decryption (see module docstring)."""
+
+    task = Task.DECRYPT
+
+    def __init__(self, sas: SATable | None = None, sa_file: str | Path | None = None) -> None:
+        self.table = sa_table_from(sas, sa_file)
+        self.aeads = [_aead(sa) for sa in self.table.sas]
+        self.windows = [
+            ReplayWindow(sa.replay_window) if sa.replay_window else None for sa in self.table.sas
+        ]
+        self.tops = [0 for _ in self.table.sas]  # highest authenticated seq (ESN inference)
+        ports = {NAT_T_PORT}
+        for s in self.table.sas:
+            if s.udp_encap:
+                ports |= {s.udp_sport, s.udp_dport}
+        self.ports = frozenset(ports)
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab, "sas": len(self.table)}
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        rows = np.flatnonzero(sel)
+        if len(rows) == 0:
+            return batch
+        e = batch.ext
+        l2, esp_off, end, is_esp, reason = esp_layout(batch, rows, self.ports)
+        e.error[rows[~is_esp]] = reason[~is_esp]
+        keep = is_esp
+        rows, l2, esp_off, end = rows[keep], l2[keep], esp_off[keep], end[keep]
+        start = batch.start[rows]
+        short = end - esp_off < 8
+        e.error[rows[short]] = Reason.BAD_ESP
+        rows, l2, esp_off, end, start = (x[~short] for x in (rows, l2, esp_off, end, start))
+        if len(rows) == 0:
+            return batch
+        ok = np.ones(len(rows), np.bool_)
+        spi = _u32(batch, start + esp_off, ok)
+        sa = self.table.lookup(spi).astype(np.int64)
+        unk = sa < 0
+        e.error[rows[unk]] = Reason.UNKNOWN_SA
+        for k in np.unique(sa[~unk]).tolist():
+            g = sa == k
+            self._decrypt_sa(batch, k, rows[g], l2[g], esp_off[g], end[g])
+        return batch
+
+    def _infer_seq(self, k: int, lo: I64) -> tuple[NDArray[np.uint64], Mask]:
+        """Full sequence numbers (RFC 4303 appendix A2.2) and which could not be inferred."""
+        sa = self.table.sas[k]
+        lo_u = lo.astype(np.uint64)
+        if not sa.esn:
+            return lo_u, np.zeros(len(lo), np.bool_)
+        W = sa.replay_window or 64
+        T = self.tops[k]
+        Tl, Th = T & 0xFFFFFFFF, T >> 32
+        if Tl >= W - 1:
+            hi = np.where(lo >= Tl - W + 1, Th, Th + 1)
+        else:
+            Bl = (Tl - W + 1) % (1 << 32)
+            hi = np.where(lo >= Bl, Th - 1, Th)
+        bad = (hi < 0) | (hi >= 1 << 32)
+        hi = np.where(bad, 0, hi)
+        return (hi.astype(np.uint64) << np.uint64(32)) | lo_u, bad
+
+    def _decrypt_sa(self, b: Batch, k: int, rows: I64, l2: I64, eo: I64, end: I64) -> None:
+        sa = self.table.sas[k]
+        e = b.ext
+        start = b.start[rows]
+        esp = start + eo
+        ct = esp + 8 + sa.iv_len
+        P = (start + end) - ICV_LEN - ct
+        short = P < 2
+        e.error[rows[short]] = Reason.BAD_ESP
+        ok = ~short
+        lo = _u32(b, esp + 4, ok)
+        seqs, unguessable = self._infer_seq(k, lo)
+        e.error[rows[ok & unguessable]] = Reason.TOO_OLD
+        ok &= ~unguessable
+        mv = b.buf.data
+        aead = self.aeads[k]
+        idx = np.flatnonzero(ok)
+        nonces: list[bytes] = []
+        aads: list[bytes] = []
+        if aead is not None and len(idx):
+            m = len(idx)
+            nonce = np.empty((m, 12), dtype=np.uint8)
+            nonce[:, :4] = np.frombuffer(sa.salt, np.uint8)
+            nonce[:, 4:] = b.buf[(esp[idx] + 8)[:, None] + np.arange(8)]
+            nonces = nonce.view("V12").ravel().tolist()
+            hdr = b.buf[esp[idx][:, None] + np.arange(8)]
+            if sa.esn:
+                aad = np.empty((m, 12), dtype=np.uint8)
+                aad[:, :4] = hdr[:, :4]
+                aad[:, 4:8] = _be_bytes(seqs[idx] >> np.uint64(32), 4)
+                aad[:, 8:] = hdr[:, 4:]
+                aads = aad.view("V12").ravel().tolist()
+            else:
+                aads = np.ascontiguousarray(hdr).view("V8").ravel().tolist()
+            c0 = ct[idx].tolist()
+            c1 = (ct[idx] + P[idx]).tolist()
+            c2 = (ct[idx] + P[idx] + ICV_LEN).tolist()
+            dec = aead.decrypt_into
+            for j, i in enumerate(idx.tolist()):
+                try:
+                    dec(nonces[j], mv[c0[j] : c2[j]], aads[j], mv[c0[j] : c1[j]])
+                except InvalidTag:
+                    ok[i] = False
+                    e.error[rows[i]] = Reason.BAD_ICV
+                    self._restore(k, mv, nonces[j], aads[j], c0[j], c1[j])
+        elif len(idx):
+            key = sa.integrity_key
+            hi = _be_bytes(seqs >> np.uint64(32), 4).view("V4").ravel().tolist()
+            esp_l = esp.tolist()
+            icv_l = (ct + P).tolist()
+            for i in idx.tolist():
+                data: Any = mv[esp_l[i] : icv_l[i]]
+                if sa.esn:
+                    data = bytes(data) + hi[i]
+                want = hmac.digest(key, data, "sha256")[:ICV_LEN]
+                if not hmac.compare_digest(want, mv[icv_l[i] : icv_l[i] + ICV_LEN]):
+                    ok[i] = False
+                    e.error[rows[i]] = Reason.BAD_ICV
+        # trailer: pad length, next header, padding bytes 1, 2, ...
+        tl = ct + P
+        padl = _byte(b, tl - 2, ok)
+        nh = _byte(b, tl - 1, ok)
+        L = P - 2 - padl
+        bad_pad = ok & (L < 0)
+        maxpad = int(padl[ok].max()) if ok.any() else 0
+        for j in range(maxpad):
+            w = ok & ~bad_pad & (j < padl)
+            if not w.any():
+                continue
+            got = _byte(b, ct + L + j, w)
+            bad_pad |= w & (got != j + 1)
+        iv = _byte(b, ct, ok & ~bad_pad & (L >= 1)) >> 4
+        bad_nh = ok & ~bad_pad & ~(((nh == NH_IPV4) & (iv == 4)) | ((nh == NH_IPV6) & (iv == 6)))
+        fail = bad_pad | bad_nh
+        e.error[rows[bad_pad]] = Reason.BAD_PADDING
+        e.error[rows[bad_nh]] = Reason.BAD_ESP
+        ok &= ~fail
+        # anti-replay: only authenticated packets are judged and move the window
+        acc = np.flatnonzero(ok)
+        w_ = self.windows[k]
+        if len(acc):
+            if w_ is not None:
+                v = w_.check(seqs[acc])
+                good = v == OK
+                w_.update(seqs[acc][good])
+                bad_rows = acc[~good]
+                e.error[rows[bad_rows]] = np.where(
+                    v[~good] == REPLAY, Reason.REPLAY, Reason.TOO_OLD
+                ).astype(np.uint16)
+                ok[bad_rows] = False
+                fail[bad_rows] = True
+                self.tops[k] = w_.top
+            else:
+                self.tops[k] = max(self.tops[k], int(seqs[acc].max()))
+        # authenticated but rejected afterwards: put the ciphertext back
+        if aead is not None:
+            pos = {i: j for j, i in enumerate(idx.tolist())}
+            for i in np.flatnonzero(fail).tolist():
+                j = pos[i]
+                self._restore(k, mv, nonces[j], aads[j], int(ct[i]), int(ct[i] + P[i]))
+        # the inner packet, with any link-layer header moved in front of it
+        good = np.flatnonzero(ok)
+        if len(good) == 0:
+            return
+        r = rows[good]
+        inner = ct[good]
+        Lg = L[good]
+        ver = iv[good]
+        _, iplen = _ip_lengths(b, inner, Lg)
+        Lg = np.where((iplen > 0) & (iplen <= Lg), iplen, Lg)  # drop TFC padding
+        l2g = l2[good]
+        new_start = inner - l2g
+        if (l2g > 0).any():
+            mm = l2g > 0
+            src = gather_index(start[good][mm], l2g[mm])
+            b.buf[gather_index(new_start[mm], l2g[mm])] = b.buf[src].copy()
+            et = np.where(ver[mm] == 4, _ETH_P_IP, _ETH_P_IPV6)
+            b.buf[inner[mm] - 2] = et >> 8
+            b.buf[inner[mm] - 1] = et & 0xFF
+        b.start[r] = new_start
+        b.length[r] = l2g + Lg
+        e.sa[r] = k
+        e.seq[r] = seqs[good]
+        e.l3_off[r] = l2g
+        e.l3_proto[r] = ver
+        e.l4_off[r] = -1
+        e.l4_proto[r] = 0
+        e.hdr_len[r] = 0
+        e.xflags[r] &= np.uint8(~XFlag.PARSED & 0xFF)
+
+    def _restore(self, k: int, mv: memoryview, nonce: bytes, aad: bytes, c0: int, c1: int) -> None:
+        """Undo an in-place decryption (stream cipher: encrypting again gives it back)."""
+        aead = self.aeads[k]
+        assert aead is not None
+        mv[c0:c1] = aead.encrypt(nonce, bytes(mv[c0:c1]), aad)[: c1 - c0]
+
+
+register(Task.ENCRYPT, EncryptTask)
+register(Task.DECRYPT, DecryptTask)

@@ -1,0 +1,1 @@
+"""The main job: the encrypted tunnel (protocols, peers, keys, timers)."""
