@@ -257,11 +257,11 @@ def run(ctx: BenchContext) -> BenchResult:
         gbit = sum(x.bytes for x in rs) * 8 / 1e9
         return sum(x.cpu_s for x in rs) / gbit if gbit > 0 else float("inf")
 
-    on, off = best(results[True]), best(results[False])
+    g_on, g_off = best(results[True]), best(results[False])
     metrics = {
-        "forward_offload_ratio": on / off if off > 0 else 0.0,
-        "throughput_gbit_s_offload": on,
-        "throughput_gbit_s_no_offload": off,
+        "forward_offload_ratio": g_on / g_off if g_off > 0 else 0.0,
+        "throughput_gbit_s_offload": g_on,
+        "throughput_gbit_s_no_offload": g_off,
         "cpu_s_per_gbit_offload": cpu_per_gbit(results[True]),
         "cpu_s_per_gbit_no_offload": cpu_per_gbit(results[False]),
     }
