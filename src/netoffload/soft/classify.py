@@ -1,0 +1,508 @@
+"""The classification task in software (``Task.CLASSIFY``), vectorised over the batch.
+
+Each selected packet gets ``ext.class_id``, ``ext.rss_hash`` and an action:
+``pass`` leaves ``filter_verdict`` PASS, ``drop`` sets DROP with reason
+``RULE_DROP``, ``mark`` sets MARK. The rule table (see ``netoffload.soft.rules``
+for the file format) is evaluated first match by priority; the optional
+longest-prefix table sits among the rules as one pseudo-rule at its priority;
+packets nothing matches get the default action and class.
+
+How rules are matched (the bit-vector scheme of Lakshman and Stiliadis):
+for every packet field (IP version, source/destination address as two 64-bit
+halves, protocol, ports, DSCP) the rules' intervals cut the value space into
+elementary intervals, each with the bit set of rules that accept it. A packet
+costs one ``np.searchsorted`` per field that any rule constrains, an AND of the
+bit sets, and a lowest-set-bit (rules are numbered in priority order). A prefix
+constrains the high half to an interval when it is at most 64 bits long, or to
+one value plus the low half to an interval, so the conjunction is exact.
+
+IPv4 addresses live in the IPv4-mapped IPv6 space (``::ffff:a.b.c.d``); a rule
+with an IPv4 (IPv6) address only matches IPv4 (IPv6) packets. Ports exist
+only for TCP and UDP packets that are not fragments; a rule with a port
+condition never matches another packet.
+
+Packets that fail to parse get ``ext.error`` (the parse reason), except non-IP
+frames, which get the default action and class with ``rss_hash`` 0.
+
+The Toeplitz RSS hash (``netoffload.soft.rss``) covers the 4-tuple of TCP and
+UDP packets that are not fragments and the 2-tuple of other IP packets
+(``rss_fields = "2-tuple"``: always the 2-tuple).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from netoffload.batch import Batch, Ext, FilterVerdict, Mask, Reason, XFlag
+from netoffload.errors import ConfigError
+from netoffload.soft import SoftTask, register
+from netoffload.soft.lpm import LpmTable
+from netoffload.soft.rss import Toeplitz
+from netoffload.soft.rules import ClassifyConfig, Rule, load_classify, parse_classify
+from netoffload.tasks import Task
+from netoffload.wire.parse import parse_batch
+
+I64 = NDArray[np.int64]
+U64 = NDArray[np.uint64]
+U8 = NDArray[np.uint8]
+
+_V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
+MAX_RULES = 4096
+
+
+# ====================================================================== flow keys
+@dataclass
+class FlowKeys:
+    """Header fields of a set of packets (rows ``idx`` of a batch)."""
+
+    idx: I64
+    reason: NDArray[np.uint16]  # parse reason, 0 = IP packet parsed
+    ver: I64  # 4, 6 or 0
+    src: U8  # (n, 16) address rows, IPv4 mapped
+    dst: U8
+    proto: I64
+    has_ports: Mask  # TCP/UDP, not a fragment
+    sport: I64  # -1 without ports
+    dport: I64
+    dscp: I64
+    frag: Mask  # any fragment
+    frag_off: I64  # fragment offset in bytes (IPv4; IPv6 fragment header)
+    more_frags: Mask
+    ip_len: I64  # bytes from the IP header to the end of the packet
+    tcp_flags: I64  # 0 unless TCP
+    l4_off: I64  # absolute offset in batch.buf of the L4 header (-1 none)
+    l4_avail: I64  # bytes from the L4 header to the end of the packet
+
+    @property
+    def ok(self) -> Mask:
+        return np.asarray(self.reason == 0)
+
+    @property
+    def is_v4(self) -> Mask:
+        return np.asarray(self.ver == 4)
+
+
+def _parse_into(batch: Batch, need: I64) -> NDArray[np.uint16]:
+    """parse_batch for packets ``need``; the layout lands in their extension."""
+    if len(need) == len(batch):
+        return parse_batch(batch)
+    e = batch.ext
+    sub = Batch(
+        batch.buf,
+        batch.start[need],
+        batch.length[need],
+        batch.slot_lo[need],
+        batch.slot_hi[need],
+        Ext(len(need), xflags=e.xflags[need], l3_off=e.l3_off[need], hdr_len=e.hdr_len[need]),
+    )
+    reason = parse_batch(sub)
+    se = sub.ext
+    for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
+        getattr(e, f)[need] = getattr(se, f)
+    return reason
+
+
+def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
+    """Fields of packets ``idx`` (parsing those whose extension is not PARSED)."""
+    e = batch.ext
+    n = len(idx)
+    reason = np.zeros(n, dtype=np.uint16)
+    parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
+    if not parsed.all():
+        reason[~parsed] = _parse_into(batch, idx[~parsed])
+    buf = batch.buf
+    base = batch.start[idx]
+    plen = batch.length[idx]
+    l3o = e.l3_off[idx].astype(np.int64)
+    l4o = e.l4_off[idx].astype(np.int64)
+    ver = e.l3_proto[idx].astype(np.int64)
+    ok = reason == 0
+    ver = np.where(ok, ver, 0)
+    # a stale extension must not lead out of bounds
+    need = np.where(ver == 4, 20, np.where(ver == 6, 40, 0))
+    bad = (ver != 0) & ((l3o < 0) | (l3o + need > plen))
+    reason[bad] = Reason.TRUNCATED
+    ver[bad] = 0
+    reason[ok & ~bad & (ver == 0)] = Reason.NOT_IP
+    v4 = ver == 4
+    v6 = ver == 6
+    ip = v4 | v6
+    l3 = np.where(ip, base + l3o, 0)
+    if len(buf) == 0:
+        l3 = np.zeros(n, np.int64)
+
+    def g(off: I64 | int, mask: Mask) -> I64:
+        i = np.where(mask, l3 + off, 0)
+        return np.where(mask, buf[i].astype(np.int64) if len(buf) else 0, 0)
+
+    # addresses
+    src = np.zeros((n, 16), dtype=np.uint8)
+    dst = np.zeros((n, 16), dtype=np.uint8)
+    if v4.any():
+        r = l3[v4]
+        src[v4, 10:12] = 0xFF
+        dst[v4, 10:12] = 0xFF
+        src[v4, 12:16] = buf[r[:, None] + np.arange(12, 16)]
+        dst[v4, 12:16] = buf[r[:, None] + np.arange(16, 20)]
+    if v6.any():
+        r = l3[v6]
+        src[v6] = buf[r[:, None] + np.arange(8, 24)]
+        dst[v6] = buf[r[:, None] + np.arange(24, 40)]
+    b0 = g(0, ip)
+    b1 = g(1, ip)
+    dscp = np.where(v4, b1 >> 2, np.where(v6, (((b0 & 0xF) << 4) | (b1 >> 4)) >> 2, 0))
+    proto = np.where(ip, e.l4_proto[idx].astype(np.int64), 0)
+    # fragments
+    fw = (g(6, v4) << 8) | g(7, v4)
+    frag_off = np.where(v4, (fw & 0x1FFF) * 8, 0)
+    more = v4 & ((fw & 0x2000) != 0)
+    frag = v4 & ((fw & 0x3FFF) != 0)
+    l4abs = np.where(ip & (l4o >= 0), base + l4o, -1)
+    fr6 = v6 & (proto == 44) & (l4o >= 0) & (l4o + 8 <= plen)
+    if fr6.any():
+        fo = l4abs[fr6]
+        w = (buf[fo + 2].astype(np.int64) << 8) | buf[fo + 3]
+        frag_off[fr6] = w & 0xFFF8
+        more[fr6] = (w & 1) != 0
+        proto[fr6] = buf[fo].astype(np.int64)
+        frag[fr6] = True
+        l4abs[fr6] = fo + 8
+    frag |= v6 & (proto == 44)
+    l4avail = np.where(l4abs >= 0, base + plen - l4abs, 0)
+    has_ports = ip & ~frag & ((proto == 6) | (proto == 17)) & (l4avail >= 4)
+    pi = np.where(has_ports, l4abs, 0)
+
+    def u8(i: I64, m: Mask) -> I64:
+        return np.where(m, buf[np.where(m, i, 0)].astype(np.int64) if len(buf) else 0, 0)
+
+    sport = np.where(has_ports, (u8(pi, has_ports) << 8) | u8(pi + 1, has_ports), -1)
+    dport = np.where(has_ports, (u8(pi + 2, has_ports) << 8) | u8(pi + 3, has_ports), -1)
+    tcp = has_ports & (proto == 6) & (l4avail >= 14)
+    tcp_flags = u8(pi + 13, tcp)
+    ip_len = np.where(ip, plen - l3o, 0)
+    return FlowKeys(
+        idx=idx,
+        reason=reason,
+        ver=ver,
+        src=src,
+        dst=dst,
+        proto=proto,
+        has_ports=has_ports,
+        sport=sport,
+        dport=dport,
+        dscp=dscp,
+        frag=frag,
+        frag_off=frag_off,
+        more_frags=more,
+        ip_len=ip_len,
+        tcp_flags=tcp_flags,
+        l4_off=l4abs,
+        l4_avail=l4avail,
+    )
+
+
+def halves(rows: U8) -> tuple[U64, U64]:
+    """(n, 16) address rows → high and low 64-bit halves."""
+    v = np.ascontiguousarray(rows).view(">u8").astype(np.uint64)
+    return v[:, 0].copy(), v[:, 1].copy()
+
+
+# ====================================================================== rule engine
+_FULL64 = (0, 2**64 - 1)
+
+
+def _addr_intervals(net: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(hi interval, lo interval) of a prefix in the mapped 128-bit space."""
+    lo = int(net.network_address)
+    hi = int(net.broadcast_address)
+    if net.version == 4:
+        lo |= 0xFFFF << 32
+        hi |= 0xFFFF << 32
+    h0, h1 = lo >> 64, hi >> 64
+    if h0 != h1:  # prefix of at most 64 bits
+        return (h0, h1), _FULL64
+    return (h0, h0), (lo & (2**64 - 1), hi & (2**64 - 1))
+
+
+class _Field:
+    __slots__ = ("bounds", "masks")
+
+    def __init__(self, bounds: U64, masks: U64) -> None:
+        self.bounds = bounds
+        self.masks = masks
+
+
+class RuleMatcher:
+    """First-matching rule (in the given order) for every packet, vectorised."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "ver",
+        "src_hi",
+        "src_lo",
+        "dst_hi",
+        "dst_lo",
+        "proto",
+        "sport",
+        "dport",
+        "dscp",
+    )
+    FULL: ClassVar[dict[str, tuple[int, int]]] = {
+        "ver": (0, 6),
+        "src_hi": _FULL64,
+        "src_lo": _FULL64,
+        "dst_hi": _FULL64,
+        "dst_lo": _FULL64,
+        "proto": (0, 255),
+        "sport": (0, 65536),  # port + 1; 0 = no port
+        "dport": (0, 65536),
+        "dscp": (0, 63),
+    }
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.n = len(rules)
+        self.words = max(1, (self.n + 63) // 64)
+        iv: dict[str, list[tuple[int, int]]] = {f: [] for f in self.FIELDS}
+        for r in rules:
+            d = dict(self.FULL)
+            v = r.version
+            if v is not None:
+                d["ver"] = (v, v)
+            if r.src is not None:
+                d["src_hi"], d["src_lo"] = _addr_intervals(r.src)
+            if r.dst is not None:
+                d["dst_hi"], d["dst_lo"] = _addr_intervals(r.dst)
+            if r.proto is not None:
+                d["proto"] = r.proto
+            if r.sport is not None:
+                d["sport"] = (r.sport[0] + 1, r.sport[1] + 1)
+            if r.dport is not None:
+                d["dport"] = (r.dport[0] + 1, r.dport[1] + 1)
+            if r.dscp is not None:
+                d["dscp"] = r.dscp
+            for f in self.FIELDS:
+                iv[f].append(d[f])
+        self.fields: dict[str, _Field] = {}
+        for f in self.FIELDS:
+            full = self.FULL[f]
+            if all(x == full for x in iv[f]):
+                continue  # no rule constrains this field
+            edges = {full[0]}
+            for a, b in iv[f]:
+                edges.add(a)
+                if b < full[1]:
+                    edges.add(b + 1)
+            bounds_py = sorted(edges)
+            bounds = np.array(bounds_py, dtype=np.uint64)
+            masks = np.zeros((len(bounds_py), self.words), dtype=np.uint64)
+            for ri, (a, b) in enumerate(iv[f]):
+                sel = (bounds >= np.uint64(a)) & (bounds <= np.uint64(b))
+                masks[sel, ri // 64] |= np.uint64(1 << (ri % 64))
+            self.fields[f] = _Field(bounds, masks)
+        all_ones = np.zeros(self.words, dtype=np.uint64)
+        for ri in range(self.n):
+            all_ones[ri // 64] |= np.uint64(1 << (ri % 64))
+        self._all = all_ones
+
+    def match(self, values: dict[str, U64]) -> I64:
+        """Index of the first matching rule per packet, -1 when none."""
+        n = len(next(iter(values.values()))) if values else 0
+        if self.n == 0 or n == 0:
+            return np.full(n, -1, dtype=np.int64)
+        m: U64 | None = None
+        for f, fld in self.fields.items():
+            i = np.searchsorted(fld.bounds, values[f], side="right") - 1
+            got = fld.masks[i]
+            if m is None:
+                m = got
+            else:
+                m &= got
+        if m is None:
+            m = np.broadcast_to(self._all, (n, self.words)).copy()
+        if self.words == 1:
+            w = m[:, 0]
+            word = np.zeros(n, dtype=np.int64)
+        else:
+            nz = m != 0
+            word = np.argmax(nz, axis=1).astype(np.int64)
+            w = m[np.arange(n), word]
+        low = w & (~w + np.uint64(1))
+        _, e = np.frexp(low.astype(np.float64))
+        out = word * 64 + (e.astype(np.int64) - 1)
+        return np.where(w != 0, out, -1)
+
+
+def field_values(k: FlowKeys) -> dict[str, U64]:
+    sh, sl = halves(k.src)
+    dh, dl = halves(k.dst)
+    return {
+        "ver": k.ver.astype(np.uint64),
+        "src_hi": sh,
+        "src_lo": sl,
+        "dst_hi": dh,
+        "dst_lo": dl,
+        "proto": k.proto.astype(np.uint64),
+        "sport": (k.sport + 1).astype(np.uint64),
+        "dport": (k.dport + 1).astype(np.uint64),
+        "dscp": k.dscp.astype(np.uint64),
+    }
+
+
+# ====================================================================== classifier
+class Classifier:
+    """Rules + LPM table + defaults → (action, class id, rule index) per packet."""
+
+    def __init__(self, cfg: ClassifyConfig) -> None:
+        if len(cfg.rules) > MAX_RULES:
+            raise ConfigError(f"classify: {len(cfg.rules)} rules, at most {MAX_RULES}")
+        self.cfg = cfg
+        order = sorted(range(len(cfg.rules)), key=lambda i: (cfg.rules[i].priority, i))
+        self.rules = [cfg.rules[i] for i in order]
+        lpm = cfg.lpm
+        split = len(self.rules)
+        if lpm is not None and lpm.priority is not None:
+            split = sum(1 for r in self.rules if r.priority <= lpm.priority)
+        self.before = RuleMatcher(self.rules[:split])
+        self.after = RuleMatcher(self.rules[split:])
+        self.split = split
+        self.rule_action = np.array([r.action for r in self.rules] or [0], dtype=np.int64)
+        self.rule_class = np.array([r.class_id for r in self.rules] or [0], dtype=np.int64)
+        self.lpm: LpmTable | None = None
+        if lpm is not None:
+            self.lpm = LpmTable((p, i) for i, (p, _, _) in enumerate(lpm.prefixes))
+            self.lpm_class = np.array([c for _, c, _ in lpm.prefixes] or [0], dtype=np.int64)
+            self.lpm_action = np.array([a for _, _, a in lpm.prefixes] or [0], dtype=np.int64)
+        self.rss = Toeplitz(cfg.rss_key)
+
+    def classify_keys(self, k: FlowKeys) -> tuple[I64, I64, I64]:
+        """(action, class id, matched rule index in priority order; -1 LPM/default)."""
+        n = len(k.ver)
+        action = np.full(n, self.cfg.default_action, dtype=np.int64)
+        cls = np.full(n, self.cfg.default_class, dtype=np.int64)
+        which = np.full(n, -1, dtype=np.int64)
+        if n == 0:
+            return action, cls, which
+        vals = field_values(k)
+        done = np.zeros(n, dtype=np.bool_)
+        r1 = self.before.match(vals)
+        hit = r1 >= 0
+        which[hit] = r1[hit]
+        done |= hit
+        if self.lpm is not None and not done.all():
+            rest = ~done & (k.ver != 0)
+            rows = k.dst if self.cfg.lpm is not None and self.cfg.lpm.field == "dst" else k.src
+            li = np.full(n, -1, dtype=np.int64)
+            li[rest] = self.lpm.lookup(rows[rest], k.is_v4[rest])
+            lh = li >= 0
+            action[lh] = self.lpm_action[li[lh]]
+            cls[lh] = self.lpm_class[li[lh]]
+            done |= lh
+        if self.after.n and not done.all():
+            sub = {f: v[~done] for f, v in vals.items()}
+            r2 = self.after.match(sub)
+            r2 = np.where(r2 >= 0, r2 + self.split, -1)
+            which[~done] = r2
+        rh = which >= 0
+        action[rh] = self.rule_action[which[rh]]
+        cls[rh] = self.rule_class[which[rh]]
+        return action, cls, which
+
+    def rss_hash(self, k: FlowKeys) -> NDArray[np.uint32]:
+        n = len(k.ver)
+        out = np.zeros(n, dtype=np.uint32)
+        four = self.cfg.rss_fields == "4-tuple"
+        for v, lo in ((4, 12), (6, 0)):
+            m = k.ver == v
+            if not m.any():
+                continue
+            s = k.src[m, lo:]
+            d = k.dst[m, lo:]
+            if four:
+                p = k.has_ports[m]
+                mat4 = _rss_rows(s[p], d[p], k.sport[m][p], k.dport[m][p])
+                mat2 = np.ascontiguousarray(np.concatenate([s[~p], d[~p]], axis=1))
+                h = np.zeros(int(m.sum()), dtype=np.uint32)
+                h[p] = self.rss.hash_matrix(mat4)
+                h[~p] = self.rss.hash_matrix(mat2)
+            else:
+                h = self.rss.hash_matrix(np.ascontiguousarray(np.concatenate([s, d], axis=1)))
+            out[m] = h
+        return out
+
+
+def _rss_rows(s: U8, d: U8, sp: I64, dp: I64) -> U8:
+    n, w = s.shape
+    m = np.empty((n, 2 * w + 4), dtype=np.uint8)
+    m[:, :w] = s
+    m[:, w : 2 * w] = d
+    m[:, 2 * w] = sp >> 8
+    m[:, 2 * w + 1] = sp & 0xFF
+    m[:, 2 * w + 2] = dp >> 8
+    m[:, 2 * w + 3] = dp & 0xFF
+    return m
+
+
+class ClassifyTask(SoftTask):
+    task = Task.CLASSIFY
+
+    def __init__(self, cfg: ClassifyConfig) -> None:
+        self.classifier = Classifier(cfg)
+        self.counters: dict[str, int] = {"packets": 0, "pass": 0, "drop": 0, "mark": 0, "error": 0}
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        idx = np.flatnonzero(np.asarray(sel, dtype=np.bool_)[: len(batch)]).astype(np.int64)
+        if len(idx) == 0:
+            return batch
+        e = batch.ext
+        k = flow_keys(batch, idx)
+        action, cls, _ = self.classifier.classify_keys(k)
+        rss = self.classifier.rss_hash(k)
+        bad = (k.reason != 0) & (k.reason != Reason.NOT_IP)
+        good = ~bad
+        gi = idx[good]
+        e.class_id[gi] = cls[good]
+        e.rss_hash[gi] = rss[good]
+        a = action[good]
+        fv = np.where(a == 1, FilterVerdict.DROP, np.where(a == 2, FilterVerdict.MARK, 0))
+        e.filter_verdict[gi] = fv
+        e.filter_reason[gi[a == 1]] = Reason.RULE_DROP
+        e.error[idx[bad]] = k.reason[bad]
+        c = self.counters
+        c["packets"] += len(idx)
+        c["pass"] += int((a == 0).sum())
+        c["drop"] += int((a == 1).sum())
+        c["mark"] += int((a == 2).sum())
+        c["error"] += int(bad.sum())
+        return batch
+
+    def describe(self) -> dict[str, object]:
+        cfg = self.classifier.cfg
+        return {
+            "task": self.task.kebab,
+            "rules": len(cfg.rules),
+            "lpm_prefixes": len(cfg.lpm.prefixes) if cfg.lpm else 0,
+            "rss_fields": cfg.rss_fields,
+            "counters": dict(self.counters),
+        }
+
+
+def make_classify(
+    rules: str | ClassifyConfig | dict[str, Any] | None = None, **_: Any
+) -> ClassifyTask:
+    """``rules``: a rule file path, a parsed ClassifyConfig, or the [classify] table."""
+    if rules is None:
+        cfg = ClassifyConfig()
+    elif isinstance(rules, ClassifyConfig):
+        cfg = rules
+    elif isinstance(rules, dict):
+        cfg = parse_classify(rules)
+    else:
+        cfg = load_classify(rules)
+    return ClassifyTask(cfg)
+
+
+register(Task.CLASSIFY, make_classify)

@@ -1,0 +1,73 @@
+"""Classification task against a per-packet reference classifier (ipaddress-based)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netoffload.batch import Batch, FilterVerdict, Reason
+from netoffload.soft import make_task
+from netoffload.soft.classify import make_classify
+from netoffload.soft.rules import ClassifyConfig
+from netoffload.tasks import Task
+from netoffload.testing.packets import tcp_packet
+
+from .classify_ref import Pkt, configs, packets, reference
+
+
+@given(configs(), st.lists(packets(), min_size=1, max_size=40))
+def test_matches_reference(cfg: ClassifyConfig, pkts: list[Pkt]) -> None:
+    b = Batch.from_packets([p.build() for p in pkts])
+    task = make_classify(cfg)
+    task.process(b, np.ones(len(pkts), bool))
+    want = [reference(cfg, p) for p in pkts]
+    assert b.ext.error.tolist() == [0] * len(pkts)
+    assert b.ext.class_id.tolist() == [c for _, c in want]
+    assert b.ext.filter_verdict.tolist() == [a for a, _ in want]
+    assert b.ext.filter_reason.tolist() == [Reason.RULE_DROP if a == 1 else 0 for a, _ in want]
+
+
+@given(st.lists(packets(), min_size=1, max_size=20), st.data())
+def test_unselected_untouched(pkts: list[Pkt], data: st.DataObject) -> None:
+    b = Batch.from_packets([p.build() for p in pkts])
+    sel = np.array(data.draw(st.lists(st.booleans(), min_size=len(pkts), max_size=len(pkts))))
+    before = b.ext.copy()
+    raw = b.packets()
+    make_task(Task.CLASSIFY, rules={"default_class": 5, "default_action": "mark"}).process(b, sel)
+    after = b.ext
+    assert b.packets() == raw
+    for f in ("class_id", "filter_verdict", "rss_hash"):
+        assert np.array_equal(getattr(after, f)[~sel], getattr(before, f)[~sel])
+    assert (after.class_id[sel] == 5).all()
+    assert (after.filter_verdict[sel] == FilterVerdict.MARK).all()
+
+
+@given(st.lists(st.binary(max_size=80), min_size=1, max_size=30))
+def test_corrupt_packets_never_raise(blobs: list[bytes]) -> None:
+    good = tcp_packet()
+    b = Batch.from_packets([*blobs, good])
+    make_classify({"rule": [{"dport": 5201, "class": 9}]}).process(b, np.ones(len(b), bool))
+    assert b.ext.class_id[-1] == 9
+    assert b.ext.error[-1] == 0
+    bad = b.ext.error[:-1] != 0
+    assert ((b.ext.class_id[:-1] == -1) | ~bad).all()
+
+
+def test_fragment_and_dscp() -> None:
+    pkts = [
+        Pkt(4, "198.18.0.1", "198.18.0.2", 6, 1, 80, 46),
+        Pkt(4, "198.18.0.1", "198.18.0.2", 6, 1, 80, 46, frag=True),
+        Pkt(6, "fd00::1", "fd00::2", 17, 1, 80, 10, frag=True),
+        Pkt(6, "fd00::1", "fd00::2", 17, 1, 80, 10),
+    ]
+    cfg = {
+        "rule": [
+            {"dport": 80, "dscp": 46, "class": 1},
+            {"dport": [0, 100], "class": 2},
+            {"proto": "udp", "dscp": [8, 12], "class": 3},
+        ]
+    }
+    b = Batch.from_packets([p.build() for p in pkts])
+    make_classify(cfg).process(b, np.ones(4, bool))
+    assert b.ext.class_id.tolist() == [1, 0, 3, 2]
