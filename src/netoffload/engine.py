@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from netoffload.batch import Batch, Mask, Reason, merge_by_origin
+from netoffload.batch import Batch, FilterVerdict, Mask, Reason, merge_by_origin
 from netoffload.devices.base import Device
 from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
 from netoffload.policy.load import SOFTWARE, LoadMonitor
 from netoffload.soft import SoftLibrary
-from netoffload.tasks import Direction, Task, stage_order
+from netoffload.tasks import ALL_TASKS, Direction, Task, stage_order
 
 
 @dataclass
@@ -151,7 +151,12 @@ class Engine:
 
     def _want(self, b: Batch, t: Task) -> Mask:
         e = b.ext
-        return np.asarray(((e.tasks & t) != 0) & ((e.done & t) == 0) & e.alive(), np.bool_)
+        bit = _bit(t)
+        want: Mask = (e.tasks & bit) != 0
+        want &= (e.done & bit) == 0
+        want &= e.error == 0
+        want &= e.filter_verdict != _DROP
+        return want
 
     def _run(self, b: Batch, stages: Sequence[Task], views: list[DeviceView]) -> Batch:
         trips: list[_Trip] = []
@@ -172,7 +177,7 @@ class Engine:
                     sel = paths == v.index
                     if sel.any():
                         paths[sel & ~v.capable(t, rest)] = SOFTWARE
-            for k in np.unique(paths[paths >= 0]):
+            for k in np.unique(paths[paths >= 0]) if views else ():
                 sel = paths == k
                 if sel.all():
                     trip, rest = rest, Batch.empty()
@@ -182,6 +187,8 @@ class Engine:
                 trips.append(self._open_trip(int(k), trip, stages, si, views))
             if len(rest) and want.any():
                 rest = self._soft(t, rest, want)
+        if not trips:
+            return rest  # one part, already in origin order
         parts = [rest]
         for tr in trips:
             parts.append(self._finish_trip(tr, views))
@@ -206,10 +213,11 @@ class Engine:
 
     def _mark_done(self, b: Batch, t: Task, by_device: bool) -> None:
         # packets that wanted t and are still alive (or failed in it) have now had it done
-        asked = (b.ext.tasks & t) != 0
-        b.ext.done[asked] |= np.uint16(t)
+        e = b.ext
+        asked = e.tasks & _bit(t)  # t where asked, else 0
+        np.bitwise_or(e.done, asked, out=e.done)
         if by_device:
-            b.ext.by_device[asked] |= np.uint16(t)
+            np.bitwise_or(e.by_device, asked, out=e.by_device)
 
     def _count_drops(self, t: Task, b: Batch, before: dict[int, int]) -> None:
         """Charge to task ``t`` the packets that died since ``before`` was taken."""
@@ -304,6 +312,16 @@ class Engine:
         return out
 
 
+#: per task, its bit as a numpy scalar (IntFlag operands are slow in numpy expressions)
+_BITS: dict[Task, np.uint16] = {t: np.uint16(t) for t in ALL_TASKS}
+_DROP = np.uint8(FilterVerdict.DROP)
+
+
+def _bit(t: Task) -> np.uint16:
+    b = _BITS.get(t)
+    return np.uint16(t) if b is None else b
+
+
 def _reason_name(v: int) -> str:
     try:
         return Reason(v).name.lower()
@@ -313,10 +331,10 @@ def _reason_name(v: int) -> str:
 
 def _dead_reasons(b: Batch) -> dict[int, int]:
     """Histogram of the reasons of the packets that failed or were dropped."""
-    dead = ~b.ext.alive()
-    if not dead.any():
-        return {}
     e = b.ext
+    if not e.error.any() and not (e.filter_verdict == _DROP).any():
+        return {}
+    dead = ~e.alive()
     reasons = np.where(e.error != 0, e.error, e.filter_reason)[dead]
     vals, counts = np.unique(reasons, return_counts=True)
     return dict(zip(vals.tolist(), counts.tolist(), strict=True))
