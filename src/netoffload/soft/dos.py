@@ -1,0 +1,382 @@
+"""The DoS filtering task in software (``Task.DOS_FILTER``), vectorised, sans-IO.
+
+Checks, in this order; the first that fails drops the packet
+(``filter_verdict = DROP``, ``filter_reason`` = the reason, one counter each):
+
+1. size: IP packet bytes outside ``[min, max]`` → ``BAD_SIZE``
+2. fragments → ``BAD_FRAGMENT``: any fragment when ``drop_all``; a TCP fragment
+   at offset 8 bytes (RFC 1858 overlapping-header attack); a first fragment with
+   fewer than ``min_first`` L4 bytes (tiny fragments); a fragment whose end lies
+   past 65,535 bytes (ping of death)
+3. drop lists: source or destination inside a listed prefix → ``DROP_LIST``
+4. rate: a token bucket per source (``rate`` packets/s, ``burst`` deep); an
+   IPv4 source is its address, an IPv6 source its /64 → ``RATE_LIMIT``
+5. SYN flood: TCP SYNs (without ACK) whose flow is not established spend a
+   token of their *destination's* bucket → ``SYN_FLOOD``. A flow (5-tuple)
+   becomes established when one of its TCP packets with ACK and without SYN passes.
+6. anti-replay: packets of a security association — ``ext.sa`` >= 0 with
+   ``ext.seq``, or else ESP (protocol 50, or UDP port 4500 with a non-zero
+   SPI) keyed by SPI with the header's 32-bit sequence number — go through a
+   sliding window per SA (``netoffload.soft.replay``) → ``REPLAY`` / ``TOO_OLD``.
+
+Packets dropped by an earlier check spend no tokens and do not move windows.
+Packets that fail to parse get ``ext.error``; non-IP frames pass untouched.
+
+Time is passed in: ``process(batch, sel, now=...)`` or ``set_time(now)``
+beforehand (seconds, any origin, non-decreasing); nothing reads a clock.
+Inside one batch every packet is at the same instant, taken in batch order.
+
+State tables (buckets, established flows) are sorted ``uint64`` key arrays
+with parallel value arrays, bounded by ``max_sources`` / ``max_flows``: beyond
+the bound the entries seen least recently are forgotten (a forgotten bucket
+comes back full, as a new source would).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from netoffload.batch import Batch, FilterVerdict, Mask, Reason
+from netoffload.soft import SoftTask, register
+from netoffload.soft.classify import FlowKeys, flow_keys, halves
+from netoffload.soft.lpm import LpmTable
+from netoffload.soft.replay import REPLAY, TOO_OLD, ReplayTable
+from netoffload.soft.rules import Bucket, DosConfig, load_dos, parse_dos
+from netoffload.tasks import Task
+
+U64 = NDArray[np.uint64]
+I64 = NDArray[np.int64]
+F64 = NDArray[np.float64]
+
+_TOP = np.uint64(1 << 63)
+_LOW63 = np.uint64((1 << 63) - 1)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+TCP_SYN = 0x02
+TCP_ACK = 0x10
+
+
+def source_keys(k: FlowKeys) -> U64:
+    """Bucket keys of sources: IPv4 address (top bit set) or IPv6 /64."""
+    hi, lo = halves(k.src)
+    return np.where(k.ver == 4, _TOP | (lo & np.uint64(0xFFFFFFFF)), hi & _LOW63)
+
+
+def address_keys(rows: NDArray[np.uint8], ver: I64) -> U64:
+    """Keys of whole addresses: IPv4 exact, IPv6 a 63-bit mix of all 128 bits."""
+    hi, lo = halves(rows)
+    with np.errstate(over="ignore"):
+        mixed = (hi * _MIX) ^ lo ^ (lo >> np.uint64(29))
+    return np.where(ver == 4, _TOP | (lo & np.uint64(0xFFFFFFFF)), mixed & _LOW63)
+
+
+def flow_hash(k: FlowKeys) -> U64:
+    """A 64-bit hash of the 5-tuple (for the established-flow set)."""
+    sh, sl = halves(k.src)
+    dh, dl = halves(k.dst)
+    ports = (k.sport.astype(np.uint64) << np.uint64(16)) ^ k.dport.astype(np.uint64)
+    h = np.zeros(len(sh), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for part in (sh, sl, dh, dl, ports, k.proto.astype(np.uint64)):
+            h = (h ^ part) * _MIX
+            h ^= h >> np.uint64(31)
+    return h
+
+
+class KeyTable:
+    """Sorted uint64 keys with a ``last seen`` time; bounded, forgets the oldest."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.last = np.zeros(0, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _extra(self) -> list[str]:
+        return []
+
+    def find(self, uk: U64) -> tuple[I64, Mask]:
+        """Positions of sorted unique keys ``uk`` and whether they are present."""
+        pos = np.searchsorted(self.keys, uk).astype(np.int64)
+        cl = np.minimum(pos, max(len(self.keys) - 1, 0))
+        found = (
+            (pos < len(self.keys)) & (self.keys[cl] == uk)
+            if len(self.keys)
+            else np.zeros(len(uk), dtype=np.bool_)
+        )
+        return pos, found
+
+    def insert(self, new_keys: U64, now: float, **values: F64) -> None:
+        """Add keys (sorted, unique, absent) with initial values; trims to capacity."""
+        if len(new_keys) == 0:
+            return
+        pos = np.searchsorted(self.keys, new_keys)
+        self.keys = np.insert(self.keys, pos, new_keys)
+        self.last = np.insert(self.last, pos, np.full(len(new_keys), now))
+        for name in self._extra():
+            setattr(self, name, np.insert(getattr(self, name), pos, values[name]))
+        if len(self.keys) > self.capacity:
+            drop = len(self.keys) - self.capacity
+            # keep the most recently seen; new entries (last = now) are kept first
+            order = np.argsort(self.last, kind="stable")
+            keep = np.sort(order[drop:])
+            self.keys = self.keys[keep]
+            self.last = self.last[keep]
+            for name in self._extra():
+                setattr(self, name, getattr(self, name)[keep])
+
+
+class BucketTable(KeyTable):
+    """Token buckets by key (``rate`` tokens/s up to ``burst``), one token per packet."""
+
+    def __init__(self, bucket: Bucket, capacity: int) -> None:
+        super().__init__(capacity)
+        self.rate = bucket.rate
+        self.burst = bucket.burst
+        self.tokens = np.zeros(0, dtype=np.float64)
+
+    def _extra(self) -> list[str]:
+        return ["tokens"]
+
+    def take(self, keys: U64, now: float) -> Mask:
+        """Which packets (in batch order, all at ``now``) get a token."""
+        n = len(keys)
+        if n == 0:
+            return np.zeros(0, dtype=np.bool_)
+        uk, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        _, found = self.find(uk)
+        if not found.all():
+            missing = uk[~found]
+            self.insert(missing, now, tokens=np.full(len(missing), self.burst))
+        pos, found = self.find(uk)
+        # keys trimmed away right after insertion (batch larger than capacity): fresh buckets
+        tok = np.full(len(uk), self.burst)
+        fp = pos[found]
+        tok[found] = np.minimum(
+            self.burst, self.tokens[fp] + self.rate * np.maximum(0.0, now - self.last[fp])
+        )
+        # rank of each packet among the packets of its key, in batch order
+        order = np.argsort(inv, kind="stable")
+        counts = np.bincount(inv, minlength=len(uk))
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - np.repeat(starts, counts)
+        allowed = rank.astype(np.float64) + 1.0 <= tok[inv] + 1e-9
+        used = np.bincount(inv[allowed], minlength=len(uk)).astype(np.float64)
+        self.tokens[fp] = tok[found] - used[found]
+        self.last[fp] = now
+        del first
+        return np.asarray(allowed)
+
+
+class FlowSet(KeyTable):
+    def add(self, keys: U64, now: float) -> None:
+        uk = np.unique(keys)
+        pos, found = self.find(uk)
+        self.last[pos[found]] = now
+        self.insert(uk[~found], now)
+
+    def contains(self, keys: U64) -> Mask:
+        if len(self.keys) == 0:
+            return np.zeros(len(keys), dtype=np.bool_)
+        _, found = self.find(keys)
+        return found
+
+
+class DosFilter(SoftTask):
+    task = Task.DOS_FILTER
+
+    def __init__(self, cfg: DosConfig) -> None:
+        self.cfg = cfg
+        self.now = 0.0
+        self.sources = BucketTable(cfg.rate, cfg.max_sources) if cfg.rate else None
+        self.syn = BucketTable(cfg.syn, cfg.max_flows) if cfg.syn else None
+        self.established = FlowSet(cfg.max_flows)
+        self.drop_src = LpmTable((p, 0) for p in cfg.drop_src) if cfg.drop_src else None
+        self.drop_dst = LpmTable((p, 0) for p in cfg.drop_dst) if cfg.drop_dst else None
+        self.replay = ReplayTable(cfg.replay_window) if cfg.replay_window else None
+        self.counters: dict[str, int] = {"packets": 0, "pass": 0, "error": 0}
+
+    def set_time(self, now: float) -> None:
+        self.now = float(now)
+
+    def _count(self, reason: Reason, n: int) -> None:
+        if n:
+            key = reason.name.lower()
+            self.counters[key] = self.counters.get(key, 0) + n
+
+    def process(self, batch: Batch, sel: Mask, now: float | None = None) -> Batch:
+        if now is not None:
+            self.now = float(now)
+        t = self.now
+        idx = np.flatnonzero(np.asarray(sel, dtype=np.bool_)[: len(batch)]).astype(np.int64)
+        if len(idx) == 0:
+            return batch
+        e = batch.ext
+        k = flow_keys(batch, idx)
+        n = len(idx)
+        bad = (k.reason != 0) & (k.reason != Reason.NOT_IP)
+        ip = k.ver != 0
+        reason = np.zeros(n, dtype=np.uint16)
+        live = ip.copy()
+
+        def drop(mask: Mask, why: Reason) -> None:
+            m = live & mask
+            reason[m] = why
+            live[m] = False
+
+        cfg = self.cfg
+        drop((k.ip_len < cfg.min_size) | (k.ip_len > cfg.max_size), Reason.BAD_SIZE)
+        first = k.frag & (k.frag_off == 0)
+        badfrag = k.frag & (k.frag_off + k.l4_avail > 65535)
+        badfrag |= k.frag & (k.proto == 6) & (k.frag_off == 8)
+        badfrag |= first & (k.l4_avail < cfg.min_first_fragment)
+        if cfg.drop_fragments:
+            badfrag |= k.frag
+        drop(badfrag, Reason.BAD_FRAGMENT)
+        if self.drop_src is not None and live.any():
+            hit = np.zeros(n, dtype=np.bool_)
+            hit[live] = self.drop_src.lookup(k.src[live], k.is_v4[live]) >= 0
+            drop(hit, Reason.DROP_LIST)
+        if self.drop_dst is not None and live.any():
+            hit = np.zeros(n, dtype=np.bool_)
+            hit[live] = self.drop_dst.lookup(k.dst[live], k.is_v4[live]) >= 0
+            drop(hit, Reason.DROP_LIST)
+        if self.sources is not None and live.any():
+            li = np.flatnonzero(live)
+            sub = k.src[li]
+            keys = source_keys(_sub(k, li, sub))
+            ok = self.sources.take(keys, t)
+            over = np.zeros(n, dtype=np.bool_)
+            over[li[~ok]] = True
+            drop(over, Reason.RATE_LIMIT)
+        tcp = k.has_ports & (k.proto == 6)
+        if self.syn is not None:
+            syn = live & tcp & ((k.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+            if syn.any():
+                si = np.flatnonzero(syn)
+                fh = flow_hash(_sub(k, si))
+                fresh = ~self.established.contains(fh)
+                # an ACK earlier in this batch (past the rate check) establishes too
+                acks = np.flatnonzero(live & tcp & ((k.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_ACK))
+                if len(acks):
+                    ah, af = np.unique(flow_hash(_sub(k, acks)), return_index=True)
+                    p = np.minimum(np.searchsorted(ah, fh), len(ah) - 1)
+                    fresh &= ~((ah[p] == fh) & (acks[af[p]] < si))
+                si = si[fresh]
+                if len(si):
+                    dkeys = address_keys(k.dst[si], k.ver[si])
+                    ok = self.syn.take(dkeys, t)
+                    flood = np.zeros(n, dtype=np.bool_)
+                    flood[si[~ok]] = True
+                    drop(flood, Reason.SYN_FLOOD)
+        if self.replay is not None and live.any():
+            self._replay(batch, k, idx, live, drop)
+        if self.syn is not None:
+            est = live & tcp & ((k.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_ACK)
+            if est.any():
+                self.established.add(flow_hash(_sub(k, np.flatnonzero(est))), t)
+        # write results
+        ii = idx[ip]
+        e.filter_verdict[ii] = np.where(reason[ip] != 0, FilterVerdict.DROP, FilterVerdict.PASS)
+        e.filter_reason[ii] = reason[ip]
+        e.error[idx[bad]] = k.reason[bad]
+        c = self.counters
+        c["packets"] += n
+        c["pass"] += int((ip & (reason == 0)).sum())
+        c["error"] += int(bad.sum())
+        if (reason != 0).any():
+            vals, cnt = np.unique(reason[reason != 0], return_counts=True)
+            for v, m in zip(vals.tolist(), cnt.tolist(), strict=True):
+                self._count(Reason(v), m)
+        return batch
+
+    def _replay(self, batch: Batch, k: FlowKeys, idx: I64, live: Mask, drop: Any) -> None:
+        assert self.replay is not None
+        e = batch.ext
+        n = len(idx)
+        sa = e.sa[idx].astype(np.int64)
+        seq = e.seq[idx].copy()
+        has = live & (sa >= 0)
+        buf = batch.buf
+        # ESP by SPI (protocol 50, or ESP-in-UDP on port 4500 with a non-zero SPI)
+        esp = live & ~has & (k.proto == 50) & (k.l4_avail >= 8)
+        nat = live & ~has & (k.proto == 17) & k.has_ports & (k.l4_avail >= 16)
+        nat &= (k.sport == 4500) | (k.dport == 4500)
+        off = np.where(esp, k.l4_off, np.where(nat, k.l4_off + 8, 0))
+        cand = esp | nat
+        if cand.any():
+            ci = np.flatnonzero(cand)
+            o = off[ci]
+            b = buf[o[:, None] + np.arange(8)].astype(np.uint64)
+            spi = (b[:, 0] << np.uint64(24)) | (b[:, 1] << np.uint64(16))
+            spi |= (b[:, 2] << np.uint64(8)) | b[:, 3]
+            sq = (b[:, 4] << np.uint64(24)) | (b[:, 5] << np.uint64(16))
+            sq |= (b[:, 6] << np.uint64(8)) | b[:, 7]
+            real = spi != 0
+            ci = ci[real]
+            sa[ci] = (1 << 32) + spi[real].astype(np.int64)
+            seq[ci] = sq[real]
+            has[ci] = True
+        if not has.any():
+            return
+        hi = np.flatnonzero(has)
+        v = self.replay.check_and_update(sa[hi], seq[hi])
+        rp = np.zeros(n, dtype=np.bool_)
+        old = np.zeros(n, dtype=np.bool_)
+        rp[hi[v == REPLAY]] = True
+        old[hi[v == TOO_OLD]] = True
+        drop(rp, Reason.REPLAY)
+        drop(old, Reason.TOO_OLD)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "task": self.task.kebab,
+            "sources": len(self.sources) if self.sources else 0,
+            "established": len(self.established),
+            "counters": dict(self.counters),
+        }
+
+
+def _sub(k: FlowKeys, rows: I64, src: NDArray[np.uint8] | None = None) -> FlowKeys:
+    """The keys of some of the packets."""
+    return FlowKeys(
+        idx=k.idx[rows],
+        reason=k.reason[rows],
+        ver=k.ver[rows],
+        src=k.src[rows] if src is None else src,
+        dst=k.dst[rows],
+        proto=k.proto[rows],
+        has_ports=k.has_ports[rows],
+        sport=k.sport[rows],
+        dport=k.dport[rows],
+        dscp=k.dscp[rows],
+        frag=k.frag[rows],
+        frag_off=k.frag_off[rows],
+        more_frags=k.more_frags[rows],
+        ip_len=k.ip_len[rows],
+        tcp_flags=k.tcp_flags[rows],
+        l4_off=k.l4_off[rows],
+        l4_avail=k.l4_avail[rows],
+    )
+
+
+def make_dos(rules: str | DosConfig | dict[str, Any] | None = None, **_: Any) -> DosFilter:
+    """``rules``: a rule file path, a parsed DosConfig, or the [dos] table."""
+    if rules is None:
+        cfg = DosConfig()
+    elif isinstance(rules, DosConfig):
+        cfg = rules
+    elif isinstance(rules, dict):
+        cfg = parse_dos(rules)
+    else:
+        cfg = load_dos(rules)
+    return DosFilter(cfg)
+
+
+register(Task.DOS_FILTER, make_dos)

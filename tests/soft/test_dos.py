@@ -1,0 +1,242 @@
+"""DoS filter against a plain per-packet reference (dicts and sets), time passed in."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netoffload.batch import Batch, FilterVerdict, Reason
+from netoffload.errors import ConfigError
+from netoffload.soft import make_task
+from netoffload.soft.dos import make_dos
+from netoffload.soft.rules import parse_dos
+from netoffload.tasks import Task
+from netoffload.testing.packets import tcp_packet, udp_packet
+from netoffload.wire.ipv4 import IPv4
+from netoffload.wire.tcp import ACK, SYN
+
+SRC4 = ["198.18.0.1", "198.18.0.2", "198.18.9.3"]
+SRC6 = ["fd00::1", "fd00::2", "fd00:0:0:1::1"]
+DST4 = ["198.19.0.1", "198.19.0.2"]
+DST6 = ["fd00:1::1", "fd00:1::2"]
+
+
+@dataclass(frozen=True)
+class P:
+    v: int
+    src: str
+    dst: str
+    kind: str  # syn | ack | udp | esp
+    sport: int
+    seq: int = 0
+    spi: int = 0
+
+    def build(self) -> bytes:
+        if self.kind in ("syn", "ack"):
+            fl = SYN if self.kind == "syn" else ACK
+            return tcp_packet(
+                v=self.v, src=self.src, dst=self.dst, sport=self.sport, dport=80, flags=fl
+            )
+        if self.kind == "udp":
+            return udp_packet(v=self.v, src=self.src, dst=self.dst, sport=self.sport, dport=53)
+        body = struct.pack("!II", self.spi, self.seq) + b"\x00" * 16
+        return IPv4(self.src, self.dst, 50).emit(len(body)) + body
+
+
+@st.composite
+def pkts(draw: st.DrawFn) -> P:
+    kind = draw(st.sampled_from(["syn", "syn", "ack", "udp", "esp"]))
+    v = 4 if kind == "esp" else draw(st.sampled_from([4, 6]))
+    return P(
+        v,
+        draw(st.sampled_from(SRC4 if v == 4 else SRC6)),
+        draw(st.sampled_from(DST4 if v == 4 else DST6)),
+        kind,
+        draw(st.sampled_from([1000, 1001])),
+        draw(st.integers(1, 200)),
+        draw(st.sampled_from([0x100, 0x200])),
+    )
+
+
+class Ref:
+    """The documented semantics, one packet at a time."""
+
+    def __init__(
+        self, rate: float, burst: float, srate: float, sburst: float, window: int, drop: list[str]
+    ) -> None:
+        self.rate, self.burst, self.srate, self.sburst = rate, burst, srate, sburst
+        self.window = window
+        self.drop = [ipaddress.ip_network(d) for d in drop]
+        self.src: dict[object, tuple[float, float]] = {}
+        self.dst: dict[object, tuple[float, float]] = {}
+        self.est: set[tuple[str, str, int]] = set()
+        self.top: dict[int, int] = {}
+        self.seen: dict[int, set[int]] = {}
+
+    @staticmethod
+    def _take(
+        tab: dict[object, tuple[float, float]], key: object, now: float, rate: float, burst: float
+    ) -> bool:
+        tok, last = tab.get(key, (burst, now))
+        tok = min(burst, tok + rate * (now - last))
+        if tok >= 1.0 - 1e-9:
+            tab[key] = (tok - 1.0, now)
+            return True
+        tab[key] = (tok, now)
+        return False
+
+    def step(self, p: P, now: float) -> int:
+        a = ipaddress.ip_address(p.src)
+        if any(a in n for n in self.drop if n.version == a.version):
+            return Reason.DROP_LIST
+        key = a if p.v == 4 else ipaddress.ip_network(f"{p.src}/64", strict=False)
+        if not self._take(self.src, key, now, self.rate, self.burst):
+            return Reason.RATE_LIMIT
+        flow = (p.src, p.dst, p.sport)
+        if (
+            p.kind == "syn"
+            and flow not in self.est
+            and not self._take(self.dst, p.dst, now, self.srate, self.sburst)
+        ):
+            return Reason.SYN_FLOOD
+        if p.kind == "esp":
+            top = self.top.get(p.spi, 0)
+            seen = self.seen.setdefault(p.spi, set())
+            if p.seq > top:
+                self.top[p.spi] = p.seq
+            elif top - p.seq >= self.window:
+                return Reason.TOO_OLD
+            elif p.seq in seen:
+                return Reason.REPLAY
+            seen.add(p.seq)
+        if p.kind == "ack":
+            self.est.add(flow)
+        return 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 2), st.lists(pkts(), min_size=1, max_size=25)),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from([(5.0, 3.0), (100.0, 10.0), (1.0, 1.0)]),
+    st.sampled_from([(2.0, 2.0), (50.0, 5.0)]),
+    st.sampled_from([[], ["198.18.9.0/24"], ["fd00::/126"]]),
+)
+def test_matches_reference(
+    batches: list[tuple[float, list[P]]],
+    rb: tuple[float, float],
+    sb: tuple[float, float],
+    drop: list[str],
+) -> None:
+    cfg = {
+        "rate": {"rate": rb[0], "burst": rb[1]},
+        "syn": {"rate": sb[0], "burst": sb[1]},
+        "drop": {"src": drop},
+        "replay": {"window": 64},
+    }
+    f = make_dos(cfg)
+    ref = Ref(rb[0], rb[1], sb[0], sb[1], 64, drop)
+    now = 0.0
+    for dt, ps in batches:
+        now += dt
+        b = Batch.from_packets([p.build() for p in ps])
+        f.process(b, np.ones(len(ps), bool), now=now)
+        want = [ref.step(p, now) for p in ps]
+        assert b.ext.filter_reason.tolist() == want
+        assert b.ext.filter_verdict.tolist() == [FilterVerdict.DROP if w else 0 for w in want]
+        assert (b.ext.error == 0).all()
+
+
+def test_rate_limit_refills_with_passed_time() -> None:
+    f = make_task(Task.DOS_FILTER, rules={"rate": {"rate": 10, "burst": 5}})
+    p = tcp_packet()
+    b = Batch.from_packets([p] * 8)
+    f.process(b, np.ones(8, bool), now=100.0)  # type: ignore[call-arg]
+    assert b.ext.filter_reason.tolist() == [0] * 5 + [Reason.RATE_LIMIT] * 3
+    b = Batch.from_packets([p] * 3)
+    f.set_time(100.2)  # type: ignore[attr-defined]
+    f.process(b, np.ones(3, bool))
+    assert b.ext.filter_reason.tolist() == [0, 0, Reason.RATE_LIMIT]
+    assert f.counters["rate_limit"] == 4  # type: ignore[attr-defined]
+
+
+def test_size_and_fragment_rules() -> None:
+    f = make_dos({"size": {"min": 28, "max": 1000}, "fragments": {"min_first": 16}})
+    body = b"\x00" * 40
+    pkts = [
+        IPv4("198.18.0.1", "198.19.0.1", 1).emit(0),  # 20 bytes: too small
+        udp_packet(payload=b"x" * 2000),  # too big
+        IPv4("198.18.0.1", "198.19.0.1", 6, flags_frag=1).emit(len(body)) + body,  # TCP at offset 8
+        IPv4("198.18.0.1", "198.19.0.1", 17, flags_frag=0x2000).emit(8) + b"\x00" * 8,  # tiny first
+        IPv4("198.18.0.1", "198.19.0.1", 17, flags_frag=8189).emit(len(body)) + body,  # past 64 KiB
+        IPv4("198.18.0.1", "198.19.0.1", 17, flags_frag=0x2000).emit(len(body)) + body,  # fine
+        udp_packet(),
+        b"\x45\x00",  # truncated: error, not a verdict
+    ]
+    b = Batch.from_packets(pkts)
+    f.process(b, np.ones(len(pkts), bool), now=0.0)
+    R = Reason
+    assert b.ext.filter_reason[:7].tolist() == [
+        R.BAD_SIZE,
+        R.BAD_SIZE,
+        R.BAD_FRAGMENT,
+        R.BAD_FRAGMENT,
+        R.BAD_FRAGMENT,
+        0,
+        0,
+    ]
+    assert b.ext.error[-1] == R.TRUNCATED
+
+
+def test_sa_from_extension() -> None:
+    f = make_dos({"replay": {"window": 64}})
+    b = Batch.from_packets([udp_packet()] * 5)
+    b.ext.sa[:] = [1, 1, 2, 1, -1]
+    b.ext.seq[:] = [7, 7, 7, 200, 7]
+    f.process(b, np.ones(5, bool), now=0.0)
+    assert b.ext.filter_reason.tolist() == [0, Reason.REPLAY, 0, 0, 0]
+    b = Batch.from_packets([udp_packet()])
+    b.ext.sa[:] = [1]
+    b.ext.seq[:] = [100]
+    f.process(b, np.ones(1, bool), now=0.0)
+    assert b.ext.filter_reason.tolist() == [Reason.TOO_OLD]
+
+
+@given(st.lists(st.binary(max_size=70), min_size=1, max_size=30))
+def test_corrupt_input_never_raises(blobs: list[bytes]) -> None:
+    f = make_dos(
+        {
+            "rate": {"rate": 1, "burst": 1},
+            "syn": {"rate": 1},
+            "replay": {"window": 64},
+            "fragments": {"min_first": 8},
+            "drop": {"src": ["0.0.0.0/1"]},
+        }
+    )
+    b = Batch.from_packets(blobs)
+    f.process(b, np.ones(len(b), bool), now=1.0)
+    assert len(b) == len(blobs)
+
+
+@pytest.mark.parametrize(
+    ("doc", "msg"),
+    [
+        ({"rate": {"burst": 3}}, "rate: missing 'rate'"),
+        ({"rate": {"rate": -1}}, "rate: rate"),
+        ({"replay": {"window": 32}}, "window: 32 out of range"),
+        ({"drop": {"src": ["300.1.2.3/8"]}}, "src entry 1"),
+        ({"size": {"min": 100, "max": 10}}, "min 100 > max 10"),
+        ({"bogus": 1}, "unknown key"),
+    ],
+)
+def test_bad_config(doc: dict[str, object], msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        parse_dos(doc)
