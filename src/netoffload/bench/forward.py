@@ -99,7 +99,8 @@ def _sender(nbytes: int, seconds: float) -> tuple[int, float]:
     end = time.perf_counter() + seconds
     try:
         while sent < nbytes and time.perf_counter() < end:
-            sent += s.send(chunk)
+            left = nbytes - sent
+            sent += s.send(chunk if left >= len(chunk) else chunk[:left])
         s.shutdown(socket.SHUT_WR)
     except OSError:
         pass

@@ -340,7 +340,8 @@ class TunDevice(WireDevice):
 
     # ------------------------------------------------------------------ caps
     def probe(self) -> TaskOffloadBuffer:
-        self._check()
+        if self._closed or self._down:
+            return TaskOffloadBuffer(self.name, {}, {})  # a vanished device can do nothing
         try:
             self._probe = probe_fd(self.fds[0])
         except OSError as e:
@@ -638,6 +639,7 @@ class TunDevice(WireDevice):
         self.tun.note(e)
         if e.errno in _GONE:
             self._down = f"interface gone ({os.strerror(e.errno or 0)})"
+            self._buffer = TaskOffloadBuffer(self.name, {}, {})
             return DeviceDown(f"{self.name}: {self._down}")
         return DeviceError(f"{self.name}: {os.strerror(e.errno or 0)}")
 

@@ -351,6 +351,32 @@ class Netns:
         st = data[0]["stats64"]
         return {f"{d}_{k}": int(v) for d in ("rx", "tx") for k, v in st[d].items()}
 
+    def sysctl(self, key: str, value: str) -> None:
+        """Set a ``net.*`` sysctl of this namespace (e.g. ``net.ipv4.ip_forward``)."""
+        if not key.startswith("net.") or ".." in key or "/" in key:
+            raise ConfigError(f"sysctl {key!r}: only net.* keys of our namespaces")
+        path = "/proc/sys/" + key.replace(".", "/")
+
+        def write() -> None:
+            with open(path, "w") as f:
+                f.write(value)
+
+        self.run(write)
+
+    def mac(self, ifname: str) -> str:
+        import json
+
+        return str(json.loads(self.ip("-j", "link", "show", "dev", ifname))[0]["address"])
+
+    def static_neighbors(
+        self, ifname: str, peer: Netns, peer_ifname: str, addrs: Sequence[str]
+    ) -> None:
+        """Permanent ARP/ND entries: the peer's ``addrs`` -> its MAC (no resolution delays)."""
+        mac = peer.mac(peer_ifname)
+        for a in addrs:
+            ip = check_address(a).ip
+            self.ip("neigh", "replace", str(ip), "lladdr", mac, "dev", ifname, "nud", "permanent")
+
     def ifindex(self, ifname: str) -> int:
         return self.run(socket.if_nametoindex, ifname)
 
@@ -419,7 +445,11 @@ class Testbed:
         mtu: int | None = None,
         up: bool = True,
     ) -> VethPair:
-        """A veth pair created directly inside ``a`` and ``b`` (never in the root namespace)."""
+        """A veth pair created directly inside ``a`` and ``b`` (never in the root namespace).
+
+        With addresses on both ends, each side gets permanent neighbour entries
+        for the other's addresses (no ARP/ND delays in tests).
+        """
         for x in (*addrs_a, *addrs_b):
             check_address(x)
         if a.name == b.name and if_a == if_b:
@@ -448,6 +478,9 @@ class Testbed:
                 ns.add_address(ifn, x)
             if up:
                 ns.ip("link", "set", ifn, "up")
+        if addrs_a and addrs_b:
+            a.static_neighbors(if_a, b, if_b, addrs_b)
+            b.static_neighbors(if_b, a, if_a, addrs_a)
         pair = VethPair(a, if_a, b, if_b, list(addrs_a), list(addrs_b))
         self.links.append(pair)
         return pair
