@@ -1,0 +1,365 @@
+"""TCP and UDP segmentation (TSO / USO) in software, as the Linux kernel does it.
+
+A super-packet (IPv4 or IPv6, TCP or UDP, up to 64 KiB, optional Ethernet
+header, IPv4 options, walkable IPv6 extension headers, TCP options) becomes
+segments of at most ``ext.gso_size`` payload bytes each. The reference is
+Linux's software GSO path (``inet_gso_segment`` / ``ipv6_gso_segment``,
+``tcp_gso_segment``, ``__udp_gso_segment``):
+
+* every segment carries a copy of all headers;
+* IPv4: total length per segment, the ID incremented per segment (unless
+  ``XFlag.FIXED_ID``, Linux's ``SKB_GSO_TCP_FIXEDID``), header checksum
+  recomputed; IPv6: payload length per segment;
+* TCP: sequence numbers advanced by the segment size; FIN and PSH kept on the
+  last segment only, CWR on the first only (``GsoType.ECN`` only says that the
+  super-packet may carry CWR, the kernel segments it the same way); the other
+  flags, the ACK, window, urgent pointer and options are copied;
+* UDP (``UDP_L4`` semantics, as ``UDP_SEGMENT``): each segment a complete
+  datagram with its own length and checksum (a computed 0 is sent as 0xFFFF);
+* all checksums are filled in fully (segments leave with no ``NEEDS_CSUM``).
+
+A packet whose payload already fits in ``gso_size`` is not a GSO packet for the
+kernel (``virtio_net_hdr_to_skb`` and ``tcp_gso_segment`` pass it on as it is):
+it leaves as one packet, its checksums filled in. Bytes after the IP length
+(link padding) are not part of any segment, as after ``ip_rcv`` trims them.
+
+Bad input gets a per-packet ``ext.error`` and is passed on unchanged: a header
+the parser cannot walk, a TSO request on a non-TCP packet (``NOT_TCP``), a USO
+request on a non-UDP one (``NOT_UDP``), ``gso_size`` 0 (``GSO_SIZE_ZERO``), a
+``gso_type`` that contradicts the packet (``BAD_VNET_HDR``), an IP packet of
+more than 64 KiB (``SUPER_TOO_BIG``), a UDP super-packet of more than
+``UDP_MAX_SEGMENTS`` segments (``TOO_MANY_SEGMENTS``, the kernel's limit).
+
+How it is fast: the header work is numpy over all output segments at once; the
+payload of one super-packet is copied into its segments with a single strided
+2-D copy (a Python loop over super-packets only, not over segments or bytes),
+and the checksums of all segments are one vectorised ``checksum.fill``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+from numpy.typing import NDArray
+
+from netoffload.batch import (
+    DEFAULT_TAILROOM,
+    Batch,
+    GsoType,
+    Mask,
+    Reason,
+    VnetFlag,
+    XFlag,
+    gather_index,
+)
+from netoffload.errors import ConfigError
+from netoffload.soft import SoftTask, register
+from netoffload.soft import checksum as cs
+from netoffload.tasks import Task
+
+I64 = NDArray[np.int64]
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+#: largest IP packet (IPv4 total length; IPv6 40-byte header + 16-bit payload length)
+MAX_IP_LEN = 65535
+#: the kernel's limit on segments of one UDP GSO packet (UDP_MAX_SEGMENTS)
+UDP_MAX_SEGMENTS = 128
+TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
+_ALIGN = 64
+
+
+def _round_up(x: I64, a: int = _ALIGN) -> I64:
+    return (x + (a - 1)) // a * a
+
+
+def _u8(buf: NDArray[np.uint8], pos: I64) -> I64:
+    return buf[pos].astype(np.int64)
+
+
+def _u16(buf: NDArray[np.uint8], pos: I64) -> I64:
+    return (buf[pos].astype(np.int64) << 8) | buf[pos + 1]
+
+
+def _put16(buf: NDArray[np.uint8], pos: I64, v: I64) -> None:
+    buf[pos] = (v >> 8) & 0xFF
+    buf[pos + 1] = v & 0xFF
+
+
+def _u32(buf: NDArray[np.uint8], pos: I64) -> I64:
+    return (_u16(buf, pos) << 16) | _u16(buf, pos + 2)
+
+
+def _put32(buf: NDArray[np.uint8], pos: I64, v: I64) -> None:
+    _put16(buf, pos, (v >> 16) & 0xFFFF)
+    _put16(buf, pos + 2, v & 0xFFFF)
+
+
+@dataclass
+class Plan:
+    """What segmentation does to each packet of a batch (for results and tests)."""
+
+    segments: I64  # output packets per input packet (1 for pass-through and errors)
+    segmented: Mask  # selected packets that were segmented (possibly into one segment)
+    error: NDArray[np.uint16]  # per input packet: Reason set by this call (0 none)
+
+
+def segment(
+    batch: Batch, sel: Mask, proto: int, *, default_gso_size: int = 0
+) -> tuple[Batch, Plan]:
+    """Segment the ``sel`` packets of ``batch`` (``proto`` 6: TCP, 17: UDP).
+
+    Returns the output batch (a new one, in order) and the per-packet plan. The
+    segment size of a packet is ``ext.gso_size`` (``default_gso_size`` where
+    that is 0). Never raises for bad packets; see the module docstring.
+    """
+    n = len(batch)
+    e = batch.ext
+    err = np.zeros(n, dtype=np.uint16)
+    sel = np.asarray(sel, dtype=np.bool_) & e.alive()
+    idx = np.flatnonzero(sel)
+    counts = np.ones(n, dtype=np.int64)
+    done = np.zeros(n, dtype=np.bool_)
+    if len(idx) == 0:
+        return batch, Plan(counts, done, err)
+    buf = batch.buf
+    lay = cs.layout(batch, idx)
+    reason = lay.reason.copy()
+    ok = reason == 0
+    is_tcp = ok & (lay.proto == IPPROTO_TCP)
+    is_udp = ok & (lay.proto == IPPROTO_UDP)
+    if proto == IPPROTO_TCP:
+        wrong = ok & ~is_tcp
+        reason[wrong] = Reason.NOT_TCP
+        mine = is_tcp
+    else:
+        wrong = ok & ~is_udp
+        reason[wrong] = Reason.NOT_UDP
+        mine = is_udp
+    ok &= mine
+    # gso type must agree with the packet (ECN bit aside); NONE means "segment by gso_size"
+    gt = e.gso_type[idx].astype(np.int64) & ~int(GsoType.ECN)
+    if proto == IPPROTO_TCP:
+        want_gt = np.where(lay.v == 4, int(GsoType.TCPV4), int(GsoType.TCPV6))
+        gt_ok = (gt == 0) | (gt == want_gt)
+    else:
+        gt_ok = (gt == 0) | (gt == int(GsoType.UDP_L4))
+    reason[ok & ~gt_ok] = Reason.BAD_VNET_HDR
+    ok &= gt_ok
+    mss = e.gso_size[idx].astype(np.int64)
+    mss = np.where(mss == 0, int(default_gso_size), mss)
+    reason[ok & (mss <= 0)] = Reason.GSO_SIZE_ZERO
+    ok &= mss > 0
+    base = lay.base
+    l3o = lay.l3 - base
+    ip_len = np.where(lay.v == 4, _u16(buf, np.where(ok, lay.l3 + 2, 0)), 0)
+    ip_len = np.where(lay.v == 6, _u16(buf, np.where(ok, lay.l3 + 4, 0)) + 40, ip_len)
+    big = ok & ((ip_len > MAX_IP_LEN) | (batch.length[idx] - l3o > MAX_IP_LEN + 40))
+    reason[big] = Reason.SUPER_TOO_BIG
+    ok &= ~big
+    thl = np.where(is_tcp, (_u8(buf, np.where(ok, lay.l4 + 12, 0)) >> 4) * 4, 8)
+    hlen = lay.l4 - base + thl  # all headers, from the packet start
+    end = l3o + ip_len  # packet end by the IP length
+    bad_h = ok & (hlen > end)
+    reason[bad_h] = Reason.BAD_HDR_LEN
+    ok &= ~bad_h
+    pay = end - hlen
+    k = np.maximum(1, -(-pay // np.maximum(mss, 1)))
+    many = ok & (proto == IPPROTO_UDP) & (k > UDP_MAX_SEGMENTS)
+    reason[many] = Reason.TOO_MANY_SEGMENTS
+    ok &= ~many
+
+    bad = reason != 0
+    if bad.any():
+        err[idx[bad]] = reason[bad]
+        e.error[idx[bad]] = reason[bad]
+    go = idx[ok]
+    if len(go) == 0:
+        return batch, Plan(counts, done, err)
+    done[go] = True
+    g_k = k[ok]
+    counts[go] = g_k
+    return _build(batch, go, g_k, mss[ok], hlen[ok], pay[ok], lay, ok, counts, proto), Plan(
+        counts, done, err
+    )
+
+
+def _build(
+    batch: Batch,
+    go: I64,
+    g_k: I64,
+    g_mss: I64,
+    g_hlen: I64,
+    g_pay: I64,
+    lay: cs.Layout,
+    ok: Mask,
+    counts: I64,
+    proto: int,
+) -> Batch:
+    n = len(batch)
+    e = batch.ext
+    buf = batch.buf
+    total = int(counts.sum())
+    rows = np.repeat(np.arange(n, dtype=np.int64), counts)  # input row of each output
+    first = np.cumsum(counts) - counts  # first output of each input
+    seg_of = np.zeros(n, dtype=np.bool_)
+    seg_of[go] = True
+    is_seg = seg_of[rows]
+    j = np.arange(total, dtype=np.int64) - first[rows]  # segment number within its input
+
+    # per-input values spread over outputs (only meaningful where is_seg)
+    def spread(vals: I64) -> I64:
+        full = np.zeros(n, dtype=np.int64)
+        full[go] = vals
+        return full[rows]
+
+    o_mss = spread(g_mss)
+    o_hlen = spread(g_hlen)
+    o_pay = spread(g_pay)
+    o_k = spread(g_k)
+    seg_pay = np.minimum(o_mss, o_pay - j * o_mss)
+    out_len = np.where(is_seg, o_hlen + seg_pay, batch.length[rows])
+    # layout: segments get the input's headroom and the default tailroom
+    head = np.maximum(batch.start[rows] - batch.slot_lo[rows], 0)
+    tail = np.where(
+        is_seg, DEFAULT_TAILROOM, batch.slot_hi[rows] - batch.start[rows] - batch.length[rows]
+    )
+    sizes = _round_up(head + out_len + tail)
+    slot_hi = np.cumsum(sizes)
+    slot_lo = slot_hi - sizes
+    start = slot_lo + head
+    out_buf = np.empty(int(slot_hi[-1]), dtype=np.uint8)
+    ext = e.take(rows)
+    out = Batch(out_buf, start, out_len, slot_lo, slot_hi, ext, 0)
+
+    # pass-through packets: one gather
+    pt = np.flatnonzero(~is_seg)
+    if len(pt):
+        src_rows = rows[pt]
+        out_buf[gather_index(start[pt], out_len[pt])] = buf[
+            gather_index(batch.start[src_rows], out_len[pt])
+        ]
+    # segments: headers and payload, one strided copy per super-packet
+    for gi, r in enumerate(go.tolist()):
+        kk = int(g_k[gi])
+        h = int(g_hlen[gi])
+        m = int(g_mss[gi])
+        p = int(g_pay[gi])
+        s0 = int(batch.start[r])
+        hdr = buf[s0 : s0 + h]
+        payload = buf[s0 + h : s0 + h + p]
+        o0 = int(first[r])
+        kf = p // m  # full segments
+        if kf >= 2:
+            stride = int(slot_lo[o0 + 1] - slot_lo[o0])
+            dst = as_strided(
+                out_buf[int(start[o0]) :], shape=(kf, h + m), strides=(stride, 1), writeable=True
+            )
+            dst[:, :h] = hdr
+            dst[:, h:] = payload[: kf * m].reshape(kf, m)
+        elif kf == 1:
+            d0 = int(start[o0])
+            out_buf[d0 : d0 + h] = hdr
+            out_buf[d0 + h : d0 + h + m] = payload[:m]
+        if kf < kk:  # the shorter last segment
+            d0 = int(start[o0 + kk - 1])
+            out_buf[d0 : d0 + h] = hdr
+            out_buf[d0 + h : d0 + h + (p - kf * m)] = payload[kf * m :]
+
+    # header fields of all segments at once
+    s = np.flatnonzero(is_seg)
+    sb = start[s]
+    sj = j[s]
+    last = sj == o_k[s] - 1
+    slen = out_len[s]
+    l3o = np.zeros(n, dtype=np.int64)
+    l4o = np.zeros(n, dtype=np.int64)
+    ver = np.zeros(n, dtype=np.int64)
+    l3o[go] = (lay.l3 - lay.base)[ok]
+    l4o[go] = (lay.l4 - lay.base)[ok]
+    ver[go] = lay.v[ok]
+    s_l3 = l3o[rows[s]]
+    s_l4 = l4o[rows[s]]
+    s_v = ver[rows[s]]
+    v4 = s_v == 4
+    if v4.any():
+        p3 = sb[v4] + s_l3[v4]
+        _put16(out_buf, p3 + 2, slen[v4] - s_l3[v4])
+        fixed = (ext.xflags[s][v4] & np.uint8(XFlag.FIXED_ID)) != 0
+        ident = _u16(out_buf, p3 + 4)
+        _put16(out_buf, p3 + 4, np.where(fixed, ident, (ident + sj[v4]) & 0xFFFF))
+    v6 = ~v4
+    if v6.any():
+        p3 = sb[v6] + s_l3[v6]
+        _put16(out_buf, p3 + 4, slen[v6] - s_l3[v6] - 40)
+    p4 = sb + s_l4
+    if proto == IPPROTO_TCP:
+        seq = _u32(out_buf, p4 + 4)
+        _put32(out_buf, p4 + 4, (seq + sj * o_mss[s]) & 0xFFFFFFFF)
+        fl = _u8(out_buf, p4 + 13)
+        fl = np.where(last, fl, fl & (0xFF ^ (TCP_FIN | TCP_PSH))).astype(np.int64)
+        fl = np.where(sj == 0, fl, fl & (0xFF ^ TCP_CWR)).astype(np.int64)
+        out_buf[p4 + 13] = fl
+    else:
+        _put16(out_buf, p4 + 4, slen - s_l4)
+
+    # extension of the segments: a plain packet with its layout, checksums to fill
+    rs = s
+    ext.gso_type[rs] = 0
+    ext.gso_size[rs] = 0
+    ext.vflags[rs] &= np.uint8(~(VnetFlag.NEEDS_CSUM | VnetFlag.DATA_VALID) & 0xFF)
+    ext.csum_start[rs] = 0
+    ext.csum_offset[rs] = 0
+    ext.hdr_len[rs] = o_hlen[s]
+    ext.l3_off[rs] = s_l3
+    ext.l4_off[rs] = s_l4
+    ext.xflags[rs] |= np.uint8(XFlag.PARSED)
+    seg_mask = np.zeros(total, dtype=np.bool_)
+    seg_mask[s] = True
+    cs.fill(out, seg_mask)
+    return out
+
+
+class SegmentTask(SoftTask):
+    """TCP (``Task.TCP_SEGMENT``) or UDP (``Task.UDP_SEGMENT``) segmentation."""
+
+    def __init__(self, task: Task, gso_size: int = 0) -> None:
+        if task not in (Task.TCP_SEGMENT, Task.UDP_SEGMENT):
+            raise ConfigError(f"segment: not a segmentation task: {task!r}")
+        if not 0 <= int(gso_size) <= 65535:
+            raise ConfigError(f"{task.kebab}: gso_size (mss) must be 0..65535, not {gso_size}")
+        self.task = task
+        self.gso_size = int(gso_size)
+        self.proto = IPPROTO_TCP if task is Task.TCP_SEGMENT else IPPROTO_UDP
+        #: plan of the last ``process`` call (per input packet)
+        self.last_plan: Plan | None = None
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        out, plan = segment(batch, sel, self.proto, default_gso_size=self.gso_size)
+        self.last_plan = plan
+        return out
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab, "gso_size": self.gso_size}
+
+
+def _tcp_factory(gso_size: int = 0, mss: int | None = None, **options: Any) -> SegmentTask:
+    if options:
+        raise ConfigError(f"tcp-segment: unknown options {', '.join(sorted(options))}")
+    return SegmentTask(Task.TCP_SEGMENT, mss if mss is not None else gso_size)
+
+
+def _udp_factory(gso_size: int = 0, mss: int | None = None, **options: Any) -> SegmentTask:
+    if options:
+        raise ConfigError(f"udp-segment: unknown options {', '.join(sorted(options))}")
+    return SegmentTask(Task.UDP_SEGMENT, mss if mss is not None else gso_size)
+
+
+register(Task.TCP_SEGMENT, _tcp_factory)
+register(Task.UDP_SEGMENT, _udp_factory)
+
+__all__: Sequence[str] = ("Plan", "SegmentTask", "segment")
