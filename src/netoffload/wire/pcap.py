@@ -115,6 +115,8 @@ class CaptureReader:
         self.count = 0
         self.nanosecond = False
         self.format = ""
+        #: link type of the pcap header, or of the first pcapng interface (-1: none yet)
+        self.linktype = -1
 
     @property
     def size(self) -> int:
@@ -152,6 +154,7 @@ class CaptureReader:
         if major != 2:
             raise self._fail(4, f"unsupported pcap version {major}")
         linktype &= 0x0FFFFFFF  # the upper bits carry FCS information
+        self.linktype = linktype
         self.nanosecond = ns
         per_s = 1_000_000_000 if ns else 1_000_000
         limit = max(snaplen, DEFAULT_SNAPLEN, 65535)
@@ -231,6 +234,8 @@ class CaptureReader:
         if len(body) < 8:
             raise self._fail(boff, "interface description block too short")
         linktype, _res, snaplen = struct.unpack_from(e + "HHI", body, 0)
+        if self.linktype < 0:
+            self.linktype = linktype
         ifc = _Iface(linktype, snaplen)
         for code, val, voff in self._options(body, 8, boff, e):
             if code == 9 and len(val) >= 1:  # if_tsresol
@@ -402,6 +407,16 @@ class PcapWriter:
         self.count = 0
         magic = PCAP_MAGIC_NS if nanosecond else PCAP_MAGIC_US
         f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+
+    def relink(self, linktype: int) -> None:
+        """Change the link type in the file header (the file must be seekable)."""
+        if linktype == self.linktype:
+            return
+        pos = self.f.tell()
+        self.f.seek(20)
+        self.f.write(struct.pack("<I", linktype))
+        self.f.seek(pos)
+        self.linktype = linktype
 
     def write(self, data: bytes | memoryview, ts_ns: int = 0, orig_len: int | None = None) -> None:
         n = len(data)
