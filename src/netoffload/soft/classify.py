@@ -132,33 +132,47 @@ def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
     v4 = ver == 4
     v6 = ver == 6
     ip = v4 | v6
-    l3 = np.where(ip, base + l3o, 0)
+    allip = bool(ip.all())
+    l3 = base + l3o if allip else np.where(ip, base + l3o, 0)
     if len(buf) == 0:
-        l3 = np.zeros(n, np.int64)
+        buf = np.zeros(1, dtype=np.uint8)
 
-    def g(off: I64 | int, mask: Mask) -> I64:
-        i = np.where(mask, l3 + off, 0)
-        return np.where(mask, buf[i].astype(np.int64) if len(buf) else 0, 0)
+    def take(i: I64, m: Mask, every: bool) -> I64:
+        v = buf.take(i, mode="clip").astype(np.int64)
+        return v if every else np.where(m, v, 0)
+
+    def g(off: int, mask: Mask) -> I64:
+        return take(l3 + off, mask, allip and mask is ip)
 
     # addresses
     src = np.zeros((n, 16), dtype=np.uint8)
     dst = np.zeros((n, 16), dtype=np.uint8)
-    if v4.any():
-        r = l3[v4]
-        src[v4, 10:12] = 0xFF
-        dst[v4, 10:12] = 0xFF
-        src[v4, 12:16] = buf[r[:, None] + np.arange(12, 16)]
-        dst[v4, 12:16] = buf[r[:, None] + np.arange(16, 20)]
-    if v6.any():
-        r = l3[v6]
-        src[v6] = buf[r[:, None] + np.arange(8, 24)]
-        dst[v6] = buf[r[:, None] + np.arange(24, 40)]
+    if bool(v4.all()):
+        src[:, 10:12] = 0xFF
+        dst[:, 10:12] = 0xFF
+        src[:, 12:16] = buf.take(l3[:, None] + np.arange(12, 16), mode="clip")
+        dst[:, 12:16] = buf.take(l3[:, None] + np.arange(16, 20), mode="clip")
+    else:
+        if v4.any():
+            r = l3[v4]
+            src[v4, 10:12] = 0xFF
+            dst[v4, 10:12] = 0xFF
+            src[v4, 12:16] = buf[r[:, None] + np.arange(12, 16)]
+            dst[v4, 12:16] = buf[r[:, None] + np.arange(16, 20)]
+        if v6.any():
+            r = l3[v6]
+            src[v6] = buf[r[:, None] + np.arange(8, 24)]
+            dst[v6] = buf[r[:, None] + np.arange(24, 40)]
     b0 = g(0, ip)
     b1 = g(1, ip)
     dscp = np.where(v4, b1 >> 2, np.where(v6, (((b0 & 0xF) << 4) | (b1 >> 4)) >> 2, 0))
     proto = np.where(ip, e.l4_proto[idx].astype(np.int64), 0)
     # fragments
-    fw = (g(6, v4) << 8) | g(7, v4)
+    fw = (
+        (g(6, v4) << 8) | g(7, v4)
+        if not allip or not bool(v4.all())
+        else (g(6, ip) << 8) | g(7, ip)
+    )
     frag_off = np.where(v4, (fw & 0x1FFF) * 8, 0)
     more = v4 & ((fw & 0x2000) != 0)
     frag = v4 & ((fw & 0x3FFF) != 0)
@@ -177,8 +191,10 @@ def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
     has_ports = ip & ~frag & ((proto == 6) | (proto == 17)) & (l4avail >= 4)
     pi = np.where(has_ports, l4abs, 0)
 
+    all_ports = bool(has_ports.all())
+
     def u8(i: I64, m: Mask) -> I64:
-        return np.where(m, buf[np.where(m, i, 0)].astype(np.int64) if len(buf) else 0, 0)
+        return take(i, m, all_ports and m is has_ports)
 
     sport = np.where(has_ports, (u8(pi, has_ports) << 8) | u8(pi + 1, has_ports), -1)
     dport = np.where(has_ports, (u8(pi + 2, has_ports) << 8) | u8(pi + 3, has_ports), -1)

@@ -147,31 +147,34 @@ class BucketTable(KeyTable):
         n = len(keys)
         if n == 0:
             return np.zeros(0, dtype=np.bool_)
-        uk, first, inv = np.unique(keys, return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-        _, found = self.find(uk)
+        # one stable sort gives the unique keys, each packet's group and its rank in it
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        newgrp = np.empty(n, dtype=np.bool_)
+        newgrp[0] = True
+        np.not_equal(sk[1:], sk[:-1], out=newgrp[1:])
+        starts = np.flatnonzero(newgrp)
+        uk = sk[starts]
+        gid = np.cumsum(newgrp) - 1  # group of each sorted packet
+        rank_sorted = np.arange(n) - starts[gid]
+        pos, found = self.find(uk)
         if not found.all():
             missing = uk[~found]
             self.insert(missing, now, tokens=np.full(len(missing), self.burst))
-        pos, found = self.find(uk)
+            pos, found = self.find(uk)
         # keys trimmed away right after insertion (batch larger than capacity): fresh buckets
         tok = np.full(len(uk), self.burst)
         fp = pos[found]
         tok[found] = np.minimum(
             self.burst, self.tokens[fp] + self.rate * np.maximum(0.0, now - self.last[fp])
         )
-        # rank of each packet among the packets of its key, in batch order
-        order = np.argsort(inv, kind="stable")
-        counts = np.bincount(inv, minlength=len(uk))
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - np.repeat(starts, counts)
-        allowed = rank.astype(np.float64) + 1.0 <= tok[inv] + 1e-9
-        used = np.bincount(inv[allowed], minlength=len(uk)).astype(np.float64)
+        ok_sorted = rank_sorted.astype(np.float64) + 1.0 <= tok[gid] + 1e-9
+        used = np.bincount(gid[ok_sorted], minlength=len(uk)).astype(np.float64)
         self.tokens[fp] = tok[found] - used[found]
         self.last[fp] = now
-        del first
-        return np.asarray(allowed)
+        allowed = np.empty(n, dtype=np.bool_)
+        allowed[order] = ok_sorted
+        return allowed
 
 
 class FlowSet(KeyTable):
