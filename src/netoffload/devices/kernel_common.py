@@ -13,6 +13,10 @@ import fcntl
 import os
 import struct
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netoffload.batch import Batch
 
 # --- TUN/TAP ----------------------------------------------------------------
 TUN_PATH = "/dev/net/tun"
@@ -210,3 +214,62 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
     if _libc.setns(fd, nstype) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+# --- batches from reads ---------------------------------------------------------------
+class Arena:
+    """Reads land straight in slots of a persistent buffer; ``batch()`` copies them out once.
+
+    ``slot()`` gives the next writable region (``max_frame`` bytes after the
+    headroom) or None when the arena is full; ``commit(n)`` keeps ``n`` bytes.
+    """
+
+    HEADROOM = 64
+    TAILROOM = 64
+
+    def __init__(self, size: int = 4 << 20, max_frame: int = 65535 + 14) -> None:
+        import numpy as np
+
+        self.max_frame = max_frame
+        self.arena = np.empty(size, dtype=np.uint8)
+        self._mv = memoryview(self.arena.data)
+        self.starts: list[int] = []
+        self.lens: list[int] = []
+        self.off = 0
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def reset(self) -> None:
+        self.starts.clear()
+        self.lens.clear()
+        self.off = 0
+
+    def slot(self) -> memoryview | None:
+        s = self.off + self.HEADROOM
+        if s + self.max_frame + self.TAILROOM > len(self.arena):
+            return None
+        return self._mv[s : s + self.max_frame]
+
+    def commit(self, n: int) -> None:
+        s = self.off + self.HEADROOM
+        self.starts.append(s)
+        self.lens.append(n)
+        self.off = s + (n + self.TAILROOM + 63) // 64 * 64
+
+    def batch(self) -> Batch:
+        import numpy as np
+
+        from netoffload.batch import Batch as _Batch
+        from netoffload.batch import Ext
+
+        n = len(self.starts)
+        if n == 0:
+            return _Batch.empty()
+        start = np.array(self.starts, dtype=np.int64)
+        length = np.array(self.lens, dtype=np.int64)
+        slot_lo = start - self.HEADROOM
+        slot_hi = np.empty(n, dtype=np.int64)
+        slot_hi[:-1] = slot_lo[1:]
+        slot_hi[-1] = self.off
+        return _Batch(self.arena[: self.off].copy(), start, length, slot_lo, slot_hi, Ext(n), 0)

@@ -1,0 +1,537 @@
+"""UDP socket as an offload device: UDP_SEGMENT on send, UDP_GRO on receive.
+
+The packets of a batch this device sends or receives are UDP *payloads* (the
+socket owns the IP and UDP headers, as in a tunnel's outer transport). A
+payload longer than its ``ext.gso_size`` is a super-datagram: with the
+``udp-segment`` task it leaves in one ``sendmsg`` carrying a ``UDP_SEGMENT``
+control message (SOL_UDP=17, UDP_SEGMENT=103), and the kernel cuts it into
+``gso_size`` datagrams. With ``UDP_GRO`` (104) on, the kernel hands up
+coalesced datagrams with their segment size in a control message: the
+``udp-assemble`` task done by the kernel. The kernel always fills and checks
+the UDP checksum of a socket's datagrams (``checksum`` both ways).
+
+Probing: ``getsockopt(UDP_SEGMENT)`` / ``setsockopt(UDP_GRO)`` at start, and
+again after an ``EIO`` on a segmented send (the kernel refuses UDP GSO on some
+paths: UDP-Lite, xfrm). If the retry fails too, the capability is dropped from
+the task offload buffer, the datagram and everything after it is segmented in
+software (one ``sendto`` per datagram), and no datagram is lost.
+
+Push-down: a classic BPF program attached with ``SO_ATTACH_FILTER`` runs in the
+kernel on every datagram (offset 0 is the UDP header) before it is queued.
+Several workers: ``UdpDevice.reuseport_group`` binds N sockets with
+``SO_REUSEPORT``; the kernel spreads flows over them by hash.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from netoffload.batch import Batch, CsumVerdict, FilterVerdict, Reason
+from netoffload.caps import CapRecord, Enabled, TaskOffloadBuffer
+from netoffload.devices import kernel_common as kc
+from netoffload.devices.base import Completion, DeviceLoad, WireDevice
+from netoffload.devices.registry import register_device
+from netoffload.errors import ConfigError, DeviceDown, DeviceError
+from netoffload.tasks import Task
+
+#: UDP_MAX_SEGMENTS of the kernel (64 before Linux 6.8, 128 since); we stay within 64.
+MAX_SEGMENTS = 64
+MAX_PAYLOAD = 65507
+_GRO_CMSG = socket.CMSG_SPACE(4)
+_GONE = (errno.EBADF, errno.ENOTSOCK)
+_PATH = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.ENETDOWN, errno.EPERM)
+
+Addr = tuple[Any, ...]
+
+
+@dataclass
+class UdpCounters:
+    datagrams_out: int = 0  # datagrams on the wire (after segmentation)
+    sends: int = 0  # send syscalls
+    gso_sends: int = 0
+    soft_segmented: int = 0  # super-datagrams we had to cut ourselves
+    eio: int = 0
+    uso_dropped: bool = False
+    tx_dropped: int = 0
+    path_errors: int = 0
+    datagrams_in: int = 0
+    gro_in: int = 0
+    errno_counts: dict[str, int] = field(default_factory=dict)
+
+    def note(self, e: OSError) -> None:
+        name = errno.errorcode.get(e.errno or 0, str(e.errno))
+        self.errno_counts[name] = self.errno_counts.get(name, 0) + 1
+
+
+def probe_socket(sock: socket.socket) -> dict[str, bool]:
+    """What this socket's kernel offers: UDP_SEGMENT, UDP_GRO, SO_ATTACH_FILTER."""
+    caps: dict[str, bool] = {}
+    try:
+        sock.getsockopt(kc.SOL_UDP, kc.UDP_SEGMENT)
+        caps["udp_segment"] = True
+    except OSError:
+        caps["udp_segment"] = False
+    try:
+        old = sock.getsockopt(kc.SOL_UDP, kc.UDP_GRO)
+        sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, old)
+        caps["udp_gro"] = True
+    except OSError:
+        caps["udp_gro"] = False
+    try:
+        kc.sock_attach_filter(sock.fileno(), [(0x06, 0, 0, 0xFFFFFFFF)])
+        sock.setsockopt(socket.SOL_SOCKET, kc.SO_DETACH_FILTER, 0)
+        caps["filter"] = True
+    except OSError:
+        caps["filter"] = False
+    return caps
+
+
+class UdpDevice(WireDevice):
+    """One UDP socket (bound; optionally with a default peer)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: Addr | None = None,
+        *,
+        gro: bool = True,
+        io_timeout: float = 0.5,
+        name: str | None = None,
+        owns: object | None = None,
+    ) -> None:
+        super().__init__()
+        if sock.type != socket.SOCK_DGRAM:
+            raise ConfigError("UdpDevice needs a SOCK_DGRAM socket")
+        self.sock = sock
+        sock.setblocking(False)
+        self.peer = peer
+        self.io_timeout = io_timeout
+        self.name = name or f"udp:{_fmt(sock.getsockname())}"
+        self.udp = UdpCounters()
+        self._probe: dict[str, bool] | None = None
+        self._gro_wanted = gro
+        self._gro_on = False
+        self._filter: list[kc.Insn] | None = None
+        self._done: list[Completion] = []
+        self._ticket = 0
+        self._closed = False
+        self._owns = owns
+        self._arena = kc.Arena(4 << 20, MAX_PAYLOAD + 64)
+        #: source address of each packet of the last ``recv`` batch
+        self.last_sources: list[Addr] = []
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def open(
+        cls,
+        ns: object | None,
+        bind: Addr,
+        peer: Addr | None = None,
+        *,
+        reuseport: bool = False,
+        family: int | None = None,
+        proto: int = 0,
+        **kw: Any,
+    ) -> UdpDevice:
+        """A UDP socket made inside project namespace ``ns`` (a ``testing.netns.Netns``)."""
+        from netoffload.testing.netns import Netns, check_address
+
+        fam = family or (socket.AF_INET6 if ":" in str(bind[0]) else socket.AF_INET)
+        for addr in (bind, peer):
+            if addr is not None and addr[0] not in ("", "0.0.0.0", "::"):
+                check_address(str(addr[0]))
+        if ns is None:
+            raise ConfigError("UdpDevice.open needs a project namespace (testing.netns.Netns)")
+        if not isinstance(ns, Netns):
+            raise ConfigError("UdpDevice.open: ns must be a testing.netns.Netns")
+        s = ns.socket(fam, socket.SOCK_DGRAM, proto)
+        try:
+            if reuseport:
+                s.setsockopt(socket.SOL_SOCKET, kc.SO_REUSEPORT, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.bind(bind)
+        except BaseException:
+            s.close()
+            raise
+        return cls(s, peer, **kw)
+
+    @classmethod
+    def reuseport_group(cls, ns: object, bind: Addr, workers: int, **kw: Any) -> list[UdpDevice]:
+        """``workers`` sockets on one address with SO_REUSEPORT (the kernel picks by flow hash)."""
+        if not 1 <= workers <= 64:
+            raise ConfigError(f"reuseport group of {workers} workers (1..64)")
+        out: list[UdpDevice] = []
+        try:
+            for i in range(workers):
+                d = cls.open(ns, bind, reuseport=True, **kw)
+                d.name = f"{d.name}#{i}"
+                out.append(d)
+        except BaseException:
+            for d in out:
+                d.close()
+            raise
+        return out
+
+    # ------------------------------------------------------------------ caps
+    def probe(self) -> TaskOffloadBuffer:
+        if self._closed:
+            return TaskOffloadBuffer(self.name, {}, {})
+        self._probe = probe_socket(self.sock)
+        if self.udp.uso_dropped:
+            self._probe["udp_segment"] = False
+        if self._probe["udp_gro"] and self._gro_wanted and not self._gro_on:
+            self.sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 1)
+            self._gro_on = True
+        recs: dict[Task, CapRecord] = {
+            Task.CHECKSUM: CapRecord(Task.CHECKSUM, features=("fill", "verify"))
+        }
+        v = frozenset({6 if self.sock.family == socket.AF_INET6 else 4})
+        if self._probe["udp_segment"]:
+            recs[Task.UDP_SEGMENT] = CapRecord(Task.UDP_SEGMENT, v, MAX_PAYLOAD, 1, MAX_SEGMENTS)
+        if self._probe["udp_gro"] and self._gro_wanted:
+            recs[Task.UDP_ASSEMBLE] = CapRecord(Task.UDP_ASSEMBLE, v, MAX_PAYLOAD, 1, MAX_SEGMENTS)
+        if self._probe["filter"]:
+            recs[Task.DOS_FILTER] = CapRecord(Task.DOS_FILTER, max_rules=4096, features=("cbpf",))
+        return TaskOffloadBuffer(self.name, recs, {})
+
+    @property
+    def probed(self) -> dict[str, bool]:
+        if self._probe is None:
+            self.query()
+        assert self._probe is not None
+        return dict(self._probe)
+
+    @property
+    def uso(self) -> bool:
+        """UDP_SEGMENT usable now (probed and not dropped after EIO)."""
+        return bool(self.probed.get("udp_segment")) and not self.udp.uso_dropped
+
+    def _drop_uso(self) -> None:
+        self.udp.uso_dropped = True
+        buf = self.query()
+        recs: dict[Task, CapRecord] = {
+            t: r for t, r in buf.records.items() if t != Task.UDP_SEGMENT
+        }
+        en: dict[Task, Enabled] = {t: e for t, e in buf.enabled.items() if t != Task.UDP_SEGMENT}
+        self._buffer = TaskOffloadBuffer(self.name, recs, en)
+
+    # ------------------------------------------------------------------ filter
+    def attach_filter(self, insns: Sequence[kc.Insn]) -> None:
+        """SO_ATTACH_FILTER: the kernel drops what the program answers 0 for (0: UDP header)."""
+        if not self.probed.get("filter"):
+            raise DeviceError(f"{self.name}: SO_ATTACH_FILTER refused at probe time")
+        try:
+            kc.sock_attach_filter(self.sock.fileno(), insns)
+        except OSError as e:
+            raise DeviceError(f"{self.name}: SO_ATTACH_FILTER: {e.strerror}") from None
+        self._filter = list(insns)
+
+    def detach_filter(self) -> None:
+        if self._filter is not None:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, kc.SO_DETACH_FILTER, 0)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise DeviceError(f"{self.name}: SO_DETACH_FILTER: {e.strerror}") from None
+            self._filter = None
+
+    # ------------------------------------------------------------------ work
+    def submit(self, batch: Batch, order: Sequence[Task]) -> int:
+        """UDP segmentation and checksums are done by the kernel at ``send``; mark them."""
+        self._check()
+        self._ticket += 1
+        self._account(batch)
+        e = batch.ext
+        asked = Task(int(np.bitwise_or.reduce(e.offload)) if len(batch) else 0)
+        doable = Task.CHECKSUM | (Task.UDP_SEGMENT if self.uso else Task(0))
+        extra = asked & ~doable
+        if extra:
+            self.stats.errors += 1
+            self._done.append(
+                Completion(
+                    self._ticket,
+                    batch,
+                    ok=False,
+                    error=f"{self.name}: cannot do {', '.join(t.kebab for t in extra.members())}",
+                )
+            )
+            return self._ticket
+        seg = (e.offload & Task.UDP_SEGMENT) != 0
+        zero = seg & (e.gso_size == 0) & (batch.length > 0)
+        e.error[zero] = Reason.GSO_SIZE_ZERO
+        many = (
+            seg
+            & ~zero
+            & (
+                (batch.length + np.maximum(e.gso_size, 1).astype(np.int64) - 1)
+                // np.maximum(e.gso_size, 1).astype(np.int64)
+                > MAX_SEGMENTS
+            )
+        )
+        e.error[many] = Reason.TOO_MANY_SEGMENTS
+        big = batch.length > MAX_PAYLOAD
+        e.error[big & ((e.offload & Task.UDP_SEGMENT) != 0)] = Reason.SUPER_TOO_BIG
+        rows = e.offload != 0
+        done = e.offload.astype(np.uint16)
+        e.done[rows] |= done[rows]
+        e.by_device[rows] |= done[rows]
+        self._done.append(Completion(self._ticket, batch))
+        return self._ticket
+
+    def poll(self, wait: bool = True) -> list[Completion]:
+        done, self._done = self._done, []
+        return done
+
+    def outstanding(self) -> int:
+        return len(self._done)
+
+    # ------------------------------------------------------------------ wire
+    def send(self, batch: Batch, dest: Addr | None = None) -> int:
+        """Send every live payload; returns how many batch packets went out whole.
+
+        A payload longer than its ``gso_size`` (> 0) leaves as
+        ``ceil(len / gso_size)`` datagrams: in one UDP_SEGMENT sendmsg while
+        the capability holds, else cut here. A packet that fails gets
+        ``ext.error = DEVICE_ERROR`` and is counted; nothing raises but a
+        vanished socket (DeviceDown).
+        """
+        self._check()
+        to = dest if dest is not None else self.peer
+        n = len(batch)
+        if n == 0:
+            return 0
+        e = batch.ext
+        alive = e.alive()
+        mv = memoryview(batch.buf.data)
+        ok = 0
+        deadline = 0.0
+        i = 0
+        while i < n:
+            if not alive[i]:
+                i += 1
+                continue
+            s, ln, g = int(batch.start[i]), int(batch.length[i]), int(e.gso_size[i])
+            payload = mv[s : s + ln]
+            segmented = 0 < g < ln
+            try:
+                if segmented and self.uso:
+                    self._send_gso(payload, g, to)
+                    self.udp.datagrams_out += (ln + g - 1) // g
+                elif segmented:
+                    self._send_soft(payload, g, to)
+                else:
+                    self._sendto(payload, to)
+                    self.udp.datagrams_out += 1
+                ok += 1
+                i += 1
+                deadline = 0.0
+            except BlockingIOError:
+                if not deadline:
+                    deadline = time.monotonic() + self.io_timeout
+                if not self._wait_writable(deadline):
+                    self.udp.tx_dropped += int(alive[i:].sum())
+                    break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                self.udp.note(err)
+                self.stats.errors += 1
+                if err.errno in _GONE:
+                    raise DeviceDown(f"{self.name}: {err.strerror}") from None
+                if err.errno == errno.EIO and segmented and self.uso:
+                    # re-probe: one retry, then drop UDP_SEGMENT and cut in software
+                    self.udp.eio += 1
+                    try:
+                        self._send_gso(payload, g, to)
+                        self.udp.datagrams_out += (ln + g - 1) // g
+                        ok += 1
+                        i += 1
+                    except OSError as err2:
+                        self.udp.note(err2)
+                        self.udp.eio += err2.errno == errno.EIO
+                        self._drop_uso()
+                    continue  # (after a drop: the same payload again, in software)
+                if err.errno in _PATH:
+                    self.udp.path_errors += 1
+                e.error[i] = Reason.DEVICE_ERROR
+                i += 1
+        return ok
+
+    def _sendto(self, payload: memoryview, to: Addr | None) -> None:
+        self.udp.sends += 1
+        if to is None:
+            self.sock.send(payload)
+        else:
+            self.sock.sendto(payload, to)
+
+    def _send_gso(self, payload: memoryview, g: int, to: Addr | None) -> None:
+        self.udp.sends += 1
+        cmsg = [(kc.SOL_UDP, kc.UDP_SEGMENT, struct.pack("H", g))]
+        if to is None:
+            self.sock.sendmsg([payload], cmsg)
+        else:
+            self.sock.sendmsg([payload], cmsg, 0, to)
+        self.udp.gso_sends += 1
+
+    def _send_soft(self, payload: memoryview, g: int, to: Addr | None) -> None:
+        """Software segmentation: one datagram per ``g`` bytes (all or an exception)."""
+        self.udp.soft_segmented += 1
+        off = 0
+        ln = len(payload)
+        deadline = time.monotonic() + self.io_timeout
+        while off < ln:
+            try:
+                self._sendto(payload[off : off + g], to)
+            except BlockingIOError:
+                if not self._wait_writable(deadline):
+                    raise
+                continue
+            self.udp.datagrams_out += 1
+            off += g
+
+    def _wait_writable(self, until: float) -> bool:
+        left = until - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            _, w, _ = select.select([], [self.sock], [], left)
+        except (OSError, ValueError):
+            return False
+        return bool(w)
+
+    def wait_readable(self, timeout: float) -> bool:
+        self._check()
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(r)
+
+    def recv(self, max_packets: int = 1024) -> Batch:
+        """Datagrams waiting (non-blocking); GRO'd ones carry gso_size and segs."""
+        self._check()
+        ar = self._arena
+        ar.reset()
+        gsos: list[int] = []
+        self.last_sources = []
+        while len(ar) < max_packets:
+            region = ar.slot()
+            if region is None:
+                break
+            try:
+                nbytes, anc, _flags, addr = self.sock.recvmsg_into([region], _GRO_CMSG)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                self.udp.note(err)
+                self.stats.errors += 1
+                if err.errno in _GONE:
+                    raise DeviceDown(f"{self.name}: {err.strerror}") from None
+                break  # e.g. ECONNREFUSED from an earlier ICMP: counted, try again later
+            g = 0
+            for lvl, typ, data in anc:
+                if lvl == kc.SOL_UDP and typ == kc.UDP_GRO and len(data) >= 2:
+                    fmt = "i" if len(data) >= 4 else "H"
+                    g = struct.unpack(fmt, data[: struct.calcsize(fmt)])[0]
+            ar.commit(nbytes)
+            gsos.append(g)
+            self.last_sources.append(addr)
+        b = ar.batch()
+        if not len(b):
+            return b
+        e = b.ext
+        self.udp.datagrams_in += len(b)
+        e.gso_size[:] = np.minimum(np.array(gsos, dtype=np.int64), 65535)
+        gro = (e.gso_size > 0) & (b.length > e.gso_size)
+        size = np.maximum(e.gso_size.astype(np.int64), 1)
+        e.segs[:] = np.where(gro, (b.length + size - 1) // size, 1)
+        self.udp.gro_in += int(gro.sum())
+        e.done[gro] |= np.uint16(Task.UDP_ASSEMBLE)
+        e.by_device[gro] |= np.uint16(Task.UDP_ASSEMBLE)
+        # the kernel checked every UDP checksum (bad ones never reach a socket)
+        e.csum_verdict[:] = CsumVerdict.GOOD
+        e.done |= np.uint16(Task.CHECKSUM)
+        e.by_device |= np.uint16(Task.CHECKSUM)
+        if self._filter is not None:
+            e.done |= np.uint16(Task.DOS_FILTER)
+            e.by_device |= np.uint16(Task.DOS_FILTER)
+            e.filter_verdict[:] = FilterVerdict.PASS
+        return b
+
+    # ------------------------------------------------------------------ state
+    def _check(self) -> None:
+        if self._closed:
+            raise DeviceDown(f"{self.name}: closed")
+
+    def load(self) -> DeviceLoad:
+        return DeviceLoad(len(self._done), 0, not self._closed)
+
+    def counters(self) -> dict[str, object]:
+        d = dict(self.stats.as_dict())
+        u = self.udp
+        d.update(
+            datagrams_out=u.datagrams_out,
+            sends=u.sends,
+            gso_sends=u.gso_sends,
+            soft_segmented=u.soft_segmented,
+            eio=u.eio,
+            uso_dropped=u.uso_dropped,
+            tx_dropped=u.tx_dropped,
+            path_errors=u.path_errors,
+            datagrams_in=u.datagrams_in,
+            gro_in=u.gro_in,
+            errno=dict(u.errno_counts),
+        )
+        return d
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.sock.close()
+        owns, self._owns = self._owns, None
+        close = getattr(owns, "close", None)
+        if close is not None:
+            close()
+
+
+def _fmt(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = f"[{addr[0]}]" if ":" in str(addr[0]) else str(addr[0])
+        return f"{host}:{addr[1]}"
+    return str(addr)
+
+
+def _probe_factory() -> UdpDevice:
+    """``caps --device udp``: a socket in a throwaway namespace, removed on close()."""
+    from netoffload.testing import netns
+
+    reason = netns.available()
+    if reason:
+        raise DeviceError(f"udp: {reason}")
+    tb = netns.Testbed()
+    try:
+        ns = tb.host("caps")
+        ns.ip("addr", "add", "198.18.0.1/24", "dev", "lo")
+        dev = UdpDevice.open(ns, ("198.18.0.1", 0), owns=tb)
+        dev.query()
+    except BaseException:
+        tb.close()
+        raise
+    return dev
+
+
+register_device(
+    "udp",
+    _probe_factory,
+    "Linux UDP socket: UDP_SEGMENT (GSO) on send, UDP_GRO on receive, SO_ATTACH_FILTER",
+)

@@ -1,0 +1,262 @@
+"""UDP socket device: the kernel segments (UDP_SEGMENT), assembles (UDP_GRO), filters."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from netoffload.batch import Batch, FilterVerdict, Reason
+from netoffload.devices import kernel_common as kc
+from netoffload.devices.udp import UdpDevice
+from netoffload.tasks import TX_ORDER, Task
+from netoffload.testing import netns
+
+IPPROTO_UDPLITE = 136
+A4, B4 = "198.18.0.1", "198.18.0.2"
+A6, B6 = "fd00::1", "fd00::2"
+
+
+def _recv_all(s: socket.socket, want: int, timeout: float = 2.0) -> list[bytes]:
+    out: list[bytes] = []
+    s.setblocking(False)
+    end = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < end:
+        r, _, _ = select.select([s], [], [], 0.05)
+        if r:
+            out.append(s.recv(70000))
+    return out
+
+
+def _payload(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("v", [4, 6])
+def test_one_udp_segment_send_arrives_as_n_datagrams(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns], v: int
+) -> None:
+    _tb, a, b = two_hosts
+    src, dst = (A4, B4) if v == 4 else (A6, B6)
+    rx = b.socket(socket.AF_INET if v == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+    rx.bind((dst, 6000))
+    dev = UdpDevice.open(a, (src, 0), (dst, 6000))
+    try:
+        assert dev.probed["udp_segment"]
+        assert Task.UDP_SEGMENT in dev.query().records
+        data = _payload(10 * 1200 + 300, v)
+        batch = Batch.from_packets([data])
+        batch.ext.offload[:] = Task.UDP_SEGMENT
+        batch.ext.gso_size[:] = 1200
+        comp = dev.complete(dev.submit(batch, TX_ORDER))
+        assert comp.ok and comp.batch.ext.by_device[0] & Task.UDP_SEGMENT
+        assert dev.send(comp.batch) == 1
+        c = dev.counters()
+        assert c["sends"] == 1 and c["gso_sends"] == 1  # one syscall ...
+        got = _recv_all(rx, 12)
+        assert [len(x) for x in got] == [1200] * 10 + [300]  # ... eleven datagrams
+        assert b"".join(got) == data
+    finally:
+        dev.close()
+        rx.close()
+
+
+def test_udp_gro_hands_up_coalesced_datagrams(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    _tb, a, b = two_hosts
+    rx = UdpDevice.open(b, (B4, 6001), gro=True)
+    tx = UdpDevice.open(a, (A4, 0), (B4, 6001))
+    try:
+        assert Task.UDP_ASSEMBLE in rx.query().records
+        data = _payload(8 * 1000, 7)
+        batch = Batch.from_packets([data])
+        batch.ext.gso_size[:] = 1000
+        assert tx.send(batch) == 1
+        parts: list[Batch] = []
+        end = time.monotonic() + 2
+        while sum(int(p.length.sum()) for p in parts) < len(data) and time.monotonic() < end:
+            rx.wait_readable(0.1)
+            got = rx.recv()
+            if len(got):
+                parts.append(got)
+        all_ = Batch.concat(parts)
+        assert b"".join(all_.packets()) == data
+        e = all_.ext
+        assert rx.counters()["gro_in"] >= 1
+        big = np.flatnonzero(all_.length > 1000)
+        assert len(big) >= 1
+        for i in big:
+            assert e.gso_size[i] == 1000
+            assert e.segs[i] == (all_.length[i] + 999) // 1000
+            assert e.by_device[i] & Task.UDP_ASSEMBLE
+        assert (e.by_device & Task.CHECKSUM).all()
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_eio_from_the_kernel_drops_uso_and_loses_nothing(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    """UDP-Lite sockets answer EIO to UDP_SEGMENT: a real kernel refusal."""
+    _tb, a, b = two_hosts
+    rx = b.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+    rx.bind((B4, 6002))
+    dev = UdpDevice.open(a, (A4, 0), (B4, 6002), proto=IPPROTO_UDPLITE)
+    try:
+        assert dev.uso  # probed: the option exists
+        payloads = [_payload(5 * 700, s) for s in range(3)]
+        batch = Batch.from_packets(payloads)
+        batch.ext.offload[:] = Task.UDP_SEGMENT
+        batch.ext.gso_size[:] = 700
+        out = dev.complete(dev.submit(batch, TX_ORDER)).batch
+        assert dev.send(out) == 3
+        c = dev.counters()
+        assert c["eio"] == 2  # the send and its re-probe retry
+        assert c["uso_dropped"] is True
+        assert Task.UDP_SEGMENT not in dev.query().records
+        assert not dev.uso
+        got = _recv_all(rx, 15)
+        assert len(got) == 15 and b"".join(got) == b"".join(payloads)
+        # the engine would now keep udp-segment in software; a new submit refuses it
+        again = Batch.from_packets([payloads[0]])
+        again.ext.offload[:] = Task.UDP_SEGMENT
+        again.ext.gso_size[:] = 700
+        assert not dev.complete(dev.submit(again, TX_ORDER)).ok
+    finally:
+        dev.close()
+        rx.close()
+
+
+def test_single_eio_is_retried_and_capability_kept(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tb, a, b = two_hosts
+    rx = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind((B4, 6003))
+    dev = UdpDevice.open(a, (A4, 0), (B4, 6003))
+    real = dev._send_gso
+    fails = [OSError(errno.EIO, "injected")]
+
+    def flaky(payload: memoryview, g: int, to: tuple[object, ...] | None) -> None:
+        if fails:
+            raise fails.pop()
+        real(payload, g, to)
+
+    monkeypatch.setattr(dev, "_send_gso", flaky)
+    try:
+        batch = Batch.from_packets([_payload(3000, 1)])
+        batch.ext.gso_size[:] = 1000
+        assert dev.send(batch) == 1
+        assert dev.counters()["eio"] == 1 and dev.uso
+        assert len(_recv_all(rx, 3)) == 3
+    finally:
+        dev.close()
+        rx.close()
+
+
+def test_reuseport_group_spreads_flows(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    _tb, a, b = two_hosts
+    group = UdpDevice.reuseport_group(b, (B4, 6004), 2)
+    senders = [a.socket() for _ in range(40)]
+    try:
+        for i, s in enumerate(senders):
+            s.sendto(b"flow%d" % i, (B4, 6004))
+        counts = [0, 0]
+        end = time.monotonic() + 2
+        while sum(counts) < 40 and time.monotonic() < end:
+            for k, d in enumerate(group):
+                d.wait_readable(0.02)
+                counts[k] += len(d.recv())
+        assert sum(counts) == 40
+        assert min(counts) > 0  # both workers got flows
+    finally:
+        for s in senders:
+            s.close()
+        for d in group:
+            d.close()
+
+
+def test_attached_filter_drops_in_kernel(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    _tb, a, b = two_hosts
+    rx = UdpDevice.open(b, (B4, 6005), gro=False)
+    try:
+        assert Task.DOS_FILTER in rx.query().records
+        # hand-written cBPF: offset 0 is the UDP header; drop payloads starting with 'X'
+        rx.attach_filter(
+            [(0x30, 0, 0, 8), (0x15, 1, 0, ord("X")), (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)]
+        )
+        before = b.snmp()["Udp"]["InErrors"]
+        s = a.socket()
+        for i in range(10):
+            s.sendto((b"X" if i % 2 else b"o") + b"%d" % i, (B4, 6005))
+        s.close()
+        got: list[bytes] = []
+        end = time.monotonic() + 1
+        while time.monotonic() < end and len(got) < 5:
+            rx.wait_readable(0.1)
+            bt = rx.recv()
+            got += bt.packets()
+            if len(bt):
+                assert (bt.ext.by_device & Task.DOS_FILTER).all()
+                assert (bt.ext.filter_verdict == FilterVerdict.PASS).all()
+        time.sleep(0.05)
+        got += rx.recv().packets()
+        assert sorted(got) == [b"o0", b"o2", b"o4", b"o6", b"o8"]
+        assert b.snmp()["Udp"]["InErrors"] - before == 5
+    finally:
+        rx.close()
+
+
+def test_peer_namespace_removed_mid_run(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    _tb, a, b = two_hosts
+    dev = UdpDevice.open(a, (A4, 0), (B4, 6006), io_timeout=0.2)
+    try:
+        assert dev.send(Batch.from_packets([b"before"])) == 1
+        b.delete()  # nothing else holds b: its veth end dies, and a's with it
+        t0 = time.monotonic()
+        sent = 0
+        for _ in range(20):
+            sent += dev.send(Batch.from_packets([b"after"] * 5))
+            time.sleep(0.01)
+        assert time.monotonic() - t0 < 10  # nothing hangs
+        c = dev.counters()
+        assert c["errors"] > 0 and c["path_errors"] > 0  # counted, not raised
+        assert sent < 100
+    finally:
+        dev.close()
+
+
+def test_bad_input(two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns]) -> None:
+    _tb, a, _b = two_hosts
+    from netoffload.errors import ConfigError, DeviceDown
+
+    with pytest.raises(ConfigError):
+        UdpDevice.open(a, ("10.1.2.3", 0))  # outside the test ranges
+    with pytest.raises(ConfigError):
+        UdpDevice.reuseport_group(a, (A4, 0), 0)
+    dev = UdpDevice.open(a, (A4, 0), (B4, 6007))
+    b = Batch.from_packets([b"x" * 70000])
+    b.ext.offload[:] = Task.UDP_SEGMENT
+    b.ext.gso_size[:] = 100
+    comp = dev.complete(dev.submit(b, TX_ORDER))
+    assert comp.batch.ext.error[0] in (Reason.SUPER_TOO_BIG, Reason.TOO_MANY_SEGMENTS)
+    z = Batch.from_packets([b"y" * 500])
+    z.ext.offload[:] = Task.UDP_SEGMENT
+    comp = dev.complete(dev.submit(z, TX_ORDER))
+    assert comp.batch.ext.error[0] == Reason.GSO_SIZE_ZERO
+    dev.close()
+    with pytest.raises(DeviceDown):
+        dev.send(Batch.from_packets([b"z"]))
+    assert kc.UDP_SEGMENT == 103 and kc.UDP_GRO == 104
