@@ -1,0 +1,412 @@
+"""Encrypt/decrypt tasks: published AEAD vectors, and ESP interop with scapy both ways.
+
+scapy.layers.ipsec is the independent ESP implementation: it decrypts what the
+encrypt task writes and produces packets the decrypt task must accept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from hypothesis import given
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.ipsec import ESP, SecurityAssociation
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from netoffload.batch import Batch, Reason, XFlag
+from netoffload.soft import make_task
+from netoffload.soft.crypto import DecryptTask, EncryptTask, esp_mask
+from netoffload.tasks import Task
+from netoffload.tunnel.sa import SATable
+from netoffload.tunnel.sa import SecurityAssociation as OurSA
+
+KEYS = {
+    "aes-gcm-128": bytes(range(16)) + b"\xca\xfe\xba\xbe",
+    "aes-gcm-256": bytes(range(32)) + b"\xde\xad\xbe\xef",
+    "chacha20-poly1305": bytes(range(0x80, 0xA0)) + b"\xa0\xa1\xa2\xa3",
+}
+SCAPY_ALG = {
+    "aes-gcm-128": "AES-GCM",
+    "aes-gcm-256": "AES-GCM",
+    "chacha20-poly1305": "CHACHA20-POLY1305",
+}
+HKEY = bytes(range(32))
+
+
+def our_sa(alg: str, v: int = 4, udp: bool = False, esn: bool = False, **kw: object) -> OurSA:
+    src, dst = ("198.18.0.1", "198.19.0.1") if v == 4 else ("fd00::1", "fd00::2")
+    if alg == "null":
+        return OurSA(
+            0x2002,
+            "null",
+            b"",
+            src,
+            dst,
+            integrity="hmac-sha256-128",
+            integrity_key=HKEY,
+            udp_encap=udp,
+            esn=esn,
+            **kw,
+        )  # type: ignore[arg-type]
+    return OurSA(0x1001, alg, KEYS[alg], src, dst, udp_encap=udp, esn=esn, **kw)  # type: ignore[arg-type]
+
+
+def scapy_sa(sa: OurSA, seq: int = 1) -> SecurityAssociation:
+    tun = IP(src=sa.src, dst=sa.dst) if sa.outer_version == 4 else IPv6(src=sa.src, dst=sa.dst)
+    nat = UDP(sport=sa.udp_sport, dport=sa.udp_dport) if sa.udp_encap else None
+    if sa.algorithm == "null":
+        return SecurityAssociation(
+            ESP,
+            spi=sa.spi,
+            seq_num=seq,
+            crypt_algo="NULL",
+            crypt_key=None,
+            auth_algo="SHA2-256-128",
+            auth_key=sa.integrity_key,
+            tunnel_header=tun,
+            nat_t_header=nat,
+            esn_en=sa.esn,
+        )
+    return SecurityAssociation(
+        ESP,
+        spi=sa.spi,
+        seq_num=seq,
+        crypt_algo=SCAPY_ALG[sa.algorithm],
+        crypt_key=sa.key,
+        tunnel_header=tun,
+        nat_t_header=nat,
+        esn_en=sa.esn,
+    )
+
+
+def inner_packets(sizes: list[int], v6_every: int = 3) -> list[bytes]:
+    out = []
+    for i, n in enumerate(sizes):
+        if v6_every and i % v6_every == 2:
+            p = IPv6(src="fd01::1", dst="fd01::2") / UDP(sport=1000 + i, dport=53) / Raw(b"q" * n)
+        elif i % 2:
+            p = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1000 + i, dport=80) / Raw(b"t" * n)
+        else:
+            p = IP(src="10.0.0.1", dst="10.0.0.2", id=i) / UDP(sport=1000 + i) / Raw(b"u" * n)
+        out.append(bytes(p))
+    return out
+
+
+def encrypt(sa: OurSA, pkts: list[bytes], sel: np.ndarray | None = None) -> Batch:
+    b = Batch.from_packets(pkts)
+    b.ext.sa[:] = 0
+    t = EncryptTask(sas=SATable((sa,)))
+    return t.process(b, np.ones(len(b), bool) if sel is None else sel)
+
+
+def outer_parse(sa: OurSA, raw: bytes) -> IP | IPv6:
+    return IP(raw) if sa.outer_version == 4 else IPv6(raw)
+
+
+# --------------------------------------------------------------------- vectors
+def test_rfc8439_aead_vector() -> None:
+    """RFC 8439 section 2.8.2: the AEAD construction the ChaCha20-Poly1305 SA uses."""
+    pt = (
+        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip "
+        b"for the future, sunscreen would be it."
+    )
+    key = bytes(range(0x80, 0xA0))
+    nonce = bytes.fromhex("070000004041424344454647")
+    aad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+    ct = ChaCha20Poly1305(key).encrypt(nonce, pt, aad)
+    assert ct[:16] == bytes.fromhex("d31a8d34648e60db7b86afbc53ef7ec2")
+    assert ct[-16:] == bytes.fromhex("1ae10b594f09e26a7e902ecbd0600691")
+
+
+def test_gcm_spec_vectors() -> None:
+    """McGrew/Viega GCM specification, test cases 1 and 2 (AES-128, zero key and IV)."""
+    a = AESGCM(bytes(16))
+    assert a.encrypt(bytes(12), b"", None) == bytes.fromhex("58e2fccefa7e3061367f1d57a4e7455a")
+    assert a.encrypt(bytes(12), bytes(16), None) == bytes.fromhex(
+        "0388dace60b6a392f328c2b971b2fe78ab6e47d42cec13bdf53a67b21257bddf"
+    )
+
+
+def test_nonce_and_aad_layout_rfc4106() -> None:
+    """The ESP packet is salt||IV nonce and SPI||seq AAD over the padded payload (RFC 4106)."""
+    sa = our_sa("aes-gcm-128")
+    inner = inner_packets([5])[0]
+    out = encrypt(sa, [inner]).packets()[0]
+    esp = out[20:]
+    spi_seq, iv, ct = esp[:8], esp[8:16], esp[16:]
+    assert spi_seq == (0x1001).to_bytes(4, "big") + (1).to_bytes(4, "big")
+    assert iv == (1).to_bytes(8, "big")
+    pt = AESGCM(sa.cipher_key).decrypt(sa.salt + iv, ct, spi_seq)
+    pad = (-(len(inner) + 2)) % 4
+    assert pt == inner + bytes(range(1, pad + 1)) + bytes([pad, 4])
+
+
+# --------------------------------------------------------------------- interop
+CASES = [
+    ("aes-gcm-128", 4, False, False),
+    ("aes-gcm-256", 6, False, False),
+    ("chacha20-poly1305", 4, True, False),
+    ("chacha20-poly1305", 6, False, True),
+    ("aes-gcm-128", 4, True, True),
+    ("null", 4, False, False),
+    ("null", 6, True, True),
+]
+
+
+@pytest.mark.parametrize(("alg", "v", "udp", "esn"), CASES)
+@pytest.mark.parametrize("uniform", [True, False])
+def test_scapy_decrypts_ours(alg: str, v: int, udp: bool, esn: bool, uniform: bool) -> None:
+    start = 2**32 - 2 if esn else 1
+    sa = our_sa(alg, v, udp, esn, seq_start=start)
+    sizes = [300] * 6 if uniform else [0, 1, 2, 3, 100, 1200]
+    pkts = inner_packets(sizes, v6_every=0 if uniform else 3)
+    b = encrypt(sa, pkts)
+    assert (b.ext.error == 0).all()
+    assert b.ext.seq.tolist() == list(range(start, start + len(pkts)))
+    for i, raw in enumerate(b.packets()):
+        outer = outer_parse(sa, raw)
+        assert outer.src == sa.src and outer.dst == sa.dst
+        if udp:
+            assert outer[UDP].dport == 4500 and outer[UDP].len == len(outer[UDP])
+        ssa = scapy_sa(sa)
+        ssa.esn = (start + i) >> 32
+        got = ssa.decrypt(outer)
+        assert bytes(got) == pkts[i]
+
+
+def test_outer_ipv4_header_checksum_is_valid() -> None:
+    b = encrypt(our_sa("aes-gcm-128"), inner_packets([10, 20, 30]))
+    for raw in b.packets():
+        p = IP(raw)
+        want = p.chksum
+        del p.chksum
+        assert IP(bytes(p)).chksum == want
+        assert p.len == len(raw) and p.proto == 50 and p.flags == "DF"
+
+
+@pytest.mark.parametrize(("alg", "v", "udp", "esn"), CASES)
+def test_we_decrypt_scapy(alg: str, v: int, udp: bool, esn: bool) -> None:
+    sa = our_sa(alg, v, udp, esn, replay_window=128)
+    pkts = inner_packets([0, 7, 64, 999, 33])
+    ssa = scapy_sa(sa, seq=(2**32 - 2) if esn else 5)
+    wire = []
+    for p in pkts:
+        ssa.esn = ssa.seq_num >> 32 if esn else 0
+        if esn:
+            cur = ssa.seq_num
+            ssa.esn = cur >> 32
+            ssa.seq_num = cur & 0xFFFFFFFF
+            e = ssa.encrypt(IP(p) if p[0] >> 4 == 4 else IPv6(p))
+            ssa.seq_num = cur + 1
+        else:
+            e = ssa.encrypt(IP(p) if p[0] >> 4 == 4 else IPv6(p))
+        wire.append(bytes(e))
+    dec = DecryptTask(sas=SATable((sa,)))
+    if esn:
+        dec.tops[0] = 2**32 - 10  # the receiver has seen packets just below the wrap
+    b = dec.process(Batch.from_packets(wire), np.ones(len(wire), bool))
+    assert b.ext.error.tolist() == [0] * len(pkts)
+    assert b.packets() == pkts
+    assert (b.ext.sa == 0).all()
+    first = 2**32 - 2 if esn else 5
+    assert b.ext.seq.tolist() == list(range(first, first + len(pkts)))
+    assert b.ext.l3_proto.tolist() == [p[0] >> 4 for p in pkts]
+
+
+def test_ethernet_frames_keep_their_header() -> None:
+    sa = our_sa("chacha20-poly1305", v=6)
+    pkts = [
+        bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(p))
+        for p in inner_packets([10, 11], v6_every=0)
+    ]
+    b = Batch.from_packets(pkts)
+    b.ext.xflags[:] = XFlag.ETHERNET
+    b.ext.sa[:] = 0
+    b = EncryptTask(sas=SATable((sa,))).process(b, np.ones(2, bool))
+    for raw in b.packets():
+        f = Ether(raw)
+        assert f.type == 0x86DD and f.src == "02:00:00:00:00:01"
+    got = [bytes(scapy_sa(sa).decrypt(Ether(r)[IPv6])) for r in b.packets()]
+    assert got == [p[14:] for p in pkts]
+    d = DecryptTask(sas=SATable((sa,))).process(b, np.ones(2, bool))
+    assert d.ext.error.tolist() == [0, 0]
+    assert d.packets() == pkts
+
+
+def test_only_selected_packets_change_and_gaps_work() -> None:
+    sa = our_sa("aes-gcm-128")
+    pkts = inner_packets([50] * 6, v6_every=0)
+    sel = np.array([1, 0, 1, 1, 0, 1], bool)
+    b = encrypt(sa, pkts, sel)
+    out = b.packets()
+    for i in range(6):
+        if sel[i]:
+            assert bytes(scapy_sa(sa).decrypt(IP(out[i]))) == pkts[i]
+        else:
+            assert out[i] == pkts[i]
+    assert b.ext.seq[sel].tolist() == [1, 2, 3, 4]
+
+
+def test_registered_and_builds_from_file(tmp_path: object) -> None:
+    t = make_task(Task.ENCRYPT, sas=SATable((our_sa("aes-gcm-128"),)))
+    assert isinstance(t, EncryptTask)
+    assert isinstance(make_task(Task.DECRYPT, sas=SATable(())), DecryptTask)
+
+
+# --------------------------------------------------------------------- verdicts
+def _good_wire(sa: OurSA, n: int = 4) -> tuple[list[bytes], list[bytes]]:
+    pkts = inner_packets([40 + i for i in range(n)])
+    return pkts, encrypt(sa, pkts).packets()
+
+
+def test_bad_icv_unknown_spi_truncated_not_esp_and_rest_survive() -> None:
+    sa = our_sa("aes-gcm-128")
+    pkts, wire = _good_wire(sa, 4)
+    tampered = bytearray(wire[1])
+    tampered[60] ^= 0x40
+    other = bytearray(wire[2])
+    other[20:24] = (0x7777).to_bytes(4, "big")
+    trunc = IP(wire[3])
+    trunc_raw = bytes(IP(src=sa.src, dst=sa.dst, proto=50) / Raw(bytes(trunc.payload)[:20]))
+    batch_in = [
+        wire[0],
+        bytes(tampered),
+        bytes(other),
+        trunc_raw,
+        bytes(IP() / UDP(dport=53) / Raw(b"dns")),
+        b"\x00\x01garbage",
+        wire[3],
+    ]
+    b = DecryptTask(sas=SATable((sa,))).process(
+        Batch.from_packets(batch_in), np.ones(len(batch_in), bool)
+    )
+    assert b.ext.error.tolist() == [
+        0,
+        Reason.BAD_ICV,
+        Reason.UNKNOWN_SA,
+        Reason.BAD_ESP,
+        Reason.BAD_ESP,
+        Reason.NOT_IP,
+        0,
+    ]
+    out = b.packets()
+    assert out[0] == pkts[0] and out[6] == pkts[3]
+    assert out[1] == bytes(tampered)  # a failed packet keeps its bytes
+
+
+def test_bad_padding_and_next_header_after_authentication() -> None:
+    """Authentic packets (made here with cryptography) whose trailer is wrong."""
+    sa = our_sa("aes-gcm-128")
+    aead = AESGCM(sa.cipher_key)
+    inner = inner_packets([9], v6_every=0)[0]
+    pad = (-(len(inner) + 2)) % 4 or 4
+    trailers = {
+        "badpad": bytes([9] * pad) + bytes([pad, 4]),
+        "badnh": bytes(range(1, pad + 1)) + bytes([pad, 17]),
+        "v6nh": bytes(range(1, pad + 1)) + bytes([pad, 41]),
+        "padlen": bytes([200, 4]),
+    }
+    wire = []
+    for seq, tr in enumerate(trailers.values(), start=1):
+        hdr = sa.spi.to_bytes(4, "big") + seq.to_bytes(4, "big")
+        iv = seq.to_bytes(8, "big")
+        ct = aead.encrypt(sa.salt + iv, inner + tr, hdr)
+        wire.append(bytes(IP(src=sa.src, dst=sa.dst, proto=50) / Raw(hdr + iv + ct)))
+    b = DecryptTask(sas=SATable((sa,))).process(Batch.from_packets(wire), np.ones(4, bool))
+    assert b.ext.error.tolist() == [
+        Reason.BAD_PADDING,
+        Reason.BAD_ESP,
+        Reason.BAD_ESP,
+        Reason.BAD_PADDING,
+    ]
+    assert b.packets() == wire  # ciphertext put back
+
+
+def test_replay_and_too_old() -> None:
+    sa = our_sa("chacha20-poly1305", replay_window=64)
+    t = EncryptTask(sas=SATable((sa,)))
+    pk = inner_packets([20] * 100, v6_every=0)
+    b = Batch.from_packets(pk)
+    b.ext.sa[:] = 0
+    wire = t.process(b, np.ones(100, bool)).packets()  # seq 1..100
+    d = DecryptTask(sas=SATable((sa,)))
+    first = d.process(Batch.from_packets(wire[90:]), np.ones(10, bool))
+    assert (first.ext.error == 0).all()
+    again = [wire[95], wire[10], wire[50], wire[40], wire[40]]
+    r = d.process(Batch.from_packets(again), np.ones(5, bool))
+    # 96 seen; 11 is 89 below 100 (too old); 51 and 41 are new in the window; 41 twice
+    assert r.ext.error.tolist() == [Reason.REPLAY, Reason.TOO_OLD, 0, 0, Reason.REPLAY]
+    assert r.packets()[2] == pk[50]
+
+
+def test_forged_packet_does_not_move_the_window() -> None:
+    sa = our_sa("aes-gcm-128")
+    _, wire = _good_wire(sa, 2)
+    forged = bytearray(wire[1])
+    forged[-1] ^= 1
+    d = DecryptTask(sas=SATable((sa,)))
+    r = d.process(Batch.from_packets([bytes(forged), wire[1]]), np.ones(2, bool))
+    assert r.ext.error.tolist() == [Reason.BAD_ICV, 0]  # the genuine seq 2 still accepted
+
+
+def test_encrypt_verdicts_unknown_sa_not_ip_and_exhausted() -> None:
+    sa = our_sa("aes-gcm-128", seq_start=2**32 - 2)
+    pk = inner_packets([10, 10, 10, 10], v6_every=0)
+    b = Batch.from_packets([*pk, b"\x00\x11\x22"])
+    b.ext.sa[:] = [0, -1, 0, 0, 0]
+    b.ext.sa[1] = 7
+    out = EncryptTask(sas=SATable((sa,))).process(b, np.ones(5, bool))
+    assert out.ext.error.tolist() == [0, Reason.UNKNOWN_SA, 0, Reason.SEQ_EXHAUSTED, Reason.NOT_IP]
+    assert out.packets()[1] == pk[1]
+
+
+def test_small_headroom_is_relaid_out() -> None:
+    sa = our_sa("aes-gcm-256", v=6, udp=True)
+    pk = inner_packets([30, 31], v6_every=0)
+    b = Batch.from_packets(pk, headroom=0, tailroom=0)
+    b.ext.sa[:] = 0
+    out = EncryptTask(sas=SATable((sa,))).process(b, np.ones(2, bool))
+    assert [bytes(scapy_sa(sa).decrypt(IPv6(r))) for r in out.packets()] == pk
+
+
+def test_esp_mask() -> None:
+    sa = our_sa("aes-gcm-128", udp=True)
+    _, wire = _good_wire(sa, 2)
+    other = [bytes(IP() / UDP(sport=4500, dport=4500) / Raw(bytes(8))), bytes(IP() / ICMP())]
+    m = esp_mask(Batch.from_packets(wire + other), SATable((sa,)))
+    assert m.tolist() == [True, True, False, False]
+
+
+@given(
+    st.lists(st.integers(0, 1500), min_size=1, max_size=12),
+    st.sampled_from(["aes-gcm-128", "chacha20-poly1305", "null"]),
+    st.booleans(),
+)
+def test_round_trip_property(sizes: list[int], alg: str, udp: bool) -> None:
+    sa = our_sa(alg, v=4, udp=udp)
+    pkts = inner_packets(sizes)
+    enc = encrypt(sa, pkts)
+    dec = DecryptTask(sas=SATable((sa,))).process(enc, np.ones(len(pkts), bool))
+    assert dec.ext.error.tolist() == [0] * len(pkts)
+    assert dec.packets() == pkts
+
+
+@given(st.lists(st.binary(max_size=120), min_size=1, max_size=8), st.data())
+def test_fuzz_decrypt_never_raises(blobs: list[bytes], data: st.DataObject) -> None:
+    sa = our_sa("aes-gcm-128")
+    _, wire = _good_wire(sa, 2)
+    mutated = []
+    for w in wire:
+        ba = bytearray(w)
+        k = data.draw(st.integers(0, len(ba) - 1))
+        ba[k] ^= data.draw(st.integers(1, 255))
+        mutated.append(bytes(ba[: data.draw(st.integers(0, len(ba)))]))
+    esp_like = [bytes(IP(src=sa.src, dst=sa.dst, proto=50) / Raw(x)) for x in blobs]
+    pkts = mutated + esp_like + blobs
+    b = DecryptTask(sas=SATable((sa,))).process(Batch.from_packets(pkts), np.ones(len(pkts), bool))
+    assert len(b) == len(pkts)
+    assert ((b.ext.error != 0) | (b.ext.sa == 0)).all()
