@@ -77,6 +77,7 @@ class _Trip:
     tasks: Task
     rest: tuple[Task, ...]  # stages still to run after the trip
     t0: float
+    dead_before: dict[int, int] = field(default_factory=dict)  # taken before submit
 
 
 class Engine:
@@ -251,13 +252,15 @@ class Engine:
                 tasks |= t2
             sj += 1
         dev = self.devices[k]
+        # a device may work in place: count its drops against the state before submit
+        dead_before = _dead_reasons(trip)
         t0 = self.clock()
         try:
             ticket = dev.submit(trip, self.stages)
         except DeviceError as e:
             ticket = -1
             self._device_failed(k, trip, tasks, str(e))
-        return _Trip(k, ticket, trip, tasks, tuple(stages[sj:]), t0)
+        return _Trip(k, ticket, trip, tasks, tuple(stages[sj:]), t0, dead_before)
 
     def _device_failed(self, k: int, trip: Batch, tasks: Task, why: str) -> None:
         for t in tasks.members():
@@ -295,7 +298,7 @@ class Engine:
                 self.monitor.record(t, trip.device, n, nbytes, share)
                 self.policy.observe(Feedback(t, trip.device, n, nbytes, share, self.clock()))
             # a trip's drops are charged to its first task (the device does not say which)
-            self._count_drops(members[0], out, _dead_reasons(trip.batch))
+            self._count_drops(members[0], out, trip.dead_before)
             out.ext.offload[:] = 0
         else:
             # redo in software, in stage order, what the device was asked to do
