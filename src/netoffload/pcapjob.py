@@ -308,7 +308,8 @@ def run_pcap(args: argparse.Namespace, console: Console) -> int:
 
 
 def _fmt_ns(ns: int) -> str:
-    return f"{ns / 1e6:.1f} ms"
+    ms = ns / 1e6
+    return f"{ms:.1f}ms" if ms < 100 else f"{ms:,.0f}ms"
 
 
 def _summary(console: Console, job: _Job, seconds: float) -> None:
