@@ -22,12 +22,14 @@ from netoffload.soft.checksum import (
     VERIFY,
     ChecksumTask,
     fill,
+    layout,
     mode_for,
     range_sums,
     to_partial,
     verify,
 )
 from netoffload.tasks import Direction, Task
+from netoffload.wire.parse import parse_batch
 
 ALL_VERDICTS = {int(v) for v in CsumVerdict}
 ALL_REASONS = {int(r) for r in Reason}
@@ -90,7 +92,7 @@ def scapy_packets(draw: st.DrawFn) -> tuple[bytes, int, int]:
 
 
 def eth_of(raw: bytes) -> bool:
-    return raw[0] >> 4 not in (4, 6)
+    return len(raw) > 0 and raw[0] >> 4 not in (4, 6)
 
 
 def l4_field(raw: bytes) -> tuple[int, int]:
@@ -425,3 +427,36 @@ def test_make_task_modes() -> None:
         make_task(Task.CHECKSUM, mode="sideways")
     with pytest.raises(ConfigError, match="unknown options"):
         make_task(Task.CHECKSUM, colour="red")
+
+
+# ------------------------------------------------------------------ layout = parse_batch
+@given(
+    pkts=packet_lists,
+    junk=st.lists(st.binary(max_size=80), max_size=6),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    flips=st.lists(st.tuples(st.integers(0, 80), st.integers(1, 255)), max_size=6),
+)
+def test_layout_writes_what_parse_batch_writes(
+    pkts: list[tuple[bytes, int, int]],
+    junk: list[bytes],
+    cuts: list[int],
+    flips: list[tuple[int, int]],
+) -> None:
+    """The shortcut for plain raw-IP packets gives parse_batch's layout and reasons."""
+    raws = [r for r, _, _ in pkts]
+    raws += [raws[i % len(raws)][:c] for i, c in enumerate(cuts)]
+    for i, (pos, x) in enumerate(flips):
+        r = bytearray(pkts[i % len(pkts)][0])
+        r[pos % len(r)] ^= x
+        raws.append(bytes(r))
+    raws += [bytes([0x45]) + j for j in junk] + [bytes([0x60]) + j for j in junk] + junk
+    mine = batch_of(raws)
+    ref = batch_of(raws)
+    lay = layout(mine, np.arange(len(mine), dtype=np.int64))
+    want = parse_batch(ref)
+    for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
+        ok = want == 0
+        assert np.array_equal(getattr(mine.ext, f)[ok], getattr(ref.ext, f)[ok]), f
+    assert np.array_equal(mine.ext.xflags, ref.ext.xflags)
+    failed = want != 0
+    assert np.array_equal(lay.reason[failed], want[failed])

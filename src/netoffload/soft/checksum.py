@@ -141,15 +141,40 @@ def range_sums(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
     return np.where(swap, (r << np.uint64(8)) % _M16, r)
 
 
+def header_sums(buf: NDArray[np.uint8], a: I64, nbytes: I64) -> U64:
+    """Like ``range_sums(buf, a, a + nbytes)`` for short, even-length ranges (headers).
+
+    When every range starts at an even offset the buffer is read as native
+    16-bit words (one gather of word rows, summed down the rows), else
+    ``range_sums`` does it.
+    """
+    n = len(a)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if len(buf) >= 2 and not ((a | nbytes) & 1).any():
+        lo = int(nbytes.min())
+        k = int(nbytes.max()) // 2
+        if lo >= 0 and k <= 64:
+            u16 = buf[: len(buf) // 2 * 2].view(np.uint16)
+            rows = np.arange(k, dtype=np.int64)[:, None]
+            g = u16.take(rows + (a >> 1)[None, :], mode="clip")
+            if lo != 2 * k:
+                g = np.where(rows < (nbytes >> 1)[None, :], g, np.uint16(0))
+            r = g.sum(axis=0, dtype=np.uint64) % _M16
+            out: U64 = (r << np.uint64(8)) % _M16 if _LITTLE else r
+            return out
+    return range_sums(buf, a, a + nbytes)
+
+
 def _small_sums(w: U64, a: I64, b: I64, ha: I64, span: I64, k: int) -> U64:
-    """Short ranges (headers): gather at most ``k`` words each, mask, fold, add."""
-    cols = np.arange(k, dtype=np.int64)
-    g = w.take(ha[:, None] + cols[None, :], mode="clip")
-    m = np.where(cols[None, :] <= span[:, None], _ALL, np.uint64(0))
-    m[:, 0] &= _KEEP_HI[a & 7]
-    m[np.arange(len(a)), span] &= _KEEP_LO[b & 7]
+    """Short ranges: gather rows of at most ``k`` words, mask, fold, add down the rows."""
+    rows = np.arange(k, dtype=np.int64)[:, None]
+    g = w.take(rows + ha[None, :], mode="clip")
+    m = np.where(rows <= span[None, :], _ALL, np.uint64(0))
+    m[0] &= _KEEP_HI[a & 7]
+    m[span, np.arange(len(a))] &= _KEEP_LO[b & 7]
     g &= m
-    out: U64 = _fold32(g).sum(axis=1, dtype=np.uint64)
+    out: U64 = _fold32(g).sum(axis=0, dtype=np.uint64)
     return out
 
 
@@ -273,9 +298,53 @@ def _parse_into(batch: Batch, need: I64) -> NDArray[np.uint16]:
     return reason
 
 
-def layout(batch: Batch, idx: I64) -> Layout:
-    """Layout of packets ``idx``: from the extension when PARSED, else by parse_batch.
+def _fast_parse(batch: Batch, idx: I64) -> Mask:
+    """parse_batch's work for plain raw-IP packets, in fewer steps; returns which it did.
 
+    A packet qualifies when it starts with an IPv4 header, or with an IPv6 header
+    followed directly by its upper layer (no walkable extension header), and
+    parse_batch would accept it: then the extension gets exactly the layout
+    parse_batch would write. Everything else is left for parse_batch.
+    """
+    e = batch.ext
+    buf = batch.buf
+    base = batch.start[idx]
+    plen = batch.length[idx]
+    first = _u8(buf, base)
+    ver = first >> 4
+    ihl = (first & 15) * 4
+    is4 = ver == 4
+    nh6 = _u8(buf, base + 6)
+    l4o = np.where(is4, ihl, 40)
+    proto = np.where(is4, _u8(buf, base + 9), nh6)
+    tot = np.where(is4, _u16(buf, base + 2), _u16(buf, base + 4) + 40)
+    frag4 = is4 & ((_u16(buf, base + 6) & 0x3FFF) != 0)
+    ok = np.where(
+        is4,
+        (ihl >= 20) & (ihl <= plen) & (tot >= ihl),
+        (ver == 6) & (plen >= 40) & (nh6 != 0) & (nh6 != 43) & (nh6 != 60),
+    )
+    ok &= (plen >= 20) & (tot <= plen)
+    tcp = ok & (proto == IPPROTO_TCP) & ~frag4
+    udp = ok & (proto == IPPROTO_UDP) & ~frag4
+    doff = (_u8(buf, base + l4o + 12) >> 4) * 4
+    ok &= ~(tcp & ((l4o + 20 > plen) | (doff < 20) | (l4o + doff > plen)))
+    ok &= ~(udp & (l4o + 8 > plen))
+    rows = idx[ok]
+    e.l3_off[rows] = 0
+    e.l3_proto[rows] = ver[ok]
+    e.l4_off[rows] = l4o[ok]
+    e.l4_proto[rows] = proto[ok]
+    e.hdr_len[rows] = (l4o + np.where(tcp, doff, np.where(udp, 8, 0)))[ok]
+    e.xflags[rows] |= np.uint8(XFlag.PARSED)
+    return ok
+
+
+def layout(batch: Batch, idx: I64) -> Layout:
+    """Layout of packets ``idx``: from the extension when PARSED, else parsed here.
+
+    Unparsed packets get their layout written into the extension as
+    ``parse_batch`` does (plain raw-IP packets by a shorter equivalent path).
     Values taken from the extension are checked against the packet, so a wrong
     extension gives a reason, never an out-of-bounds access.
     """
@@ -283,10 +352,14 @@ def layout(batch: Batch, idx: I64) -> Layout:
     buf = batch.buf
     n = len(idx)
     reason = np.zeros(n, dtype=np.uint16)
-    parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
-    if not parsed.all():
-        need = idx[~parsed]
-        reason[~parsed] = _parse_into(batch, need)
+    xf = e.xflags[idx]
+    todo = (xf & np.uint8(XFlag.PARSED)) == 0
+    if todo.any():
+        raw = todo & ((xf & np.uint8(XFlag.ETHERNET)) == 0)
+        if raw.any():
+            todo[raw] = ~_fast_parse(batch, idx[raw])
+        if todo.any():
+            reason[todo] = _parse_into(batch, idx[todo])
     base = batch.start[idx]
     plen = batch.length[idx]
     l3o = e.l3_off[idx].astype(np.int64)
@@ -344,21 +417,12 @@ def layout(batch: Batch, idx: I64) -> Layout:
 def _pseudo(buf: NDArray[np.uint8], l3: I64, v: I64, proto: I64, l4len: I64, sel: Mask) -> U64:
     """Pseudo-header sums mod 0xFFFF (RFC 793/768 for IPv4, RFC 8200 §8.1 for IPv6)."""
     n = len(l3)
-    out = np.zeros(n, dtype=np.uint64)
     if not sel.any():
-        return out
-    six = sel & (v == 6)
-    width = 32 if six.any() else 8
-    addr = np.where(six, l3 + 8, l3 + 12)
-    cols = np.arange(0, width, 2, dtype=np.int64)
-    pos = addr[:, None] + cols[None, :]
-    hi = _u8(buf, pos.ravel()).reshape(pos.shape)
-    lo = _u8(buf, (pos + 1).ravel()).reshape(pos.shape)
-    words = (hi << 8) | lo
-    if width == 32:
-        words[~six, 4:] = 0
-    s = words.sum(axis=1) + proto + (l4len & 0xFFFF) + (l4len >> 16)
-    return np.where(sel, s % 0xFFFF, 0).astype(np.uint64)
+        return np.zeros(n, dtype=np.uint64)
+    six = v == 6
+    addr = header_sums(buf, np.where(six, l3 + 8, l3 + 12), np.where(six, 32, 8))
+    s = addr + (proto + (l4len & 0xFFFF) + (l4len >> 16)).astype(np.uint64)
+    return np.where(sel, s % _M16, np.uint64(0))
 
 
 # --------------------------------------------------------------------------- the work
@@ -370,7 +434,7 @@ def _ipv4_header(batch: Batch, lay: Layout, v4: Mask, fill: bool) -> Mask:
     l3 = lay.l3[v4]
     if fill:
         _put16(batch.buf, l3 + 10, np.zeros(len(l3), np.int64))
-    r = range_sums(batch.buf, l3, l3 + lay.ihl[v4])
+    r = header_sums(batch.buf, l3, lay.ihl[v4])
     if fill:
         _put16(batch.buf, l3 + 10, _csum(r))
     else:
