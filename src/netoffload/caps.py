@@ -59,10 +59,15 @@ class CapRecord:
     def __post_init__(self) -> None:
         if not self.ip_versions <= {4, 6}:
             raise ConfigError(f"{self.task.kebab}: ip_versions must be within {{4, 6}}")
-        for name in ("max_offload_size", "min_segments", "max_segments", "max_rules"):
+        for name, top in (
+            ("max_offload_size", 0xFFFFFFFF),
+            ("min_segments", 0xFFFF),
+            ("max_segments", 0xFFFF),
+            ("max_rules", 0xFFFFFFFF),
+        ):
             v = getattr(self, name)
-            if not 0 <= v <= 0xFFFFFFFF:
-                raise ConfigError(f"{self.task.kebab}: {name}={v} out of range")
+            if not 0 <= v <= top:
+                raise ConfigError(f"{self.task.kebab}: {name}={v} out of range 0..{top}")
         if self.min_segments > self.max_segments:
             raise ConfigError(f"{self.task.kebab}: min_segments > max_segments")
 
@@ -175,6 +180,12 @@ class TaskOffloadBuffer:
                 t.kebab,
                 f"ip_versions {sorted(req.ip_versions)} not within {sorted(rec.ip_versions)}",
             )
+        if req.max_offload_size < 0 or req.rules < 0:
+            raise CapabilityError(
+                dev,
+                t.kebab,
+                f"max_offload_size {req.max_offload_size} / rules {req.rules} must not be negative",
+            )
         if req.max_offload_size > rec.max_offload_size:
             raise CapabilityError(
                 dev,
@@ -272,7 +283,9 @@ class TaskOffloadBuffer:
 
     # ------------------------------------------------------------ binary
     def to_bytes(self) -> bytes:
-        name = self.device.encode()[:255]
+        name = self.device.encode()
+        if len(name) > 255:
+            raise ConfigError(f"device name {self.device[:40]!r}...: longer than 255 bytes")
         out = bytearray(MAGIC + bytes([FORMAT_VERSION, len(name)]) + name)
         tasks = [t for t in ALL_TASKS if t in self.records]
         for k, t in enumerate(tasks):
