@@ -299,7 +299,7 @@ def _build(
     p4 = sb + s_l4
     if proto == IPPROTO_TCP:
         seq = _u32(out_buf, p4 + 4)
-        _put32(out_buf, p4 + 4, (seq + sj * o_mss[s]) & 0xFFFFFFFF)
+        _put32(out_buf, p4 + 4, np.asarray(seq + sj * o_mss[s], dtype=np.int64) & 0xFFFFFFFF)
         fl = _u8(out_buf, p4 + 13)
         fl = np.where(last, fl, fl & (0xFF ^ (TCP_FIN | TCP_PSH))).astype(np.int64)
         fl = np.where(sj == 0, fl, fl & (0xFF ^ TCP_CWR)).astype(np.int64)
