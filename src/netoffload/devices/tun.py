@@ -462,7 +462,7 @@ class TunDevice(WireDevice):
                     )
                 )
                 return self._ticket
-            _rx_csum_results(batch, rows)
+            rx_csum_results(batch, rows)
             mark = rows
         done = (e.offload & np.uint16(asked)).astype(np.uint16)
         e.done[mark] |= done[mark]
@@ -604,7 +604,7 @@ class TunDevice(WireDevice):
             e.l3_proto[b.length > 0] = np.where((first == 4) | (first == 6), first, 0)
         csum = (e.vflags & (VnetFlag.DATA_VALID | VnetFlag.NEEDS_CSUM)) != 0
         self.tun.csum_valid_in += int(csum.sum())
-        _rx_csum_results(b, csum)
+        rx_csum_results(b, csum)
         e.done[csum] |= np.uint16(Task.CHECKSUM)
         e.by_device[csum] |= np.uint16(Task.CHECKSUM)
         gso = (e.gso_type & 0x7F) != GsoType.NONE
@@ -681,7 +681,7 @@ class TunDevice(WireDevice):
             close()
 
 
-def _rx_csum_results(b: Batch, rows: Mask) -> None:
+def rx_csum_results(b: Batch, rows: Mask) -> None:
     e = b.ext
     valid = rows & ((e.vflags & VnetFlag.DATA_VALID) != 0)
     partial = rows & ((e.vflags & VnetFlag.NEEDS_CSUM) != 0) & ~valid
