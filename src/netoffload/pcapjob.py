@@ -104,9 +104,53 @@ def _checksum_options(args: argparse.Namespace, d: Direction) -> dict[str, Any]:
     return {"mode": "fill" if d is Direction.TX else "verify"}
 
 
+def _sa_table(args: argparse.Namespace, task: Task) -> Any:
+    """The SA file of ``--sa``, loaded once per command."""
+    from netoffload.tunnel.sa import load_sa_file
+
+    table = getattr(args, "_sa_table", None)
+    if table is None:
+        table = load_sa_file(need(args.sa, "--sa FILE", task))
+        args._sa_table = table
+    return table
+
+
+def _encrypt_prepare(b: Batch, args: argparse.Namespace, d: Direction) -> None:
+    """Each packet's SA: the first whose traffic selectors match its inner addresses."""
+    table = _sa_table(args, Task.ENCRYPT)
+    e = b.ext
+    ver = e.l3_proto.astype(np.int64)
+    l3 = b.start + e.l3_off
+    src, dst = [], []
+    for i in range(len(b)):
+        o = int(l3[i])
+        if ver[i] == 4:
+            src.append(bytes(b.buf[o + 12 : o + 16]))
+            dst.append(bytes(b.buf[o + 16 : o + 20]))
+        elif ver[i] == 6:
+            src.append(bytes(b.buf[o + 8 : o + 24]))
+            dst.append(bytes(b.buf[o + 24 : o + 40]))
+        else:
+            src.append(b"")
+            dst.append(b"")
+    e.sa[:] = table.select(ver, src, dst)
+
+
 #: per task: its make_task options from the arguments, and per-batch preparation
 TASK_HOOKS: dict[Task, TaskHook] = {
     Task.CHECKSUM: TaskHook(_checksum_options),
+    Task.ENCRYPT: TaskHook(
+        lambda args, d: {"sas": _sa_table(args, Task.ENCRYPT)}, _encrypt_prepare
+    ),
+    Task.DECRYPT: TaskHook(
+        lambda args, d: {"sas": _sa_table(args, Task.DECRYPT), "non_esp": "pass"}
+    ),
+    Task.DIGEST: TaskHook(
+        lambda args, d: {
+            "sas": _sa_table(args, Task.DIGEST),
+            "mode": "compute" if d is Direction.TX else "verify",
+        }
+    ),
 }
 
 
@@ -137,6 +181,9 @@ def _result_lines(out: Batch, index: np.ndarray, alive: np.ndarray) -> Iterator[
             "filter_reason": _enum_name(Reason, int(e.filter_reason[i])),
             "error": None if err == 0 else _enum_name(Reason, err),
         }
+        if int(e.sa[i]) >= 0:  # ESP: the SA index (file order) and sequence number
+            doc["sa"] = int(e.sa[i])
+            doc["seq"] = int(e.seq[i])
         if e.gso_type[i] or e.gso_size[i] or e.segs[i]:
             doc["gso"] = {
                 "type": _enum_name(GsoType, int(e.gso_type[i])),

@@ -454,11 +454,24 @@ def esp_mask(b: Batch, sas: SATable | None = None) -> Mask:
 
 
 class DecryptTask(SoftTask):
-    """ESP tunnel-mode decapsulation and AEAD decryption (see module docstring)."""
+    """ESP tunnel-mode decapsulation and AEAD decryption (see module docstring).
+
+    ``non_esp``: what happens to a selected packet that is not ESP — ``"error"``
+    (the default: ``Reason.BAD_ESP``, or ``NOT_IP``) or ``"pass"`` (left
+    untouched, no verdict; for captures that mix ESP with other traffic).
+    """
 
     task = Task.DECRYPT
 
-    def __init__(self, sas: SATable | None = None, sa_file: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        sas: SATable | None = None,
+        sa_file: str | Path | None = None,
+        non_esp: str = "error",
+    ) -> None:
+        if non_esp not in ("error", "pass"):
+            raise ConfigError(f"decrypt: non_esp must be 'error' or 'pass', not {non_esp!r}")
+        self.pass_non_esp = non_esp == "pass"
         self.table = sa_table_from(sas, sa_file)
         keep_freed_heap()
         self.aeads = [_aead(sa) for sa in self.table.sas]
@@ -481,7 +494,8 @@ class DecryptTask(SoftTask):
             return batch
         e = batch.ext
         l2, esp_off, end, is_esp, reason = esp_layout(batch, rows, self.ports)
-        e.error[rows[~is_esp]] = reason[~is_esp]
+        if not self.pass_non_esp:
+            e.error[rows[~is_esp]] = reason[~is_esp]
         keep = is_esp
         rows, l2, esp_off, end = rows[keep], l2[keep], esp_off[keep], end[keep]
         start = batch.start[rows]
