@@ -168,8 +168,7 @@ class Engine:
             want = self._want(rest, t)
             if not want.any():
                 continue
-            paths = np.full(len(rest), SOFTWARE, dtype=np.int8)
-            if views:
+            if views:  # without devices every packet stays in software
                 snap = self.monitor.snapshot(self.clock())
                 paths = np.asarray(self.policy.split(t, rest, want, views, snap), np.int8)
                 paths[~want] = SOFTWARE
@@ -178,16 +177,17 @@ class Engine:
                     sel = paths == v.index
                     if sel.any():
                         paths[sel & ~v.capable(t, rest)] = SOFTWARE
-            for k in np.unique(paths[paths >= 0]) if views else ():
-                sel = paths == k
-                if sel.all():
-                    trip, rest = rest, Batch.empty()
-                else:
-                    trip, rest = rest.take(sel), rest.take(~sel)
-                    want = want[~sel]
-                trips.append(self._open_trip(int(k), trip, stages, si, views))
-            if len(rest) and want.any():
-                rest = self._soft(t, rest, want)
+                for k in np.unique(paths[paths >= 0]):
+                    sel = paths == k
+                    if sel.all():
+                        trip, rest = rest, Batch.empty()
+                    else:
+                        trip, rest = rest.take(sel), rest.take(~sel)
+                        want = want[~sel]
+                    trips.append(self._open_trip(int(k), trip, stages, si, views))
+                if not len(rest) or not want.any():
+                    continue
+            rest = self._soft(t, rest, want)
         if not trips:
             return rest  # one part, already in origin order
         parts = [rest]
@@ -197,8 +197,8 @@ class Engine:
 
     def _soft(self, t: Task, b: Batch, sel: Mask) -> Batch:
         c = self.counters[t]
-        nsel = int(sel.sum())
-        nbytes = int(b.length[sel].sum())
+        nsel = int(np.count_nonzero(sel))
+        nbytes = int(b.length.sum() if nsel == len(b) else b.length[sel].sum())
         before = _dead_reasons(b)
         t0 = time.perf_counter_ns()
         out = self.soft[t].process(b, sel)
