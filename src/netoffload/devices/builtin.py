@@ -7,14 +7,26 @@ from netoffload.devices.base import Device
 from netoffload.devices.loopback import LoopbackPair
 from netoffload.devices.registry import register_device
 from netoffload.devices.software import SoftwareDevice
+from netoffload.errors import ConfigError
+
+
+def _library() -> soft.SoftLibrary:
+    """Every available software task that builds without options (keyed ones need a config)."""
+    lib = soft.SoftLibrary()
+    for t in soft.available().members():
+        try:
+            lib.add(soft.make_task(t))
+        except ConfigError:
+            continue
+    return lib
 
 
 def _software() -> Device:
-    return SoftwareDevice(soft.SoftLibrary.build(soft.available().members()))
+    return SoftwareDevice(_library())
 
 
 def _loopback() -> Device:
-    return LoopbackPair(soft.SoftLibrary.build(soft.available().members())).a
+    return LoopbackPair(_library()).a
 
 
 register_device("software", _software, "the software task library, in-process")
