@@ -29,6 +29,16 @@ with one ``np.add.reduceat`` over the whole buffer; the carries lost to 64-bit
 wrap-around are recovered exactly from the sum of the words' top 16 bits, the
 partial words at either end are masked, and the result is reduced modulo
 0xFFFF (2^16 ≡ 1) and byte-swapped (a multiplication by 256) into network order.
+Headers (IPv4 header, pseudo-header addresses) are summed from one gather of
+16-bit word rows. Plain raw-IP packets get parse_batch's layout by a shorter
+equivalent path.
+
+Where the time goes (1024 x 1400-byte IPv4/TCP, ``netoffload bench checksum``):
+the two reduceat passes over the payload cost about 3x a memcpy of the same
+bytes, and the ~150 numpy calls of layout, checks and bookkeeping cost ~1-2 us
+each whatever the batch size; together about 15x a memcpy. Pure Python is
+~100x slower. Not handled: an IPv6 routing header with segments left (the
+pseudo-header would need the final destination); the IPv6 destination is used.
 """
 
 from __future__ import annotations
@@ -122,12 +132,19 @@ def range_sums(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
     of 0xFFFF, or of nothing). Requires ``0 <= a <= b <= len(buf)``; ranges may
     have any alignment and length and need not be in order.
     """
+    if len(a) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    a = np.clip(np.asarray(a, dtype=np.int64), 0, len(buf))
+    b = np.clip(np.asarray(b, dtype=np.int64), a, len(buf))
+    return _range_sums(buf, a, b)
+
+
+def _range_sums(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
+    """``range_sums`` for ranges already known to satisfy ``0 <= a <= b <= len(buf)``."""
     n = len(a)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
     _, w = _words(buf)
-    a = np.clip(np.asarray(a, dtype=np.int64), 0, len(buf))
-    b = np.clip(np.asarray(b, dtype=np.int64), a, len(buf))
     ha = a >> 3
     tb = b >> 3
     span = tb - ha  # >= 0: index of the last (partial) word, from the first
@@ -163,7 +180,7 @@ def header_sums(buf: NDArray[np.uint8], a: I64, nbytes: I64) -> U64:
             r = g.sum(axis=0, dtype=np.uint64) % _M16
             out: U64 = (r << np.uint64(8)) % _M16 if _LITTLE else r
             return out
-    return range_sums(buf, a, a + nbytes)
+    return _range_sums(buf, a, a + nbytes)
 
 
 def _small_sums(w: U64, a: I64, b: I64, ha: I64, span: I64, k: int) -> U64:
@@ -474,7 +491,7 @@ def fill(batch: Batch, sel: Mask) -> None:
         fd = full[d]
         if fd.any():
             _put16(batch.buf, store[d][fd], np.zeros(int(fd.sum()), np.int64))
-        r = (range_sums(batch.buf, a[d], b[d]) + np.where(fd, pseudo[d], 0)) % _M16
+        r = (_range_sums(batch.buf, a[d], b[d]) + np.where(fd, pseudo[d], 0)) % _M16
         c = _csum(r)
         # UDP sends a computed 0 as 0xFFFF; so does Linux completing any partial
         # checksum (CSUM_MANGLED_0), except where the packet is known to be TCP
@@ -513,10 +530,18 @@ def verify(batch: Batch, sel: Mask) -> None:
     v4 = ok & (lay.v == 4)
     bad = _ipv4_header(batch, lay, v4, fill=False)
     l4 = lay.l4_ok
-    if l4.any():
+    if l4.all():  # the usual case: no sub-selection
+        field = _u16(batch.buf, lay.field)
+        r = (_range_sums(batch.buf, lay.l4, lay.l4_end) + lay.pseudo(batch.buf)) % _M16
+        zero = field == 0
+        none = lay.udp & zero & (lay.v == 4)
+        l4bad = ~none & ((r != 0) | (lay.udp & zero))
+        verdict[~l4bad & ~none] = CsumVerdict.GOOD
+        bad |= l4bad
+    elif l4.any():
         d = np.flatnonzero(l4)
         field = _u16(batch.buf, lay.field[d])
-        r = (range_sums(batch.buf, lay.l4[d], lay.l4_end[d]) + lay.pseudo(batch.buf)[d]) % _M16
+        r = (_range_sums(batch.buf, lay.l4[d], lay.l4_end[d]) + lay.pseudo(batch.buf)[d]) % _M16
         udp = lay.udp[d]
         none = udp & (field == 0) & (lay.v[d] == 4)
         l4bad = ~none & ((r != 0) | (udp & (field == 0)))
