@@ -172,12 +172,17 @@ def _u32(b: Batch, pos: I64, ok: Mask) -> I64:
 
 
 def _ip_lengths(b: Batch, l3: I64, avail: I64) -> tuple[I64, I64]:
-    """(version, ok, IP packet length) of the IP packet at absolute l3 with avail bytes."""
-    ok = avail >= 1
-    ver = _byte(b, l3, ok) >> 4
-    v4 = ok & (ver == 4) & (avail >= 20)
-    v6 = ok & (ver == 6) & (avail >= 40)
-    tot = np.where(v4, _u16(b, l3 + 2, v4), np.where(v6, 40 + _u16(b, l3 + 4, v6), 0))
+    """(version or 0 when not a whole IPv4/IPv6 packet, IP packet length) at absolute l3."""
+    n = len(l3)
+    if n == 0 or len(b.buf) == 0:
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    # the first six bytes of every packet in one gather (clipped; masked below)
+    idx = np.minimum(l3[:, None] + np.arange(6), len(b.buf) - 1)
+    h = b.buf[idx].astype(np.int64)
+    ver = np.where(avail >= 1, h[:, 0] >> 4, 0)
+    v4 = (ver == 4) & (avail >= 20)
+    v6 = (ver == 6) & (avail >= 40)
+    tot = np.where(v4, h[:, 2] << 8 | h[:, 3], np.where(v6, 40 + (h[:, 4] << 8 | h[:, 5]), 0))
     good = (v4 | v6) & (tot <= avail) & (tot >= np.where(v4, 20, 40))
     return np.where(good, ver, 0), tot
 
