@@ -30,12 +30,22 @@ class Pkt:
     dport: int
     dscp: int
     frag: bool = False
+    v6ext: tuple[tuple[int, int], ...] = ()
 
-    def build(self) -> bytes:
+    def build(self, tag: bytes = b"") -> bytes:
+        """The packet; ``tag`` is appended to its payload (it changes no header field)."""
         tos = self.dscp << 2
+        ext = self.v6ext if self.v == 6 else ()
         if self.proto == 6 and not self.frag:
             return tcp_packet(
-                v=self.v, src=self.src, dst=self.dst, sport=self.sport, dport=self.dport, tos=tos
+                v=self.v,
+                src=self.src,
+                dst=self.dst,
+                sport=self.sport,
+                dport=self.dport,
+                tos=tos,
+                payload=tag,
+                v6_ext=ext,
             )
         if self.proto == 17 and not self.frag:
             return udp_packet(
@@ -45,9 +55,10 @@ class Pkt:
                 sport=self.sport,
                 dport=self.dport,
                 tos=tos,
-                payload=b"x" * 8,
+                payload=b"x" * 8 + tag,
+                v6_ext=ext,
             )
-        body = struct.pack("!HH", self.sport, self.dport) + b"\x00" * 12
+        body = struct.pack("!HH", self.sport, self.dport) + b"\x00" * 12 + tag
         if self.v == 4:
             ff = 0x2000 | 5 if self.frag else 0  # MF, offset 40: a non-first fragment
             return (
@@ -80,6 +91,7 @@ def packets(draw: st.DrawFn) -> Pkt:
         draw(st.sampled_from([22, 53, 80, 443, 1024, 5000, 65535])),
         draw(st.sampled_from([0, 10, 46, 63])),
         draw(st.booleans()) and draw(st.booleans()),
+        tuple(draw(st.lists(st.sampled_from([(0, 0), (60, 1), (43, 0)]), max_size=2))),
     )
 
 

@@ -12,8 +12,7 @@ from netoffload.soft.classify import make_classify
 from netoffload.soft.rules import ClassifyConfig
 from netoffload.tasks import Task
 from netoffload.testing.packets import tcp_packet
-
-from .classify_ref import Pkt, configs, packets, reference
+from soft.classify_ref import Pkt, configs, packets, reference
 
 
 @given(configs(), st.lists(packets(), min_size=1, max_size=40))
