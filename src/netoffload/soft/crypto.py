@@ -32,9 +32,7 @@ batch; the only per-packet Python work is one ``encrypt_into`` /
 from __future__ import annotations
 
 import collections
-import ctypes
 import hmac
-import os
 from pathlib import Path
 from typing import Any
 
@@ -56,34 +54,6 @@ U8 = NDArray[np.uint8]
 Aead = AESGCM | ChaCha20Poly1305
 
 _ETH_P_IP = 0x0800
-_M_TOP_PAD = -2  # glibc mallopt parameter
-_TOP_PAD = 32 << 20
-_tuned = False
-
-
-def keep_freed_heap() -> None:
-    """Ask glibc to keep up to 32 MiB of freed heap instead of returning it at once.
-
-    A batch's transient buffers (about 4 MiB for 1024 packets of 1400 bytes)
-    are freed when the batch is done; with glibc's default 128 KiB top pad the
-    heap is trimmed each time and the next batch pays page faults for all of it,
-    which costs more than the AEAD work. Called once when a crypto task is built;
-    set NETOFFLOAD_MALLOC_DEFAULTS=1 to leave glibc alone. No effect elsewhere.
-    """
-    global _tuned
-    if _tuned:
-        return
-    _tuned = True
-    if os.environ.get("NETOFFLOAD_MALLOC_DEFAULTS") == "1":
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return
-    mallopt(_M_TOP_PAD, _TOP_PAD)
-
-
 _ETH_P_IPV6 = 0x86DD
 
 
@@ -194,7 +164,6 @@ class EncryptTask(SoftTask):
 
     def __init__(self, sas: SATable | None = None, sa_file: str | Path | None = None) -> None:
         self.table = sa_table_from(sas, sa_file)
-        keep_freed_heap()
         self.aeads = [_aead(sa) for sa in self.table.sas]
         self.templates = [_outer_template(sa) for sa in self.table.sas]
         self.next_seq = [sa.seq_start for sa in self.table.sas]
@@ -478,7 +447,6 @@ class DecryptTask(SoftTask):
             raise ConfigError(f"decrypt: non_esp must be 'error' or 'pass', not {non_esp!r}")
         self.pass_non_esp = non_esp == "pass"
         self.table = sa_table_from(sas, sa_file)
-        keep_freed_heap()
         self.aeads = [_aead(sa) for sa in self.table.sas]
         self.windows = [
             ReplayWindow(sa.replay_window) if sa.replay_window else None for sa in self.table.sas
