@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
 from netoffload.batch import (
@@ -158,7 +157,9 @@ def segment(
     l3o = lay.l3 - base
     ip_len = np.where(lay.v == 4, _u16(buf, np.where(ok, lay.l3 + 2, 0)), 0)
     ip_len = np.where(lay.v == 6, _u16(buf, np.where(ok, lay.l3 + 4, 0)) + 40, ip_len)
-    big = ok & ((ip_len > MAX_IP_LEN) | (batch.length[idx] - l3o > MAX_IP_LEN + 40))
+    # more than an IP length field can describe (IPv6: 40-byte header + 65535 payload)
+    room = np.where(lay.v == 4, MAX_IP_LEN, MAX_IP_LEN + 40)
+    big = ok & (batch.length[idx] - l3o > room)
     reason[big] = Reason.SUPER_TOO_BIG
     ok &= ~big
     thl = np.where(is_tcp, (_u8(buf, np.where(ok, lay.l4 + 12, 0)) >> 4) * 4, 8)
@@ -256,9 +257,9 @@ def _build(
         kf = p // m  # full segments
         if kf >= 2:
             stride = int(slot_lo[o0 + 1] - slot_lo[o0])
-            dst = as_strided(
-                out_buf[int(start[o0]) :], shape=(kf, h + m), strides=(stride, 1), writeable=True
-            )
+            a = int(slot_lo[o0])
+            hd = int(start[o0]) - a
+            dst = out_buf[a : a + kf * stride].reshape(kf, stride)[:, hd : hd + h + m]
             dst[:, :h] = hdr
             dst[:, h:] = payload[: kf * m].reshape(kf, m)
         elif kf == 1:
