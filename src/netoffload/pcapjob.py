@@ -136,6 +136,27 @@ def _encrypt_prepare(b: Batch, args: argparse.Namespace, d: Direction) -> None:
     e.sa[:] = table.select(ver, src, dst)
 
 
+def _classify_options(args: argparse.Namespace, d: Direction) -> dict[str, Any]:
+    from netoffload.soft.rules import load_classify
+
+    return {"rules": load_classify(need(args.rules, "--rules FILE", Task.CLASSIFY))}
+
+
+def _dos_options(args: argparse.Namespace, d: Direction) -> dict[str, Any]:
+    """The [dos] part of --rules; its clock is the capture's time (``_dos_prepare``)."""
+    from netoffload.soft.rules import load_dos
+
+    cfg = load_dos(need(args.rules, "--rules FILE", Task.DOS_FILTER))
+    now = [0.0]
+    args._dos_now = now
+    return {"rules": cfg, "clock": lambda: now[0]}
+
+
+def _dos_prepare(b: Batch, args: argparse.Namespace, d: Direction) -> None:
+    """Rate limits see the capture's time: the batch is at its last record's timestamp."""
+    args._dos_now[0] = float(getattr(args, "_batch_time", 0.0))
+
+
 #: per task: its make_task options from the arguments, and per-batch preparation
 TASK_HOOKS: dict[Task, TaskHook] = {
     Task.CHECKSUM: TaskHook(_checksum_options),
@@ -151,6 +172,8 @@ TASK_HOOKS: dict[Task, TaskHook] = {
             "mode": "compute" if d is Direction.TX else "verify",
         }
     ),
+    Task.CLASSIFY: TaskHook(_classify_options),
+    Task.DOS_FILTER: TaskHook(_dos_options, _dos_prepare),
 }
 
 
@@ -252,6 +275,7 @@ class _Job:
         self._check_linktypes(recs)
         b = records_to_batch(recs, first=self.records_in + 1)
         parse_batch(b)
+        self.args._batch_time = max(r.ts_ns for r in recs) / 1e9  # for time-based tasks
         for t in self.stages:
             prep = _hook(t).prepare
             if prep is not None:
@@ -356,7 +380,14 @@ def run_pcap(args: argparse.Namespace, console: Console) -> int:
 
 def _fmt_ns(ns: int) -> str:
     ms = ns / 1e6
-    return f"{ms:.1f}ms" if ms < 100 else f"{ms:,.0f}ms"
+    return f"{ms:.1f}ms" if ms < 10 else f"{ms:,.0f}ms"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.1f}{unit}"
+    return f"{n}B"
 
 
 def _summary(console: Console, job: _Job, seconds: float) -> None:
@@ -384,6 +415,6 @@ def counter_row(task: Task, c: TaskCounters) -> list[str]:
         str(c.software),
         str(c.dropped),
         str(c.errors),
-        str(c.bytes),
+        _fmt_bytes(c.bytes),
         _fmt_ns(c.soft_ns + c.device_ns),
     ]

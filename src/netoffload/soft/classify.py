@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -507,7 +508,7 @@ class ClassifyTask(SoftTask):
 
 
 def make_classify(
-    rules: str | ClassifyConfig | dict[str, Any] | None = None, **_: Any
+    rules: str | Path | ClassifyConfig | dict[str, Any] | None = None, **_: Any
 ) -> ClassifyTask:
     """``rules``: a rule file path, a parsed ClassifyConfig, or the [classify] table."""
     if rules is None:

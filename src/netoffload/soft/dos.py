@@ -22,8 +22,10 @@ Checks, in this order; the first that fails drops the packet
 Packets dropped by an earlier check spend no tokens and do not move windows.
 Packets that fail to parse get ``ext.error``; non-IP frames pass untouched.
 
-Time is passed in: ``process(batch, sel, now=...)`` or ``set_time(now)``
-beforehand (seconds, any origin, non-decreasing); nothing reads a clock.
+Time is passed in: ``process(batch, sel, now=...)``, ``set_time(now)``
+beforehand, or a ``clock`` callable given when the task is made (the caller's
+time, e.g. capture timestamps) — seconds, any origin, non-decreasing; the
+filter never reads the system clock.
 Inside one batch every packet is at the same instant, taken in batch order.
 
 State tables (buckets, established flows) are sorted ``uint64`` key arrays
@@ -34,6 +36,8 @@ comes back full, as a new source would).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -194,8 +198,9 @@ class FlowSet(KeyTable):
 class DosFilter(SoftTask):
     task = Task.DOS_FILTER
 
-    def __init__(self, cfg: DosConfig) -> None:
+    def __init__(self, cfg: DosConfig, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.now = 0.0
         self.sources = BucketTable(cfg.rate, cfg.max_sources) if cfg.rate else None
         self.syn = BucketTable(cfg.syn, cfg.max_flows) if cfg.syn else None
@@ -216,6 +221,8 @@ class DosFilter(SoftTask):
     def process(self, batch: Batch, sel: Mask, now: float | None = None) -> Batch:
         if now is not None:
             self.now = float(now)
+        elif self.clock is not None:
+            self.now = float(self.clock())
         t = self.now
         idx = np.flatnonzero(np.asarray(sel, dtype=np.bool_)[: len(batch)]).astype(np.int64)
         if len(idx) == 0:
@@ -369,7 +376,11 @@ def _sub(k: FlowKeys, rows: I64, src: NDArray[np.uint8] | None = None) -> FlowKe
     )
 
 
-def make_dos(rules: str | DosConfig | dict[str, Any] | None = None, **_: Any) -> DosFilter:
+def make_dos(
+    rules: str | Path | DosConfig | dict[str, Any] | None = None,
+    clock: Callable[[], float] | None = None,
+    **_: Any,
+) -> DosFilter:
     """``rules``: a rule file path, a parsed DosConfig, or the [dos] table."""
     if rules is None:
         cfg = DosConfig()
@@ -379,7 +390,7 @@ def make_dos(rules: str | DosConfig | dict[str, Any] | None = None, **_: Any) ->
         cfg = parse_dos(rules)
     else:
         cfg = load_dos(rules)
-    return DosFilter(cfg)
+    return DosFilter(cfg, clock)
 
 
 register(Task.DOS_FILTER, make_dos)
