@@ -112,3 +112,64 @@ def test_checker_and_fprog() -> None:
     assert len(fp) == len(prog) and len(fp.bytes) == 16
     assert uncompiled(DosConfig()) == []
     assert "replay: anti-replay windows" in uncompiled(parse_dos({"replay": {"window": 64}}))
+
+
+_insn = st.tuples(
+    st.sampled_from(
+        [
+            0x00,
+            0x20,
+            0x28,
+            0x30,
+            0x40,
+            0x48,
+            0x50,
+            0x60,
+            0x80,
+            0x01,
+            0x61,
+            0xB1,
+            0x02,
+            0x03,
+            0x04,
+            0x14,
+            0x24,
+            0x34,
+            0x3C,
+            0x44,
+            0x54,
+            0x64,
+            0x74,
+            0x84,
+            0x94,
+            0x9C,
+            0xA4,
+            0x05,
+            0x15,
+            0x1D,
+            0x25,
+            0x35,
+            0x45,
+            0x06,
+            0x16,
+            0x07,
+            0x87,
+            0xFF,
+        ]
+    ),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.one_of(st.integers(0, 70), st.sampled_from([0xFFF00000, 0xFFF00001, 0xFFFFF000, 2**32 - 1])),
+)
+
+
+@given(st.lists(_insn, min_size=0, max_size=12), st.binary(max_size=64))
+def test_interpreter_fuzz_never_raises_unexpectedly(
+    prog: list[tuple[int, int, int, int]], pkt: bytes
+) -> None:
+    try:
+        check(prog)
+    except BpfError:
+        return
+    v = run(prog, pkt, net_off=min(14, len(pkt)), checked=True)
+    assert 0 <= v <= 0xFFFFFFFF

@@ -7,9 +7,54 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from netoffload.errors import ConfigError
-from netoffload.soft.rules import load_classify, load_dos, parse_classify
+from netoffload.soft.rules import (
+    ClassifyConfig,
+    DosConfig,
+    load_classify,
+    load_dos,
+    parse_classify,
+    parse_dos,
+)
+
+_KEYS = [
+    "rule",
+    "lpm",
+    "prefixes",
+    "prefix",
+    "field",
+    "priority",
+    "src",
+    "dst",
+    "proto",
+    "sport",
+    "dport",
+    "dscp",
+    "action",
+    "class",
+    "name",
+    "default_action",
+    "default_class",
+    "rss_key",
+    "rss_fields",
+    "rate",
+    "burst",
+    "syn",
+    "drop",
+    "size",
+    "min",
+    "max",
+    "fragments",
+    "drop_all",
+    "min_first",
+    "replay",
+    "window",
+    "max_sources",
+    "max_flows",
+]
 
 TOML = """
 [classify]
@@ -107,3 +152,29 @@ def test_bad_files(tmp_path: Path) -> None:
     p.write_text("[classify.lpm]\nprefixes = [{ class = 3 }]\n")
     with pytest.raises(ConfigError, match="lpm: prefix 1: missing 'prefix'"):
         load_classify(p)
+
+
+_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**40), 2**40),
+        st.floats(allow_nan=True),
+        st.sampled_from(["tcp", "198.18.0.0/15", "fd00::/8", "1-2", "drop", "dst", "x", "-"]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.sampled_from(_KEYS), _values, max_size=6))
+def test_fuzzed_documents_give_config_or_error(doc: dict[str, object]) -> None:
+    for parse, kind in ((parse_classify, ClassifyConfig), (parse_dos, DosConfig)):
+        try:
+            cfg = parse(doc)
+        except ConfigError as e:
+            assert str(e)  # a message naming the entry
+        else:
+            assert isinstance(cfg, kind)
