@@ -16,24 +16,29 @@ what was sent (a packet whose payload is missing or changed is not intact).
 The exit code is 0 only if every packet was delivered intact. ``--json FILE``
 also writes the report.
 
-Tasks: a transmit task joins the demo when its software task is available
-(``soft.available()``) and ``DEMO_TASKS`` has an entry for it, saying its
-options, the receive task that undoes it (decrypt for encrypt, assembly for
-segmentation, or None), that task's options, and optionally how to prepare
-each transmit batch (per-packet extension fields such as a GSO size or an SA
-index). A task added later needs one entry there.
+Tasks: a transmit task joins the demo when its software task (and that of
+its receive partner) is available (``soft.available()``) and ``DEMO_TASKS``
+has an entry for it, saying its options, the receive task that undoes or
+matches it, that task's options, and optionally how to prepare each transmit
+batch (per-packet extension fields). Entries now: checksum (fill / verify),
+classify (both sides), tcp-segment and udp-segment (GSO size 536 on TCP resp.
+UDP packets; tcp-assemble / udp-assemble on receive), encrypt / decrypt (ESP
+tunnel mode, two fresh AES-GCM-128 SAs, one per IP family) and digest
+(HMAC-SHA-256-128 trailer, fresh key). A task added later needs one entry.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -49,29 +54,109 @@ from netoffload.tasks import Direction, Task, stage_order
 from netoffload.testing.packets import synthetic_flows
 from netoffload.wire.parse import parse_batch
 
-Options = Callable[[], dict[str, Any]]
+
+@dataclass
+class DemoContext:
+    """What the task entries share in one run (built lazily)."""
+
+    mss: int = 536
+    _sas: Any = None
+
+    @property
+    def sas(self) -> Any:
+        """Two ESP SAs (AES-GCM-128, fresh keys): index 0 for IPv4 inner packets, 1 for IPv6,
+        and a [digest] table (HMAC-SHA-256-128)."""
+        if self._sas is None:
+            from netoffload.tunnel.sa import parse_sa_doc
+
+            def sa(spi: int, src: str, dst: str) -> dict[str, Any]:
+                return {
+                    "name": f"demo-{spi:#x}",
+                    "spi": spi,
+                    "algorithm": "aes-gcm-128",
+                    "key": os.urandom(20).hex(),
+                    "src": src,
+                    "dst": dst,
+                }
+
+            doc = {
+                "sa": [
+                    sa(0x1001, "198.18.0.1", "198.19.0.1"),
+                    sa(0x1002, "fd00::1", "fd00::2"),
+                ],
+                "digest": {"algorithm": "hmac-sha256-128", "key": os.urandom(32).hex()},
+            }
+            self._sas = parse_sa_doc(doc, "demo SAs")
+        return self._sas
+
+
+Options = Callable[[DemoContext], dict[str, Any]]
+Prepare = Callable[[Batch, DemoContext], None]
+
+
+def _no_options(ctx: DemoContext) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
 class DemoTask:
     """How one transmit task takes part in the demo."""
 
-    tx_options: Options
-    rx_task: Task | None = None  # the receive task that undoes it, if any
-    rx_options: Options = field(default=lambda: {})
-    prepare: Callable[[Batch], None] | None = None  # per-batch setup before the TX engine
+    tx_options: Options = _no_options
+    rx_task: Task | None = None  # the receive task that undoes (or matches) it, if any
+    rx_options: Options = _no_options
+    prepare: Prepare | None = None  # per-batch setup of the TX batch (after parsing)
+
+
+def _only_proto(task: Task, proto: int) -> Prepare:
+    """Ask for ``task`` only on packets of L4 protocol ``proto``."""
+
+    def prep(b: Batch, ctx: DemoContext) -> None:
+        other = b.ext.l4_proto != proto
+        b.ext.tasks[other] &= np.uint16(~task & 0xFFFF)
+
+    return prep
+
+
+def _sa_by_family(b: Batch, ctx: DemoContext) -> None:
+    e = b.ext
+    e.sa[:] = np.where(e.l3_proto == 4, 0, np.where(e.l3_proto == 6, 1, -1))
 
 
 #: transmit task -> how it takes part (see the module docstring)
 DEMO_TASKS: dict[Task, DemoTask] = {
     Task.CHECKSUM: DemoTask(
-        tx_options=lambda: {"mode": "fill"},
+        tx_options=lambda ctx: {"mode": "fill"},
         rx_task=Task.CHECKSUM,
-        rx_options=lambda: {"mode": "verify"},
+        rx_options=lambda ctx: {"mode": "verify"},
+    ),
+    Task.CLASSIFY: DemoTask(rx_task=Task.CLASSIFY),
+    Task.TCP_SEGMENT: DemoTask(
+        tx_options=lambda ctx: {"gso_size": ctx.mss},
+        rx_task=Task.TCP_ASSEMBLE,
+        prepare=_only_proto(Task.TCP_SEGMENT, 6),
+    ),
+    Task.UDP_SEGMENT: DemoTask(
+        tx_options=lambda ctx: {"gso_size": ctx.mss},
+        rx_task=Task.UDP_ASSEMBLE,
+        prepare=_only_proto(Task.UDP_SEGMENT, 17),
+    ),
+    Task.ENCRYPT: DemoTask(
+        tx_options=lambda ctx: {"sas": ctx.sas},
+        rx_task=Task.DECRYPT,
+        rx_options=lambda ctx: {"sas": ctx.sas},
+        prepare=_sa_by_family,
+    ),
+    Task.DIGEST: DemoTask(
+        tx_options=lambda ctx: {"sas": ctx.sas, "mode": "compute"},
+        rx_task=Task.DIGEST,
+        rx_options=lambda ctx: {"sas": ctx.sas, "mode": "verify"},
     ),
 }
 
 SEED = 1
+#: how far past a loss ``count_intact`` looks for the next packet of a flow
+RESYNC = 1 << 16
 
 
 def blank_checksums(b: Batch) -> None:
@@ -117,10 +202,11 @@ def _payloads(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
 def count_intact(sent: Sequence[bytes], delivered: Sequence[bytes]) -> int:
     """Sent packets whose L4 payload arrived unchanged, in order, in its flow.
 
-    Per flow, the delivered payload bytes form a stream; each sent payload is
-    looked for at the current position of its flow's stream (a miss counts
-    the packet as not intact and does not advance, so a lost packet costs
-    only itself).
+    Per flow, the delivered payload bytes form a stream (segmentation and
+    assembly may cut and join packets, never reorder bytes); each sent payload
+    is looked for at its flow's current position, or, after a loss, a little
+    further on (within ``RESYNC`` bytes), so a lost or damaged packet costs
+    only itself.
     """
     streams: dict[bytes, bytearray] = {}
     for key, pl in _payloads(delivered):
@@ -132,9 +218,15 @@ def count_intact(sent: Sequence[bytes], delivered: Sequence[bytes]) -> int:
         if s is None:
             continue
         at = pos.get(key, 0)
-        if bytes(s[at : at + len(pl)]) == pl:
+        if s[at : at + len(pl)] == pl:
+            found = at
+        elif pl:
+            found = s.find(pl, at, at + RESYNC + len(pl))
+        else:
+            found = -1
+        if found >= 0:
             intact += 1
-            pos[key] = at + len(pl)
+            pos[key] = found + len(pl)
     return intact
 
 
@@ -160,10 +252,11 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
                 rx_tasks |= d.rx_task
     tx_stages = stage_order(Direction.TX, tx_tasks)
     rx_stages = stage_order(Direction.RX, rx_tasks)
+    ctx = DemoContext()
     tx_lib = soft.SoftLibrary(
-        {t: soft.make_task(t, **DEMO_TASKS[t].tx_options()) for t in tx_stages}
+        {t: soft.make_task(t, **DEMO_TASKS[t].tx_options(ctx)) for t in tx_stages}
     )
-    rx_opts = {d.rx_task: d.rx_options() for d in DEMO_TASKS.values() if d.rx_task is not None}
+    rx_opts = {d.rx_task: d.rx_options(ctx) for d in DEMO_TASKS.values() if d.rx_task is not None}
     rx_lib = soft.SoftLibrary({t: soft.make_task(t, **rx_opts[t]) for t in rx_stages})
 
     pair = LoopbackPair(tx_lib)
@@ -194,7 +287,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             for t in tx_stages:
                 prep = DEMO_TASKS[t].prepare
                 if prep is not None:
-                    prep(b)
+                    prep(b, ctx)
             out = tx.process(b).delivered()
             pair.a.send(out)
             got = pair.b.recv(max_packets=1 << 30)
@@ -234,12 +327,17 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _print(console: Console, report: dict[str, Any], tx: Engine, rx: Engine) -> None:
-    t = Table(title=f"demo: policy {report['policy']}, {report['packets']} packets")
-    for col in ("dir", "task", "offloaded", "software", "dropped", "errors", "bytes", "time"):
-        t.add_column(col, justify="left" if col in ("dir", "task") else "right", no_wrap=True)
+    t = Table(
+        title=f"demo: policy {report['policy']}, {report['packets']} packets",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("task", "offloaded", "software", "dropped", "errors", "bytes", "time"):
+        t.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
     for name, eng in (("tx", tx), ("rx", rx)):
         for task, c in eng.counters.items():
-            t.add_row(name, *counter_row(task, c))
+            row = counter_row(task, c)
+            t.add_row(f"{name} {row[0]}", *row[1:])
+        t.add_section()
     console.print(t)
     for name, eng in (("tx", tx), ("rx", rx)):
         for task, c in eng.counters.items():

@@ -157,8 +157,21 @@ def _dos_prepare(b: Batch, args: argparse.Namespace, d: Direction) -> None:
     args._dos_now[0] = float(getattr(args, "_batch_time", 0.0))
 
 
+def _segment_options(args: argparse.Namespace, task: Task) -> dict[str, Any]:
+    """tcp-segment / udp-segment: ``--mss N`` is the segment size; other protocols pass."""
+    mss = need(args.mss, "--mss N", task)
+    if not 1 <= mss <= 65535:
+        raise ConfigError(f"--mss {mss}: the segment size must be 1..65535")
+    return {"gso_size": mss, "other": "pass"}
+
+
 #: per task: its make_task options from the arguments, and per-batch preparation
 TASK_HOOKS: dict[Task, TaskHook] = {
+    Task.TCP_SEGMENT: TaskHook(lambda args, d: _segment_options(args, Task.TCP_SEGMENT)),
+    Task.UDP_SEGMENT: TaskHook(lambda args, d: _segment_options(args, Task.UDP_SEGMENT)),
+    # coalesced packets leave a capture with complete checksums
+    Task.TCP_ASSEMBLE: TaskHook(lambda args, d: {"csum": "full"}),
+    Task.UDP_ASSEMBLE: TaskHook(lambda args, d: {"csum": "full"}),
     Task.CHECKSUM: TaskHook(_checksum_options),
     Task.ENCRYPT: TaskHook(
         lambda args, d: {"sas": _sa_table(args, Task.ENCRYPT)}, _encrypt_prepare
