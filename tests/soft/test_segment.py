@@ -250,3 +250,77 @@ def test_registered_and_engine() -> None:
     b.ext.gso_size[:] = [0, 1200]
     out = eng.process(b).batch
     assert list(out.length) == [1040, 1040, 540, 1228, 1228, 128]
+
+
+def test_pcap_tx_segment_then_rx_assemble(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from scapy.layers.l2 import ARP
+    from scapy.utils import rdpcap, wrpcap
+
+    from netoffload.cli import main
+
+    frames = [
+        tcp_packet(4, bytes(range(256)) * 20, ethernet=True, flags=ACK | PSH),
+        udp_packet(6, b"u" * 3000, ethernet=True),
+        tcp_packet(6, b"s" * 100, ethernet=True),
+        bytes(Ether() / ARP()),
+    ]
+    src = tmp_path / "in.pcap"
+    wrpcap(str(src), [Ether(f) for f in frames])
+    seg, res = tmp_path / "seg.pcap", tmp_path / "seg.jsonl"
+    rc = main(
+        [
+            "pcap",
+            "--tx",
+            "tcp-segment,udp-segment",
+            "--mss",
+            "1000",
+            str(src),
+            str(seg),
+            "--results",
+            str(res),
+        ]
+    )
+    assert rc == 0
+    got = [bytes(p) for p in rdpcap(str(seg))]
+    want = ref_segments(frames[0], 1000, ethernet=True) + ref_segments(
+        frames[1], 1000, ethernet=True
+    )
+    assert got == want[:6] + want[6:] + frames[2:]
+    lines = [json.loads(x) for x in res.read_text().splitlines()]
+    assert [x["index"] for x in lines] == [0] * 6 + [1] * 3 + [2, 3]
+    assert all(x["error"] is None and x["delivered"] for x in lines)
+    # and back: the receive side coalesces the segments into the super-packets
+    back, res2 = tmp_path / "back.pcap", tmp_path / "back.jsonl"
+    assert (
+        main(
+            [
+                "pcap",
+                "--rx",
+                "tcp-assemble,udp-assemble",
+                str(seg),
+                str(back),
+                "--results",
+                str(res2),
+            ]
+        )
+        == 0
+    )
+    assert [bytes(p) for p in rdpcap(str(back))] == frames
+    lines = [json.loads(x) for x in res2.read_text().splitlines()]
+    assert [x.get("gso", {}).get("segments") for x in lines] == [6, 3, None, None]
+
+
+def test_pcap_segment_needs_mss(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from scapy.utils import wrpcap
+
+    from netoffload.cli import main
+
+    src = tmp_path / "in.pcap"
+    wrpcap(str(src), [Ether(tcp_packet(4, b"x", ethernet=True))])
+    assert main(["pcap", "--tx", "tcp-segment", str(src), str(tmp_path / "o.pcap")]) == 2
+    assert "--mss" in capsys.readouterr().err
+    assert (
+        main(["pcap", "--tx", "tcp-segment", "--mss", "0", str(src), str(tmp_path / "o.pcap")]) == 2
+    )

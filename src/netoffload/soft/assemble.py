@@ -577,12 +577,15 @@ def _finish(
 class AssembleTask(SoftTask):
     """TCP (``Task.TCP_ASSEMBLE``) or UDP (``Task.UDP_ASSEMBLE``) assembly."""
 
-    def __init__(self, task: Task, max_segs: int | None = None) -> None:
+    def __init__(self, task: Task, max_segs: int | None = None, csum: str = "partial") -> None:
         if task not in (Task.TCP_ASSEMBLE, Task.UDP_ASSEMBLE):
             raise ConfigError(f"assemble: not an assembly task: {task!r}")
         cap = TCP_MAX_SEGS if task is Task.TCP_ASSEMBLE else UDP_GRO_CNT_MAX
         if max_segs is not None and not 1 <= int(max_segs) <= cap:
             raise ConfigError(f"{task.kebab}: max_segs must be 1..{cap}, not {max_segs}")
+        if csum not in ("partial", "full"):
+            raise ConfigError(f"{task.kebab}: csum must be 'partial' or 'full', not {csum!r}")
+        self.csum = csum
         self.task = task
         self.max_segs = int(max_segs) if max_segs is not None else cap
         self.proto = IPPROTO_TCP if task is Task.TCP_ASSEMBLE else IPPROTO_UDP
@@ -593,7 +596,7 @@ class AssembleTask(SoftTask):
         """Assemble, flushing everything at the end of the batch."""
         out, oc = assemble(batch, sel, self.proto, max_segs=self.max_segs)
         self.last_outcome = oc
-        return out
+        return self._csum(out)
 
     def process_timed(self, batch: Batch, sel: Mask, times_ns: I64, timeout_ns: int) -> Batch:
         """Assemble with packet arrival times (an injected clock) and a flush time-out."""
@@ -606,6 +609,15 @@ class AssembleTask(SoftTask):
             timeout_ns=timeout_ns,
         )
         self.last_outcome = oc
+        return self._csum(out)
+
+    def _csum(self, out: Batch) -> Batch:
+        """``csum="full"``: complete the merged packets' checksums (for captures)."""
+        if self.csum == "full":
+            merged = out.ext.segs >= 2
+            if merged.any():
+                cs.fill(out, merged)
+                out.ext.csum_verdict[merged] = CsumVerdict.GOOD
         return out
 
     def describe(self) -> dict[str, object]:
@@ -613,10 +625,12 @@ class AssembleTask(SoftTask):
 
 
 def _factory(task: Task) -> Any:
-    def make(max_segs: int | None = None, **options: Any) -> AssembleTask:
+    def make(max_segs: int | None = None, csum: str = "partial", **options: Any) -> AssembleTask:
+        """Options: ``max_segs`` (segments per super-packet), ``csum`` ("partial", the
+        TUN/virtio form with NEEDS_CSUM; "full": checksums completed)."""
         if options:
             raise ConfigError(f"{task.kebab}: unknown options {', '.join(sorted(options))}")
-        return AssembleTask(task, max_segs)
+        return AssembleTask(task, max_segs, csum)
 
     return make
 

@@ -108,13 +108,16 @@ class Plan:
 
 
 def segment(
-    batch: Batch, sel: Mask, proto: int, *, default_gso_size: int = 0
+    batch: Batch, sel: Mask, proto: int, *, default_gso_size: int = 0, pass_other: bool = False
 ) -> tuple[Batch, Plan]:
     """Segment the ``sel`` packets of ``batch`` (``proto`` 6: TCP, 17: UDP).
 
     Returns the output batch (a new one, in order) and the per-packet plan. The
     segment size of a packet is ``ext.gso_size`` (``default_gso_size`` where
     that is 0). Never raises for bad packets; see the module docstring.
+    ``pass_other``: packets of another protocol (or not IP) are passed on
+    untouched instead of failing with NOT_TCP / NOT_UDP / NOT_IP (for captures,
+    where every packet asks for every task).
     """
     n = len(batch)
     e = batch.ext
@@ -139,6 +142,10 @@ def segment(
         wrong = ok & ~is_udp
         reason[wrong] = Reason.NOT_UDP
         mine = is_udp
+    if pass_other:
+        other = (reason == Reason.NOT_IP) | wrong
+        reason[other] = 0
+        ok &= ~other
     ok &= mine
     # gso type must agree with the packet (ECN bit aside); NONE means "segment by gso_size"
     gt = e.gso_type[idx].astype(np.int64) & ~int(GsoType.ECN)
@@ -328,19 +335,24 @@ def _build(
 class SegmentTask(SoftTask):
     """TCP (``Task.TCP_SEGMENT``) or UDP (``Task.UDP_SEGMENT``) segmentation."""
 
-    def __init__(self, task: Task, gso_size: int = 0) -> None:
+    def __init__(self, task: Task, gso_size: int = 0, other: str = "error") -> None:
         if task not in (Task.TCP_SEGMENT, Task.UDP_SEGMENT):
             raise ConfigError(f"segment: not a segmentation task: {task!r}")
         if not 0 <= int(gso_size) <= 65535:
             raise ConfigError(f"{task.kebab}: gso_size (mss) must be 0..65535, not {gso_size}")
+        if other not in ("error", "pass"):
+            raise ConfigError(f"{task.kebab}: other must be 'error' or 'pass', not {other!r}")
         self.task = task
         self.gso_size = int(gso_size)
+        self.pass_other = other == "pass"
         self.proto = IPPROTO_TCP if task is Task.TCP_SEGMENT else IPPROTO_UDP
         #: plan of the last ``process`` call (per input packet)
         self.last_plan: Plan | None = None
 
     def process(self, batch: Batch, sel: Mask) -> Batch:
-        out, plan = segment(batch, sel, self.proto, default_gso_size=self.gso_size)
+        out, plan = segment(
+            batch, sel, self.proto, default_gso_size=self.gso_size, pass_other=self.pass_other
+        )
         self.last_plan = plan
         return out
 
@@ -348,19 +360,20 @@ class SegmentTask(SoftTask):
         return {"task": self.task.kebab, "gso_size": self.gso_size}
 
 
-def _tcp_factory(gso_size: int = 0, mss: int | None = None, **options: Any) -> SegmentTask:
-    if options:
-        raise ConfigError(f"tcp-segment: unknown options {', '.join(sorted(options))}")
-    return SegmentTask(Task.TCP_SEGMENT, mss if mss is not None else gso_size)
+def _factory(task: Task) -> Any:
+    def make(
+        gso_size: int = 0, mss: int | None = None, other: str = "error", **options: Any
+    ) -> SegmentTask:
+        """Options: ``gso_size`` (or ``mss``): the segment size of packets whose
+        extension has none; ``other="pass"``: let other protocols through."""
+        if options:
+            raise ConfigError(f"{task.kebab}: unknown options {', '.join(sorted(options))}")
+        return SegmentTask(task, mss if mss is not None else gso_size, other)
+
+    return make
 
 
-def _udp_factory(gso_size: int = 0, mss: int | None = None, **options: Any) -> SegmentTask:
-    if options:
-        raise ConfigError(f"udp-segment: unknown options {', '.join(sorted(options))}")
-    return SegmentTask(Task.UDP_SEGMENT, mss if mss is not None else gso_size)
-
-
-register(Task.TCP_SEGMENT, _tcp_factory)
-register(Task.UDP_SEGMENT, _udp_factory)
+register(Task.TCP_SEGMENT, _factory(Task.TCP_SEGMENT))
+register(Task.UDP_SEGMENT, _factory(Task.UDP_SEGMENT))
 
 __all__: Sequence[str] = ("Plan", "SegmentTask", "segment")
