@@ -566,3 +566,23 @@ def test_engine_hands_tso_to_the_kernel_or_does_it_in_software(
     assert [len(p[TCP].payload) for p in segs] == [1000, 1000, 1000]
     assert b"".join(bytes(p[TCP].payload) for p in segs) == payload
     assert all(_scapy_csum_ok(p) for p in segs)
+
+
+def test_push_down_needs_the_capability(testbed: netns.Testbed) -> None:
+    """A TUN cannot take a filter (TUNATTACHFILTER is TAP-only): software keeps filtering."""
+    from netoffload.soft.rules import Rule
+
+    a = testbed.host("pd")
+    tun = TunDevice.open_in(a, "tun0")
+    tap = TunDevice.open_in(a, "tap0", tap=True)
+    try:
+        rules = [Rule("no-9999", proto=(17, 17), dport=(9999, 9999), action=1)]
+        res = kc.push_down(tun, rules)
+        assert not res.attached and "capability" in res.reason
+        assert not tun.filter_attached
+        res = kc.push_down(tap, rules)
+        assert res.attached, res.reason
+        assert tap.filter_attached
+    finally:
+        tun.close()
+        tap.close()

@@ -259,3 +259,46 @@ def test_bad_input(two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns]) ->
     with pytest.raises(DeviceDown):
         dev.send(Batch.from_packets([b"z"]))
     assert kc.UDP_SEGMENT == 103 and kc.UDP_GRO == 104
+
+
+def test_push_down_of_compiled_dos_rules(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    """DoS drop list compiled to cBPF (helper D's compiler), attached with SO_ATTACH_FILTER."""
+    import ipaddress
+
+    from netoffload.soft.rules import Bucket, DosConfig
+
+    _tb, a, b = two_hosts
+    a.add_address("veth0", "198.18.0.3/24")
+    b.static_neighbors("veth0", a, "veth0", ["198.18.0.3"])
+    rx = UdpDevice.open(b, (B4, 6010), gro=False)
+    try:
+        cfg = DosConfig(
+            drop_src=(ipaddress.ip_network("198.18.0.3/32"),), rate=Bucket(1000.0, 100.0)
+        )
+        res = kc.push_down(rx, cfg)
+        assert res.attached, res.reason
+        assert res.instructions > 0
+        assert any("token bucket" in x for x in res.in_software)  # stateful part stays in software
+        before = b.snmp()["Udp"]["InErrors"]
+        for src in ("198.18.0.1", "198.18.0.3"):
+            s = a.socket()
+            s.bind((src, 0))
+            for i in range(4):
+                s.sendto(f"{src}/{i}".encode(), (B4, 6010))
+            s.close()
+        got: list[bytes] = []
+        end = time.monotonic() + 1
+        while time.monotonic() < end and len(got) < 4:
+            rx.wait_readable(0.1)
+            got += rx.recv().packets()
+        time.sleep(0.05)
+        got += rx.recv().packets()
+        assert sorted(got) == [f"198.18.0.1/{i}".encode() for i in range(4)]
+        assert b.snmp()["Udp"]["InErrors"] - before == 4  # dropped by the kernel
+        # rules that cannot compile: not attached, the software filter stays
+        bad = kc.push_down(rx, object())
+        assert not bad.attached and bad.reason
+    finally:
+        rx.close()

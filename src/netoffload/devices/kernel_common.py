@@ -13,6 +13,7 @@ import fcntl
 import os
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -273,3 +274,56 @@ class Arena:
         slot_hi[:-1] = slot_lo[1:]
         slot_hi[-1] = self.off
         return _Batch(self.arena[: self.off].copy(), start, length, slot_lo, slot_hi, Ext(n), 0)
+
+
+# --- filter push-down -------------------------------------------------------------------
+@dataclass(frozen=True)
+class PushDown:
+    """What ``push_down`` did: attached in the kernel, or why not (software keeps filtering)."""
+
+    attached: bool
+    reason: str = ""
+    instructions: int = 0
+    #: rule parts no kernel filter can do (state across packets): they stay in software
+    in_software: tuple[str, ...] = ()
+
+
+def push_down(device: object, rules: object) -> PushDown:
+    """Compile classification/DoS ``rules`` to classic BPF and attach them to ``device``.
+
+    Only when the device reported the capability (a ``dos-filter`` record with
+    the ``cbpf`` feature: TAP, UDP and packet sockets; a TUN answers EINVAL).
+    Anything that fails -- no capability, rules that do not compile or do not
+    fit, the kernel refusing the program -- returns ``attached=False`` with the
+    reason; the software filter then stays in charge. Never raises for that.
+    """
+    from netoffload.errors import ConfigError, DeviceError
+    from netoffload.tasks import Task
+
+    query = getattr(device, "query", None)
+    attach = getattr(device, "attach_filter", None)
+    if query is None or attach is None:
+        return PushDown(False, "device has no filter push-down")
+    rec = query().record(Task.DOS_FILTER)
+    if rec is None or "cbpf" not in rec.features:
+        return PushDown(False, f"{getattr(device, 'name', 'device')}: no cBPF filter capability")
+    try:
+        from netoffload.bpf.compiler import BASE_NET, compile_filter, uncompiled
+    except ImportError as e:  # the compiler is not part of this build
+        return PushDown(False, f"no cBPF compiler: {e}")
+    try:
+        prog = compile_filter(rules, base=BASE_NET)  # type: ignore[arg-type]
+    except (ConfigError, TypeError, ValueError, AttributeError) as e:
+        return PushDown(False, f"rules do not compile to cBPF: {e}")
+    rest: tuple[str, ...] = ()
+    try:
+        rest = tuple(uncompiled(rules))  # type: ignore[arg-type]
+    except (TypeError, AttributeError):
+        rest = ()
+    if len(prog) > rec.max_rules > 0:
+        return PushDown(False, f"program of {len(prog)} instructions > {rec.max_rules}")
+    try:
+        attach(prog)
+    except DeviceError as e:
+        return PushDown(False, f"kernel refused the program: {e}")
+    return PushDown(True, "", len(prog), rest)
