@@ -460,3 +460,27 @@ def test_layout_writes_what_parse_batch_writes(
     assert np.array_equal(mine.ext.xflags, ref.ext.xflags)
     failed = want != 0
     assert np.array_equal(lay.reason[failed], want[failed])
+
+
+@given(pkts=st.lists(scapy_packets(), min_size=1, max_size=8), cut=st.integers(0, 12))
+def test_raw_ip_shortcut_gives_the_general_layout(
+    pkts: list[tuple[bytes, int, int]], cut: int
+) -> None:
+    """Unparsed raw-IP batches take a shortcut; it must agree with the general path."""
+    raws = [r[14:] if eth_of(r) else r for r, _, _ in pkts]
+    # mostly without IPv4 options (those take the general path)
+    raws = [r for r in raws if r[0] == 0x45 or r[0] >> 4 == 6] or [bytes(IP() / TCP())]
+    if cut <= 3:  # sometimes one malformed packet sends the batch down the general path
+        raws.append(raws[0][: cut * 7])
+    quick = Batch.from_packets(raws)
+    general = Batch.from_packets(raws)
+    parse_batch(general)  # PARSED: the general path reads the extension
+    idx = np.arange(len(raws), dtype=np.int64)
+    a, b = layout(quick, idx), layout(general, idx)
+    for f in ("reason", "base", "l3", "v", "l4", "proto", "l4_end", "l4_ok", "field", "udp"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    v4 = a.v == 4
+    assert np.array_equal(a.ihl[v4], b.ihl[v4])
+    assert np.array_equal(a.pseudo(quick.buf), b.pseudo(general.buf))
+    for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
+        assert np.array_equal(getattr(quick.ext, f), getattr(general.ext, f)), f
