@@ -13,6 +13,17 @@ Each task run gets a fresh copy of the batch made outside the timed region
 (encryption works in place); the two sides alternate round by round and the
 best time of each is kept.
 
+Where the time goes (AES-GCM-128, 1400 bytes, one core): a bare ``encrypt``
+call on ``bytes`` costs about 0.54 us, the raw loop about 0.60 us per packet.
+The task makes the same call (through ``map``, bytes in and bytes out, the
+cheapest form the binding offers; memoryview arguments cost ~0.2 us more), and
+must also turn slots of the batch into ``bytes`` and write the results back
+(~0.11 us), make nonces and AADs (~0.03 us) and build headers, trailers and
+extension fields for the batch with numpy (~0.15 us at 1024 packets). So the
+ratio tops out near 0.8 for AES-GCM, whose per-call Python cost is as large as
+the cipher work; ChaCha20-Poly1305 does twice the cipher work per call and
+comes closer.
+
 Reported besides: ``decrypt_vs_raw`` (the decrypt task, with anti-replay and
 padding checks, against a bare ``decrypt`` loop) and the raw loop written with
 ``map`` instead of ``for`` (``aead_vs_raw_map``), the fastest bare form.
