@@ -586,3 +586,63 @@ def test_push_down_needs_the_capability(testbed: netns.Testbed) -> None:
     finally:
         tun.close()
         tap.close()
+
+
+def test_caps_cli_prints_what_was_probed(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from netoffload.cli import main
+
+    assert main(["caps", "--device", "tun", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    tasks = {r["task"] for r in doc["records"]}
+    assert {"checksum", "tcp-segment", "tcp-assemble"} <= tasks
+    assert not [n for n in os.listdir(netns.NETNS_DIR) if n.startswith(netns.prefix())]
+
+
+def test_fuzz_submit_and_send_never_raise(testbed: netns.Testbed) -> None:
+    """Random bytes, random offload requests: a verdict or a counted refusal, no exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    a = testbed.host("z")
+    dev = TunDevice.open_in(a, "tun0", addrs=["198.18.1.1/24"])
+    good = tcp_packet(v=4, payload=b"q" * 2000, src="198.18.1.2", dst="198.18.9.9")
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.lists(
+            st.one_of(
+                st.binary(min_size=0, max_size=200),
+                st.builds(
+                    lambda cut, flip: bytes(
+                        x ^ (0xFF if i == flip else 0) for i, x in enumerate(good[:cut])
+                    ),
+                    st.integers(0, len(good)),
+                    st.integers(0, 80),
+                ),
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        st.sampled_from([0, 1, 8, 9, 16, 17]),
+        st.integers(0, 3000),
+    )
+    def run(pkts: list[bytes], offload: int, gso: int) -> None:
+        b = Batch.from_packets(pkts)
+        b.ext.offload[:] = offload
+        b.ext.gso_size[:] = gso
+        comp = dev.complete(dev.submit(b, TX_ORDER))
+        out = comp.batch
+        dead = int((~out.ext.alive()).sum())  # got a verdict at submit: not written
+        t0 = dev.tun.write_errors + dev.tun.short_writes + dev.tun.tx_dropped
+        sent = dev.send(out)
+        refused = dev.tun.write_errors + dev.tun.short_writes + dev.tun.tx_dropped - t0
+        dev.recv()  # whatever the kernel sent back (ICMP errors, nothing)
+        assert sent + refused + dead == len(out)  # every packet accounted for
+
+    try:
+        run()
+        assert dev.load().up
+    finally:
+        dev.close()

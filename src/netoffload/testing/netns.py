@@ -147,6 +147,7 @@ def _install_hooks() -> None:
     if _hooks_installed:
         return
     _hooks_installed = True
+    cleanup_stale()  # leftovers of processes that died without cleaning up (SIGKILL)
     atexit.register(cleanup_all)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
