@@ -138,8 +138,9 @@ def test_cleanup_stale_removes_namespaces_of_dead_processes(netns_ok: None) -> N
     p = subprocess.Popen([sys.executable, "-c", _SCRIPT], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     name = p.stdout.readline().strip()
+    assert name in _ns_names()
     p.kill()  # SIGKILL: no clean-up possible in the process itself
     p.wait()
-    assert name in _ns_names()
-    assert name in netns.cleanup_stale()
+    # (another test process starting up may sweep it first: the outcome is the same)
+    netns.cleanup_stale()
     assert name not in _ns_names()
