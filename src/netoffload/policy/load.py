@@ -4,12 +4,25 @@ The engine feeds the monitor with what it measures (per task and path: packets,
 bytes, nanoseconds); the monitor keeps exponentially weighted moving averages
 of the cost per packet and per byte of each path, and a host-CPU reading
 supplied by the caller. ``snapshot(now)`` freezes all of it for a policy.
+
+Besides what the engine records, a device may report (``record_service``,
+``record_queue_wait``, ``record_crossing``) its own service time per task, the
+time a batch waited in its queue, and the host's cost of crossing to it (the
+emulated NIC does, once ``attach``-ed): the engine's device cost is the wall
+time from submit to complete, which overlaps with the host's software work,
+while these tell the parts apart. Host CPU comes from ``set_host`` or from a
+``sampler`` (``PsutilSampler`` reads psutil) that ``snapshot(now)`` consults at
+most every ``sample_every`` seconds of the time it is given — so tests pass a
+fake sampler and a fake clock, and nothing sleeps.
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from netoffload.tasks import Task
 
@@ -39,18 +52,101 @@ class LoadSnapshot:
     device_up: tuple[bool, ...] = ()
     cost: Mapping[tuple[Task, int], CostEstimate] = field(default_factory=dict)
     latency_s: Mapping[int, float] = field(default_factory=dict)  # per path, recent batch
+    #: device-side service cost per (task, device), when the device reports it
+    service: Mapping[tuple[Task, int], CostEstimate] = field(default_factory=dict)
+    #: host cost of crossing to a device (copy in and out), per device
+    crossing: Mapping[int, CostEstimate] = field(default_factory=dict)
+    #: time a batch waits in a device's queue before the device takes it (EWMA)
+    queue_wait_s: Mapping[int, float] = field(default_factory=dict)
 
     def estimate(self, task: Task, path: int) -> CostEstimate:
         return self.cost.get((task, path), CostEstimate())
+
+    def device_cost(self, task: Task, path: int) -> CostEstimate:
+        """The device's own service cost if reported, else the engine's measured cost."""
+        s = self.service.get((task, path))
+        return s if s is not None and s.samples else self.estimate(task, path)
+
+
+class CpuSampler(Protocol):
+    """Reads host CPU: (utilisation of the host's cores 0..1, this process 0..1 of a core)."""
+
+    def read(self) -> tuple[float, float]: ...
+
+
+class PsutilSampler:
+    """Host CPU from psutil, as deltas since the previous read.
+
+    ``host`` is the mean utilisation of the CPUs this process may run on (its
+    affinity set: the host's cores when a NIC process is pinned to another
+    core; all CPUs otherwise), so a CPU hog on the host's core shows as load
+    even while this process waits. ``process`` is this process's CPU time over
+    wall time (1.0 = one core busy).
+    """
+
+    def __init__(self, cpus: set[int] | None = None) -> None:
+        import psutil
+
+        self._psutil: Any = psutil
+        self._proc = psutil.Process()
+        try:
+            self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            self.cpus = list(range(psutil.cpu_count() or 1))
+        self._last = self._take()
+
+    def _take(self) -> tuple[float, list[tuple[float, float]], float]:
+        import time
+
+        per = self._psutil.cpu_times(percpu=True)
+        busy_total = []
+        for c in self.cpus:
+            if c < len(per):
+                t = per[c]
+                total = sum(t)
+                idle = t.idle + getattr(t, "iowait", 0.0)
+                busy_total.append((total - idle, total))
+        pt = self._proc.cpu_times()
+        return time.monotonic(), busy_total, pt.user + pt.system
+
+    def read(self) -> tuple[float, float]:
+        now = self._take()
+        t0, bt0, p0 = self._last
+        t1, bt1, p1 = now
+        self._last = now
+        busy = sum(b1 - b0 for (b0, _), (b1, _) in zip(bt0, bt1, strict=False))
+        total = sum(a1 - a0 for (_, a0), (_, a1) in zip(bt0, bt1, strict=False))
+        host = busy / total if total > 0 else 0.0
+        dt = t1 - t0
+        proc = (p1 - p0) / dt if dt > 0 else 0.0
+        return min(max(host, 0.0), 1.0), max(proc, 0.0)
 
 
 class LoadMonitor:
     """Moving averages of measured costs; host load passed in by the caller."""
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        sampler: CpuSampler | None = None,
+        sample_every: float = 0.1,
+        cpu_alpha: float = 0.5,
+        latency_window: int = 512,
+    ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
+        if not 0 < cpu_alpha <= 1:
+            raise ValueError("cpu_alpha must be in (0, 1]")
         self.alpha = alpha
+        self.sampler = sampler
+        self.sample_every = sample_every
+        self.cpu_alpha = cpu_alpha
+        self._last_sample: float | None = None
+        self._service = _CostFit(alpha)
+        self._cross = _CostFit(alpha)
+        self._qwait: dict[int, float] = {}
+        self._lat_window: dict[int, deque[float]] = {}
+        self._lat_len = latency_window
         self._pp: dict[tuple[Task, int], float] = {}
         self._pb: dict[tuple[Task, int], float] = {}
         self._n: dict[tuple[Task, int], int] = {}
@@ -92,16 +188,59 @@ class LoadMonitor:
     def record_latency(self, path: int, seconds: float) -> None:
         old = self._lat.get(path)
         self._lat[path] = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
+        w = self._lat_window.get(path)
+        if w is None:
+            w = self._lat_window[path] = deque(maxlen=self._lat_len)
+        w.append(seconds)
+
+    def latency_quantile(self, path: int, q: float) -> float:
+        """Quantile ``q`` (0..1) of the recent completed-batch latencies of ``path``."""
+        w = self._lat_window.get(path)
+        if not w:
+            return 0.0
+        xs = sorted(w)
+        return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+    def record_service(
+        self, task: Task, path: int, packets: int, nbytes: int, seconds: float
+    ) -> None:
+        """A device's own service time for ``task`` over ``packets`` packets."""
+        self._service.record((task, path), packets, nbytes, seconds)
+
+    def record_crossing(self, path: int, packets: int, nbytes: int, seconds: float) -> None:
+        """Host time spent crossing to device ``path`` (copies in and out)."""
+        self._cross.record(path, packets, nbytes, seconds)
+
+    def record_queue_wait(self, path: int, seconds: float) -> None:
+        old = self._qwait.get(path)
+        self._qwait[path] = (
+            seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
+        )
 
     def set_host(self, host_cpu: float, process_cpu: float) -> None:
         self.host_cpu = host_cpu
         self.process_cpu = process_cpu
+
+    def refresh(self, now: float) -> None:
+        """Read the sampler if ``sample_every`` seconds of ``now`` have passed
+        (moving averages with ``cpu_alpha``)."""
+        if self.sampler is None:
+            return
+        if self._last_sample is not None and now - self._last_sample < self.sample_every:
+            return
+        first = self._last_sample is None
+        self._last_sample = now
+        host, proc = self.sampler.read()
+        a = 1.0 if first else self.cpu_alpha
+        self.host_cpu = (1 - a) * self.host_cpu + a * host
+        self.process_cpu = (1 - a) * self.process_cpu + a * proc
 
     def set_devices(self, occupancy: tuple[float, ...], up: tuple[bool, ...]) -> None:
         self.device_occupancy = occupancy
         self.device_up = up
 
     def snapshot(self, now: float) -> LoadSnapshot:
+        self.refresh(now)
         return LoadSnapshot(
             now=now,
             host_cpu=self.host_cpu,
@@ -110,4 +249,44 @@ class LoadMonitor:
             device_up=self.device_up,
             cost={k: CostEstimate(self._pp[k], self._pb[k], self._n[k]) for k in self._n},
             latency_s=dict(self._lat),
+            service=self._service.estimates(),
+            crossing={k: v for (k, v) in self._cross.estimates().items()},
+            queue_wait_s=dict(self._qwait),
         )
+
+
+class _CostFit:
+    """Per key: least-squares fit of seconds = per_packet*packets + per_byte*bytes
+    over exponentially weighted sufficient statistics (as ``LoadMonitor.record``)."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self._st: dict[Any, list[float]] = {}
+        self._fit: dict[Any, tuple[float, float, int]] = {}
+
+    def record(self, key: Any, packets: int, nbytes: int, seconds: float) -> None:
+        if packets <= 0 or seconds < 0:
+            return
+        st = self._st.setdefault(key, [0.0] * 5)
+        a = self.alpha if key in self._fit else 1.0
+        n, b, t = float(packets), float(nbytes), float(seconds)
+        for i, v in enumerate((n * n, n * b, b * b, n * t, b * t)):
+            st[i] = (1 - a) * st[i] + a * v
+        pp, pb = _solve(st)
+        old = self._fit.get(key)
+        self._fit[key] = (pp, pb, (old[2] if old else 0) + 1)
+
+    def estimates(self) -> dict[Any, CostEstimate]:
+        return {k: CostEstimate(pp, pb, n) for k, (pp, pb, n) in self._fit.items()}
+
+
+def _solve(st: list[float]) -> tuple[float, float]:
+    snn, snb, sbb, snt, sbt = st
+    det = snn * sbb - snb * snb
+    pp = pb = -1.0
+    if det > 1e-9 * snn * sbb:
+        pp = (snt * sbb - sbt * snb) / det
+        pb = (sbt * snn - snt * snb) / det
+    if pp < 0 or pb < 0:  # singular or not physical: one-term fit
+        pp, pb = (snt / snn if snn else 0.0), 0.0
+    return pp, pb

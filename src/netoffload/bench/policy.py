@@ -1,0 +1,389 @@
+"""``netoffload bench policy``: Never, Always, Threshold and Adaptive under a load
+that steps from light to saturating, with a CPU hog taking the host core away
+during part of the run.
+
+Workload: transmit batches of 64 IPv4/UDP packets of 1400 bytes, each wanting
+checksum + encrypt (ESP, AES-GCM-128) + digest (HMAC-SHA-256-128), the real
+software tasks. The host (this process) is pinned to one core, the emulated
+NIC (profile ``full``, no added cost: the same library, so as fast as the
+host) to the other. Batches arrive open-loop at the step's offered rate — a
+multiple of the software capacity measured first — and wait in a bounded
+queue (arrivals beyond it are dropped); latency is completion time minus
+arrival time. During the ``+hog`` steps a busy-looping process pinned to the
+host's core competes for it.
+
+Each step runs every policy in turn (order rotating), side by side, each with
+its own engine and load monitor (host CPU from psutil) over the one NIC.
+Reported per step and policy: throughput (delivered packets/s), p50/p99 batch
+latency, host CPU (this process, share of one core), share offloaded.
+
+Metrics: ``adaptive_vs_never_saturated`` (throughput at the saturating step,
+target >= 1.5), ``adaptive_vs_best_static_min`` (lowest over the steps of
+Adaptive / best of Never and Always, target >= 0.95),
+``adaptive_light_p50_vs_never`` (p50 latency at the lightest step, <= 1.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from netoffload.batch import Batch
+from netoffload.bench import Bench, BenchContext, BenchResult, register
+from netoffload.devices.emulated_nic import PROFILES, EmulatedNIC
+from netoffload.engine import Engine
+from netoffload.policy import Adaptive, Always, LoadMonitor, Never, Policy, PsutilSampler, Threshold
+from netoffload.soft import SoftLibrary
+from netoffload.tasks import Direction, Task
+from netoffload.testing.packets import udp_packet
+from netoffload.tunnel.sa import SATable, SecurityAssociation
+from netoffload.wire.parse import parse_batch
+
+TASKS = Task.CHECKSUM | Task.ENCRYPT | Task.DIGEST
+BATCH = 256
+SIZE = 1400
+MAX_BACKLOG = 4  # batches waiting; later arrivals are dropped
+POLICIES = ("never", "always", "threshold", "adaptive")
+ROUNDS = 3  # slices per policy and step
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    load: float  # offered load as a multiple of the software capacity
+    hog: bool
+
+
+STEPS = (
+    Step("light", 0.15, False),
+    Step("medium", 0.5, False),
+    Step("medium+hog", 0.5, True),
+    Step("high", 1.0, False),
+    Step("saturating", 3.0, False),
+    Step("saturating+hog", 3.0, True),
+)
+
+
+def task_options() -> dict[Task, dict[str, Any]]:
+    sa = SecurityAssociation(
+        0x1001, "aes-gcm-128", bytes(range(20)), "198.18.0.1", "198.19.0.1", replay_window=0
+    )
+    return {
+        Task.CHECKSUM: {"mode": "fill"},
+        Task.ENCRYPT: {"sas": SATable((sa,))},
+        Task.DIGEST: {"algorithm": "hmac-sha256-128", "key": bytes(range(32))},
+    }
+
+
+def workload(n: int = BATCH, size: int = SIZE, seed: int = 7) -> Batch:
+    rng = np.random.default_rng(seed)
+    pay = rng.integers(0, 256, (n, size - 28), dtype=np.uint8)
+    b = Batch.from_packets(
+        [udp_packet(4, pay[i].tobytes(), sport=40000 + i) for i in range(n)],
+        headroom=128,
+        tailroom=128,
+    )
+    parse_batch(b)
+    b.ext.tasks[:] = TASKS
+    b.ext.sa[:] = 0
+    return b
+
+
+def make_policy(name: str) -> Policy:
+    if name == "never":
+        return Never()
+    if name == "always":
+        return Always()
+    if name == "threshold":
+        return Threshold()
+    return Adaptive()
+
+
+def hog_main(core: int | None) -> None:
+    """A CPU hog: a busy loop pinned to ``core``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if core is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {core})
+    x = 0
+    while True:
+        x = (x + 1) & 0xFFFF
+
+
+class Hog:
+    """A hog process, started once, paused (SIGSTOP) and resumed (SIGCONT)."""
+
+    def __init__(self, core: int | None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.proc = ctx.Process(target=hog_main, args=(core,), name="netoffload-hog")
+        self.proc.daemon = True
+        self.proc.start()
+        self.running = True
+        self.pause()
+
+    def _signal(self, sig: int) -> None:
+        if self.proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+
+    def pause(self) -> None:
+        if self.running:
+            self._signal(signal.SIGSTOP)
+            self.running = False
+
+    def resume(self) -> None:
+        if not self.running:
+            self._signal(signal.SIGCONT)
+            self.running = True
+
+    def stop(self) -> None:
+        self._signal(signal.SIGKILL)
+        self._signal(signal.SIGCONT)
+        with contextlib.suppress(Exception):
+            self.proc.join(2.0)
+            self.proc.close()
+
+
+@contextlib.contextmanager
+def pinned(core: int | None) -> Iterator[None]:
+    if core is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+@dataclass
+class StepResult:
+    delivered: int  # packets
+    elapsed: float  # seconds
+    cpu_s: float  # this process's CPU seconds
+    offloaded: int  # task runs done by the device
+    software: int  # task runs done in software
+    dropped: int  # arrivals dropped at the bounded queue
+    lat: list[float]  # per batch, seconds
+
+    @property
+    def throughput(self) -> float:
+        return self.delivered / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def cpu(self) -> float:
+        return self.cpu_s / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def offload_share(self) -> float:
+        n = self.offloaded + self.software
+        return self.offloaded / n if n else 0.0
+
+    def quantile(self, q: float) -> float:
+        return float(np.percentile(np.array(self.lat), q)) if self.lat else 0.0
+
+
+def combine(parts: list[StepResult]) -> StepResult:
+    return StepResult(
+        sum(p.delivered for p in parts),
+        sum(p.elapsed for p in parts),
+        sum(p.cpu_s for p in parts),
+        sum(p.offloaded for p in parts),
+        sum(p.software for p in parts),
+        sum(p.dropped for p in parts),
+        [x for p in parts for x in p.lat],
+    )
+
+
+def run_open_loop(engine: Engine, proto: Batch, rate: float, duration: float) -> StepResult:
+    """Batches arrive every 1/rate s for ``duration`` s; each is processed in turn."""
+    interval = 1.0 / rate
+    lat: list[float] = []
+    delivered = 0
+    dropped = 0
+    before = {t: (c.offloaded, c.software) for t, c in engine.counters.items()}
+    clock = time.perf_counter
+    cpu0 = time.process_time()
+    t_start = clock()
+    t_end = t_start + duration
+    nxt = t_start
+    while True:
+        b = proto.copy()
+        now = clock()
+        if now >= t_end:
+            break
+        if now < nxt:
+            gap = nxt - now
+            if gap > 3e-4:
+                time.sleep(gap - 2e-4)
+            while clock() < nxt:
+                pass
+            now = clock()
+        backlog = int((now - nxt) / interval) + 1
+        if backlog > MAX_BACKLOG:
+            skip = backlog - MAX_BACKLOG
+            dropped += skip
+            nxt += skip * interval
+        arrival = nxt
+        nxt += interval
+        out = engine.process(b)
+        lat.append(clock() - arrival)
+        delivered += int(out.alive.sum())
+    elapsed = clock() - t_start
+    off = sw = 0
+    for t, c in engine.counters.items():
+        o0, s0 = before[t]
+        off += c.offloaded - o0
+        sw += c.software - s0
+    return StepResult(delivered, elapsed, time.process_time() - cpu0, off, sw, dropped, lat)
+
+
+def software_capacity(lib: SoftLibrary, proto: Batch, budget: float) -> float:
+    """Packets/s the host does in software alone (best of short runs)."""
+    eng = Engine(Direction.TX, TASKS, lib, Never())
+    for _ in range(5):
+        eng.process(proto.copy())
+    best = float("inf")
+    t_end = time.perf_counter() + budget
+    while time.perf_counter() < t_end:
+        b = proto.copy()
+        t0 = time.perf_counter()
+        eng.process(b)
+        best = min(best, time.perf_counter() - t0)
+    # the best batch flatters: allow for the copy and the loop around it
+    return len(proto) / (best * 1.1)
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    duration = 0.45 if ctx.quick else 1.5
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cpus = [0]
+    host_core = cpus[0] if len(cpus) >= 2 else None
+    nic_core = cpus[-1] if len(cpus) >= 2 else None
+    opts = task_options()
+    lib = SoftLibrary.build(TASKS.members(), opts)
+    proto = workload()
+    profile = replace(PROFILES["full"], tasks=TASKS)
+    nic: EmulatedNIC | None = None
+    hog: Hog | None = None
+    rows: list[dict[str, Any]] = []
+    res: dict[tuple[str, str], StepResult] = {}
+    notes: list[str] = []
+    try:
+        ctx.progress("starting the emulated NIC and the CPU hog")
+        nic = EmulatedNIC(profile, options=opts, core=nic_core, spin_s=0.05)
+        hog = Hog(host_core)
+        with pinned(host_core):
+            cap = software_capacity(lib, proto, 0.3 if ctx.quick else 1.0)
+            ctx.progress(f"software capacity {cap:,.0f} packets/s")
+            engines: dict[str, Engine] = {}
+            for name in POLICIES:
+                mon = LoadMonitor(sampler=PsutilSampler(), sample_every=0.05)
+                engines[name] = Engine(Direction.TX, TASKS, lib, make_policy(name), [nic], mon)
+            # warm up every engine (learn costs) at a moderate load
+            for eng in engines.values():
+                nic.attach(eng.monitor, 0)
+                run_open_loop(eng, proto, 0.5 * cap / BATCH, 0.15 if ctx.quick else 0.5)
+            for si, step in enumerate(STEPS):
+                if step.hog:
+                    hog.resume()
+                else:
+                    hog.pause()
+                time.sleep(0.02)
+                rate = step.load * cap / BATCH
+                parts: dict[str, list[StepResult]] = {n: [] for n in POLICIES}
+                # rounds of short slices, order rotating: neighbours' noise hits all alike
+                for rnd in range(ROUNDS):
+                    k = (si + rnd) % len(POLICIES)
+                    for name in POLICIES[k:] + POLICIES[:k]:
+                        eng = engines[name]
+                        nic.attach(eng.monitor, 0)
+                        parts[name].append(run_open_loop(eng, proto, rate, duration / ROUNDS))
+                for name in POLICIES:
+                    res[(step.label, name)] = combine(parts[name])
+                ctx.progress(
+                    f"{step.label}: "
+                    + ", ".join(f"{n} {res[(step.label, n)].throughput:,.0f}/s" for n in POLICIES)
+                )
+            hog.pause()
+            for name, eng in engines.items():
+                d = eng.policy.describe()
+                if name in ("threshold", "adaptive"):
+                    keep = {k: v for k, v in d.items() if k not in ("decisions", "split")}
+                    notes.append(f"{name}: {keep}")
+    finally:
+        if hog is not None:
+            hog.stop()
+        if nic is not None:
+            nic.close()
+    for step in STEPS:
+        offered = step.load * cap
+        for name in POLICIES:
+            r = res[(step.label, name)]
+            rows.append(
+                {
+                    "step": step.label,
+                    "offered_pps": round(offered),
+                    "policy": name,
+                    "throughput_pps": round(r.throughput),
+                    "p50_ms": r.quantile(50) * 1e3,
+                    "p99_ms": r.quantile(99) * 1e3,
+                    "host_cpu": r.cpu,
+                    "offloaded": r.offload_share,
+                    "dropped": r.dropped,
+                }
+            )
+    sat = "saturating"
+    ratios = [
+        res[(s.label, "adaptive")].throughput
+        / max(res[(s.label, "never")].throughput, res[(s.label, "always")].throughput)
+        for s in STEPS
+    ]
+    light = STEPS[0].label
+    metrics = {
+        "adaptive_vs_never_saturated": res[(sat, "adaptive")].throughput
+        / res[(sat, "never")].throughput,
+        "adaptive_vs_best_static_min": min(ratios),
+        "adaptive_light_p50_vs_never": res[(light, "adaptive")].quantile(50)
+        / res[(light, "never")].quantile(50),
+    }
+    series: dict[str, list[tuple[float, float]]] = {}
+    for name in POLICIES:
+        series[f"{name} kpps"] = [
+            (float(i), res[(s.label, name)].throughput / 1e3) for i, s in enumerate(STEPS)
+        ]
+    notes.append(
+        f"steps (x = index): {', '.join(f'{i}={s.label}' for i, s in enumerate(STEPS))}; "
+        f"software capacity {cap:,.0f} packets/s; host core {host_core}, NIC core {nic_core}"
+    )
+    return BenchResult(
+        metrics=metrics,
+        targets={
+            "adaptive_vs_never_saturated": (">=", 1.5),
+            "adaptive_vs_best_static_min": (">=", 0.95),
+            "adaptive_light_p50_vs_never": ("<=", 1.1),
+        },
+        rows=rows,
+        notes=notes,
+        series=series,
+    )
+
+
+register(
+    Bench(
+        "policy",
+        run,
+        "Never/Always/Threshold/Adaptive with the emulated NIC, load light to saturating, CPU hog",
+    )
+)

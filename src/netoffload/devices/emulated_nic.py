@@ -1,0 +1,674 @@
+"""The emulated NIC: a peripheral in its own process, on its own core.
+
+The host reaches it only through shared-memory descriptor rings
+(``devices.rings``): ``submit`` copies a batch (packets and extensions, as
+numpy arrays — nothing is pickled per packet) into a ring region and posts a
+descriptor; the NIC process takes it, does the tasks ``ext.offload`` assigns
+with the software task library, writes the output back into the region and
+posts a completion. Doorbells (semaphores) wake a side that sleeps; the NIC
+polls for a moment after each batch, as a poll-mode driver would.
+
+Profiles (``PROFILES``) set the capability set, limits, queue depth and an
+optional *added cost* per packet and per byte — real time the NIC process
+spends busy-waiting per task it does, so the device can stand for slower
+hardware (a positive cost) or, with a cheaper library, faster hardware:
+
+``crypto``  a lookaside crypto card: encrypt, decrypt, digest.
+``full``    a SmartNIC: every task the software library has.
+
+Failure: if the NIC process dies, every packet still in flight comes back as
+a failed completion carrying the batch as it was submitted (the engine redoes
+it in software), completions the NIC had fully posted before dying are kept,
+and the device is marked down (``load().up`` is False, ``submit`` raises
+``DeviceDown``). So nothing is lost and nothing is done twice.
+
+Start and stop are explicit (``start()``/``close()``, or a ``with`` block) and
+also happen at garbage collection and interpreter exit; the NIC process
+ignores Ctrl-C (its owner stops it) and exits by itself when its parent dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Semaphore
+from typing import Any
+
+import numpy as np
+
+from netoffload import soft
+from netoffload.batch import Batch
+from netoffload.caps import CapRecord, TaskOffloadBuffer
+from netoffload.devices.base import Completion, Device, DeviceLoad
+from netoffload.devices.registry import register_device
+from netoffload.devices.rings import (
+    BAD_ORDER_ARG,
+    READY,
+    STATUS_BAD_ORDER,
+    STATUS_INJECTED,
+    STATUS_OK,
+    STATUS_TASK_FAILED,
+    STATUS_TEXT,
+    STOP,
+    WORKER_PID,
+    RingFull,
+    Rings,
+    RingSpec,
+    read_batch,
+)
+from netoffload.errors import BufferFormatError, ConfigError, DeviceDown, DeviceError
+from netoffload.policy.load import LoadMonitor
+from netoffload.soft import SoftLibrary
+from netoffload.tasks import ALL_TASKS, Task
+
+ALL = Task(0)
+for _t in ALL_TASKS:
+    ALL |= _t
+SEGMENTING = Task.TCP_SEGMENT | Task.UDP_SEGMENT | Task.TCP_ASSEMBLE | Task.UDP_ASSEMBLE
+
+
+@dataclass(frozen=True)
+class NicProfile:
+    """What an emulated NIC model can do and how fast."""
+
+    name: str
+    tasks: Task
+    queue_depth: int = 4096  # packets in flight
+    slots: int = 32  # descriptors (and data regions) per ring
+    region_bytes: int = 1 << 20  # bytes per data region (one batch)
+    max_offload_size: int = 65535
+    max_segments: int = 64
+    per_packet_s: float = 0.0  # added cost per packet, per task done
+    per_byte_s: float = 0.0  # added cost per byte, per task done
+    summary: str = ""
+
+
+PROFILES: dict[str, NicProfile] = {
+    "crypto": NicProfile(
+        "crypto",
+        Task.ENCRYPT | Task.DECRYPT | Task.DIGEST,
+        queue_depth=2048,
+        slots=16,
+        region_bytes=1 << 19,
+        max_offload_size=9216,
+        max_segments=1,
+        summary="lookaside crypto card: encrypt, decrypt, digest",
+    ),
+    "full": NicProfile(
+        "full",
+        ALL,
+        queue_depth=4096,
+        slots=32,
+        region_bytes=1 << 20,
+        summary="SmartNIC: every task of the software library",
+    ),
+}
+
+
+def get_profile(name: str) -> NicProfile:
+    p = PROFILES.get(name)
+    if p is None:
+        raise ConfigError(f"unknown NIC profile {name!r} (known: {', '.join(sorted(PROFILES))})")
+    return p
+
+
+@dataclass(frozen=True)
+class _WorkerConfig:
+    spec: RingSpec
+    tasks: Task
+    options: Mapping[Task, Mapping[str, Any]]
+    library: Callable[[], SoftLibrary] | None
+    per_packet_s: float
+    per_byte_s: float
+    core: int | None
+    parent_pid: int
+    fail_every: int
+    die_at: int
+    spin_s: float
+
+
+@dataclass
+class _Flight:
+    batch: Batch
+    packets: int
+    nbytes: int
+    tasks: Task
+    post_s: float  # host seconds spent copying in
+
+
+@dataclass
+class NicCounters:
+    completions: int = 0
+    failed: int = 0
+    redone_on_down: int = 0  # in-flight packets handed back when the NIC died
+    wait_ns: int = 0
+    service_ns: int = 0
+    crossing_ns: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Handle:
+    """The NIC process and its rings, stoppable without a reference to the device."""
+
+    def __init__(self, proc: BaseProcess, rings: Rings, bell: Semaphore) -> None:
+        self.proc = proc
+        self.rings = rings
+        self.bell = bell
+        self.stopped = False
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.rings.ctrl[STOP] = 1
+            self.bell.release()
+        except (AttributeError, ValueError, OSError):
+            pass
+        p = self.proc
+        with contextlib.suppress(Exception):
+            p.join(timeout)
+            if p.is_alive():
+                p.terminate()
+                p.join(1.0)
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+        with contextlib.suppress(Exception):
+            p.close()
+        self.rings.close()
+
+
+class EmulatedNIC(Device):
+    """A NIC in another process, reached through shared-memory rings."""
+
+    def __init__(
+        self,
+        profile: str | NicProfile = "full",
+        *,
+        options: Mapping[Task, Mapping[str, Any]] | None = None,
+        library: Callable[[], SoftLibrary] | None = None,
+        per_packet_s: float | None = None,
+        per_byte_s: float | None = None,
+        queue_depth: int | None = None,
+        slots: int | None = None,
+        region_bytes: int | None = None,
+        core: int | None = -1,
+        enable_all: bool = True,
+        fail_every: int = 0,
+        die_at: int = 0,
+        spin_s: float = 0.002,
+        host_spin_s: float = 0.0005,
+        name: str | None = None,
+        start: bool = True,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        """``core``: -1 picks the highest CPU this process may use (when there
+        are at least two), None leaves the NIC unpinned. ``library`` is a
+        picklable callable (a module-level function) building the NIC's task
+        library; by default it is ``SoftLibrary.build`` of the profile's tasks
+        with ``options``. ``fail_every``/``die_at`` inject faults (tests): every
+        n-th submission completes with an error / the NIC process exits when it
+        takes its n-th submission."""
+        super().__init__()
+        prof = get_profile(profile) if isinstance(profile, str) else profile
+        over: dict[str, Any] = {}
+        for k, v in (
+            ("per_packet_s", per_packet_s),
+            ("per_byte_s", per_byte_s),
+            ("queue_depth", queue_depth),
+            ("slots", slots),
+            ("region_bytes", region_bytes),
+        ):
+            if v is not None:
+                over[k] = v
+        prof = replace(prof, **over)
+        if prof.per_packet_s < 0 or prof.per_byte_s < 0:
+            raise ConfigError("NIC added cost per packet/byte must be >= 0")
+        if prof.queue_depth < 1:
+            raise ConfigError(f"NIC queue_depth must be >= 1, not {prof.queue_depth}")
+        if fail_every < 0 or die_at < 0:
+            raise ConfigError("fail_every and die_at must be >= 0")
+        self.profile = prof
+        self.name = name or f"emulated-nic-{prof.name}"
+        self.options = {t: dict(o) for t, o in (options or {}).items()}
+        self.library = library
+        self.tasks = self._library_tasks(prof.tasks)
+        self.core = _pick_core() if core == -1 else core
+        self.enable_all = enable_all
+        self.fail_every = fail_every
+        self.die_at = die_at
+        self.spin_s = spin_s
+        self.host_spin_s = host_spin_s
+        self.ready_timeout = ready_timeout
+        self.nic = NicCounters()
+        self._up = False
+        self._ticket = 0
+        self._inflight: dict[int, _Flight] = {}
+        self._queued = 0
+        self._handle: _Handle | None = None
+        self._rings: Rings | None = None
+        self._cq_bell: Semaphore | None = None
+        self._sq_bell: Semaphore | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._monitor: LoadMonitor | None = None
+        self._index = 0
+        self.down_reason = ""
+        if start:
+            self.start()
+
+    # ------------------------------------------------------------ set-up
+    def _library_tasks(self, wanted: Task) -> Task:
+        if self.library is not None:
+            return self.library().tasks & wanted
+        out = Task(0)
+        for t in (soft.available() & wanted).members():
+            try:
+                soft.make_task(t, **self.options.get(t, {}))
+            except Exception:  # a task that cannot be built with these options is not offered
+                continue
+            out |= t
+        return out
+
+    def start(self) -> None:
+        """Start the NIC process (no-op when running)."""
+        if self._handle is not None and not self._handle.stopped:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        rings = Rings.create(self.profile.slots, self.profile.region_bytes)
+        sq_bell = ctx.Semaphore(0)
+        cq_bell = ctx.Semaphore(0)
+        cfg = _WorkerConfig(
+            rings.spec,
+            self.tasks,
+            self.options,
+            self.library,
+            self.profile.per_packet_s,
+            self.profile.per_byte_s,
+            self.core,
+            os.getpid(),
+            self.fail_every,
+            self.die_at,
+            self.spin_s,
+        )
+        proc = ctx.Process(
+            target=nic_main, args=(cfg, sq_bell, cq_bell), name=f"netoffload-{self.name}"
+        )
+        proc.daemon = True
+        try:
+            with _main_hidden():
+                proc.start()
+        except BaseException:
+            rings.close()
+            raise
+        handle = _Handle(proc, rings, sq_bell)
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, handle.stop)
+        self._rings, self._sq_bell, self._cq_bell = rings, sq_bell, cq_bell
+        deadline = time.monotonic() + self.ready_timeout
+        try:
+            while True:
+                state = int(rings.ctrl[READY])
+                if state == 1:
+                    break
+                if state == -1 or not proc.is_alive():
+                    raise DeviceError(
+                        f"{self.name}: NIC process failed to start (exit code {proc.exitcode})"
+                    )
+                if time.monotonic() > deadline:
+                    raise DeviceError(
+                        f"{self.name}: NIC process not ready after {self.ready_timeout}s"
+                    )
+                cq_bell.acquire(timeout=0.05)
+        except BaseException:
+            self.close()
+            raise
+        self._up = True
+        self.down_reason = ""
+        if self.enable_all:
+            self.enable(*self.query().supported.members())
+
+    @property
+    def pid(self) -> int | None:
+        return (
+            self._handle.proc.pid if self._handle is not None and not self._handle.stopped else None
+        )
+
+    def attach(self, monitor: LoadMonitor | None, index: int = 0) -> None:
+        """Report device-side service time, queue wait and host crossing cost
+        to ``monitor`` (as path ``index``) on every completion."""
+        self._monitor = monitor
+        self._index = index
+
+    def probe(self) -> TaskOffloadBuffer:
+        p = self.profile
+        recs: dict[Task, CapRecord] = {}
+        for t in self.tasks.members():
+            segs = p.max_segments if t & SEGMENTING else 1
+            recs[t] = CapRecord(
+                t, max_offload_size=p.max_offload_size, min_segments=1, max_segments=segs
+            )
+        return TaskOffloadBuffer(self.name, recs, {})
+
+    # ------------------------------------------------------------ work
+    def submit(self, batch: Batch, order: Sequence[Task]) -> int:
+        if not self._up or self._rings is None:
+            raise DeviceDown(f"{self.name}: device is down{self._why()}")
+        rings = self._rings
+        n = len(batch)
+        # back-pressure: wait for completions while the queue is full
+        while self._inflight and (
+            self._queued + n > self.profile.queue_depth or not rings.free_regions()
+        ):
+            self._ready.extend(self._reap(wait=True))
+            if not self._up:
+                raise DeviceDown(f"{self.name}: device went down{self._why()}")
+        self._ticket += 1
+        ticket = self._ticket
+        t0 = time.perf_counter_ns()
+        try:
+            rings.post(ticket, batch, order, t0)
+        except BufferFormatError as e:
+            self.stats.errors += 1
+            raise DeviceError(f"{self.name}: batch refused: {e}") from None
+        except RingFull:  # cannot happen after the wait above
+            raise DeviceError(f"{self.name}: ring full") from None
+        post_s = (time.perf_counter_ns() - t0) / 1e9
+        assert self._sq_bell is not None
+        self._sq_bell.release()
+        asked = int(np.bitwise_or.reduce(batch.ext.offload)) if n else 0
+        self._inflight[ticket] = _Flight(batch, n, batch.nbytes, Task(asked), post_s)
+        self._queued += n
+        self._account(batch)
+        return ticket
+
+    def poll(self, wait: bool = True) -> list[Completion]:
+        return self._reap(wait)
+
+    def outstanding(self) -> int:
+        return len(self._inflight)
+
+    def _reap(self, wait: bool) -> list[Completion]:
+        got = self._reap_now()
+        if got or not wait or not self._inflight:
+            return got
+        assert self._cq_bell is not None and self._handle is not None
+        spin_until = time.perf_counter() + self.host_spin_s
+        while True:
+            got = self._reap_now()
+            if got or not self._inflight:
+                return got
+            if time.perf_counter() < spin_until:
+                continue
+            if not self._handle.proc.is_alive():
+                got = self._reap_now()  # what it posted before dying is valid
+                return got + self._go_down("NIC process died")
+            self._cq_bell.acquire(timeout=0.02)
+
+    def _reap_now(self) -> list[Completion]:
+        out: list[Completion] = []
+        rings = self._rings
+        if rings is None:
+            return out
+        while True:
+            t0 = time.perf_counter_ns()
+            got = rings.reap()
+            if got is None:
+                return out
+            desc, batch = got
+            read_s = (time.perf_counter_ns() - t0) / 1e9
+            fl = self._inflight.pop(desc.ticket, None)
+            if fl is None:  # not ours (cannot happen): ignore rather than duplicate
+                continue
+            self._queued -= fl.packets
+            self.nic.completions += 1
+            self.nic.wait_ns += desc.wait_ns
+            self.nic.service_ns += desc.service_ns
+            cross = fl.post_s + read_s
+            self.nic.crossing_ns += int(cross * 1e9)
+            if desc.status == STATUS_OK and batch is not None:
+                out.append(Completion(desc.ticket, batch, True, "", desc.service_ns))
+                self._report(fl, desc.task_ns, desc.wait_ns, cross)
+            else:
+                self.nic.failed += 1
+                self.stats.errors += 1
+                why = STATUS_TEXT.get(desc.status, f"status {desc.status}")
+                out.append(Completion(desc.ticket, fl.batch, False, f"{self.name}: {why}"))
+
+    def _report(self, fl: _Flight, task_ns: Sequence[int], wait_ns: int, cross_s: float) -> None:
+        m = self._monitor
+        if m is None:
+            return
+        k = self._index
+        m.record_queue_wait(k, wait_ns / 1e9)
+        m.record_crossing(k, fl.packets, fl.nbytes, cross_s)
+        off = fl.batch.ext.offload
+        for t in fl.tasks.members():
+            sel = (off & t) != 0
+            n = int(sel.sum())
+            if n:
+                m.record_service(t, k, n, int(fl.batch.length[sel].sum()), task_ns[t.index] / 1e9)
+
+    def _go_down(self, why: str) -> list[Completion]:
+        """Mark the device down; every in-flight batch fails back to the host as submitted."""
+        self._up = False
+        self.down_reason = why
+        out = []
+        for ticket, fl in self._inflight.items():
+            self.nic.redone_on_down += fl.packets
+            self.stats.errors += 1
+            out.append(Completion(ticket, fl.batch, False, f"{self.name}: {why}"))
+        self._inflight.clear()
+        self._queued = 0
+        self._rings = None
+        if self._handle is not None:
+            self._handle.stop(timeout=0.5)
+        return out
+
+    def _why(self) -> str:
+        return f" ({self.down_reason})" if self.down_reason else ""
+
+    def check_alive(self) -> bool:
+        """Notice a dead NIC without waiting for a completion (marks it down)."""
+        if self._up and self._handle is not None and not self._handle.proc.is_alive():
+            self._ready.extend(self._reap_now())
+            self._ready.extend(self._go_down("NIC process died"))
+        return self._up
+
+    def load(self) -> DeviceLoad:
+        self.check_alive()
+        return DeviceLoad(self._queued, self.profile.queue_depth, self._up)
+
+    def counters(self) -> Mapping[str, object]:
+        d = dict(self.stats.as_dict())
+        d.update(
+            {
+                "up": self._up,
+                "down_reason": self.down_reason,
+                "completions": self.nic.completions,
+                "failed": self.nic.failed,
+                "redone_on_down": self.nic.redone_on_down,
+                "wait_ns": self.nic.wait_ns,
+                "service_ns": self.nic.service_ns,
+                "crossing_ns": self.nic.crossing_ns,
+                "queued": self._queued,
+            }
+        )
+        return d
+
+    def kill(self) -> None:
+        """Kill the NIC process abruptly (tests, fault drills); nothing is cleaned up
+        until the host notices."""
+        if self._handle is not None and self._handle.proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._handle.proc.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the NIC process and free the rings; in-flight work fails back."""
+        if self._inflight:
+            self._ready.extend(self._go_down("closed"))
+        self._up = False
+        if not self.down_reason:
+            self.down_reason = "closed"
+        if self._handle is not None:
+            self._handle.stop()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._rings = None
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start a spawned child without re-running the parent's ``__main__``.
+
+    The NIC process needs nothing from the parent's main script (its target and
+    configuration live in importable modules), and re-running a script without
+    an ``if __name__ == "__main__"`` guard would start another NIC, recursively.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__
+    }
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+def _pick_core() -> int | None:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    return cpus[-1] if len(cpus) >= 2 else None
+
+
+def _set_pdeathsig() -> None:
+    """Have the kernel kill this process when its parent dies (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _busy_wait(seconds: float) -> None:
+    if seconds <= 0:
+        return
+    end = time.perf_counter_ns() + int(seconds * 1e9)
+    while time.perf_counter_ns() < end:
+        pass
+
+
+def run_timed(
+    lib: SoftLibrary, batch: Batch, order: Sequence[Task], per_packet_s: float, per_byte_s: float
+) -> tuple[Batch, list[int]]:
+    """Do the assigned tasks in ``order`` (as ``software.run_assigned``), timing
+    each and adding the profile's busy-wait cost."""
+    task_ns = [0] * len(ALL_TASKS)
+    out = batch
+    for t in order:
+        sel = ((out.ext.offload & t) != 0) & out.ext.alive()
+        if not sel.any():
+            continue
+        t0 = time.perf_counter_ns()
+        n = int(sel.sum())
+        nbytes = int(out.length[sel].sum())
+        out = lib[t].process(out, sel)
+        asked = (out.ext.offload & t) != 0
+        out.ext.done[asked] |= np.uint16(t)
+        out.ext.by_device[asked] |= np.uint16(t)
+        _busy_wait(per_packet_s * n + per_byte_s * nbytes)
+        task_ns[t.index] += time.perf_counter_ns() - t0
+    return out, task_ns
+
+
+def nic_main(cfg: _WorkerConfig, sq_bell: Semaphore, cq_bell: Semaphore) -> None:
+    """The NIC process: take submissions, do the work, post completions."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops us
+    _set_pdeathsig()
+    if cfg.core is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cfg.core})
+    rings = Rings.attach(cfg.spec)
+    try:
+        lib = (
+            cfg.library()
+            if cfg.library is not None
+            else SoftLibrary.build(cfg.tasks.members(), cfg.options)
+        )
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        rings.ctrl[READY] = -1
+        cq_bell.release()
+        rings.close()
+        return
+    rings.ctrl[WORKER_PID] = os.getpid()
+    rings.ctrl[READY] = 1
+    cq_bell.release()
+    taken = 0
+    spin_ns = int(cfg.spin_s * 1e9)
+    idle_since = time.perf_counter_ns()
+    try:
+        while not rings.ctrl[STOP]:
+            sub = rings.take()
+            if sub is None:
+                if time.perf_counter_ns() - idle_since < spin_ns:
+                    continue
+                sq_bell.acquire(timeout=0.05)
+                if os.getppid() != cfg.parent_pid:
+                    break
+                idle_since = time.perf_counter_ns()
+                continue
+            taken += 1
+            if cfg.die_at and taken == cfg.die_at:
+                os._exit(17)  # a crash mid-flight: no completion, no clean-up
+            t_take = time.perf_counter_ns()
+            wait_ns = max(0, t_take - sub.posted_ns)
+            out: Batch | None = None
+            task_ns: list[int] = []
+            if sub.arg == BAD_ORDER_ARG:
+                status = STATUS_BAD_ORDER
+            elif cfg.fail_every and taken % cfg.fail_every == 0:
+                status = STATUS_INJECTED
+            else:
+                try:
+                    inb = read_batch(rings.regions[sub.region])
+                    out, task_ns = run_timed(lib, inb, sub.order, cfg.per_packet_s, cfg.per_byte_s)
+                    status = STATUS_OK
+                except Exception:
+                    traceback.print_exc(file=sys.stderr)
+                    status = STATUS_TASK_FAILED
+            rings.finish(sub, out, status, wait_ns, time.perf_counter_ns() - t_take, task_ns)
+            cq_bell.release()
+            idle_since = time.perf_counter_ns()
+    finally:
+        rings.close()
+
+
+def _full() -> Device:
+    return EmulatedNIC("full")
+
+
+def _crypto() -> Device:
+    return EmulatedNIC("crypto")
+
+
+register_device("emulated-nic", _full, "SmartNIC in its own process on its own core (all tasks)")
+register_device(
+    "emulated-nic-crypto", _crypto, "lookaside crypto card in its own process (encrypt, digest)"
+)

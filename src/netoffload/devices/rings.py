@@ -1,0 +1,431 @@
+"""Shared-memory descriptor rings between the host and the emulated NIC.
+
+One ``multiprocessing.shared_memory`` segment holds, as numpy views:
+
+``ctrl``
+    int64 words: submission head/tail, completion head/tail (monotonic
+    counters; slot = counter % slots), a stop flag and the worker's pid.
+``sq`` / ``cq``
+    the submission and completion rings: ``slots`` fixed-size descriptors
+    each (structured numpy arrays). A submission descriptor names a ticket,
+    a data region, the task order and the time it was posted; a completion
+    descriptor names the ticket, its region, a status, and device-side times.
+``regions``
+    ``slots`` packet data areas of ``region_bytes`` each. A batch is laid out
+    in its region as a small header, the slot arrays (start, length, slot_lo,
+    slot_hi), one array per extension field, and the packet buffer — plain
+    numpy copies, nothing is pickled. The device writes its output batch back
+    into the same region.
+
+Each ring has exactly one producer and one consumer (host → device for
+``sq``, device → host for ``cq``): the producer writes the descriptor, then
+advances the tail; the consumer reads it, then advances the head. Only the
+host allocates and frees regions (a region is free again once its completion
+has been read), so no locks are needed. Doorbells (semaphores, optional) wake
+a consumer that sleeps instead of polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from netoffload.batch import EXT_FIELDS, Batch, Ext
+from netoffload.errors import BufferFormatError, ConfigError
+from netoffload.tasks import ALL_TASKS, Task
+
+# ctrl words
+SQ_HEAD, SQ_TAIL, CQ_HEAD, CQ_TAIL, STOP, WORKER_PID, READY = range(7)
+CTRL_WORDS = 16
+
+SQ_DTYPE = np.dtype(
+    [
+        ("ticket", "<i8"),
+        ("region", "<i8"),
+        ("order", "<i8"),  # packed task order, see pack_order
+        ("posted_ns", "<i8"),  # CLOCK_MONOTONIC (time.perf_counter_ns), same in both processes
+        ("arg", "<i8"),  # spare word for the consumer (e.g. a debug command)
+    ]
+)
+NTASKS = len(ALL_TASKS)
+CQ_DTYPE = np.dtype(
+    [
+        ("ticket", "<i8"),
+        ("region", "<i8"),
+        ("status", "<i8"),  # 0 ok, else an error code (the output region is not valid)
+        ("wait_ns", "<i8"),  # posted -> taken by the device
+        ("service_ns", "<i8"),  # taken -> completed
+        ("task_ns", "<i8", (NTASKS,)),  # service time per task (by task index)
+    ]
+)
+
+_HDR_WORDS = 4  # n, buflen, stride, used bytes
+_ALIGN = 8
+#: per packet: start, length, slot_lo, slot_hi (int64) + every extension field
+_SLOT_ARRAYS = ("start", "length", "slot_lo", "slot_hi")
+
+
+def _a8(x: int) -> int:
+    return (x + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _ext_layout(n: int) -> list[tuple[str, np.dtype[Any], int]]:
+    """(name, dtype, byte size) of each per-packet array of an ``n``-packet batch."""
+    out: list[tuple[str, np.dtype[Any], int]] = []
+    for name in _SLOT_ARRAYS:
+        out.append((name, np.dtype(np.int64), 8 * n))
+    for name, spec in EXT_FIELDS.items():
+        dt = np.dtype(spec.dtype)
+        out.append((name, dt, dt.itemsize * n))
+    return out
+
+
+def encoded_size(n: int, buflen: int) -> int:
+    """Bytes a batch of ``n`` packets with a ``buflen``-byte buffer needs in a region."""
+    size = _HDR_WORDS * 8
+    for _, _, nbytes in _ext_layout(n):
+        size += _a8(nbytes)
+    return size + _a8(buflen)
+
+
+def pack_order(order: Sequence[Task]) -> int:
+    """A task order as one integer: 4 bits per task (index + 1), first task lowest."""
+    if len(order) > 15:
+        raise ConfigError("a task order has at most 15 entries")
+    word = 0
+    for i, t in enumerate(order):
+        word |= (t.index + 1) << (4 * i)
+    return word
+
+
+def unpack_order(word: int) -> tuple[Task, ...]:
+    out: list[Task] = []
+    while word:
+        v = word & 0xF
+        if not 1 <= v <= NTASKS:
+            raise BufferFormatError("task order word", len(out), f"bad task id {v - 1}")
+        out.append(Task.from_index(v - 1))
+        word >>= 4
+    return tuple(out)
+
+
+def write_batch(region: NDArray[np.uint8], batch: Batch) -> int:
+    """Lay ``batch`` out in ``region``; returns the bytes used.
+
+    Raises ``BufferFormatError`` (nothing written that matters) if it does not fit.
+    """
+    n = len(batch)
+    buflen = len(batch.buf)
+    need = encoded_size(n, buflen)
+    if need > len(region):
+        raise BufferFormatError("ring region", len(region), f"batch needs {need} bytes")
+    hdr = region[: _HDR_WORDS * 8].view(np.int64)
+    off = _HDR_WORDS * 8
+    e = batch.ext
+    for name, dt, nbytes in _ext_layout(n):
+        src = getattr(batch, name) if name in _SLOT_ARRAYS else getattr(e, name)
+        region[off : off + nbytes].view(dt)[:] = src
+        off += _a8(nbytes)
+    region[off : off + buflen] = batch.buf
+    hdr[0] = n
+    hdr[1] = buflen
+    hdr[2] = batch.stride
+    hdr[3] = need
+    return need
+
+
+def read_batch(region: NDArray[np.uint8]) -> Batch:
+    """The batch laid out in ``region`` (copied out of the shared memory)."""
+    if len(region) < _HDR_WORDS * 8:
+        raise BufferFormatError("ring region", 0, "region smaller than its header")
+    hdr = region[: _HDR_WORDS * 8].view(np.int64)
+    n, buflen, stride, used = (int(x) for x in hdr)
+    if n < 0 or buflen < 0 or stride < 0:
+        raise BufferFormatError("ring region", 0, f"bad header n={n} buflen={buflen}")
+    need = encoded_size(n, buflen)
+    if need != used or need > len(region):
+        raise BufferFormatError("ring region", 24, f"header says {used} bytes, layout {need}")
+    off = _HDR_WORDS * 8
+    arrays: dict[str, NDArray[Any]] = {}
+    for name, dt, nbytes in _ext_layout(n):
+        arrays[name] = region[off : off + nbytes].view(dt).copy()
+        off += _a8(nbytes)
+    buf = region[off : off + buflen].copy()
+    ext = Ext(n, **{k: arrays[k] for k in EXT_FIELDS})
+    b = Batch(
+        buf,
+        arrays["start"],
+        arrays["length"],
+        arrays["slot_lo"],
+        arrays["slot_hi"],
+        ext,
+        stride,
+    )
+    if n and (
+        (b.slot_lo < 0).any()
+        or (b.slot_hi > buflen).any()
+        or (b.start < b.slot_lo).any()
+        or (b.start + b.length > b.slot_hi).any()
+    ):
+        raise BufferFormatError("ring region", off, "packet outside its slot")
+    return b
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """Enough to attach to rings from another process (picklable)."""
+
+    name: str
+    slots: int
+    region_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return (
+            CTRL_WORDS * 8
+            + _a8(self.slots * SQ_DTYPE.itemsize)
+            + _a8(self.slots * CQ_DTYPE.itemsize)
+            + self.slots * self.region_bytes
+        )
+
+
+@dataclass(frozen=True)
+class Submission:
+    ticket: int
+    region: int
+    order: tuple[Task, ...]
+    posted_ns: int
+    arg: int
+
+
+@dataclass(frozen=True)
+class CompletionDesc:
+    ticket: int
+    region: int
+    status: int
+    wait_ns: int
+    service_ns: int
+    task_ns: tuple[int, ...]
+
+
+class RingFull(Exception):
+    """No free descriptor or region: complete something first."""
+
+
+def _attach_untracked(name: str) -> shared_memory.SharedMemory:
+    """Attach without registering with the resource tracker (the creator owns it).
+
+    Python < 3.13 registers every attach, so a consumer process exiting would
+    make the tracker unlink (or warn about) a segment it does not own.
+    """
+    orig = resource_tracker.register
+
+    def _noop(name: str, rtype: str) -> None:
+        return None
+
+    resource_tracker.register = _noop  # type: ignore[assignment]
+    try:
+        return shared_memory.SharedMemory(name=name, create=False)
+    finally:
+        resource_tracker.register = orig
+
+
+class Rings:
+    """Both rings and the data regions, on one shared-memory segment."""
+
+    def __init__(self, spec: RingSpec, shm: shared_memory.SharedMemory, owner: bool) -> None:
+        self.spec = spec
+        self.shm = shm
+        self.owner = owner
+        buf = shm.buf
+        assert buf is not None
+        mem = np.ndarray((spec.total_bytes,), dtype=np.uint8, buffer=buf)
+        off = 0
+        self.ctrl: NDArray[np.int64] = mem[: CTRL_WORDS * 8].view(np.int64)
+        off = CTRL_WORDS * 8
+        sqb = spec.slots * SQ_DTYPE.itemsize
+        self.sq: NDArray[Any] = mem[off : off + sqb].view(SQ_DTYPE)
+        off += _a8(sqb)
+        cqb = spec.slots * CQ_DTYPE.itemsize
+        self.cq: NDArray[Any] = mem[off : off + cqb].view(CQ_DTYPE)
+        off += _a8(cqb)
+        self.regions: NDArray[np.uint8] = mem[off : off + spec.slots * spec.region_bytes].reshape(
+            spec.slots, spec.region_bytes
+        )
+        # host side: free regions (only the host allocates)
+        self._free: list[int] = list(range(spec.slots - 1, -1, -1)) if owner else []
+        self._closed = False
+
+    # ------------------------------------------------------------- life cycle
+    @classmethod
+    def create(cls, slots: int = 32, region_bytes: int = 1 << 18) -> Rings:
+        if not 1 <= slots <= 4096:
+            raise ConfigError(f"ring slots must be within 1..4096, not {slots}")
+        if region_bytes < 4096 or region_bytes % _ALIGN:
+            raise ConfigError(f"ring region_bytes must be >= 4096 and 8-aligned: {region_bytes}")
+        size = RingSpec("", slots, region_bytes).total_bytes
+        shm = shared_memory.SharedMemory(create=True, size=size)
+        spec = RingSpec(shm.name, slots, region_bytes)
+        r = cls(spec, shm, owner=True)
+        r.ctrl[:] = 0
+        return r
+
+    @classmethod
+    def attach(cls, spec: RingSpec) -> Rings:
+        return cls(spec, _attach_untracked(spec.name), owner=False)
+
+    def close(self) -> None:
+        """Drop the views and the mapping; the owner also unlinks the segment."""
+        if self._closed:
+            return
+        self._closed = True
+        del self.ctrl, self.sq, self.cq, self.regions
+        with contextlib.suppress(BufferError):
+            self.shm.close()
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self.shm.unlink()
+
+    # ------------------------------------------------------------- counters
+    def sq_pending(self) -> int:
+        return int(self.ctrl[SQ_TAIL] - self.ctrl[SQ_HEAD])
+
+    def cq_pending(self) -> int:
+        return int(self.ctrl[CQ_TAIL] - self.ctrl[CQ_HEAD])
+
+    def free_regions(self) -> int:
+        return len(self._free)
+
+    # ------------------------------------------------------------- host: submit
+    def post(
+        self, ticket: int, batch: Batch, order: Sequence[Task], posted_ns: int, arg: int = 0
+    ) -> int:
+        """Producer side of ``sq``: copy ``batch`` into a free region and post it.
+
+        Raises ``RingFull`` (nothing posted) when no region is free, and
+        ``BufferFormatError`` when the batch does not fit in one region.
+        """
+        if not self._free or self.sq_pending() >= self.spec.slots:
+            raise RingFull("no free submission slot")
+        word = pack_order(order)
+        region = self._free[-1]
+        write_batch(self.regions[region], batch)
+        self._free.pop()
+        tail = int(self.ctrl[SQ_TAIL])
+        d = self.sq[tail % self.spec.slots]
+        d["ticket"] = ticket
+        d["region"] = region
+        d["order"] = word
+        d["posted_ns"] = posted_ns
+        d["arg"] = arg
+        self.ctrl[SQ_TAIL] = tail + 1  # publish after the descriptor is written
+        return region
+
+    # ------------------------------------------------------------- device: take
+    def take(self) -> Submission | None:
+        """Consumer side of ``sq``: the next submission, or None."""
+        head = int(self.ctrl[SQ_HEAD])
+        if head >= int(self.ctrl[SQ_TAIL]):
+            return None
+        d = self.sq[head % self.spec.slots]
+        arg = int(d["arg"])
+        try:
+            order = unpack_order(int(d["order"]))
+        except BufferFormatError:
+            order, arg = (), BAD_ORDER_ARG
+        sub = Submission(int(d["ticket"]), int(d["region"]), order, int(d["posted_ns"]), arg)
+        self.ctrl[SQ_HEAD] = head + 1
+        return sub
+
+    def finish(
+        self,
+        sub: Submission,
+        out: Batch | None,
+        status: int,
+        wait_ns: int,
+        service_ns: int,
+        task_ns: Sequence[int] = (),
+    ) -> int:
+        """Producer side of ``cq``: write ``out`` (if any) into the region, post.
+
+        Returns the status posted (an output too big for its region becomes
+        status ``STATUS_TOO_BIG``).
+        """
+        if out is not None and status == 0:
+            try:
+                write_batch(self.regions[sub.region], out)
+            except BufferFormatError:
+                status = STATUS_TOO_BIG
+        tail = int(self.ctrl[CQ_TAIL])
+        while tail - int(self.ctrl[CQ_HEAD]) >= self.spec.slots:  # cannot happen: regions bound it
+            pass
+        d = self.cq[tail % self.spec.slots]
+        d["ticket"] = sub.ticket
+        d["region"] = sub.region
+        d["status"] = status
+        d["wait_ns"] = wait_ns
+        d["service_ns"] = service_ns
+        tn = np.zeros(NTASKS, np.int64)
+        tn[: len(task_ns)] = task_ns
+        d["task_ns"] = tn
+        self.ctrl[CQ_TAIL] = tail + 1
+        return status
+
+    # ------------------------------------------------------------- host: reap
+    def reap(self) -> tuple[CompletionDesc, Batch | None] | None:
+        """Consumer side of ``cq``: the next completion and its output batch
+        (None when the status is not ok); frees its region."""
+        head = int(self.ctrl[CQ_HEAD])
+        if head >= int(self.ctrl[CQ_TAIL]):
+            return None
+        d = self.cq[head % self.spec.slots]
+        desc = CompletionDesc(
+            int(d["ticket"]),
+            int(d["region"]),
+            int(d["status"]),
+            int(d["wait_ns"]),
+            int(d["service_ns"]),
+            tuple(int(x) for x in d["task_ns"]),
+        )
+        out: Batch | None = None
+        if desc.status == 0:
+            try:
+                out = read_batch(self.regions[desc.region])
+            except BufferFormatError:
+                desc = CompletionDesc(
+                    desc.ticket,
+                    desc.region,
+                    STATUS_CORRUPT,
+                    desc.wait_ns,
+                    desc.service_ns,
+                    desc.task_ns,
+                )
+        self.ctrl[CQ_HEAD] = head + 1
+        if 0 <= desc.region < self.spec.slots and desc.region not in self._free:
+            self._free.append(desc.region)
+        return desc, out
+
+
+BAD_ORDER_ARG = -1  # Submission.arg when the order word could not be decoded
+
+STATUS_OK = 0
+STATUS_TASK_FAILED = 1  # a task raised inside the device
+STATUS_TOO_BIG = 2  # the output does not fit in the region
+STATUS_CORRUPT = 3  # the host could not read the output region
+STATUS_BAD_ORDER = 4  # the device could not decode the submission
+STATUS_INJECTED = 5  # a fault the device was told to inject
+
+STATUS_TEXT = {
+    STATUS_OK: "ok",
+    STATUS_TASK_FAILED: "a task failed inside the device",
+    STATUS_TOO_BIG: "output larger than its ring region",
+    STATUS_CORRUPT: "output region unreadable",
+    STATUS_BAD_ORDER: "submission descriptor unreadable",
+    STATUS_INJECTED: "injected device error",
+}

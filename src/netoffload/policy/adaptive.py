@@ -1,0 +1,216 @@
+"""Adaptive: split each batch so that host and device finish together.
+
+For the packets of a batch that want a task and that a device can take, the
+policy predicts each path's completion time from the load snapshot:
+
+* software: ``c_sw * k_sw`` where ``c_sw`` is the measured software cost per
+  packet of every task still ahead of the packet that the device could also do
+  (the *chain*: one trip carries them all, so the split is made once, at the
+  first such task);
+* device: ``wait + c_dev * k_dev``, with the device's own service cost per
+  packet for the chain (``LoadSnapshot.device_cost``) and the time batches
+  recently waited in its queue.
+
+Both finish together when ``k_dev = (c_sw * n - wait) / (c_sw + c_dev)``; no
+packet is offloaded when the host's cost of crossing to the device is at least
+the cost of doing the chain in software. The model's ``k_dev`` is scaled by a
+ratio ``m`` that a hill-climb adjusts every ``period`` seconds (time from the
+feedback, never a clock of its own) on the observed throughput — task-packets
+per second of batch wall time (software time, or submit-to-complete time of the
+device trips, whichever is longer): keep moving ``m`` the same way while
+throughput does not drop, turn back when it does.
+
+Packets keep their path within one engine pass: packets the engine is putting
+on a trip stay on that device (look-ahead), and packets whose chain started in
+software stay in software, so a packet crosses to the device at most once per
+pass. Without measurements for a path the policy splits half and half to learn
+both; while one path gets nothing, a small share is sent to it every
+``probe_every`` seconds so its cost estimate follows the load (e.g. a CPU hog
+that comes and goes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from netoffload.batch import Batch, Mask
+from netoffload.errors import ConfigError
+from netoffload.policy.base import DeviceView, Feedback, Paths, Policy, software_paths
+from netoffload.policy.load import SOFTWARE, LoadSnapshot
+from netoffload.policy.threshold import Tally, in_trip
+from netoffload.tasks import Task
+
+
+class Adaptive(Policy):
+    name = "adaptive"
+
+    def __init__(
+        self,
+        period: float = 0.3,
+        step: float = 1.15,
+        bounds: tuple[float, float] = (0.25, 4.0),
+        tolerance: float = 0.02,
+        probe_share: float = 0.1,
+        probe_every: float = 0.5,
+    ) -> None:
+        if period <= 0 or step <= 1.0 or not 0 < bounds[0] <= 1.0 <= bounds[1]:
+            raise ConfigError("adaptive: need period > 0, step > 1, bounds lo <= 1 <= hi")
+        if not 0 < probe_share <= 0.5 or probe_every <= 0:
+            raise ConfigError("adaptive: need 0 < probe_share <= 0.5 and probe_every > 0")
+        self.period = period
+        self.step = step
+        self.bounds = bounds
+        self.tolerance = tolerance
+        self.probe_share = probe_share
+        self.probe_every = probe_every
+        self.ratio = 1.0  # hill-climbed multiplier on the model's device share
+        self.direction = 1
+        self.climbs = 0
+        self.last_rate = 0.0
+        self.last_split: dict[Task, tuple[int, int]] = {}  # task: (to device, fresh packets)
+        self._prev_rate: float | None = None
+        self._win_start: float | None = None
+        self._win_packets = 0
+        self._win_sw = 0.0
+        self._win_dev = 0.0
+        self._last_probe: dict[tuple[int, int], float] = {}  # (device, path probed)
+        self._trip_device = -1
+        self.tally = Tally()
+
+    # ------------------------------------------------------------ model
+    def device_share(
+        self, chain: Task, device: int, avg_bytes: float, n: int, load: LoadSnapshot
+    ) -> int | None:
+        """Packets of ``n`` the model sends to ``device`` (before the ratio), or
+        None when a path has not been measured yet."""
+        c_sw = c_dev = 0.0
+        for t in chain.members():
+            sw = load.estimate(t, SOFTWARE)
+            dv = load.device_cost(t, device)
+            if not sw.samples or not dv.samples:
+                return None
+            c_sw += sw.predict(1, int(avg_bytes))
+            c_dev += dv.predict(1, int(avg_bytes))
+        cross = load.crossing.get(device)
+        x = cross.predict(1, int(avg_bytes)) if cross is not None and cross.samples else 0.0
+        if x >= c_sw or c_sw + c_dev <= 0:
+            return 0
+        wait = load.queue_wait_s.get(device, 0.0)
+        k = (c_sw * n - wait) / (c_sw + c_dev)
+        return round(min(max(k, 0.0), float(n)))
+
+    # ------------------------------------------------------------ split
+    def split(
+        self,
+        task: Task,
+        batch: Batch,
+        want: Mask,
+        devices: Sequence[DeviceView],
+        load: LoadSnapshot,
+    ) -> Paths:
+        out = software_paths(len(batch))
+        if not want.any():
+            return out
+        ups = [d for d in devices if d.up]
+        if in_trip(batch, want):  # look-ahead on a trip: keep it on its device
+            for d in ups:
+                if d.index == self._trip_device:
+                    out[want & d.capable(task, batch)] = d.index
+            return out
+        e = batch.ext
+        best: tuple[float, DeviceView, Mask] | None = None
+        for d in ups:
+            occ = load.device_occupancy[d.index] if d.index < len(load.device_occupancy) else 0.0
+            if occ >= 1.0:
+                continue
+            started_sw = (e.done & ~e.by_device & np.uint16(d.buffer.enabled_tasks)) != 0
+            fresh = want & d.capable(task, batch) & ~started_sw
+            if not fresh.any():
+                continue
+            score = load.device_cost(task, d.index).per_packet_s  # cheapest device first
+            if best is None or score < best[0]:
+                best = (score, d, fresh)
+        if best is None:
+            self.tally.count(task, out, want)
+            return out
+        _, d, fresh = best
+        idx = np.flatnonzero(fresh)
+        n = len(idx)
+        chain = Task(int(np.bitwise_or.reduce(e.tasks[idx] & ~e.done[idx]))) & (
+            d.buffer.enabled_tasks
+        )
+        chain |= task
+        avg = float(batch.length[idx].mean())
+        model = self.device_share(chain, d.index, avg, n, load)
+        if model is None:
+            k = n // 2 if n > 1 else n  # learn both paths
+            self.tally.bump(task, "explore")
+        else:
+            k = min(n, round(model * self.ratio))
+            probe = max(1, math.ceil(self.probe_share * n))
+            if k == 0 and self._probe_due(d.index, d.index, load.now):
+                k = probe
+                self.tally.bump(task, "probe_device")
+            elif k == n and n > 1 and self._probe_due(d.index, SOFTWARE, load.now):
+                k = n - probe
+                self.tally.bump(task, "probe_software")
+        out[idx[:k]] = d.index
+        self._trip_device = d.index
+        self.last_split[task] = (k, n)
+        self.tally.count(task, out, want)
+        return out
+
+    def _probe_due(self, device: int, path: int, now: float) -> bool:
+        key = (device, path)
+        last = self._last_probe.get(key)
+        if last is None:
+            self._last_probe[key] = now
+            return False
+        if now - last >= self.probe_every:
+            self._last_probe[key] = now
+            return True
+        return False
+
+    # ------------------------------------------------------------ learn
+    def observe(self, fb: Feedback) -> None:
+        if fb.error:
+            return
+        if self._win_start is None:
+            self._win_start = fb.now
+        self._win_packets += fb.packets
+        if fb.path == SOFTWARE:
+            self._win_sw += fb.seconds
+        else:
+            self._win_dev += fb.seconds
+        if fb.now - self._win_start >= self.period:
+            busy = max(self._win_sw, self._win_dev)
+            if busy > 0:
+                self._climb(self._win_packets / busy)
+            self._win_start = fb.now
+            self._win_packets = 0
+            self._win_sw = self._win_dev = 0.0
+
+    def _climb(self, rate: float) -> None:
+        """One hill-climbing step on the observed throughput ``rate``."""
+        if self._prev_rate is not None and rate < self._prev_rate * (1 - self.tolerance):
+            self.direction = -self.direction
+        self._prev_rate = rate
+        self.last_rate = rate
+        lo, hi = self.bounds
+        self.ratio = min(hi, max(lo, self.ratio * self.step**self.direction))
+        if self.ratio in (lo, hi):  # at a bound: come back next time
+            self.direction = -1 if self.ratio == hi else 1
+        self.climbs += 1
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "policy": self.name,
+            "ratio": round(self.ratio, 4),
+            "climbs": self.climbs,
+            "throughput": round(self.last_rate, 1),
+            "split": {t.kebab: {"device": k, "of": n} for t, (k, n) in self.last_split.items()},
+            "decisions": self.tally.as_dict(),
+        }

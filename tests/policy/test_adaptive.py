@@ -1,0 +1,146 @@
+"""Adaptive: the split from measured costs, stickiness, probes and the hill-climb,
+all with fake clocks and scripted loads (deterministic)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from policy_helpers import batch, snap, view, want
+
+from netoffload.errors import ConfigError
+from netoffload.policy import Adaptive, Feedback, make_policy
+from netoffload.policy.load import SOFTWARE
+from netoffload.tasks import Task
+
+C = Task.CHECKSUM
+
+
+def ndev(p: np.ndarray) -> int:  # type: ignore[type-arg]
+    return int((p == 0).sum())
+
+
+def test_equal_costs_split_half() -> None:
+    pol = Adaptive()
+    p = pol.split(C, batch(100), want(100), [view()], snap(sw={C: 10e-6}, dev={C: 10e-6}))
+    assert ndev(p) == 50
+    assert (p[:50] == 0).all() and (p[50:] == -1).all()
+
+
+def test_faster_device_gets_more() -> None:
+    pol = Adaptive()
+    p = pol.split(C, batch(90), want(90), [view()], snap(sw={C: 10e-6}, dev={C: 5e-6}))
+    assert ndev(p) == 60  # 10*90 / (10 + 5): both finish after 300 us
+
+
+def test_queue_wait_shifts_to_software() -> None:
+    pol = Adaptive()
+    s = snap(sw={C: 10e-6}, dev={C: 10e-6}, wait=500e-6)
+    assert ndev(pol.split(C, batch(100), want(100), [view()], s)) == 25
+
+
+def test_crossing_dearer_than_software_keeps_all_home_then_probes() -> None:
+    pol = Adaptive(probe_every=1.0, probe_share=0.1)
+    got = []
+    for i in range(8):
+        s = snap(now=i * 0.4, sw={C: 1e-6}, dev={C: 1e-6}, crossing=2e-6)
+        got.append(ndev(pol.split(C, batch(50), want(50), [view()], s)))
+    # nothing to the device, except a 10% probe once a second (t=0 starts the clock)
+    assert got == [0, 0, 0, 5, 0, 0, 5, 0]
+    assert pol.tally[C].extra["probe_device"] == 2
+
+
+def test_much_faster_device_still_probes_software() -> None:
+    pol = Adaptive(probe_every=1.0)
+    got = []
+    for i in range(4):
+        s = snap(now=i * 0.6, sw={C: 100e-6}, dev={C: 1e-9})
+        got.append(ndev(pol.split(C, batch(20), want(20), [view()], s)))
+    assert got == [20, 20, 18, 20]
+
+
+def test_unmeasured_paths_are_explored_half_and_half() -> None:
+    pol = Adaptive()
+    p = pol.split(C, batch(10), want(10), [view()], snap())
+    assert ndev(p) == 5
+
+
+def test_chain_cost_sums_the_tasks_the_device_can_do() -> None:
+    pol = Adaptive()
+    tasks = Task.ENCRYPT | Task.DIGEST
+    s = snap(
+        sw={Task.ENCRYPT: 6e-6, Task.DIGEST: 4e-6}, dev={Task.ENCRYPT: 2e-6, Task.DIGEST: 3e-6}
+    )
+    p = pol.split(Task.ENCRYPT, batch(30, tasks=tasks), want(30), [view(tasks)], s)
+    assert ndev(p) == 20  # 10*30 / (10 + 5)
+
+
+def test_packets_keep_their_path() -> None:
+    pol = Adaptive()
+    tasks = Task.ENCRYPT | Task.DIGEST
+    d = view(tasks)
+    s = snap(sw={Task.DIGEST: 10e-6}, dev={Task.DIGEST: 1e-9})
+    b = batch(10, tasks=tasks)
+    b.ext.done[:] = Task.ENCRYPT
+    b.ext.by_device[4:] = Task.ENCRYPT  # done by the device: free to go again
+    # (the first four were encrypted in software this pass: they stay there)
+    p = pol.split(Task.DIGEST, b, want(10), [d], s)
+    assert (p[:4] == -1).all() and (p[4:] == 0).all()
+    # look-ahead on a trip: all stay on the trip's device, whatever the costs say
+    t = batch(6, tasks=tasks)
+    t.ext.offload[:] = Task.ENCRYPT
+    s2 = snap(sw={Task.DIGEST: 1e-9}, dev={Task.DIGEST: 1.0})
+    assert ndev(pol.split(Task.DIGEST, t, want(6), [d], s2)) == 6
+
+
+def test_device_down_or_full_means_software() -> None:
+    pol = Adaptive()
+    s = snap(sw={C: 10e-6}, dev={C: 1e-9})
+    assert ndev(pol.split(C, batch(10), want(10), [view(up=False)], s)) == 0
+    s = snap(sw={C: 10e-6}, dev={C: 1e-9}, occupancy=1.0)
+    assert ndev(pol.split(C, batch(10), want(10), [view()], s)) == 0
+
+
+def test_hill_climb_follows_throughput() -> None:
+    pol = Adaptive(step=1.25, tolerance=0.0)
+    ratios = []
+    for rate in (1000.0, 2000.0, 3000.0, 1500.0, 1400.0, 1600.0):
+        pol._climb(rate)
+        ratios.append(pol.ratio)
+    # up while throughput rises; a drop turns it back (perturb and observe)
+    assert ratios == pytest.approx([1.25, 1.5625, 1.953125, 1.5625, 1.953125, 2.44140625])
+    assert pol.climbs == 6
+
+
+def test_window_throughput_from_feedback() -> None:
+    pol = Adaptive(period=0.3)
+    pol.observe(Feedback(C, SOFTWARE, 100, 0, 0.05, 0.0))
+    pol.observe(Feedback(C, 0, 100, 0, 0.08, 0.1))
+    assert pol.climbs == 0
+    pol.observe(Feedback(C, SOFTWARE, 100, 0, 0.05, 0.31))  # the window closes
+    # 300 task-packets over the longer of 0.1 s software and 0.08 s device time
+    assert pol.climbs == 1 and pol.last_rate == pytest.approx(3000.0)
+
+
+def test_ratio_scales_the_model_and_is_bounded() -> None:
+    pol = Adaptive(bounds=(0.5, 2.0))
+    pol.ratio = 0.5
+    s = snap(sw={C: 10e-6}, dev={C: 10e-6})
+    assert ndev(pol.split(C, batch(100), want(100), [view()], s)) == 25
+    for _ in range(50):
+        pol._climb(1.0)
+    assert 0.5 <= pol.ratio <= 2.0
+
+
+def test_errors_are_not_throughput() -> None:
+    pol = Adaptive()
+    pol.observe(Feedback(C, 0, 10, 0, 0.0, 0.0, error="boom"))
+    assert pol.climbs == 0 and pol._win_start is None
+
+
+def test_config_and_registry() -> None:
+    with pytest.raises(ConfigError):
+        Adaptive(step=1.0)
+    with pytest.raises(ConfigError):
+        Adaptive(probe_share=0.0)
+    assert isinstance(make_policy("adaptive"), Adaptive)
+    assert "ratio" in make_policy("adaptive").describe()

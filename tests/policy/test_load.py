@@ -1,0 +1,99 @@
+"""Load monitor: fitted costs, device-reported costs, host CPU from a sampler
+read on the time passed in, latency quantiles."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netoffload.policy.load import SOFTWARE, LoadMonitor, PsutilSampler
+from netoffload.tasks import Task
+
+C = Task.CHECKSUM
+
+
+class FakeSampler:
+    def __init__(self, readings: list[tuple[float, float]]) -> None:
+        self.readings = list(readings)
+        self.reads = 0
+
+    def read(self) -> tuple[float, float]:
+        self.reads += 1
+        return self.readings.pop(0)
+
+
+@given(
+    st.floats(1e-8, 1e-4),
+    st.floats(1e-11, 1e-7),
+    st.lists(st.tuples(st.integers(1, 512), st.integers(40, 9000)), min_size=3, max_size=20),
+)
+def test_service_fit_recovers_known_costs(
+    pp: float, pb: float, runs: list[tuple[int, int]]
+) -> None:
+    m = LoadMonitor(alpha=0.5)
+    sizes = {s for _, s in runs}
+    for n, s in runs:
+        m.record_service(C, 0, n, n * s, pp * n + pb * n * s)
+    est = m.snapshot(0.0).service[(C, 0)]
+    # the prediction is right for every run seen, whatever the split between the terms
+    for n, s in runs:
+        assert est.predict(n, n * s) == pytest.approx(pp * n + pb * n * s, rel=1e-3)
+    if len(sizes) > 1:
+        assert est.per_packet_s == pytest.approx(pp, rel=1e-3, abs=1e-12)
+        assert est.per_byte_s == pytest.approx(pb, rel=1e-3, abs=1e-12)
+
+
+def test_device_cost_prefers_the_devices_own_report() -> None:
+    m = LoadMonitor()
+    m.record(C, 0, 10, 1000, 1e-3)  # engine: submit to complete
+    assert m.snapshot(0).device_cost(C, 0).per_packet_s == pytest.approx(1e-4)
+    m.record_service(C, 0, 10, 1000, 2e-4)
+    assert m.snapshot(0).device_cost(C, 0).per_packet_s == pytest.approx(2e-5)
+    assert m.snapshot(0).device_cost(C, SOFTWARE).samples == 0
+
+
+def test_crossing_and_queue_wait() -> None:
+    m = LoadMonitor(alpha=0.5)
+    m.record_crossing(0, 100, 100_000, 1e-4)
+    m.record_queue_wait(0, 1e-3)
+    m.record_queue_wait(0, 3e-3)
+    s = m.snapshot(0)
+    assert s.crossing[0].predict(100, 100_000) == pytest.approx(1e-4)
+    assert s.queue_wait_s[0] == pytest.approx(2e-3)
+
+
+def test_host_cpu_sampled_on_the_time_given() -> None:
+    fake = FakeSampler([(0.2, 0.1), (0.6, 0.5), (1.0, 0.9)])
+    m = LoadMonitor(sampler=fake, sample_every=0.1, cpu_alpha=0.5)
+    s = m.snapshot(10.0)
+    assert (s.host_cpu, s.process_cpu) == (0.2, 0.1)  # first reading taken as is
+    assert m.snapshot(10.05).host_cpu == 0.2 and fake.reads == 1  # too soon: no read
+    s = m.snapshot(10.2)
+    assert s.host_cpu == pytest.approx(0.4) and s.process_cpu == pytest.approx(0.3)
+    s = m.snapshot(11.0)
+    assert s.host_cpu == pytest.approx(0.7) and fake.reads == 3
+
+
+def test_latency_quantiles() -> None:
+    m = LoadMonitor(latency_window=100)
+    for i in range(1, 201):
+        m.record_latency(0, i / 1000)
+    assert m.latency_quantile(0, 0.5) == pytest.approx(0.150, abs=0.002)
+    assert m.latency_quantile(0, 0.99) == pytest.approx(0.199, abs=0.002)
+    assert m.latency_quantile(1, 0.5) == 0.0
+    assert 0 < m.snapshot(0).latency_s[0] <= 0.2
+
+
+def test_psutil_sampler_reads_fractions() -> None:
+    s = PsutilSampler()
+    x = 0
+    for i in range(200_000):
+        x ^= i
+    host, proc = s.read()
+    assert 0.0 <= host <= 1.0 and proc >= 0.0
+
+
+def test_bad_alpha() -> None:
+    with pytest.raises(ValueError):
+        LoadMonitor(cpu_alpha=0.0)
