@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -9,6 +11,8 @@ from typing import Any
 
 import pytest
 import scapy.all as S
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import netoffload.pcapjob as pcapjob
 from netoffload.cli import main
@@ -206,3 +210,54 @@ def test_progress_and_many_batches(tmp_path: Path, monkeypatch: Any, capsys: Any
     assert [r["index"] for r in read_results(res)] == list(range(len(pk)))
     assert all(scapy_says_good(bytes(q)) for q in S.rdpcap(str(out)))
     assert "checksum" in capsys.readouterr().out
+
+
+def test_padded_short_frames(tmp_path: Path) -> None:
+    """Ethernet pads short frames to 60 bytes: the checksums cover the IP packet, not the pad."""
+    pk = [
+        S.Ether(**MAC) / S.IP(src="198.18.0.1", dst="198.19.0.1", chksum=1) / S.UDP(chksum=2),
+        S.Ether(**MAC) / S.IP(src="198.18.0.1", dst="198.19.0.1") / S.TCP(chksum=3) / b"ab",
+    ]
+    frames = [bytes(p) + b"\xee" * (60 - len(p)) for p in pk]
+    src, out, res = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "r.jsonl"
+    S.wrpcap(str(src), [S.Ether(f) for f in frames])
+    assert run("pcap", "--tx", "checksum", str(src), str(out), "--results", str(res)) == 0
+    back = [bytes(q) for q in S.rdpcap(str(out))]
+    assert [len(b) for b in back] == [60, 60]
+    assert all(b.endswith(b"\xee" * 4) for b in back)
+    assert all(scapy_says_good(b) for b in back)
+    assert (
+        run("pcap", "--rx", "checksum", str(out), str(tmp_path / "o2.pcap"), "--results", str(res))
+        == 0
+    )
+    assert [r["csum"] for r in read_results(res)] == ["good", "good"]
+
+
+@settings(max_examples=40)
+@given(st.data())
+def test_corrupt_captures_never_crash(data: st.DataObject) -> None:
+    """Any damage to a capture: exit 0 (still a readable capture) or exit 2 with one line."""
+    import tempfile
+
+    pk = mixed_packets(bad=True)[:4]
+    with tempfile.TemporaryDirectory() as d:
+        src, out = Path(d) / "in.pcap", Path(d) / "out.pcap"
+        if data.draw(st.booleans()):
+            S.wrpcap(str(src), pk)
+        else:
+            w = S.PcapNgWriter(str(src))
+            for p in pk:
+                w.write(p)
+            w.close()
+        raw = bytearray(src.read_bytes())
+        for _ in range(data.draw(st.integers(1, 4))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(1, len(raw)))
+        src.write_bytes(bytes(raw[:cut]))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = run("pcap", "--tx", "checksum", str(src), str(out))
+        assert rc in (0, 2)
+        if rc == 2:
+            assert err.getvalue().count("\n") == 1 and "record" in err.getvalue()
