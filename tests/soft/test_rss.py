@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from netoffload.batch import Batch
 from netoffload.errors import ConfigError
-from netoffload.soft.classify import make_classify
+from netoffload.soft.classify import make_classify, rss_batch
 from netoffload.soft.rss import DEFAULT_KEY, Toeplitz, parse_key, toeplitz_reference
 from netoffload.tasks import Task
 from netoffload.testing.packets import tcp_packet, udp_packet
+from soft.classify_ref import Pkt, packets
 
 # (destination, dport, source, sport, 2-tuple hash, 4-tuple hash): "Verifying the RSS
 # Hash Calculation", Microsoft RSS specification, default key
@@ -89,3 +90,14 @@ def test_key_parsing() -> None:
         parse_key("00" * 39)
     with pytest.raises(ConfigError, match="not hex"):
         parse_key("zz" * 40)
+
+
+@given(st.lists(packets(), min_size=1, max_size=30), st.booleans())
+def test_rss_batch_equals_the_task(pkts: list[Pkt], four: bool) -> None:
+    raw = [p.build() for p in pkts] + [b"\x45\x00", b""]
+    fields = "4-tuple" if four else "2-tuple"
+    b = Batch.from_packets(raw)
+    make_classify({"rss_fields": fields}).process(b, np.ones(len(raw), bool))
+    b2 = Batch.from_packets(raw)
+    got = rss_batch(b2, np.arange(len(raw)), Toeplitz(), four_tuple=four)
+    assert got.tolist() == b.ext.rss_hash.tolist()

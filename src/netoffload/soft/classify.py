@@ -51,8 +51,9 @@ from netoffload.wire.parse import parse_batch
 I64 = NDArray[np.int64]
 U64 = NDArray[np.uint64]
 U8 = NDArray[np.uint8]
+U32 = NDArray[np.uint32]
 
-_V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
+_MAP4 = np.uint64(0xFFFF << 32)
 MAX_RULES = 4096
 
 
@@ -145,25 +146,23 @@ def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
     def g(off: int, mask: Mask) -> I64:
         return take(l3 + off, mask, allip and mask is ip)
 
-    # addresses
-    src = np.zeros((n, 16), dtype=np.uint8)
-    dst = np.zeros((n, 16), dtype=np.uint8)
-    if bool(v4.all()):
-        src[:, 10:12] = 0xFF
-        dst[:, 10:12] = 0xFF
-        src[:, 12:16] = buf.take(l3[:, None] + np.arange(12, 16), mode="clip")
-        dst[:, 12:16] = buf.take(l3[:, None] + np.arange(16, 20), mode="clip")
-    else:
-        if v4.any():
-            r = l3[v4]
-            src[v4, 10:12] = 0xFF
-            dst[v4, 10:12] = 0xFF
-            src[v4, 12:16] = buf[r[:, None] + np.arange(12, 16)]
-            dst[v4, 12:16] = buf[r[:, None] + np.arange(16, 20)]
-        if v6.any():
-            r = l3[v6]
-            src[v6] = buf[r[:, None] + np.arange(8, 24)]
-            dst[v6] = buf[r[:, None] + np.arange(24, 40)]
+    # addresses as 64-bit halves; IPv4 in the ::ffff:0:0/96 space
+    src_hi = np.zeros(n, dtype=np.uint64)
+    src_lo = np.zeros(n, dtype=np.uint64)
+    dst_hi = np.zeros(n, dtype=np.uint64)
+    dst_lo = np.zeros(n, dtype=np.uint64)
+    if v4.any():
+        a4 = np.ascontiguousarray(buf.take(l3[:, None] + np.arange(12, 20), mode="clip"))
+        w = a4.view(">u4").astype(np.uint64)
+        src_lo = np.where(v4, _MAP4 | w[:, 0], src_lo)
+        dst_lo = np.where(v4, _MAP4 | w[:, 1], dst_lo)
+    if v6.any():
+        r6 = l3[v6]
+        a6 = np.ascontiguousarray(buf.take(r6[:, None] + np.arange(8, 40), mode="clip"))
+        w6 = a6.view(">u8").astype(np.uint64)
+        src_hi[v6], src_lo[v6], dst_hi[v6], dst_lo[v6] = w6[:, 0], w6[:, 1], w6[:, 2], w6[:, 3]
+    src = _rows(src_hi, src_lo)
+    dst = _rows(dst_hi, dst_lo)
     b0 = g(0, ip)
     b1 = g(1, ip)
     dscp = np.where(v4, b1 >> 2, np.where(v6, (((b0 & 0xF) << 4) | (b1 >> 4)) >> 2, 0))
@@ -223,6 +222,11 @@ def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
     )
 
 
+def _rows(hi: U64, lo: U64) -> U8:
+    """64-bit halves → (n, 16) big-endian address rows."""
+    return np.stack([hi, lo], axis=1).astype(">u8").view(np.uint8).reshape(len(hi), 16)
+
+
 def halves(rows: U8) -> tuple[U64, U64]:
     """(n, 16) address rows → high and low 64-bit halves."""
     v = np.ascontiguousarray(rows).view(">u8").astype(np.uint64)
@@ -247,11 +251,12 @@ def _addr_intervals(net: Any) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 class _Field:
-    __slots__ = ("bounds", "masks")
+    __slots__ = ("bounds", "word_masks")
 
     def __init__(self, bounds: U64, masks: U64) -> None:
         self.bounds = bounds
-        self.masks = masks
+        #: per 64-rule word, the rule bits of every elementary interval
+        self.word_masks = [np.ascontiguousarray(masks[:, w]) for w in range(masks.shape[1])]
 
 
 class RuleMatcher:
@@ -330,27 +335,24 @@ class RuleMatcher:
         n = len(next(iter(values.values()))) if values else 0
         if self.n == 0 or n == 0:
             return np.full(n, -1, dtype=np.int64)
-        m: U64 | None = None
+        acc: list[U64] = []
         for f, fld in self.fields.items():
             i = np.searchsorted(fld.bounds, values[f], side="right") - 1
-            got = fld.masks[i]
-            if m is None:
-                m = got
-            else:
-                m &= got
-        if m is None:
-            m = np.broadcast_to(self._all, (n, self.words)).copy()
-        if self.words == 1:
-            w = m[:, 0]
-            word = np.zeros(n, dtype=np.int64)
-        else:
-            nz = m != 0
-            word = np.argmax(nz, axis=1).astype(np.int64)
-            w = m[np.arange(n), word]
-        low = w & (~w + np.uint64(1))
-        _, e = np.frexp(low.astype(np.float64))
-        out = word * 64 + (e.astype(np.int64) - 1)
-        return np.where(w != 0, out, -1)
+            for w in range(self.words):
+                got = fld.word_masks[w].take(i)
+                if len(acc) <= w:
+                    acc.append(got)
+                else:
+                    acc[w] &= got
+        if not acc:
+            acc = [np.full(n, self._all[w], dtype=np.uint64) for w in range(self.words)]
+        out = np.full(n, -1, dtype=np.int64)
+        for w in reversed(range(self.words)):  # the lowest word with a bit set wins
+            x = acc[w]
+            low = x & (~x + np.uint64(1))
+            _, e = np.frexp(low.astype(np.float64))
+            out = np.where(x != 0, w * 64 + e.astype(np.int64) - 1, out)
+        return out
 
 
 def field_values(k: FlowKeys) -> dict[str, U64]:
@@ -477,7 +479,8 @@ class ClassifyTask(SoftTask):
         e = batch.ext
         k = flow_keys(batch, idx)
         action, cls, _ = self.classifier.classify_keys(k)
-        rss = self.classifier.rss_hash(k)
+        four = self.classifier.cfg.rss_fields == "4-tuple"
+        rss = rss_batch(batch, idx, self.classifier.rss, four_tuple=four)
         bad = (k.reason != 0) & (k.reason != Reason.NOT_IP)
         good = ~bad
         gi = idx[good]
@@ -523,3 +526,44 @@ def make_classify(
 
 
 register(Task.CLASSIFY, make_classify)
+
+
+def rss_batch(batch: Batch, idx: I64, toeplitz: Toeplitz, four_tuple: bool = True) -> U32:
+    """Toeplitz hashes of packets ``idx`` straight from their parsed layout (for steering).
+
+    The same values as the classification task's ``rss_hash`` (4-tuple for TCP
+    and UDP that are not fragments, else 2-tuple; 0 for non-IP or malformed
+    packets), without extracting the other fields.
+    """
+    e = batch.ext
+    n = len(idx)
+    out = np.zeros(n, dtype=np.uint32)
+    if n == 0:
+        return out
+    parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
+    if not parsed.all():
+        _parse_into(batch, idx[~parsed])
+        parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
+    ver = np.where(parsed, e.l3_proto[idx], 0)
+    base = batch.start[idx]
+    l3 = base + e.l3_off[idx]
+    l4o = e.l4_off[idx].astype(np.int64)
+    proto = e.l4_proto[idx]
+    ports = (l4o >= 0) & ((proto == 6) | (proto == 17)) & (e.hdr_len[idx] > l4o)
+    l4 = base + l4o
+    buf = batch.buf
+    for v, aoff, alen in ((4, 12, 8), (6, 8, 32)):
+        m = ver == v
+        if not m.any():
+            continue
+        p = ports & m if four_tuple else np.zeros(n, dtype=np.bool_)
+        q = m & ~p
+        if p.any():
+            rows = np.empty((int(p.sum()), alen + 4), dtype=np.uint8)
+            rows[:, :alen] = buf.take(l3[p][:, None] + np.arange(aoff, aoff + alen), mode="clip")
+            rows[:, alen:] = buf.take(l4[p][:, None] + np.arange(4), mode="clip")
+            out[p] = toeplitz.hash_matrix(rows)
+        if q.any():
+            rows = buf.take(l3[q][:, None] + np.arange(aoff, aoff + alen), mode="clip")
+            out[q] = toeplitz.hash_matrix(rows)
+    return out

@@ -6,7 +6,9 @@ covers it (prefixes either nest or are disjoint, so a sweep with a stack of open
 prefixes does it). A lookup is then one ``np.searchsorted`` per packet over the
 interval starts: IPv4 on ``uint64`` keys, IPv6 on 16-byte big-endian strings
 (``S16``, whose order is the numeric order). 10,000 prefixes make at most
-20,001 intervals per family.
+20,001 intervals per family. For IPv4 a first-level table of the 65,536 /16s
+(as DIR-24-8 does with /24s) answers directly wherever one value covers the
+whole /16; only the rest are searched.
 
 Addresses are given as ``(n, 16)`` uint8 rows: IPv6 addresses as they are,
 IPv4 addresses mapped (``::ffff:a.b.c.d``), with a per-row "is IPv4" mask.
@@ -27,6 +29,7 @@ U8 = NDArray[np.uint8]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NO_MATCH = -1
+_SEARCH = -2  # first-level entry: look in the intervals
 
 
 def parse_prefix(text: object, what: str = "prefix") -> Network:
@@ -99,14 +102,24 @@ class LpmTable:
         self._v6 = np.array(v6, dtype=np.int64)
         self.has4 = bool(p4)
         self.has6 = bool(p6)
+        # IPv4 first level: the value of each /16 where it is uniform, else _SEARCH
+        b16 = np.arange(1 << 16, dtype=np.uint64) << np.uint64(16)
+        i0 = np.searchsorted(self._s4, b16, side="right") - 1
+        nxt = np.append(self._s4, np.uint64(1 << 32))[i0 + 1]
+        uniform = nxt > (b16 | np.uint64(0xFFFF))
+        self._t16 = np.where(uniform, self._v4[i0], _SEARCH).astype(np.int64)
 
     def lookup4(self, addr: NDArray[np.integer]) -> I64:
         """Values for IPv4 addresses given as integers."""
         q = np.asarray(addr, dtype=np.uint64)
         if not self.has4:
             return np.full(len(q), NO_MATCH, dtype=np.int64)
-        i = np.searchsorted(self._s4, q, side="right") - 1
-        return self._v4[i]
+        out = self._t16.take((q >> np.uint64(16)).astype(np.intp))
+        need = out == _SEARCH
+        if need.any():
+            qn = q[need]
+            out[need] = self._v4[np.searchsorted(self._s4, qn, side="right") - 1]
+        return out
 
     def lookup6(self, rows: U8) -> I64:
         """Values for IPv6 addresses given as ``(n, 16)`` uint8 rows."""
