@@ -125,14 +125,17 @@ def test_probe_matches_kernel_and_unknown_bit_is_einval(testbed: netns.Testbed) 
 def test_caps_factory_cleans_up() -> None:
     from netoffload.devices.registry import get_device
 
-    before = set(os.listdir(netns.NETNS_DIR)) if os.path.isdir(netns.NETNS_DIR) else set()
+    def mine() -> set[str]:
+        return {n for n in os.listdir(netns.NETNS_DIR) if n.startswith(netns.prefix())}
+
+    before = mine()
     dev = get_device("tun").factory()
     try:
         assert Task.CHECKSUM in dev.query().records
+        assert len(mine()) == len(before) + 1  # the throwaway probe namespace
     finally:
         dev.close()
-    after = set(os.listdir(netns.NETNS_DIR)) if os.path.isdir(netns.NETNS_DIR) else set()
-    assert after <= before
+    assert mine() == before
 
 
 # ------------------------------------------------------------------ TSO on write
