@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netoffload.batch import Batch, FilterVerdict
-from netoffload.bpf import BASE_NET, compile_filter, sock_fprog
+from netoffload.bpf import BASE_NET, attach_socket, compile_filter, sock_fprog
 from netoffload.bpf.compiler import SO_ATTACH_FILTER
 from netoffload.soft.classify import make_classify
 from netoffload.soft.dos import make_dos
@@ -63,6 +63,7 @@ def _through_kernel(
     hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
     prog: list[tuple[int, int, int, int]],
     raw: list[bytes],
+    use_helper: bool = False,
 ) -> set[int]:
     _tb, a, b = hosts
     mac_a, mac_b = _mac(a), _mac(b)
@@ -70,8 +71,11 @@ def _through_kernel(
     ctrl = b.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     tx = a.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     try:
-        fp = sock_fprog(prog)
-        filt.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fp.bytes)
+        if use_helper:
+            attach_socket(filt, prog)
+        else:
+            fp = sock_fprog(prog)
+            filt.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fp.bytes)
         filt.bind(("veth0", 0))
         ctrl.bind(("veth0", 0))
         tx.bind(("veth0", 0))
@@ -123,5 +127,5 @@ def test_kernel_drop_list_and_sizes(
     make_dos(cfg).process(b, np.ones(len(raw), bool), now=0.0)
     keep = set(np.flatnonzero(b.ext.filter_verdict != FilterVerdict.DROP).tolist())
     assert keep == {0, 2, 4}
-    got = _through_kernel(two_hosts, compile_filter(cfg, base=BASE_NET), raw)
+    got = _through_kernel(two_hosts, compile_filter(cfg, base=BASE_NET), raw, use_helper=True)
     assert got == keep

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -588,3 +589,12 @@ def sock_fprog(prog: Sequence[Insn]) -> SockFprog:
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
 SO_LOCK_FILTER = 44
+
+
+def attach_socket(sock: socket.socket, prog: Sequence[Insn]) -> None:
+    """``setsockopt(SOL_SOCKET, SO_ATTACH_FILTER)`` with ``prog`` (replaces any filter)."""
+    fp = sock_fprog(prog)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fp.bytes)
+    except OSError as e:
+        raise ConfigError(f"attaching a {len(fp)}-instruction filter failed: {e}") from None

@@ -48,6 +48,11 @@ Every key is optional except where noted. Example (TOML)::
     [dos.replay]
     window = 1024                # 64..4096 packets, per SA (ext.sa, else the ESP SPI)
 
+An exact 5-tuple is a rule with host prefixes (``/32`` or ``/128``, or bare
+addresses), one protocol and single ports. Rules without any field match every
+packet (non-IP frames included); a rule with a port condition matches only
+TCP and UDP packets that are not fragments.
+
 A bad entry raises ``ConfigError`` naming the file, the rule and the key.
 """
 
