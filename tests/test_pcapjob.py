@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import struct
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -261,3 +262,26 @@ def test_corrupt_captures_never_crash(data: st.DataObject) -> None:
         assert rc in (0, 2)
         if rc == 2:
             assert err.getvalue().count("\n") == 1 and "record" in err.getvalue()
+
+
+def test_snaplen_cut_records_pass_untouched(tmp_path: Path) -> None:
+    """A record captured short of its original length (snap length) is written as it is,
+    keeps its original length, and is marked truncated; the others are processed."""
+    whole = mixed_packets(bad=True)[:3]
+    raws = [bytes(p) for p in whole]
+    cut = raws[1][:40]
+    # classic pcap, packed by hand: header, then (sec, usec, caplen, origlen) + data
+    out_bytes = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 40, 1)
+    for k, (data, orig) in enumerate(
+        [(raws[0], len(raws[0])), (cut, len(raws[1])), (raws[2], len(raws[2]))]
+    ):
+        out_bytes += struct.pack("<IIII", 1000 + k, 0, len(data), orig) + data
+    src, out, res = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "r.jsonl"
+    src.write_bytes(out_bytes)
+    assert run("pcap", "--tx", "checksum", str(src), str(out), "--results", str(res)) == 0
+    back = S.rdpcap(str(out))
+    assert bytes(back[1]) == cut and back[1].wirelen == len(raws[1])
+    assert scapy_says_good(bytes(back[0])) and scapy_says_good(bytes(back[2]))
+    rows = read_results(res)
+    assert rows[1]["truncated"] is True and rows[1]["tasks"] == [] and rows[1]["delivered"]
+    assert "truncated" not in rows[0] and rows[0]["tasks"] == ["checksum"]

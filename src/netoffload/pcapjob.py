@@ -18,14 +18,17 @@ the results. ``--results`` writes one JSON object per output packet::
 
 ``index`` is the 0-based number of the input record the packet came from
 (several lines share it when a task splits a packet); ``gso`` (type, size,
-segments) is added where set.
+segments) is added where set. A record the capture cut short (captured
+length below the original length) passes untouched, with no task done, and
+``"truncated": true``.
 
 Per-task options: the soft task of each task is built with the options that
 ``TASK_HOOKS[task].options(args, direction)`` returns (``make_task`` keyword
 arguments), and ``TASK_HOOKS[task].prepare(batch, args, direction)``, when
 given, sets per-packet extension fields (a GSO size, an SA index, ...) on each
-parsed batch before the engine runs. A task added to the command needs one
-entry, e.g.::
+parsed batch before the engine runs (``ext.tasks`` already holds the asked
+tasks then; a hook may clear bits of packets its task should skip). A task
+added to the command needs one entry, e.g.::
 
     TASK_HOOKS[Task.TCP_SEGMENT] = TaskHook(
         options=lambda args, d: {},
@@ -201,7 +204,9 @@ def _enum_name(cls: Any, v: int) -> str:
         return str(v)
 
 
-def _result_lines(out: Batch, index: np.ndarray, alive: np.ndarray) -> Iterator[str]:
+def _result_lines(
+    out: Batch, index: np.ndarray, alive: np.ndarray, cut: np.ndarray
+) -> Iterator[str]:
     e = out.ext
     for i in range(len(out)):
         err = int(e.error[i])
@@ -220,6 +225,8 @@ def _result_lines(out: Batch, index: np.ndarray, alive: np.ndarray) -> Iterator[
         if int(e.sa[i]) >= 0:  # ESP: the SA index (file order) and sequence number
             doc["sa"] = int(e.sa[i])
             doc["seq"] = int(e.seq[i])
+        if cut[i]:
+            doc["truncated"] = True
         if e.gso_type[i] or e.gso_size[i] or e.segs[i]:
             doc["gso"] = {
                 "type": _enum_name(GsoType, int(e.gso_type[i])),
@@ -289,11 +296,17 @@ class _Job:
         b = records_to_batch(recs, first=self.records_in + 1)
         parse_batch(b)
         self.args._batch_time = max(r.ts_ns for r in recs) / 1e9  # for time-based tasks
+        b.ext.tasks[:] = np.uint16(self.tasks)
         for t in self.stages:
             prep = _hook(t).prepare
             if prep is not None:
                 prep(b, self.args, self.direction)
-        b.ext.tasks[:] = np.uint16(self.tasks)
+        missing = np.fromiter(
+            (max(0, r.orig_len - len(r.data)) for r in recs), dtype=np.int64, count=len(recs)
+        )
+        # a record cut short by the capture's snap length passes untouched (no task can
+        # work on bytes that were not captured); the results mark it "truncated"
+        b.ext.tasks[missing > 0] = 0
         base_in = self.engine.packets_in
         base_rec = self.records_in
         res = self.engine.process(b)
@@ -301,9 +314,6 @@ class _Job:
         alive = res.alive
         index = base_rec + (out.ext.origin - base_in)
         ts = np.fromiter((r.ts_ns for r in recs), dtype=np.int64, count=len(recs))
-        missing = np.fromiter(
-            (max(0, r.orig_len - len(r.data)) for r in recs), dtype=np.int64, count=len(recs)
-        )
         local = index - base_rec
         assert self.writer is not None
         w = self.writer
@@ -314,7 +324,7 @@ class _Job:
         self.written += int(alive.sum())
         self.dropped += int((~alive).sum())
         if self.results is not None:
-            for line in _result_lines(out, index, alive):
+            for line in _result_lines(out, index, alive, missing[local] > 0):
                 self.results.write(line + "\n")
         self.records_in += len(recs)
 
