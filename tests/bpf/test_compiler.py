@@ -13,9 +13,11 @@ from netoffload.batch import Batch, FilterVerdict
 from netoffload.bpf import BASE_ETHER, BASE_IP, BASE_NET, CompileError, compile_filter, run
 from netoffload.bpf.compiler import sock_fprog, uncompiled
 from netoffload.bpf.interp import BpfError, check
+from netoffload.errors import ConfigError
 from netoffload.soft.classify import make_classify
 from netoffload.soft.dos import make_dos
-from netoffload.soft.rules import ClassifyConfig, DosConfig, LpmConfig, parse_dos
+from netoffload.soft.rules import ClassifyConfig, DosConfig, LpmConfig, Rule, parse_dos
+from netoffload.testing.packets import udp_packet
 from netoffload.wire.ethernet import ETH_P_IP, ETH_P_IPV6, Ethernet
 from netoffload.wire.ipv4 import IPv4
 from soft.classify_ref import Pkt, configs, packets
@@ -173,3 +175,14 @@ def test_interpreter_fuzz_never_raises_unexpectedly(
         return
     v = run(prog, pkt, net_off=min(14, len(pkt)), checked=True)
     assert 0 <= v <= 0xFFFFFFFF
+
+
+def test_compile_bad_input_and_rule_list() -> None:
+    with pytest.raises(ConfigError, match="compile_filter wants"):
+        compile_filter({"rule": []})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="base"):
+        compile_filter([], base="vlan")
+    r = Rule(name="x", proto=(17, 17), dport=(53, 53), action=1)
+    prog = compile_filter([r], base=BASE_IP)
+    assert run(prog, udp_packet(dport=53)) == 0
+    assert run(prog, udp_packet(dport=54)) != 0

@@ -461,7 +461,16 @@ def compile_filter(
     if isinstance(rules, DosConfig):
         _dos(g, rules)
     else:
-        cfg = rules if isinstance(rules, ClassifyConfig) else ClassifyConfig(rules=tuple(rules))
+        if isinstance(rules, ClassifyConfig):
+            cfg = rules
+        else:
+            items = tuple(rules) if isinstance(rules, (list, tuple)) else ()
+            if not isinstance(rules, (list, tuple)) or not all(isinstance(r, Rule) for r in items):
+                raise ConfigError(
+                    "compile_filter wants a ClassifyConfig, a DosConfig or a list of Rule, "
+                    f"got {type(rules).__name__}"
+                )
+            cfg = ClassifyConfig(rules=items)
         order = sorted(range(len(cfg.rules)), key=lambda i: (cfg.rules[i].priority, i))
         ordered = [cfg.rules[i] for i in order]
         lpm_at = len(ordered)
