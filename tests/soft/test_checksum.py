@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    IPv6ExtHdrSegmentRouting,
+)
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
@@ -484,3 +490,32 @@ def test_raw_ip_shortcut_gives_the_general_layout(
     assert np.array_equal(a.pseudo(quick.buf), b.pseudo(general.buf))
     for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
         assert np.array_equal(getattr(quick.ext, f), getattr(general.ext, f)), f
+
+
+# ------------------------------------------------------------------ IPv6 routing headers
+@pytest.mark.parametrize(
+    "rh",
+    [
+        lambda: IPv6ExtHdrRouting(addresses=["fd00::a", "fd00::b"], segleft=2),
+        lambda: IPv6ExtHdrRouting(addresses=["fd00::a", "fd00::b"], segleft=0),
+        lambda: IPv6ExtHdrSegmentRouting(addresses=["fd00::c", "fd00::d"], segleft=1),
+    ],
+)
+@pytest.mark.parametrize("l4", [lambda: TCP(sport=5, dport=6), lambda: UDP(sport=5, dport=6)])
+def test_routing_header_final_destination(rh: object, l4: object) -> None:
+    """With segments left the pseudo-header has the final destination (scapy agrees)."""
+    pkt = (
+        IPv6(src="fd00::1", dst="fd00::2")
+        / IPv6ExtHdrHopByHop()
+        / rh()  # type: ignore[operator]
+        / l4()  # type: ignore[operator]
+        / Raw(b"payload!")
+    )
+    raw = bytes(pkt)
+    f, _ = l4_field(raw)
+    spoiled = raw[:f] + b"\xde\xad" + raw[f + 2 :]
+    b = batch_of([spoiled, raw])
+    fill(b, np.array([True, False]))
+    assert b.packets() == [raw, raw]
+    verify(b, np.ones(2, dtype=np.bool_))
+    assert (b.ext.csum_verdict == CsumVerdict.GOOD).all()
