@@ -4,7 +4,9 @@ and corrupt or truncated files always giving CaptureError or valid records."""
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 from decimal import Decimal
 from pathlib import Path
 
@@ -364,3 +366,57 @@ def test_iter_records_streams_before_fault() -> None:
     assert next(it).data == b"b" * 10
     with pytest.raises(CaptureFault, match="record 3"):
         next(it)
+
+
+# --------------------------------------------------------------- Wireshark's tools
+def wireshark_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} (Wireshark) is not installed; install.sh installs it for tests")
+    return path
+
+
+def tshark_frames(path: Path) -> list[tuple[int, int, int]]:
+    """(timestamp ns, original length, captured length) of each frame, as tshark reads it."""
+    out = subprocess.run(
+        [
+            *(wireshark_tool("tshark"), "-r", str(path), "-T", "fields"),
+            *("-e", "frame.time_epoch", "-e", "frame.len", "-e", "frame.cap_len"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rows = []
+    for line in out.splitlines():
+        t, ln, cap = line.split("\t")
+        rows.append((ns_of(Decimal(t)), int(ln), int(cap)))
+    return rows
+
+
+def test_pcapng_converted_by_editcap(tmp_path: Path) -> None:
+    """editcap (Wireshark) writes pcapng with a nanosecond if_tsresol and a comment."""
+    pk = scapy_packets()
+    src, ng = tmp_path / "ns.pcap", tmp_path / "ns.pcapng"
+    w = S.PcapWriter(str(src), nano=True)
+    for p in pk:
+        w.write(p)
+    w.close()
+    subprocess.run([wireshark_tool("editcap"), "-F", "pcapng", str(src), str(ng)], check=True)
+    recs = read_capture(ng)
+    assert [r.data for r in recs] == [bytes(p) for p in pk]
+    assert [(r.ts_ns, r.orig_len, len(r.data)) for r in recs] == tshark_frames(ng)
+    assert recs[0].ts_ns % 1_000_000_000 == 123_456_789
+
+
+@pytest.mark.parametrize("nano", [False, True])
+def test_our_pcap_read_by_tshark(tmp_path: Path, nano: bool) -> None:
+    pk = scapy_packets()
+    recs = [
+        Record(ns_of(p.time), LINKTYPE_ETHERNET, bytes(p), len(p) + i) for i, p in enumerate(pk)
+    ]
+    f = tmp_path / "ours.pcap"
+    write_pcap(f, recs, nanosecond=nano)
+    want = [(r.ts_ns if nano else r.ts_ns // 1000 * 1000, r.orig_len, len(r.data)) for r in recs]
+    assert tshark_frames(f) == want
