@@ -44,7 +44,7 @@ def _supers(n: int, proto: int) -> Batch:
 
 
 def _run(ctx: BenchContext) -> BenchResult:
-    n = 16 if ctx.quick else 64
+    n = 64 if ctx.quick else 256
     rows = []
     metrics: dict[str, float] = {}
     for name, proto, metric in (
