@@ -204,6 +204,15 @@ def test_data_offset_past_end_and_wrong_gso_type() -> None:
     assert plan.error[1] == Reason.BAD_VNET_HDR
 
 
+def test_vnet_hdr_len_past_the_end() -> None:
+    p = tcp_packet(4, b"x" * 3000)
+    b = Batch.from_packets([p, p])
+    b.ext.gso_size[:] = 1000
+    b.ext.hdr_len[:] = [len(p) + 1, 40]
+    out, plan = segment(b, np.ones(2, dtype=np.bool_), 6)
+    assert list(plan.error) == [Reason.BAD_HDR_LEN, 0] and len(out) == 4
+
+
 def test_super_packet_over_64k() -> None:
     p = bytearray(tcp_packet(6, b"x" * 65000))
     p += b"y" * 1000  # buffer longer than any IPv6 packet can be

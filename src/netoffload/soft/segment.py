@@ -132,6 +132,7 @@ def segment(
     if len(idx) == 0:
         return batch, Plan(counts, done, err)
     buf = batch.buf
+    vnet_hdr_len = e.hdr_len[idx].astype(np.int64)  # as given (parsing rewrites it)
     lay = cs.layout(batch, idx)
     reason = lay.reason.copy()
     ok = reason == 0
@@ -175,7 +176,9 @@ def segment(
     thl = np.where(is_tcp, (_u8(buf, np.where(ok, lay.l4 + 12, 0)) >> 4) * 4, 8)
     hlen = lay.l4 - base + thl  # all headers, from the packet start
     end = l3o + ip_len  # packet end by the IP length
-    bad_h = ok & (hlen > end)
+    # a header length (TCP data offset, or the virtio hdr_len the packet came with)
+    # past the end of the packet: TUN refuses such a write (-EINVAL)
+    bad_h = ok & ((hlen > end) | (vnet_hdr_len > batch.length[idx]))
     reason[bad_h] = Reason.BAD_HDR_LEN
     ok &= ~bad_h
     pay = end - hlen
