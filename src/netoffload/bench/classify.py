@@ -129,8 +129,8 @@ def _run(ctx: BenchContext) -> BenchResult:
     ctx.progress("timing")
     t = interleaved(
         {"classify": classify, "parse": parse_only, "rss": rss, "rss_hash": rss_hash_only},
-        budget_s=ctx.repeat_time() * 8,
-        rounds=3,
+        budget_s=ctx.repeat_time() * 15,
+        rounds=5,
     )
     mpps = {k: n / v / 1e6 for k, v in t.items()}
     rows = [

@@ -78,7 +78,7 @@ def _run(ctx: BenchContext) -> BenchResult:
         parse_batch(b)
 
     ctx.progress("timing")
-    t = interleaved({"filter": filt, "parse": parse_only}, ctx.repeat_time() * 6, rounds=3)
+    t = interleaved({"filter": filt, "parse": parse_only}, ctx.repeat_time() * 15, rounds=5)
     mpps = {k: n / v / 1e6 for k, v in t.items()}
     return BenchResult(
         metrics={"filter_mpps": mpps["filter"]},

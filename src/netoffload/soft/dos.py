@@ -323,15 +323,12 @@ class DosFilter(SoftTask):
         if cand.any():
             ci = np.flatnonzero(cand)
             o = off[ci]
-            b = buf[o[:, None] + np.arange(8)].astype(np.uint64)
-            spi = (b[:, 0] << np.uint64(24)) | (b[:, 1] << np.uint64(16))
-            spi |= (b[:, 2] << np.uint64(8)) | b[:, 3]
-            sq = (b[:, 4] << np.uint64(24)) | (b[:, 5] << np.uint64(16))
-            sq |= (b[:, 6] << np.uint64(8)) | b[:, 7]
-            real = spi != 0
+            hdr = np.ascontiguousarray(buf.take(o[:, None] + np.arange(8), mode="clip"))
+            w = hdr.view(">u4").astype(np.int64)  # (SPI, sequence number)
+            real = w[:, 0] != 0
             ci = ci[real]
-            sa[ci] = (1 << 32) + spi[real].astype(np.int64)
-            seq[ci] = sq[real]
+            sa[ci] = (1 << 32) + w[real, 0]
+            seq[ci] = w[real, 1].astype(np.uint64)
             has[ci] = True
         if not has.any():
             return

@@ -106,6 +106,9 @@ class ReplayWindow:
         old = ~new & (diff >= np.uint64(self.size))
         old |= seqs == 0
         inwin = ~new & ~old
+        out[old] = TOO_OLD
+        if not inwin.any():  # all in order or too old: nothing to look up
+            return out
         # earlier duplicate inside the batch
         order = np.argsort(seqs, kind="stable")
         s = seqs[order]
@@ -126,7 +129,6 @@ class ReplayWindow:
             seen = np.zeros(n, dtype=np.bool_)
         replay = inwin & (dup | seen)
         out[replay] = REPLAY
-        out[old] = TOO_OLD
         return out
 
     # ------------------------------------------------------------------- API
