@@ -223,8 +223,8 @@ class ForwardTopology:
 
 
 def run(ctx: BenchContext) -> BenchResult:
-    seconds = 2.0 if ctx.quick else 5.0
-    rounds = 2 if ctx.quick else 3
+    seconds = 1.5 if ctx.quick else 4.0
+    rounds = 3 if ctx.quick else 4
     nbytes = 8 << 30
     results: dict[bool, list[StreamResult]] = {True: [], False: []}
     rows: list[dict[str, Any]] = []

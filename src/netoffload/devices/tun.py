@@ -184,6 +184,15 @@ def prepare_tx(batch: Batch, rows: Mask, tasks: Task) -> Mask:
     return bad
 
 
+_CSUM_BITS = np.array([0, Task.CHECKSUM, Task.CHECKSUM, Task.CHECKSUM], dtype=np.uint16)
+_CSUM_VERDICT = np.array(
+    [CsumVerdict.UNKNOWN, CsumVerdict.PARTIAL, CsumVerdict.GOOD, CsumVerdict.GOOD], dtype=np.uint8
+)
+_GSO_BITS = np.zeros(128, dtype=np.uint16)
+_GSO_BITS[[GsoType.TCPV4, GsoType.TCPV6]] = Task.TCP_ASSEMBLE
+_GSO_BITS[[GsoType.UDP, GsoType.UDP_L4]] = Task.UDP_ASSEMBLE
+
+
 class FrameReader:
     """Batched non-blocking reads of (virtio_net_hdr + packet) frames straight into slots.
 
@@ -495,7 +504,7 @@ class TunDevice(WireDevice):
         if n == 0:
             return 0
         e = batch.ext
-        alive = e.alive()
+        alive_mask = e.alive()
         # packets that ask nothing of the kernel go with an all-zero header
         hdrs = ext_to_vnet(e, self._vlen)
         vl = self._vlen
@@ -503,16 +512,17 @@ class TunDevice(WireDevice):
         fd = self.fds[self._rr % len(self.fds)]
         self._rr += 1
         mv = memoryview(batch.buf.data)
-        starts = batch.start
-        lens = batch.length
+        starts = batch.start.tolist()
+        lens = batch.length.tolist()
+        alive: list[bool] = alive_mask.tolist()
         deadline = 0.0
         i = 0
         while i < n:
             if not alive[i]:
                 i += 1
                 continue
-            s = int(starts[i])
-            pkt = mv[s : s + int(lens[i])]
+            s = starts[i]
+            pkt = mv[s : s + lens[i]]
             try:
                 w = os.writev(fd, (hdrs[i * vl : (i + 1) * vl], pkt))
             except BlockingIOError:
@@ -521,7 +531,7 @@ class TunDevice(WireDevice):
 
                     deadline = time.monotonic() + self.io_timeout
                 if not self._wait(fd, write=True, until=deadline):
-                    self.tun.tx_dropped += int(alive[i:].sum())
+                    self.tun.tx_dropped += sum(alive[i:])
                     break
                 continue
             except InterruptedError:
@@ -536,7 +546,7 @@ class TunDevice(WireDevice):
                 e.error[i] = Reason.DEVICE_ERROR
                 i += 1
                 continue
-            if w != vl + int(lens[i]):
+            if w != vl + lens[i]:
                 self.tun.short_writes += 1
                 self.stats.errors += 1
                 e.error[i] = Reason.DEVICE_ERROR
@@ -602,25 +612,21 @@ class TunDevice(WireDevice):
             # the IP version is one vectorised read
             first = b.buf[b.start[b.length > 0]] >> 4
             e.l3_proto[b.length > 0] = np.where((first == 4) | (first == 6), first, 0)
-        csum = (e.vflags & (VnetFlag.DATA_VALID | VnetFlag.NEEDS_CSUM)) != 0
-        self.tun.csum_valid_in += int(csum.sum())
-        rx_csum_results(b, csum)
-        e.done[csum] |= np.uint16(Task.CHECKSUM)
-        e.by_device[csum] |= np.uint16(Task.CHECKSUM)
-        gso = (e.gso_type & 0x7F) != GsoType.NONE
+        # table lookups instead of masks: NEEDS_CSUM -> PARTIAL, DATA_VALID -> GOOD, both
+        # -> checksum done by the kernel; a GSO type -> TCP / UDP assembly done by the kernel
+        vi = e.vflags & 3
+        gt = e.gso_type & 0x7F
+        bits = _CSUM_BITS[vi] | _GSO_BITS[gt]
+        e.done |= bits
+        e.by_device |= bits
+        e.csum_verdict[:] = _CSUM_VERDICT[vi]
+        self.tun.csum_valid_in += int(np.count_nonzero(vi))
+        gso = gt != GsoType.NONE
         if gso.any():
-            self.tun.gso_in += int(gso.sum())
+            self.tun.gso_in += int(np.count_nonzero(gso))
             size = np.maximum(e.gso_size.astype(np.int64), 1)
             payload = np.maximum(b.length - e.hdr_len, 0)
             e.segs[gso] = np.minimum((payload[gso] + size[gso] - 1) // size[gso], 65535)
-            tcp = gso & (
-                ((e.gso_type & 0x7F) == GsoType.TCPV4) | ((e.gso_type & 0x7F) == GsoType.TCPV6)
-            )
-            udp = gso & ~tcp
-            e.done[tcp] |= np.uint16(Task.TCP_ASSEMBLE)
-            e.by_device[tcp] |= np.uint16(Task.TCP_ASSEMBLE)
-            e.done[udp] |= np.uint16(Task.UDP_ASSEMBLE)
-            e.by_device[udp] |= np.uint16(Task.UDP_ASSEMBLE)
         if self._filter is not None:
             # the attached program already passed these, in the kernel
             e.done |= np.uint16(Task.DOS_FILTER)
