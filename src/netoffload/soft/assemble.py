@@ -91,6 +91,10 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
 )
 _CLOSE_FLAGS = TCP_URG | TCP_PSH | TCP_RST | TCP_SYN | TCP_FIN
 _ALIGN = 64
+# flag constants as numpy scalars (enum flag arithmetic is slow in a hot path)
+_CHECKED = np.uint8(int(VnetFlag.DATA_VALID) | int(VnetFlag.NEEDS_CSUM))
+_FIXED_ID = np.uint8(int(XFlag.FIXED_ID))
+_NOT_DATA_VALID = np.uint8(0xFF ^ int(VnetFlag.DATA_VALID))
 
 
 class GroResult(enum.IntEnum):
@@ -210,10 +214,7 @@ def assemble(
         elig &= (ulen == ip_end - l4) & (ulen > 8) & (ucs != 0)
     # checksums not yet known good are checked here (GRO validates them)
     vf = e.vflags[idx]
-    trusted = (
-        ((vf & np.uint8(VnetFlag.DATA_VALID | VnetFlag.NEEDS_CSUM)) != 0)
-        | (e.csum_verdict[idx] == CsumVerdict.GOOD)
-    ) & elig
+    trusted = (((vf & _CHECKED) != 0) | (e.csum_verdict[idx] == CsumVerdict.GOOD)) & elig
     check = elig & ~trusted
     if check.any():
         d = np.flatnonzero(check)
@@ -567,8 +568,8 @@ def _finish(
     e.gso_size[hp] = spay[hfirst]
     e.hdr_len[hp] = l4o + sthl[hfirst]
     e.segs[hp] = hcount
-    e.xflags[hp] = np.where(fixed, e.xflags[hp] | np.uint8(XFlag.FIXED_ID), e.xflags[hp])
-    e.vflags[hp] &= np.uint8(~VnetFlag.DATA_VALID & 0xFF)
+    e.xflags[hp] = np.where(fixed, e.xflags[hp] | _FIXED_ID, e.xflags[hp])
+    e.vflags[hp] &= _NOT_DATA_VALID
     sel = np.zeros(len(out), dtype=np.bool_)
     sel[hp] = True
     cs.to_partial(out, sel)

@@ -73,6 +73,10 @@ MAX_IP_LEN = 65535
 UDP_MAX_SEGMENTS = 128
 TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
 _ALIGN = 64
+# flag constants as numpy scalars (enum flag arithmetic is slow in a hot path)
+_NOT_CSUM_FLAGS = np.uint8(0xFF ^ (int(VnetFlag.NEEDS_CSUM) | int(VnetFlag.DATA_VALID)))
+_FIXED_ID = np.uint8(int(XFlag.FIXED_ID))
+_PARSED = np.uint8(int(XFlag.PARSED))
 
 
 def _round_up(x: I64, a: int = _ALIGN) -> I64:
@@ -299,7 +303,7 @@ def _build(
         hbase = _m(hsum + 3 * 0xFFFF - tot0 - id0 - ck0)
         gw = gi[w]
         tot = (g_hlen[gw] - l3[gw] + spay[w]) & 0xFFFF
-        fixed = (ext.xflags[s[w]] & np.uint8(XFlag.FIXED_ID)) != 0
+        fixed = (ext.xflags[s[w]] & _FIXED_ID) != 0
         ident = np.where(fixed, id0[gw], (id0[gw] + sj[w]) & 0xFFFF)
         hck = 0xFFFF - _m(hbase[gw] + tot + ident)
         p3 = sb[w] + l3[gw]
@@ -351,13 +355,13 @@ def _build(
     # extension of the segments: a plain packet with its layout, checksums done
     ext.gso_type[s] = 0
     ext.gso_size[s] = 0
-    ext.vflags[s] &= np.uint8(~(VnetFlag.NEEDS_CSUM | VnetFlag.DATA_VALID) & 0xFF)
+    ext.vflags[s] &= _NOT_CSUM_FLAGS
     ext.csum_start[s] = 0
     ext.csum_offset[s] = 0
     ext.hdr_len[s] = o_hlen[s]
     ext.l3_off[s] = l3[gi]
     ext.l4_off[s] = l4[gi]
-    ext.xflags[s] |= np.uint8(XFlag.PARSED)
+    ext.xflags[s] |= _PARSED
     return out
 
 
