@@ -521,7 +521,7 @@ def _probe_factory() -> UdpDevice:
     tb = netns.Testbed()
     try:
         ns = tb.host("caps")
-        ns.ip("addr", "add", "198.18.0.1/24", "dev", "lo")
+        ns.add_address("lo", "198.18.0.1/24")
         dev = UdpDevice.open(ns, ("198.18.0.1", 0), owns=tb)
         dev.query()
     except BaseException:
