@@ -494,31 +494,70 @@ def _build(
     # merged packets: header of the first, then the payloads
     hp = out_pos[heads]
     out_buf[gather_index(start[hp], hdr_len)] = buf[gather_index(batch.start[heads], hdr_len)]
-    uniform = batch.stride > 0
-    if uniform:
-        mat = batch.matrix()
+    if batch.stride > 0 and _payloads_uniform(
+        batch, out, hp, heads, hfirst, hcount, hdr_len, srows, spay, s_hend
+    ):
+        return out
     for k in range(len(heads)):
         f = int(hfirst[k])
         cnt = int(hcount[k])
         d = int(start[hp[k]] + hdr_len[k])
-        mem = srows[f : f + cnt]
         src = s_hend[f : f + cnt]
         ln = spay[f : f + cnt]
-        m = int(ln[0])
-        full = cnt if int(ln[-1]) == m else cnt - 1
-        if uniform:
-            col = src[:full] - batch.slot_lo[mem[:full]]
-            c0 = int(col[0])
-            if full and bool((col == c0).all()):
-                out_buf[d : d + full * m] = mat[mem[:full], c0 : c0 + m].ravel()
-                d += full * m
-                if full < cnt:
-                    s = int(src[-1])
-                    out_buf[d : d + int(ln[-1])] = buf[s : s + int(ln[-1])]
-                continue
-        tot = int(ln.sum())
-        out_buf[d : d + tot] = buf[gather_index(src, ln)]
+        out_buf[d : d + int(ln.sum())] = buf[gather_index(src, ln)]
     return out
+
+
+def _payloads_uniform(
+    batch: Batch,
+    out: Batch,
+    hp: I64,
+    heads: I64,
+    hfirst: I64,
+    hcount: I64,
+    hdr_len: I64,
+    srows: I64,
+    spay: I64,
+    s_hend: I64,
+) -> bool:
+    """Payloads of all merged packets when the full-size segments share their place in
+    the slot and their size: one row gather for all, one slice copy per super-packet."""
+    buf, out_buf, start = batch.buf, out.buf, out.start
+    if len(heads) == 0:
+        return True
+    m = spay[hfirst]
+    if not (m == m[0]).all():
+        return False
+    m0 = int(m[0])
+    run_of = np.repeat(np.arange(len(heads)), hcount)
+    tot = int(hcount.sum())
+    rank = np.arange(tot, dtype=np.int64) - np.repeat(np.cumsum(hcount) - hcount, hcount)
+    members = np.repeat(hfirst, hcount) + rank  # sorted-order index of every member
+    lens = spay[members]
+    full = lens == m0
+    col = s_hend[members] - batch.slot_lo[srows[members]]
+    c0 = int(col[0])
+    if not (col[full] == c0).all():
+        return False
+    # a run's members are full-size but (maybe) the last
+    is_last = np.zeros(len(members), dtype=np.bool_)
+    is_last[np.cumsum(hcount) - 1] = True
+    if not (full | is_last).all():
+        return False
+    rows = srows[members[full]]
+    pay = batch.matrix()[rows, c0 : c0 + m0]  # (full members, m0), contiguous
+    nfull = np.bincount(run_of[full], minlength=len(heads))
+    offs = np.cumsum(nfull) - nfull
+    d0 = start[hp] + hdr_len
+    flat = pay.reshape(-1)
+    for d, a, nf in zip(d0.tolist(), offs.tolist(), nfull.tolist(), strict=True):
+        out_buf[d : d + nf * m0] = flat[a * m0 : (a + nf) * m0]
+    short = is_last & ~full
+    if short.any():
+        sm = members[short]
+        dst = d0[run_of[short]] + nfull[run_of[short]] * m0
+        out_buf[gather_index(dst, spay[sm])] = buf[gather_index(s_hend[sm], spay[sm])]
+    return True
 
 
 def _finish(
