@@ -155,8 +155,10 @@ class Engine:
         bit = _bit(t)
         want: Mask = (e.tasks & bit) != 0
         want &= (e.done & bit) == 0
-        want &= e.error == 0
-        want &= e.filter_verdict != _DROP
+        if np.count_nonzero(e.error):  # only dead packets need masking out
+            want &= e.error == 0
+        if np.count_nonzero(e.filter_verdict):
+            want &= e.filter_verdict != _DROP
         return want
 
     def _run(self, b: Batch, stages: Sequence[Task], views: list[DeviceView]) -> Batch:
@@ -166,7 +168,7 @@ class Engine:
             if len(rest) == 0:
                 break
             want = self._want(rest, t)
-            if not want.any():
+            if not np.count_nonzero(want):
                 continue
             if views:  # without devices every packet stays in software
                 snap = self.monitor.snapshot(self.clock())
@@ -335,9 +337,12 @@ def _reason_name(v: int) -> str:
 def _dead_reasons(b: Batch) -> dict[int, int]:
     """Histogram of the reasons of the packets that failed or were dropped."""
     e = b.ext
-    if not e.error.any() and not (e.filter_verdict == _DROP).any():
+    # count_nonzero is the cheapest test; a MARK verdict alone is not a drop
+    if not np.count_nonzero(e.error) and not np.count_nonzero(e.filter_verdict):
         return {}
     dead = ~e.alive()
+    if not np.count_nonzero(dead):
+        return {}
     reasons = np.where(e.error != 0, e.error, e.filter_reason)[dead]
     vals, counts = np.unique(reasons, return_counts=True)
     return dict(zip(vals.tolist(), counts.tolist(), strict=True))
