@@ -166,3 +166,36 @@ def test_interface_deleted_under_device(two_hosts: Hosts) -> None:
     assert not dev.load().up and dev.stats.errors >= 1
     assert not dev.query().records  # a vanished device offers nothing
     dev.close()
+
+
+def test_udp_gso_frame_written_arrives_as_datagrams(two_hosts: Hosts) -> None:
+    """USO through PACKET_VNET_HDR: b's UDP socket (which checks checksums) gets every piece."""
+    from netoffload.testing.packets import udp_packet
+
+    _tb, a, b = two_hosts
+    Ethtool(a, "veth0").set({"tx-udp-segmentation": False, "tx-checksum-ip-generic": False})
+    rx = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind((B4, 6400))
+    rx.setblocking(False)
+    tx = PacketDevice.open(a, "veth0")
+    try:
+        payload = random.Random(5).randbytes(2100)
+        eth = bytes.fromhex(b.mac("veth0").replace(":", "") + a.mac("veth0").replace(":", ""))
+        frame = eth + b"\x08\x00" + udp_packet(v=4, payload=payload, src=A4, dst=B4, dport=6400)
+        batch = Batch.from_packets([frame])
+        batch.ext.offload[:] = Task.UDP_SEGMENT | Task.CHECKSUM
+        batch.ext.gso_size[:] = 500
+        out = tx.complete(tx.submit(batch, TX_ORDER)).batch
+        assert out.ext.gso_type[0] == GsoType.UDP_L4
+        assert tx.send(out) == 1
+        got: list[bytes] = []
+        end = time.monotonic() + 2
+        while len(got) < 5 and time.monotonic() < end:
+            r, _, _ = select.select([rx], [], [], 0.05)
+            if r:
+                got.append(rx.recv(2000))
+        assert [len(x) for x in got] == [500, 500, 500, 500, 100]
+        assert b"".join(got) == payload
+    finally:
+        tx.close()
+        rx.close()
