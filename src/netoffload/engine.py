@@ -200,7 +200,7 @@ class Engine:
     def _soft(self, t: Task, b: Batch, sel: Mask) -> Batch:
         c = self.counters[t]
         nsel = int(np.count_nonzero(sel))
-        nbytes = int(b.length.sum() if nsel == len(b) else b.length[sel].sum())
+        nbytes = int(np.add.reduce(b.length if nsel == len(b) else b.length[sel]))
         before = _dead_reasons(b)
         t0 = time.perf_counter_ns()
         out = self.soft[t].process(b, sel)
