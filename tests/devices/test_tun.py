@@ -649,3 +649,37 @@ def test_fuzz_submit_and_send_never_raise(testbed: netns.Testbed) -> None:
         assert dev.load().up
     finally:
         dev.close()
+
+
+def test_uso_offload_hands_up_udp_super_packets(testbed: netns.Testbed) -> None:
+    """With USO4+USO6 set, one UDP_SEGMENT send reaches us whole, marked UDP_L4 with its size."""
+    a = testbed.host("u")
+    dev = TunDevice.open_in(a, "tun0", addrs=["198.18.1.1/24"])
+    try:
+        if not dev.probed["uso"]:
+            pytest.skip("kernel without TUN_F_USO4/6 (Linux < 6.2)")
+        dev.enable(Task.CHECKSUM, Task.UDP_ASSEMBLE)
+        assert dev.offload_bits & (kc.TUN_F_USO4 | kc.TUN_F_USO6) == kc.TUN_F_USO4 | kc.TUN_F_USO6
+        s = a.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendmsg(
+            [b"u" * 4000],
+            [(kc.SOL_UDP, kc.UDP_SEGMENT, struct.pack("H", 1000))],
+            0,
+            ("198.18.1.2", 9100),
+        )
+        s.close()
+        got = Batch.empty()
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            dev.wait_readable(0.1)
+            got = dev.recv()
+            if len(got) and any(p[9] == 17 for p in got.packets()):
+                break
+        i = next(i for i in range(len(got)) if got.packet(i)[9] == 17)
+        e = got.ext
+        assert e.gso_type[i] & 0x7F == GsoType.UDP_L4
+        assert e.gso_size[i] == 1000 and e.segs[i] == 4
+        assert got.length[i] == 20 + 8 + 4000
+        assert e.by_device[i] & Task.UDP_ASSEMBLE
+    finally:
+        dev.close()
