@@ -101,7 +101,7 @@ def test_device_down_or_full_means_software() -> None:
 
 
 def test_hill_climb_follows_throughput() -> None:
-    pol = Adaptive(step=1.25, tolerance=0.0)
+    pol = Adaptive(step=1.25, tolerance=0.0, bounds=(0.25, 4.0))
     ratios = []
     for rate in (1000.0, 2000.0, 3000.0, 1500.0, 1400.0, 1600.0):
         pol._climb(rate)

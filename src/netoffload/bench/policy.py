@@ -38,7 +38,7 @@ import numpy as np
 
 from netoffload.batch import Batch
 from netoffload.bench import Bench, BenchContext, BenchResult, register
-from netoffload.devices.emulated_nic import PROFILES, EmulatedNIC
+from netoffload.devices.emulated_nic import PROFILES, EmulatedNIC, main_hidden
 from netoffload.engine import Engine
 from netoffload.policy import Adaptive, Always, LoadMonitor, Never, Policy, PsutilSampler, Threshold
 from netoffload.soft import SoftLibrary
@@ -53,6 +53,7 @@ SIZE = 1400
 MAX_BACKLOG = 4  # batches waiting; later arrivals are dropped
 POLICIES = ("never", "always", "threshold", "adaptive")
 ROUNDS = 3  # slices per policy and step
+NICE = -10  # host, NIC and hog alike (the hog competes on equal terms)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class Hog:
         ctx = multiprocessing.get_context("spawn")
         self.proc = ctx.Process(target=hog_main, args=(core,), name="netoffload-hog")
         self.proc.daemon = True
-        self.proc.start()
+        with main_hidden():
+            self.proc.start()
         self.running = True
         self.pause()
 
@@ -150,6 +152,23 @@ class Hog:
         with contextlib.suppress(Exception):
             self.proc.join(2.0)
             self.proc.close()
+
+
+@contextlib.contextmanager
+def priority(nice: int) -> Iterator[None]:
+    """Run (and start child processes) at ``nice`` when allowed (root), so that other
+    load on the machine disturbs the side-by-side comparison less; restored after."""
+    try:
+        old = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except (OSError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, old)
 
 
 @contextlib.contextmanager
@@ -277,12 +296,14 @@ def run(ctx: BenchContext) -> BenchResult:
     profile = replace(PROFILES["full"], tasks=TASKS)
     nic: EmulatedNIC | None = None
     hog: Hog | None = None
+    stack = contextlib.ExitStack()
     rows: list[dict[str, Any]] = []
     res: dict[tuple[str, str], StepResult] = {}
     notes: list[str] = []
     try:
         ctx.progress("starting the emulated NIC and the CPU hog")
-        nic = EmulatedNIC(profile, options=opts, core=nic_core, spin_s=0.05)
+        stack.enter_context(priority(NICE))
+        nic = EmulatedNIC(profile, options=opts, core=nic_core)
         hog = Hog(host_core)
         with pinned(host_core):
             cap = software_capacity(lib, proto, 0.3 if ctx.quick else 1.0)
@@ -327,6 +348,7 @@ def run(ctx: BenchContext) -> BenchResult:
             hog.stop()
         if nic is not None:
             nic.close()
+        stack.close()
     for step in STEPS:
         offered = step.load * cap
         for name in POLICIES:

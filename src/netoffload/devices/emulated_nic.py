@@ -306,7 +306,7 @@ class EmulatedNIC(Device):
         )
         proc.daemon = True
         try:
-            with _main_hidden():
+            with main_hidden():
                 proc.start()
         except BaseException:
             rings.close()
@@ -413,6 +413,12 @@ class EmulatedNIC(Device):
             if not self._handle.proc.is_alive():
                 got = self._reap_now()  # what it posted before dying is valid
                 return got + self._go_down("NIC process died")
+            # drain stale rings of the doorbell, look again, then sleep until rung
+            while self._cq_bell.acquire(False):
+                pass
+            got = self._reap_now()
+            if got:
+                return got
             self._cq_bell.acquire(timeout=0.02)
 
     def _reap_now(self) -> list[Completion]:
@@ -528,7 +534,7 @@ class EmulatedNIC(Device):
 
 
 @contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
+def main_hidden() -> Iterator[None]:
     """Start a spawned child without re-running the parent's ``__main__``.
 
     The NIC process needs nothing from the parent's main script (its target and
@@ -629,10 +635,15 @@ def nic_main(cfg: _WorkerConfig, sq_bell: Semaphore, cq_bell: Semaphore) -> None
             if sub is None:
                 if time.perf_counter_ns() - idle_since < spin_ns:
                     continue
-                sq_bell.acquire(timeout=0.05)
+                # drain stale rings of the doorbell, look again, then sleep until rung
+                while sq_bell.acquire(False):
+                    pass
+                if rings.sq_pending():
+                    continue
+                if sq_bell.acquire(timeout=0.05):
+                    idle_since = time.perf_counter_ns()  # rung: poll for a while again
                 if os.getppid() != cfg.parent_pid:
                     break
-                idle_since = time.perf_counter_ns()
                 continue
             taken += 1
             if cfg.die_at and taken == cfg.die_at:

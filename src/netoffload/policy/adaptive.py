@@ -51,7 +51,7 @@ class Adaptive(Policy):
         self,
         period: float = 0.3,
         step: float = 1.15,
-        bounds: tuple[float, float] = (0.25, 4.0),
+        bounds: tuple[float, float] = (0.5, 2.0),
         tolerance: float = 0.02,
         probe_share: float = 0.1,
         probe_every: float = 0.5,

@@ -56,7 +56,7 @@ class LoadSnapshot:
     service: Mapping[tuple[Task, int], CostEstimate] = field(default_factory=dict)
     #: host cost of crossing to a device (copy in and out), per device
     crossing: Mapping[int, CostEstimate] = field(default_factory=dict)
-    #: time a batch waits in a device's queue before the device takes it (EWMA)
+    #: time a batch waits in a device's queue before the device takes it (recent median)
     queue_wait_s: Mapping[int, float] = field(default_factory=dict)
 
     def estimate(self, task: Task, path: int) -> CostEstimate:
@@ -145,6 +145,7 @@ class LoadMonitor:
         self._service = _CostFit(alpha)
         self._cross = _CostFit(alpha)
         self._qwait: dict[int, float] = {}
+        self._qwait_window: dict[int, deque[float]] = {}
         self._lat_window: dict[int, deque[float]] = {}
         self._lat_len = latency_window
         self._pp: dict[tuple[Task, int], float] = {}
@@ -212,10 +213,14 @@ class LoadMonitor:
         self._cross.record(path, packets, nbytes, seconds)
 
     def record_queue_wait(self, path: int, seconds: float) -> None:
-        old = self._qwait.get(path)
-        self._qwait[path] = (
-            seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
-        )
+        """Time a batch waited before device ``path`` took it. The snapshot gives the
+        median of the last 16 (a wake-up delayed by a busy core is an outlier)."""
+        w = self._qwait_window.get(path)
+        if w is None:
+            w = self._qwait_window[path] = deque(maxlen=16)
+        w.append(seconds)
+        xs = sorted(w)
+        self._qwait[path] = xs[len(xs) // 2]
 
     def set_host(self, host_cpu: float, process_cpu: float) -> None:
         self.host_cpu = host_cpu
