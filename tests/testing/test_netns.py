@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from netoffload.errors import ConfigError
 from netoffload.testing import netns
@@ -144,3 +146,22 @@ def test_cleanup_stale_removes_namespaces_of_dead_processes(netns_ok: None) -> N
     # (another test process starting up may sweep it first: the outcome is the same)
     netns.cleanup_stale()
     assert name not in _ns_names()
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.ip_addresses().map(str),
+        st.tuples(st.ip_addresses(), st.integers(0, 128)).map(lambda t: f"{t[0]}/{t[1]}"),
+    )
+)
+def test_check_address_never_lets_other_ranges_through(text: str) -> None:
+    import ipaddress
+
+    try:
+        iface = netns.check_address(text)
+    except ConfigError:
+        return
+    assert iface.network.subnet_of(ipaddress.ip_network("198.18.0.0/15")) or (  # type: ignore[arg-type]
+        iface.network.subnet_of(ipaddress.ip_network("fd00::/8"))  # type: ignore[arg-type]
+    )
