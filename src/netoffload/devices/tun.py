@@ -107,8 +107,8 @@ def probe_fd(fd: int) -> dict[str, bool]:
     return caps
 
 
-def records_from_probe(caps: dict[str, bool], tap: bool = False) -> dict[Task, CapRecord]:
-    """The task offload buffer records a probed TUN gives."""
+def records_from_probe(caps: dict[str, bool]) -> dict[Task, CapRecord]:
+    """The task offload buffer records a probed TUN/TAP gives (``filter``: TAP only)."""
     recs: dict[Task, CapRecord] = {}
     if caps.get("csum"):
         # fill: NEEDS_CSUM on write; verify: DATA_VALID / NEEDS_CSUM on read
@@ -287,7 +287,6 @@ class TunDevice(WireDevice):
         direction: Direction = Direction.TX,
         io_timeout: float = 0.5,
         owns: object | None = None,
-        soft: object | None = None,
     ) -> None:
         super().__init__()
         if not fds:
@@ -300,7 +299,6 @@ class TunDevice(WireDevice):
         self.direction = direction
         self.io_timeout = io_timeout
         self._owns = owns  # a Testbed to close with the device (throwaway probes)
-        self.soft = soft
         self.tun = TunCounters()
         self._offload_bits = 0
         self._probe: dict[str, bool] | None = None
@@ -355,7 +353,7 @@ class TunDevice(WireDevice):
             self._probe = probe_fd(self.fds[0])
         except OSError as e:
             raise self._fail(e) from None
-        return TaskOffloadBuffer(self.name, records_from_probe(self._probe, self.tap), {})
+        return TaskOffloadBuffer(self.name, records_from_probe(self._probe), {})
 
     @property
     def probed(self) -> dict[str, bool]:
