@@ -99,3 +99,37 @@ def test_table_per_sa(pairs: list[tuple[int, int]]) -> None:
     got = t.check_and_update(sas, seqs)
     want = [refs[sa].step(s) for sa, s in pairs]
     assert got.tolist() == want
+
+
+@given(seq_batches(), st.data())
+def test_table_matches_reference_many_sas(
+    case: tuple[int, list[list[int]]], data: st.DataObject
+) -> None:
+    size, batches = case
+    nsa = data.draw(st.sampled_from([1, 3, 50]))
+    cap = data.draw(st.sampled_from([1000, 2]))
+    t = ReplayTable(size, max_sas=cap)
+    refs: dict[int, RefWindow] = {}
+    for batch in batches:
+        sas = [data.draw(st.integers(0, nsa - 1)) * 7919 - 5 for _ in batch]
+        got = t.check_and_update(np.array(sas, dtype=np.int64), np.array(batch, dtype=np.uint64))
+        if cap < nsa:  # forgetting SAs: only the shape and value range are defined
+            assert len(got) == len(batch) and set(got.tolist()) <= {OK, REPLAY, TOO_OLD}
+            continue
+        want = [
+            refs.setdefault(a, RefWindow(size)).step(s) for a, s in zip(sas, batch, strict=True)
+        ]
+        assert got.tolist() == want
+        for sa, r in refs.items():
+            assert t.top(sa) == r.top
+
+
+def test_table_huge_jumps_take_the_per_sa_path() -> None:
+    t = ReplayTable(64)
+    ref = {1: RefWindow(64), 2: RefWindow(64)}
+    pairs = [(1, 5), (2, 9), (1, 2**63 + 5), (1, 2**63 + 4), (2, 8), (1, 5), (2, 2**50)]
+    got = t.check_and_update([p[0] for p in pairs], np.array([p[1] for p in pairs], np.uint64))
+    assert got.tolist() == [ref[a].step(s) for a, s in pairs]
+    pairs = [(1, 2**63 + 4), (1, 2**63 + 100), (2, 2**50 - 1)]
+    got = t.check_and_update([p[0] for p in pairs], np.array([p[1] for p in pairs], np.uint64))
+    assert got.tolist() == [ref[a].step(s) for a, s in pairs]

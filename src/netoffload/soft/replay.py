@@ -169,17 +169,58 @@ class ReplayWindow:
 
 
 class ReplayTable:
-    """Anti-replay windows of many security associations, created on first use."""
+    """Anti-replay windows of many security associations, vectorised across them.
 
-    def __init__(self, size: int = 1024) -> None:
+    SAs are created on first use (up to ``max_sas``; beyond that the SAs seen
+    least recently are forgotten and start afresh). State lives in arrays: one
+    ``top`` per SA and a ``(SAs, blocks)`` bitmap, so a batch mixing thousands of
+    SAs costs a few sorts, not a loop per SA. Verdicts are those of one
+    ``ReplayWindow`` per SA fed each SA's packets in batch order.
+    """
+
+    def __init__(self, size: int = 1024, max_sas: int = 1 << 20) -> None:
         self.size = _check_size(size)
-        self.windows: dict[int, ReplayWindow] = {}
+        self.nblocks = (self.size + 63) // 64 + 1
+        self.max_sas = max_sas
+        self.ids = np.zeros(0, dtype=np.int64)  # sorted SA ids
+        self.tops = np.zeros(0, dtype=np.uint64)
+        self.bits = np.zeros((0, self.nblocks), dtype=np.uint64)
+        self.used = np.zeros(0, dtype=np.int64)  # last batch number that touched the SA
+        self._batch = 0
 
-    def window(self, sa: int) -> ReplayWindow:
-        w = self.windows.get(sa)
-        if w is None:
-            w = self.windows[sa] = ReplayWindow(self.size)
-        return w
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def top(self, sa: int) -> int:
+        """Highest accepted sequence number of ``sa`` (0: none, or unknown SA)."""
+        i = int(np.searchsorted(self.ids, sa))
+        return int(self.tops[i]) if i < len(self.ids) and self.ids[i] == sa else 0
+
+    def _slots(self, uniq: NDArray[np.int64]) -> NDArray[np.int64]:
+        pos = np.searchsorted(self.ids, uniq)
+        cl = np.minimum(pos, max(len(self.ids) - 1, 0))
+        found = (
+            (pos < len(self.ids)) & (self.ids[cl] == uniq)
+            if len(self.ids)
+            else (np.zeros(len(uniq), dtype=np.bool_))
+        )
+        if not found.all():
+            new = uniq[~found]
+            self.used[pos[found]] = self._batch  # SAs of this batch are never forgotten
+            drop = len(self.ids) + len(new) - self.max_sas
+            if drop > 0:  # forget the SAs used least recently
+                old = np.flatnonzero(self.used < self._batch)
+                gone = old[np.argsort(self.used[old], kind="stable")[:drop]]
+                keep = np.setdiff1d(np.arange(len(self.ids)), gone)
+                self.ids, self.tops = self.ids[keep], self.tops[keep]
+                self.bits, self.used = self.bits[keep], self.used[keep]
+            at = np.searchsorted(self.ids, new)
+            self.ids = np.insert(self.ids, at, new)
+            self.tops = np.insert(self.tops, at, np.zeros(len(new), dtype=np.uint64))
+            self.bits = np.insert(self.bits, at, np.zeros(self.nblocks, dtype=np.uint64), axis=0)
+            self.used = np.insert(self.used, at, np.zeros(len(new), dtype=np.int64))
+            pos = np.searchsorted(self.ids, uniq)
+        return np.asarray(pos, dtype=np.int64)
 
     def check_and_update(self, sas: NDArray[np.integer] | Iterable[int], seqs: U64) -> U8:
         """Per-packet verdicts for (sa, seq) pairs, each SA's packets in batch order."""
@@ -187,18 +228,97 @@ class ReplayTable:
         q = np.asarray(seqs, dtype=np.uint64).reshape(-1)
         if len(sa) != len(q):
             raise ValueError("sas and seqs differ in length")
-        out = np.zeros(len(q), dtype=np.uint8)
-        if len(q) == 0:
+        n = len(q)
+        out = np.zeros(n, dtype=np.uint8)
+        if n == 0:
             return out
-        uniq = np.unique(sa)
-        if len(uniq) == 1:
-            return self.window(int(uniq[0])).check_and_update(q)
-        order = np.argsort(sa, kind="stable")
-        ss = sa[order]
-        bounds = np.flatnonzero(np.diff(ss)) + 1
-        starts = np.concatenate(([0], bounds))
-        ends = np.concatenate((bounds, [len(ss)]))
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            rows = order[a:b]
-            out[rows] = self.window(int(ss[a])).check_and_update(q[rows])
+        self._batch += 1
+        uniq, inv = np.unique(sa, return_inverse=True)
+        slot_of = self._slots(uniq)
+        slot = slot_of[inv.reshape(-1)]
+        self.used[slot_of] = self._batch
+        order = np.argsort(slot, kind="stable")
+        ss = slot[order]
+        sq = q[order]
+        first = np.empty(n, dtype=np.bool_)
+        first[0] = True
+        np.not_equal(ss[1:], ss[:-1], out=first[1:])
+        gid = np.cumsum(first) - 1
+        top0 = self.tops[ss]
+        # exclusive running maximum per SA, through one key: (group, seq - group base)
+        starts = np.flatnonzero(first)
+        base = np.minimum(np.minimum.reduceat(sq, starts), self.tops[ss[starts]])
+        rel = sq - base[gid]
+        rel_top0 = top0 - base[gid]
+        span = int(max(rel.max(), rel_top0.max()))
+        if span >= 1 << 40 or len(starts) >= 1 << 23:
+            # enormous jumps inside one batch: one SA at a time
+            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), n], strict=True):
+                rows = order[a:b]
+                out[rows] = self._one(int(ss[a]), q[rows])
+            return out
+        key = (gid.astype(np.uint64) << np.uint64(40)) | rel
+        acc = np.maximum.accumulate(key)
+        prev_key = np.empty(n, dtype=np.uint64)
+        prev_key[1:] = acc[:-1]
+        g40 = gid.astype(np.uint64) << np.uint64(40)
+        prev_key = np.where(first, g40 | rel_top0, np.maximum(prev_key, g40 | rel_top0))
+        prev = (prev_key & np.uint64((1 << 40) - 1)) + base[gid]
+        new = sq > prev
+        old = ~new & ((prev - np.where(new, prev, sq)) >= np.uint64(self.size))
+        old |= sq == 0
+        inwin = ~new & ~old
+        v = np.zeros(n, dtype=np.uint8)
+        v[old] = TOO_OLD
+        if inwin.any():
+            o2 = np.argsort(key, kind="stable")
+            k2 = key[o2]
+            d2 = np.zeros(n, dtype=np.bool_)
+            d2[1:] = k2[1:] == k2[:-1]
+            dup = np.empty(n, dtype=np.bool_)
+            dup[o2] = d2
+            known = inwin & (sq <= top0)
+            seen = np.zeros(n, dtype=np.bool_)
+            if known.any():
+                kq = sq[known]
+                blk = ((kq >> _SIX) % np.uint64(self.nblocks)).astype(np.int64)
+                word = self.bits[ss[known], blk]
+                seen[known] = ((word >> (kq & _M63)) & _ONE) != 0
+            v[inwin & (dup | seen)] = REPLAY
+        out[order] = v
+        self._update(ss[v == OK], sq[v == OK])
         return out
+
+    def _one(self, slot: int, q: U64) -> U8:
+        w = ReplayWindow(self.size)
+        w.top = int(self.tops[slot])
+        w.blocks = self.bits[slot].copy()
+        v = w.check_and_update(q)
+        self.tops[slot] = np.uint64(w.top)
+        self.bits[slot] = w.blocks
+        return v
+
+    def _update(self, slots: NDArray[np.int64], q: U64) -> None:
+        if len(q) == 0:
+            return
+        uslot = np.unique(slots)
+        old = self.tops[uslot].copy()
+        np.maximum.at(self.tops, slots, q)
+        new = self.tops[uslot]
+        moved = new > old
+        if moved.any():
+            us, ob, nb = uslot[moved], old[moved] >> _SIX, new[moved] >> _SIX
+            steps = (nb - ob).astype(np.float64)  # may exceed int64 for huge jumps
+            nbk = self.nblocks
+            jj = np.arange(nbk, dtype=np.int64)
+            first_cleared = ((ob + _ONE) % np.uint64(nbk)).astype(np.int64)
+            relj = (jj[None, :] - first_cleared[:, None]) % nbk  # non-negative
+            clear = relj.astype(np.float64) < steps[:, None]
+            rows = self.bits[us]
+            rows[clear] = 0
+            self.bits[us] = rows
+        keep = (self.tops[slots] - q) < np.uint64(self.size)
+        s2, q2 = slots[keep], q[keep]
+        if len(q2):
+            blk = ((q2 >> _SIX) % np.uint64(self.nblocks)).astype(np.int64)
+            np.bitwise_or.at(self.bits, (s2, blk), _ONE << (q2 & _M63))
