@@ -302,3 +302,22 @@ def test_push_down_of_compiled_dos_rules(
         assert not bad.attached and bad.reason
     finally:
         rx.close()
+
+
+def test_eagain_forever_gives_up_after_io_timeout(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tb, a, _b = two_hosts
+    dev = UdpDevice.open(a, (A4, 0), (B4, 6020), io_timeout=0.2)
+
+    def full(payload: memoryview, to: tuple[object, ...] | None) -> None:
+        raise BlockingIOError(errno.EAGAIN, "socket buffer full")
+
+    monkeypatch.setattr(dev, "_sendto", full)
+    try:
+        t0 = time.monotonic()
+        assert dev.send(Batch.from_packets([b"a", b"b", b"c"])) == 0
+        assert time.monotonic() - t0 < 5  # nothing hangs
+        assert dev.udp.tx_dropped == 3
+    finally:
+        dev.close()
