@@ -9,6 +9,7 @@ payload, so the neighbour discovery and other traffic of the link is ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import select
 import socket
 import struct
@@ -23,8 +24,9 @@ from netoffload.bpf import BASE_NET, attach_socket, compile_filter, sock_fprog
 from netoffload.bpf.compiler import SO_ATTACH_FILTER
 from netoffload.soft.classify import make_classify
 from netoffload.soft.dos import make_dos
-from netoffload.soft.rules import ClassifyConfig, parse_dos
+from netoffload.soft.rules import ClassifyConfig, Rule, parse_dos
 from netoffload.testing import netns
+from netoffload.testing.packets import udp_packet
 from netoffload.wire.ethernet import ETH_P_IP, ETH_P_IPV6, Ethernet
 from soft.classify_ref import Pkt, configs, packets
 
@@ -129,3 +131,64 @@ def test_kernel_drop_list_and_sizes(
     assert keep == {0, 2, 4}
     got = _through_kernel(two_hosts, compile_filter(cfg, base=BASE_NET), raw, use_helper=True)
     assert got == keep
+
+
+def test_udp_socket_filter_sees_the_network_header(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    """On a UDP socket the kernel runs the filter at the UDP header; BASE_NET still works."""
+    _tb, a, b = two_hosts
+    cfg = ClassifyConfig(
+        rules=(
+            Rule(name="bulk", sport=(2000, 2999), action=1),
+            Rule(name="voice", dscp=(46, 46), action=1),
+            Rule(name="other-src", src=ipaddress.ip_network("198.18.0.0/31"), action=0),
+            Rule(name="rest", proto=(17, 17), action=1),
+        )
+    )
+    cases = [(1000, 0), (2000, 0), (2999, 0), (3000, 0), (1001, 46), (1002, 10)]
+    raw = [
+        udp_packet(
+            v=4,
+            src="198.18.0.1",
+            dst="198.18.0.2",
+            sport=sp,
+            dport=9999,
+            tos=d << 2,
+            payload=MAGIC + struct.pack("!I", i),
+        )
+        for i, (sp, d) in enumerate(cases)
+    ]
+    bt = Batch.from_packets(raw)
+    make_classify(cfg).process(bt, np.ones(len(raw), bool))
+    keep = set(np.flatnonzero(bt.ext.filter_verdict != FilterVerdict.DROP).tolist())
+    assert keep == {0, 3, 5}
+    rx = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    senders: list[socket.socket] = []
+    try:
+        rx.bind(("198.18.0.2", 9999))
+        attach_socket(rx, compile_filter(cfg, base=BASE_NET))
+        for i, (sp, d) in enumerate(cases):
+            s = a.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            senders.append(s)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, d << 2)
+            s.bind(("198.18.0.1", sp))
+            s.sendto(MAGIC + struct.pack("!I", i), ("198.18.0.2", 9999))
+        # a last datagram the filter keeps marks the end (sockets deliver in order)
+        end = a.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        senders.append(end)
+        end.bind(("198.18.0.1", 3001))
+        end.sendto(MAGIC + struct.pack("!I", 999), ("198.18.0.2", 9999))
+        got: set[int] = set()
+        rx.settimeout(5.0)
+        while True:
+            data = rx.recv(100)
+            idx = struct.unpack("!I", data[-4:])[0]
+            if idx == 999:
+                break
+            got.add(idx)
+        assert got == keep
+    finally:
+        rx.close()
+        for s in senders:
+            s.close()
