@@ -201,3 +201,179 @@ def test_kernel_segments_like_us(topo, v: int, proto: int, size: int, mss: int) 
     assert len(got) == len(expected), f"kernel emitted {len(got)} packets, we {len(expected)}"
     assert sorted(got) == sorted(expected)
     assert got == expected  # and in the same order
+
+
+# --------------------------------------------------------------------------- GRO
+# Namespace g: segments written into tun0 (IFF_NAPI: they go through the kernel's
+# GRO, held across writes by gro_flush_timeout) are forwarded to tun1, whose
+# reader accepts GSO packets (TUNSETOFFLOAD): what tun1 gives us is the kernel's
+# assembly, with its virtio_net_hdr. TTL 65 in, 64 out: our assembly runs on the
+# same segments at TTL 64.
+
+GSRC4, GDST4 = "198.18.4.2", "198.18.5.2"
+GSRC6, GDST6 = "fd00:4::2", "fd00:5::2"
+
+
+@pytest.fixture
+def gro_topo(testbed: netns.Testbed, tun_ok: None):  # type: ignore[no-untyped-def]
+    import fcntl
+    import struct
+
+    from netoffload.devices.ethtool import Ethtool
+
+    g = testbed.host("gro")
+    g.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    g.exec(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+    with g.entered():
+        fd0 = os.open(kc.TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        flags = kc.IFF_TUN | kc.IFF_NO_PI | kc.IFF_VNET_HDR | kc.IFF_NAPI
+        with g.entered():
+            fcntl.ioctl(fd0, kc.TUNSETIFF, kc.ifreq("tun0", flags))
+        fcntl.ioctl(fd0, kc.TUNSETVNETHDRSZ, struct.pack("i", 10))
+        for addr in ("198.18.4.1/24", "fd00:4::1/64"):
+            g.add_address("tun0", addr)
+        g.ip("link", "set", "tun0", "mtu", "9000", "up")
+        fd1, _ = g.open_tun("tun1", addrs=["198.18.5.1/24", "fd00:5::1/64"], mtu=9000)
+        kc.ioctl_int(
+            fd1,
+            kc.TUNSETOFFLOAD,
+            kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6 | kc.TUN_F_USO4 | kc.TUN_F_USO6,
+        )
+        e0 = Ethtool(g, "tun0")
+        if "rx-udp-gro-forwarding" in e0.names():
+            e0.set({"rx-udp-gro-forwarding": True})
+        # hold GRO packets across the writes (flushed by age, a jiffy, or the timer)
+        g.exec(["sh", "-c", "echo 50000000 > /sys/class/net/tun0/gro_flush_timeout"])
+        yield fd0, fd1
+    finally:
+        os.close(fd0)
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.close(fd1)
+
+
+def _read_all(fd: int, v: int, timeout: float = 0.3) -> list[tuple[bytes, dict[str, int]]]:
+    from netoffload.batch import vnet_to_ext
+
+    out: list[tuple[bytes, dict[str, int]]] = []
+    while True:
+        r, _, _ = select.select([fd], [], [], timeout)
+        if not r:
+            return out
+        d = os.read(fd, 70000)
+        pkt = d[10:]
+        if (
+            pkt
+            and pkt[0] >> 4 == v
+            and (pkt[12:16] if v == 4 else pkt[8:24])
+            == socket.inet_pton(
+                socket.AF_INET if v == 4 else socket.AF_INET6, GSRC4 if v == 4 else GSRC6
+            )
+        ):
+            out.append((pkt, vnet_to_ext(d[:10]).row(0)))
+
+
+def _flow(v: int, proto: int, pattern: str, ttl: int) -> list[bytes]:
+    src, dst = (GSRC4, GDST4) if v == 4 else (GSRC6, GDST6)
+    sizes = {
+        "plain": [1000] * 12,
+        "short-last": [1448] * 8 + [300],
+        "64k": [1448] * 50,
+        "short-mid": [1000] * 5 + [500] + [1000] * 5,
+        "psh-mid": [1200] * 10,
+        "gap": [1000] * 10,
+        "cwr": [800] * 6,
+    }[pattern]
+    out, seq = [], 5000
+    for i, n in enumerate(sizes):
+        pay = bytes((i * 3 + k) & 0xFF for k in range(n))
+        flags = 0x10
+        if pattern == "psh-mid" and i == 4:
+            flags |= 0x08
+        if pattern == "cwr" and i == 0:
+            flags |= 0x80
+        if proto == 6:
+            s = seq + (1000 if pattern == "gap" and i >= 6 else 0)
+            out.append(
+                tcp_packet(
+                    v,
+                    pay,
+                    src=src,
+                    dst=dst,
+                    sport=7000,
+                    dport=9,
+                    seq=s,
+                    ack=99,
+                    flags=flags,
+                    ident=100 + i,
+                    ttl=ttl,
+                    options=TS_OPTS,
+                )
+            )
+        else:
+            out.append(
+                udp_packet(v, pay, src=src, dst=dst, sport=7000, dport=9, ident=100 + i, ttl=ttl)
+            )
+        seq += n
+    return out
+
+
+GRO_CASES = [
+    (4, 6, "plain"),
+    (6, 6, "plain"),
+    (4, 6, "short-last"),
+    (6, 6, "64k"),
+    (4, 6, "64k"),
+    (4, 6, "short-mid"),
+    (6, 6, "psh-mid"),
+    (4, 6, "gap"),
+    (4, 6, "cwr"),
+    (4, 17, "plain"),
+    (6, 17, "short-mid"),
+    (4, 17, "64k"),
+]
+
+
+@pytest.mark.parametrize(("v", "proto", "pattern"), GRO_CASES)
+def test_kernel_assembles_like_us(gro_topo, v: int, proto: int, pattern: str) -> None:  # type: ignore[no-untyped-def]
+    from netoffload.soft.assemble import assemble
+
+    fd0, fd1 = gro_topo
+    ours_in = _flow(v, proto, pattern, 64)
+    b = Batch.from_packets(ours_in)
+    ours, oc = assemble(b, np.ones(len(b), dtype=np.bool_), proto)
+    want = [(bytes(ours.packet(i)), ours.ext.row(i)) for i in range(len(ours))]
+    groups = np.bincount(oc.out_index, minlength=len(ours)).tolist()  # segments per output
+    hdr = (20 if v == 4 else 40) + (32 if proto == 6 else 8)
+    for _attempt in range(4):
+        for p in _flow(v, proto, pattern, 65):
+            os.write(fd0, bytes(10) + p)
+        got = _read_all(fd1, v)
+        # the kernel's packets, as groups of consecutive input segments
+        kgroups, k = [], 0
+        for pkt, _ in got:
+            pay, c = len(pkt) - hdr, 0
+            while pay > 0 and k < len(ours_in):
+                pay -= len(ours_in[k]) - hdr
+                k, c = k + 1, c + 1
+            assert pay == 0, "kernel output does not line up with the segments"
+            kgroups.append(c)
+        assert k == len(ours_in)
+        # every kernel packet is our assembly of exactly its segments ...
+        k = 0
+        for (pkt, ext), c in zip(got, kgroups, strict=True):
+            sub = Batch.from_packets(ours_in[k : k + c])
+            mine, _ = assemble(sub, np.ones(c, dtype=np.bool_), proto)
+            assert len(mine) == 1 and bytes(mine.packet(0)) == pkt
+            if c >= 2:
+                e = mine.ext.row(0)
+                for f in ("gso_type", "gso_size", "vflags", "csum_start", "csum_offset"):
+                    assert e[f] == ext[f], f
+            k += c
+        # ... and it split them where we do (a jiffy tick between writes may add a
+        # timing flush: then try again)
+        if kgroups == groups:
+            assert [p for p, _ in got] == [p for p, _ in want]
+            return
+        assert all(x in np.cumsum(kgroups) for x in np.cumsum(groups)), (kgroups, groups)
+    pytest.fail(f"kernel runs {kgroups} never matched ours {groups} (timing flushes only)")

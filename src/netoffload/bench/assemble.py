@@ -29,7 +29,7 @@ from netoffload.testing.packets import tcp_packet, udp_packet
 from netoffload.wire.ipv4 import internet_checksum
 
 MAX_IP = 65535
-_CLOSE = 0x20 | 0x08 | 0x04 | 0x02 | 0x01  # URG PSH RST SYN FIN
+_CLOSE = 0x20 | 0x08 | 0x04 | 0x02 | 0x01 | 0x80  # URG PSH RST SYN FIN CWR
 
 
 @dataclass

@@ -22,7 +22,9 @@ Linux's ``dev_gro_receive`` / ``inet_gro_receive`` / ``ipv6_gro_receive`` /
   segments (UDP: 64, ``UDP_GRO_CNT_MAX``; TCP: no count limit, as Linux);
 * a shorter segment, or one with PSH/FIN/URG/RST/SYN, closes the super-packet
   (PSH and FIN are kept on it); any mismatch flushes the held one and starts
-  anew (so out-of-order and retransmitted segments pass through unmerged);
+  anew (so out-of-order and retransmitted segments pass through unmerged); a
+  segment with CWR is never merged (it goes alone: what the running kernel
+  does, checked by the kernel test);
 * flush: at batch end, or, with ``times_ns`` and ``timeout_ns`` given, a packet
   arriving more than ``timeout_ns`` after the first of the held super-packet
   starts a new one (an injected clock: nothing here reads one).
@@ -89,7 +91,9 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
     0x40,
     0x80,
 )
-_CLOSE_FLAGS = TCP_URG | TCP_PSH | TCP_RST | TCP_SYN | TCP_FIN
+#: a segment with one of these ends its super-packet (CWR: Linux 6.18 never holds one,
+#: found by tests/soft/test_gso_kernel.py; it goes alone)
+_CLOSE_FLAGS = TCP_URG | TCP_PSH | TCP_RST | TCP_SYN | TCP_FIN | TCP_CWR
 _ALIGN = 64
 # flag constants as numpy scalars (enum flag arithmetic is slow in a hot path)
 _CHECKED = np.uint8(int(VnetFlag.DATA_VALID) | int(VnetFlag.NEEDS_CSUM))
