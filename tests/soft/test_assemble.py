@@ -32,6 +32,7 @@ def flow_segments(
     ident = rnd.getrandbits(16)
     opts = rnd.choice([b"", b"\x01\x01\x08\x0a" + bytes(8)])
     src = f"198.18.0.{fid + 1}" if v == 4 else f"fd00::{fid + 1:x}"
+    v6_ext = rnd.choice([(), ((0, 0),), ((0, 1), (60, 0))]) if v == 6 else ()
     for i in range(n):
         size = mss if i < n - 1 else rnd.randint(0, mss)
         if odd and rnd.random() < 0.15:
@@ -58,11 +59,14 @@ def flow_segments(
                     flags=flags,
                     ident=ident,
                     ttl=ttl,
+                    v6_ext=v6_ext,
                 )
             )
             seq = (seq + size) & 0xFFFFFFFF
         else:
-            out.append(udp_packet(v, pay, src=src, sport=1000 + fid, ident=ident, ttl=ttl))
+            out.append(
+                udp_packet(v, pay, src=src, sport=1000 + fid, ident=ident, ttl=ttl, v6_ext=v6_ext)
+            )
         ident = (ident + 1) & 0xFFFF
     return out
 

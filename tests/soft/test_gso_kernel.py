@@ -283,7 +283,9 @@ def _flow(v: int, proto: int, pattern: str, ttl: int) -> list[bytes]:
         "psh-mid": [1200] * 10,
         "gap": [1000] * 10,
         "cwr": [800] * 6,
+        "hbh": [1000] * 8 + [10],
     }[pattern]
+    v6_ext = ((0, 0),) if pattern == "hbh" else ()
     out, seq = [], 5000
     for i, n in enumerate(sizes):
         pay = bytes((i * 3 + k) & 0xFF for k in range(n))
@@ -308,11 +310,22 @@ def _flow(v: int, proto: int, pattern: str, ttl: int) -> list[bytes]:
                     ident=100 + i,
                     ttl=ttl,
                     options=TS_OPTS,
+                    v6_ext=v6_ext,
                 )
             )
         else:
             out.append(
-                udp_packet(v, pay, src=src, dst=dst, sport=7000, dport=9, ident=100 + i, ttl=ttl)
+                udp_packet(
+                    v,
+                    pay,
+                    src=src,
+                    dst=dst,
+                    sport=7000,
+                    dport=9,
+                    ident=100 + i,
+                    ttl=ttl,
+                    v6_ext=v6_ext,
+                )
             )
         seq += n
     return out
@@ -331,6 +344,8 @@ GRO_CASES = [
     (4, 17, "plain"),
     (6, 17, "short-mid"),
     (4, 17, "64k"),
+    (6, 6, "hbh"),
+    (6, 17, "hbh"),
 ]
 
 
@@ -344,7 +359,7 @@ def test_kernel_assembles_like_us(gro_topo, v: int, proto: int, pattern: str) ->
     ours, oc = assemble(b, np.ones(len(b), dtype=np.bool_), proto)
     want = [(bytes(ours.packet(i)), ours.ext.row(i)) for i in range(len(ours))]
     groups = np.bincount(oc.out_index, minlength=len(ours)).tolist()  # segments per output
-    hdr = (20 if v == 4 else 40) + (32 if proto == 6 else 8)
+    hdr = (20 if v == 4 else 40) + (32 if proto == 6 else 8) + (8 if pattern == "hbh" else 0)
     for _attempt in range(4):
         for p in _flow(v, proto, pattern, 65):
             os.write(fd0, bytes(10) + p)

@@ -69,6 +69,14 @@ class _Out:
     or_flags: int = 0
 
 
+def _v6_l4(p: bytes) -> tuple[int, int]:
+    """Offset and protocol of what follows the IPv6 extension headers."""
+    off, nh = 40, p[6]
+    while nh in (0, 43, 60) and off + 8 <= len(p):
+        nh, off = p[off], off + (p[off + 1] + 1) * 8
+    return off, nh
+
+
 def _parse(p: bytes, proto: int) -> _Seg | None:
     """Fields GRO looks at, or None when the packet is flushed straight through."""
     if len(p) < 1:
@@ -85,12 +93,14 @@ def _parse(p: bytes, proto: int) -> _Seg | None:
         ip = (p[8], p[1], (ff >> 14) & 1, ident)
         key = (4, p[12:20])
     elif v == 6:
-        if len(p) < 40 or p[6] != proto or struct.unpack_from("!H", p, 4)[0] + 40 != len(p):
+        if len(p) < 40 or struct.unpack_from("!H", p, 4)[0] + 40 != len(p):
             return None
-        l4 = 40
+        l4, nh = _v6_l4(p)
+        if nh != proto:
+            return None
         w0 = struct.unpack_from("!I", p, 0)[0]
         ip = (p[7], (w0 >> 20) & 0xFF, 0, 0)
-        key = (6, p[8:40], w0 & 0xFFFFF)
+        key = (6, p[8:40], w0 & 0xFFFFF, p[40:l4])
     else:
         return None
     if proto == IPPROTO_TCP:
@@ -197,7 +207,7 @@ def _compatible(st: _Held, f: _Seg, proto: int, limit: int) -> bool:
 
 def _merge(first: bytes, parts: list[bytes], proto: int, or_flags: int) -> bytes:
     v = first[0] >> 4
-    l4 = 20 if v == 4 else 40
+    l4 = 20 if v == 4 else _v6_l4(first)[0]
     pkt = bytearray(first + b"".join(parts))
     total = len(pkt)
     if v == 4:

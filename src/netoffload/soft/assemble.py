@@ -4,14 +4,14 @@ In-order segments of one flow are coalesced into super-packets following
 Linux's ``dev_gro_receive`` / ``inet_gro_receive`` / ``ipv6_gro_receive`` /
 ``tcp_gro_receive`` / ``udp_gro_receive_segment`` and their ``*_gro_complete``:
 
-* a flow is: IP version, link header bytes, addresses, ports, (IPv6) flow label;
+* a flow is: IP version, link header bytes, addresses, ports, (IPv6) flow label
+  and extension headers (hop-by-hop, routing, destination options);
 * packets that GRO flushes straight through (and that do not end a held
   super-packet) pass unmerged: IPv4 with options or fragmented, a packet
   longer than its IP length (padding), a bad IPv4 header or L4 checksum
   (``ext.csum_verdict`` GOOD, ``DATA_VALID`` or ``NEEDS_CSUM`` count as checked,
-  as CHECKSUM_UNNECESSARY / PARTIAL do), IPv6 with extension headers (a
-  simplification: Linux merges those when the extension headers are equal), UDP
-  with checksum 0 or a UDP length that is not the IP payload length;
+  as CHECKSUM_UNNECESSARY / PARTIAL do), UDP with checksum 0 or a UDP length
+  that is not the IP payload length;
 * a packet continues the super-packet of its flow only if the TTL / hop limit,
   TOS / traffic class and DF are those of the first, the IPv4 ID is the first's
   plus the count (or, with DF, stays fixed: decided by the second packet, as
@@ -208,7 +208,6 @@ def assemble(
         first = buf[np.where(v4, l3, 0)]
         frag = _be(buf, np.where(v4, l3 + 6, 0), 2) & 0x3FFF
         elig &= ~v4 | ((first == 0x45) & (frag == 0))
-    elig &= ~v6 | (l4 - l3 == 40)
     elig &= ip_end == base + plen  # no padding after the IP packet
     if proto == IPPROTO_UDP:
         ulen = np.zeros(len(idx), dtype=np.int64)
@@ -258,6 +257,15 @@ def assemble(
             if k >= 8:
                 col = np.where(c4, 0, col)
             keycols.append(col)
+    # IPv6 extension headers (hop-by-hop, routing, destination options): part of
+    # the flow, as ipv6_gro_receive compares them
+    ext_len = np.where(c4, 0, cl4 - cl3 - 40)
+    if (ext_len > 0).any():
+        keycols.append(ext_len)
+        for k in range(0, int(ext_len.max()), 4):
+            inside = ext_len > k
+            col = _be(buf, np.where(inside, cl3 + 40 + k, cl3), 4)
+            keycols.append(np.where(inside, col, -1))
     if (l3off > 0).any():
         mac_start = base[c]
         for k in range(0, int(l3off.max()), 4):
