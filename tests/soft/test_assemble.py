@@ -68,6 +68,8 @@ def flow_segments(
                 udp_packet(v, pay, src=src, sport=1000 + fid, ident=ident, ttl=ttl, v6_ext=v6_ext)
             )
         ident = (ident + 1) & 0xFFFF
+    if odd:  # link padding after a few of them
+        out = [p + bytes(rnd.randint(1, 6)) if rnd.random() < 0.05 else p for p in out]
     return out
 
 

@@ -42,6 +42,7 @@ class _Seg:
     hdr: int
     pay: int
     flags: int = 0
+    pad: bool = False  # longer than its IP length: not merged, ends the held TCP run
     seq: int = 0
     ack: int = 0
     w3: int = 0
@@ -87,14 +88,23 @@ def _parse(p: bytes, proto: int) -> _Seg | None:
         if p[0] != 0x45 or len(p) < 20:
             return None
         tot, ident, ff = struct.unpack_from("!HHH", p, 2)
-        if tot != len(p) or ff & 0x3FFF or p[9] != proto:
+        if tot > len(p) or ff & 0x3FFF or p[9] != proto:
             return None
+        if tot < len(p) and (proto != IPPROTO_TCP or internet_checksum(p[:20])):
+            return None
+        pad = tot < len(p)
+        p = p[:tot]
         l4 = 20
         ip = (p[8], p[1], (ff >> 14) & 1, ident)
         key = (4, p[12:20])
     elif v == 6:
-        if len(p) < 40 or struct.unpack_from("!H", p, 4)[0] + 40 != len(p):
+        if len(p) < 40:
             return None
+        plen = struct.unpack_from("!H", p, 4)[0] + 40
+        if plen > len(p) or (plen < len(p) and proto != IPPROTO_TCP):
+            return None
+        pad = plen < len(p)
+        p = p[:plen]
         l4, nh = _v6_l4(p)
         if nh != proto:
             return None
@@ -117,6 +127,7 @@ def _parse(p: bytes, proto: int) -> _Seg | None:
             l4 + thl,
             len(p) - l4 - thl,
             (w3 >> 16) & 0xFF,
+            pad,
             seq,
             ack,
             w3,
@@ -147,6 +158,11 @@ def gro_pure_python(
             out.append(_Out(p))
             continue
         st = held.get(f.key)
+        if f.pad:  # passes as it is, after flushing the flow's held packet
+            if st is not None:
+                st.closed = True
+            out.append(_Out(p))
+            continue
         if st is not None and not st.closed and _compatible(st, f, proto, limit):
             o = out[st.slot]
             o.parts.append(p[f.hdr :])

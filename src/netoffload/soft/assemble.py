@@ -208,7 +208,15 @@ def assemble(
         first = buf[np.where(v4, l3, 0)]
         frag = _be(buf, np.where(v4, l3 + 6, 0), 2) & 0x3FFF
         elig &= ~v4 | ((first == 0x45) & (frag == 0))
-    elig &= ip_end == base + plen  # no padding after the IP packet
+    # a packet longer than its IP length (padding) is not merged; a TCP one still
+    # ends the held super-packet of its flow (tcp_gro_receive finds it, the merge
+    # fails): a "breaker"
+    padded = elig & (ip_end != base + plen)
+    elig &= ~padded
+    breaker = padded if proto == IPPROTO_TCP else np.zeros(len(idx), dtype=np.bool_)
+    if (breaker & v4).any():
+        bd = np.flatnonzero(breaker & v4)
+        breaker[bd[cs.range_sums(buf, l3[bd], l3[bd] + 20) != 0]] = False
     if proto == IPPROTO_UDP:
         ulen = np.zeros(len(idx), dtype=np.int64)
         ulen[mine] = _be(buf, l4[mine] + 4, 2)
@@ -234,7 +242,7 @@ def assemble(
     result[idx[bad]] = GroResult.ERROR
     result[idx[mine & ~elig]] = GroResult.FLUSHED
     result[idx[elig]] = GroResult.ALONE
-    c = np.flatnonzero(elig)
+    c = np.flatnonzero(elig | breaker)
     if len(c) < 2:
         return batch, Outcome(result, ident, np.ones(n, dtype=np.int64))
 
@@ -295,6 +303,8 @@ def assemble(
     srows, sl3, sl4, sthl, spay, s4 = rows[o], cl3[o], cl4[o], cthl[o], cpay[o], c4[o]
     prev_pay = _shift(spay, -1)
     raw = same.copy()
+    sbrk = breaker[c][o]
+    raw &= ~sbrk & ~_shift(sbrk)
     raw &= (spay >= 1) & (prev_pay >= 1) & (spay <= prev_pay)
     # IP level: TTL / hop limit, TOS / traffic class, DF
     w2 = _be(buf, np.where(s4, sl3 + 8, sl3 + 4), 4) if s4.any() else _be(buf, sl3 + 4, 4)
