@@ -140,8 +140,9 @@ def test_matches_reference_coalescer(
         for f in range(nflows)
     ]
     pkts = perturb(rnd, interleave(rnd, flows), reorder, loss, dup)
-    out, oc = vec(pkts, proto)
-    ref = gro_pure_python(pkts, proto)
+    limit = rnd.choice([None, None, 3])
+    out, oc = vec(pkts, proto, max_segs=limit)
+    ref = gro_pure_python(pkts, proto, max_segs=limit)
     assert full(out) == [r[0] for r in ref]
     assert list(out.ext.segs.clip(1)) == [r[2] for r in ref]
     merged = out.ext.segs >= 2
@@ -348,3 +349,29 @@ def test_registered() -> None:
     out = t.process(b, np.ones(20, dtype=np.bool_))
     assert list(out.ext.segs) == [8, 8, 4]
     assert UDP in IPv6(out.packets()[0])
+
+
+def test_engine_rx_checksum_then_assembly() -> None:
+    from netoffload.engine import Engine
+    from netoffload.policy.base import Never
+    from netoffload.soft import SoftLibrary
+    from netoffload.tasks import Direction
+
+    tasks = Task.CHECKSUM | Task.TCP_ASSEMBLE | Task.UDP_ASSEMBLE
+    lib = SoftLibrary(
+        {
+            Task.CHECKSUM: make_task(Task.CHECKSUM, mode="verify"),
+            Task.TCP_ASSEMBLE: make_task(Task.TCP_ASSEMBLE),
+            Task.UDP_ASSEMBLE: make_task(Task.UDP_ASSEMBLE),
+        }
+    )
+    eng = Engine(Direction.RX, tasks, lib, Never())
+    tcp = [tcp_packet(4, b"t" * 500, seq=500 * i, ident=i, flags=ACK) for i in range(5)]
+    udp = [udp_packet(6, b"u" * 300, ident=i) for i in range(4)]
+    bad = bytearray(tcp_packet(4, b"b" * 100, seq=7, flags=ACK))
+    bad[-1] ^= 1
+    b = Batch.from_packets([tcp[0], udp[0], tcp[1], bytes(bad), *udp[1:], *tcp[2:]])
+    b.ext.tasks[:] = tasks
+    out = eng.process(b).batch
+    assert list(out.ext.segs.clip(1)) == [5, 4, 1]
+    assert out.ext.error[2] != 0  # the bad checksum: the checksum stage's verdict
