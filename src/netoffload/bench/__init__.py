@@ -9,13 +9,13 @@ The runner prints the table, writes ``{"bench": NAME, "metrics": {...}}`` with
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from netoffload.errors import ConfigError
+from netoffload.plugins import ModuleSet
 
 
 @dataclass
@@ -67,7 +67,7 @@ _MODULES = (
     "netoffload.bench.udp_gso",
     "netoffload.bench.policy",
 )
-_loaded = False
+_PLUGINS = ModuleSet(_MODULES)
 
 
 def register(b: Bench) -> None:
@@ -75,16 +75,7 @@ def register(b: Bench) -> None:
 
 
 def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for m in _MODULES:
-        try:
-            importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m:
-                raise
+    _PLUGINS.load()
 
 
 def benches() -> dict[str, Bench]:

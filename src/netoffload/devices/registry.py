@@ -7,12 +7,12 @@ prints instead of the table.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from netoffload.devices.base import Device
 from netoffload.errors import ConfigError
+from netoffload.plugins import ModuleSet
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ _MODULES = (
     "netoffload.devices.packet",
     "netoffload.devices.emulated_nic",
 )
-_loaded = False
+_PLUGINS = ModuleSet(_MODULES)
 
 
 def register_device(name: str, factory: Callable[[], Device], summary: str) -> None:
@@ -38,16 +38,7 @@ def register_device(name: str, factory: Callable[[], Device], summary: str) -> N
 
 
 def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for m in _MODULES:
-        try:
-            importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m:
-                raise
+    _PLUGINS.load()
 
 
 def devices() -> dict[str, DeviceEntry]:

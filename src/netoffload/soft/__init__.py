@@ -14,12 +14,12 @@ from options (keys, rule tables, ...) given as keyword arguments.
 from __future__ import annotations
 
 import abc
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from netoffload.batch import Batch, Mask
 from netoffload.errors import ConfigError
+from netoffload.plugins import ModuleSet
 from netoffload.tasks import Task
 
 
@@ -49,7 +49,7 @@ _MODULES = (
     "netoffload.soft.classify",
     "netoffload.soft.dos",
 )
-_loaded = False
+_PLUGINS = ModuleSet(_MODULES)
 
 
 def register(task: Task, factory: Factory) -> None:
@@ -57,16 +57,7 @@ def register(task: Task, factory: Factory) -> None:
 
 
 def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for m in _MODULES:
-        try:
-            importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m:
-                raise
+    _PLUGINS.load()
 
 
 def available() -> Task:
