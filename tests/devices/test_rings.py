@@ -174,3 +174,26 @@ def test_concurrent_producer_consumer(sizes: list[int], slots: int) -> None:
         t.join(5)
         peer.close()
         r.close()
+
+
+@given(
+    st.lists(st.integers(0, 300), min_size=1, max_size=30),
+    st.integers(0, 2**31),
+    st.booleans(),
+    st.data(),
+)
+def test_batch_take_matches_a_per_packet_copy(
+    sizes: list[int], seed: int, uniform: bool, data: st.DataObject
+) -> None:
+    """Batch.take (its uniform-stride fast path the rings rely on, and the general
+    path) against copying packet by packet with their room."""
+    b = make_batch(sizes, seed, uniform)
+    idx = np.array(data.draw(st.lists(st.integers(0, len(b) - 1), max_size=40)), dtype=np.int64)
+    out = b.take(idx)
+    assert len(out) == len(idx)
+    for j, i in enumerate(idx.tolist()):
+        assert bytes(out.packet(j)) == bytes(b.packet(i))
+        assert out.headroom[j] == b.headroom[i] and out.tailroom[j] == b.tailroom[i]
+        lo, hi = int(b.slot_lo[i]), int(b.slot_hi[i])
+        assert bytes(out.buf[out.slot_lo[j] : out.slot_hi[j]]) == bytes(b.buf[lo:hi])
+        assert out.ext.row(j) == b.ext.row(i)

@@ -38,6 +38,19 @@ def test_queue_wait_shifts_to_software() -> None:
     assert ndev(pol.split(C, batch(100), want(100), [view()], s)) == 25
 
 
+def test_fixed_costs_per_run() -> None:
+    from netoffload.policy.load import CostEstimate, LoadSnapshot
+
+    pol = Adaptive()
+    s = LoadSnapshot(
+        cost={(C, SOFTWARE): CostEstimate(10e-6, 0.0, 5, per_call_s=200e-6)},
+        service={(C, 0): CostEstimate(10e-6, 0.0, 5, per_call_s=0.0)},
+        device_occupancy=(0.0,),
+    )
+    # (200 + 10*100 - 0) / (10 + 10) = 60 packets to the device
+    assert ndev(pol.split(C, batch(100), want(100), [view()], s)) == 60
+
+
 def test_crossing_dearer_than_software_keeps_all_home_then_probes() -> None:
     pol = Adaptive(probe_every=1.0, probe_share=0.1)
     got = []

@@ -3,6 +3,7 @@ read on the time passed in, latency quantiles."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,16 +33,31 @@ def test_service_fit_recovers_known_costs(
     pp: float, pb: float, runs: list[tuple[int, int]]
 ) -> None:
     m = LoadMonitor(alpha=0.5)
-    sizes = {s for _, s in runs}
     for n, s in runs:
         m.record_service(C, 0, n, n * s, pp * n + pb * n * s)
     est = m.snapshot(0.0).service[(C, 0)]
     # the prediction is right for every run seen, whatever the split between the terms
     for n, s in runs:
         assert est.predict(n, n * s) == pytest.approx(pp * n + pb * n * s, rel=1e-3)
-    if len(sizes) > 1:
+    design = np.array([[1.0, n, n * s] for n, s in runs])
+    if np.linalg.matrix_rank(design / design.max(axis=0), tol=1e-6) == 3:
+        assert est.per_call_s == pytest.approx(0.0, abs=1e-3 * pp)
         assert est.per_packet_s == pytest.approx(pp, rel=1e-3, abs=1e-12)
         assert est.per_byte_s == pytest.approx(pb, rel=1e-3, abs=1e-12)
+
+
+@given(st.floats(1e-6, 1e-3), st.floats(1e-8, 1e-5), st.lists(st.integers(1, 512), min_size=3))
+def test_per_call_cost_is_told_apart(call: float, pp: float, counts: list[int]) -> None:
+    """Same packet size, varying counts: a fixed cost per run is not smeared over packets."""
+    m = LoadMonitor(alpha=0.3)
+    for n in counts:
+        m.record(C, SOFTWARE, n, n * 1400, call + pp * n)
+    est = m.snapshot(0.0).cost[(C, SOFTWARE)]
+    for n in counts:
+        assert est.predict(n, n * 1400) == pytest.approx(call + pp * n, rel=1e-3)
+    if len(set(counts)) > 1:
+        assert est.per_call_s == pytest.approx(call, rel=1e-3)
+        assert est.per_packet_s == pytest.approx(pp, rel=1e-3)
 
 
 def test_device_cost_prefers_the_devices_own_report() -> None:

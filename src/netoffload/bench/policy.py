@@ -54,6 +54,7 @@ MAX_BACKLOG = 4  # batches waiting; later arrivals are dropped
 POLICIES = ("never", "always", "threshold", "adaptive")
 ROUNDS = 3  # slices per policy and step
 NICE = -10  # host, NIC and hog alike (the hog competes on equal terms)
+NIC_POLL_S = 0.3  # the NIC polls its ring this long after work (poll mode, its own core)
 
 
 @dataclass(frozen=True)
@@ -303,14 +304,14 @@ def run(ctx: BenchContext) -> BenchResult:
     try:
         ctx.progress("starting the emulated NIC and the CPU hog")
         stack.enter_context(priority(NICE))
-        nic = EmulatedNIC(profile, options=opts, core=nic_core)
+        nic = EmulatedNIC(profile, options=opts, core=nic_core, spin_s=NIC_POLL_S)
         hog = Hog(host_core)
         with pinned(host_core):
             cap = software_capacity(lib, proto, 0.3 if ctx.quick else 1.0)
             ctx.progress(f"software capacity {cap:,.0f} packets/s")
             engines: dict[str, Engine] = {}
             for name in POLICIES:
-                mon = LoadMonitor(sampler=PsutilSampler(), sample_every=0.05)
+                mon = LoadMonitor(alpha=0.05, sampler=PsutilSampler(), sample_every=0.05)
                 engines[name] = Engine(Direction.TX, TASKS, lib, make_policy(name), [nic], mon)
             # warm up every engine (learn costs) at a moderate load
             for eng in engines.values():

@@ -274,6 +274,7 @@ class Rings:
         spec = RingSpec(shm.name, slots, region_bytes)
         r = cls(spec, shm, owner=True)
         r.ctrl[:] = 0
+        r.regions[:] = 0  # fault every page in now, not on the first batches
         return r
 
     @classmethod

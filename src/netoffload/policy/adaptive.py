@@ -3,15 +3,15 @@
 For the packets of a batch that want a task and that a device can take, the
 policy predicts each path's completion time from the load snapshot:
 
-* software: ``c_sw * k_sw`` where ``c_sw`` is the measured software cost per
-  packet of every task still ahead of the packet that the device could also do
-  (the *chain*: one trip carries them all, so the split is made once, at the
-  first such task);
-* device: ``wait + c_dev * k_dev``, with the device's own service cost per
-  packet for the chain (``LoadSnapshot.device_cost``) and the time batches
-  recently waited in its queue.
+* software: ``f_sw + c_sw * k_sw`` where ``c_sw`` is the measured software cost
+  per packet (and ``f_sw`` per run) of every task still ahead of the packet that
+  the device could also do (the *chain*: one trip carries them all, so the split
+  is made once, at the first such task);
+* device: ``wait + f_dev + c_dev * k_dev``, with the device's own service cost
+  for the chain (``LoadSnapshot.device_cost``) and the time batches recently
+  waited in its queue.
 
-Both finish together when ``k_dev = (c_sw * n - wait) / (c_sw + c_dev)``; no
+Both finish together when ``k_dev = (f_sw + c_sw * n - wait - f_dev) / (c_sw + c_dev)``; no
 packet is offloaded when the host's cost of crossing to the device is at least
 the cost of doing the chain in software. The model's ``k_dev`` is scaled by a
 ratio ``m`` that a hill-climb adjusts every ``period`` seconds (time from the
@@ -86,20 +86,22 @@ class Adaptive(Policy):
     ) -> int | None:
         """Packets of ``n`` the model sends to ``device`` (before the ratio), or
         None when a path has not been measured yet."""
-        c_sw = c_dev = 0.0
+        c_sw = c_dev = f_sw = f_dev = 0.0
         for t in chain.members():
             sw = load.estimate(t, SOFTWARE)
             dv = load.device_cost(t, device)
             if not sw.samples or not dv.samples:
                 return None
-            c_sw += sw.predict(1, int(avg_bytes))
-            c_dev += dv.predict(1, int(avg_bytes))
+            c_sw += sw.marginal(avg_bytes)
+            c_dev += dv.marginal(avg_bytes)
+            f_sw += sw.per_call_s
+            f_dev += dv.per_call_s
         cross = load.crossing.get(device)
-        x = cross.predict(1, int(avg_bytes)) if cross is not None and cross.samples else 0.0
+        x = cross.marginal(avg_bytes) if cross is not None and cross.samples else 0.0
         if x >= c_sw or c_sw + c_dev <= 0:
             return 0
         wait = load.queue_wait_s.get(device, 0.0)
-        k = (c_sw * n - wait) / (c_sw + c_dev)
+        k = (f_sw + c_sw * n - wait - f_dev) / (c_sw + c_dev)
         return round(min(max(k, 0.0), float(n)))
 
     # ------------------------------------------------------------ split

@@ -31,14 +31,22 @@ SOFTWARE = -1  # path id of the software fallback; devices are 0, 1, ...
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """Predicted cost of one path for one task: time = per_packet*n + per_byte*bytes."""
+    """Predicted cost of one path for one task:
+    time = per_call + per_packet*n + per_byte*bytes (per_call only when n > 0)."""
 
     per_packet_s: float = 0.0
     per_byte_s: float = 0.0
     samples: int = 0
+    per_call_s: float = 0.0
 
     def predict(self, packets: int, nbytes: int) -> float:
-        return self.per_packet_s * packets + self.per_byte_s * nbytes
+        if packets <= 0:
+            return 0.0
+        return self.per_call_s + self.per_packet_s * packets + self.per_byte_s * nbytes
+
+    def marginal(self, nbytes: float) -> float:
+        """Cost of one more packet of ``nbytes`` bytes."""
+        return self.per_packet_s + self.per_byte_s * nbytes
 
 
 @dataclass(frozen=True)
@@ -148,10 +156,7 @@ class LoadMonitor:
         self._qwait_window: dict[int, deque[float]] = {}
         self._lat_window: dict[int, deque[float]] = {}
         self._lat_len = latency_window
-        self._pp: dict[tuple[Task, int], float] = {}
-        self._pb: dict[tuple[Task, int], float] = {}
-        self._n: dict[tuple[Task, int], int] = {}
-        self._stats: dict[tuple[Task, int], list[float]] = {}
+        self._fit = _CostFit(alpha)
         self._lat: dict[int, float] = {}
         self.host_cpu = 0.0
         self.process_cpu = 0.0
@@ -161,30 +166,13 @@ class LoadMonitor:
     def record(self, task: Task, path: int, packets: int, nbytes: int, seconds: float) -> None:
         """One measured run of ``task`` on ``path``.
 
-        Fits ``seconds = per_packet*packets + per_byte*nbytes`` by least squares
-        over exponentially weighted sufficient statistics, so old runs fade.
-        While the runs do not tell the two apart (all the same packet size), the
-        whole cost is put on the per-packet term at the mean size.
+        Fits ``seconds = per_call + per_packet*packets + per_byte*nbytes`` by least
+        squares over exponentially weighted sufficient statistics, so old runs fade.
+        Terms the runs cannot tell apart are dropped (all the same packet size: no
+        per-byte term; all the same count: no per-call term), and so is a fit with
+        a negative term; at worst the whole cost is put on the per-packet term.
         """
-        if packets <= 0 or seconds < 0:
-            return
-        key = (task, path)
-        st = self._stats.setdefault(key, [0.0] * 5)
-        a = self.alpha if key in self._n else 1.0
-        n, b, t = float(packets), float(nbytes), float(seconds)
-        for i, v in enumerate((n * n, n * b, b * b, n * t, b * t)):
-            st[i] = (1 - a) * st[i] + a * v
-        snn, snb, sbb, snt, sbt = st
-        det = snn * sbb - snb * snb
-        pp = pb = -1.0
-        if det > 1e-9 * snn * sbb:
-            pp = (snt * sbb - sbt * snb) / det
-            pb = (sbt * snn - snt * snb) / det
-        if pp < 0 or pb < 0:  # singular or not physical: one-term fit
-            pp, pb = (snt / snn if snn else 0.0), 0.0
-        self._pp[key] = pp
-        self._pb[key] = pb
-        self._n[key] = self._n.get(key, 0) + 1
+        self._fit.record((task, path), packets, nbytes, seconds)
 
     def record_latency(self, path: int, seconds: float) -> None:
         old = self._lat.get(path)
@@ -252,7 +240,7 @@ class LoadMonitor:
             process_cpu=self.process_cpu,
             device_occupancy=self.device_occupancy,
             device_up=self.device_up,
-            cost={k: CostEstimate(self._pp[k], self._pb[k], self._n[k]) for k in self._n},
+            cost=self._fit.estimates(),
             latency_s=dict(self._lat),
             service=self._service.estimates(),
             crossing={k: v for (k, v) in self._cross.estimates().items()},
@@ -261,37 +249,75 @@ class LoadMonitor:
 
 
 class _CostFit:
-    """Per key: least-squares fit of seconds = per_packet*packets + per_byte*bytes
-    over exponentially weighted sufficient statistics (as ``LoadMonitor.record``)."""
+    """Per key: least-squares fit of seconds = per_call + per_packet*packets +
+    per_byte*bytes over exponentially weighted sufficient statistics."""
 
+    # moments kept: 1, n, b, nn, nb, bb, t, nt, bt
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
         self._st: dict[Any, list[float]] = {}
-        self._fit: dict[Any, tuple[float, float, int]] = {}
+        self._fit: dict[Any, CostEstimate] = {}
 
     def record(self, key: Any, packets: int, nbytes: int, seconds: float) -> None:
         if packets <= 0 or seconds < 0:
             return
-        st = self._st.setdefault(key, [0.0] * 5)
-        a = self.alpha if key in self._fit else 1.0
-        n, b, t = float(packets), float(nbytes), float(seconds)
-        for i, v in enumerate((n * n, n * b, b * b, n * t, b * t)):
-            st[i] = (1 - a) * st[i] + a * v
-        pp, pb = _solve(st)
+        st = self._st.setdefault(key, [0.0] * 9)
         old = self._fit.get(key)
-        self._fit[key] = (pp, pb, (old[2] if old else 0) + 1)
+        a = self.alpha if old is not None else 1.0
+        n, b, t = float(packets), float(nbytes), float(seconds)
+        for i, v in enumerate((1.0, n, b, n * n, n * b, b * b, t, n * t, b * t)):
+            st[i] = (1 - a) * st[i] + a * v
+        c, pp, pb = _solve(st)
+        self._fit[key] = CostEstimate(pp, pb, (old.samples if old else 0) + 1, c)
 
     def estimates(self) -> dict[Any, CostEstimate]:
-        return {k: CostEstimate(pp, pb, n) for k, (pp, pb, n) in self._fit.items()}
+        return dict(self._fit)
 
 
-def _solve(st: list[float]) -> tuple[float, float]:
-    snn, snb, sbb, snt, sbt = st
-    det = snn * sbb - snb * snb
-    pp = pb = -1.0
-    if det > 1e-9 * snn * sbb:
-        pp = (snt * sbb - sbt * snb) / det
-        pb = (sbt * snn - snt * snb) / det
-    if pp < 0 or pb < 0:  # singular or not physical: one-term fit
-        pp, pb = (snt / snn if snn else 0.0), 0.0
-    return pp, pb
+def _solve(st: list[float]) -> tuple[float, float, float]:
+    """(per_call, per_packet, per_byte) from the moments; see ``_CostFit``."""
+    s1, sn, sb, snn, snb, sbb, _st, snt, sbt = st
+    # the full fit, then the two-term ones, by Cramer's rule on the normal equations
+    # a term may come out a rounding error below zero: tolerate, then clamp
+    tc = 1e-6 * _st / s1 if s1 else 0.0
+    tp = 1e-6 * _st / sn if sn else 0.0
+    tb = 1e-6 * _st / sb if sb else 0.0
+    m3 = ((s1, sn, sb), (sn, snn, snb), (sb, snb, sbb))
+    d3 = _det3(m3)
+    if d3 > 1e-9 * s1 * snn * sbb:
+        r = (_st, snt, sbt)
+        c, pp, pb = (_det3(_col(m3, j, r)) / d3 for j in range(3))
+        if c >= -tc and pp >= -tp and pb >= -tb:
+            return max(c, 0.0), max(pp, 0.0), max(pb, 0.0)
+    d = s1 * snn - sn * sn  # per_call + per_packet
+    if d > 1e-9 * s1 * snn:
+        c = (_st * snn - snt * sn) / d
+        pp = (snt * s1 - _st * sn) / d
+        if c >= -tc and pp >= -tp:
+            return max(c, 0.0), max(pp, 0.0), 0.0
+    d = snn * sbb - snb * snb  # per_packet + per_byte
+    if d > 1e-9 * snn * sbb:
+        pp = (snt * sbb - sbt * snb) / d
+        pb = (sbt * snn - snt * snb) / d
+        if pp >= -tp and pb >= -tb:
+            return 0.0, max(pp, 0.0), max(pb, 0.0)
+    return 0.0, (snt / snn if snn else 0.0), 0.0
+
+
+def _det3(m: tuple[tuple[float, float, float], ...]) -> float:
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    )
+
+
+def _col(
+    m: tuple[tuple[float, float, float], ...], j: int, r: tuple[float, float, float]
+) -> tuple[tuple[float, float, float], ...]:
+    rows = []
+    for i in range(3):
+        row = list(m[i])
+        row[j] = r[i]
+        rows.append((row[0], row[1], row[2]))
+    return tuple(rows)
