@@ -40,10 +40,10 @@ def test_service_fit_recovers_known_costs(
     for n, s in runs:
         assert est.predict(n, n * s) == pytest.approx(pp * n + pb * n * s, rel=1e-3)
     design = np.array([[1.0, n, n * s] for n, s in runs])
-    if np.linalg.matrix_rank(design / design.max(axis=0), tol=1e-6) == 3:
-        assert est.per_call_s == pytest.approx(0.0, abs=1e-3 * pp)
-        assert est.per_packet_s == pytest.approx(pp, rel=1e-3, abs=1e-12)
-        assert est.per_byte_s == pytest.approx(pb, rel=1e-3, abs=1e-12)
+    if np.linalg.cond(design / design.max(axis=0)) < 100:  # the three terms are told apart
+        assert est.per_call_s == pytest.approx(0.0, abs=1e-2 * pp)
+        assert est.per_packet_s == pytest.approx(pp, rel=1e-2, abs=1e-12)
+        assert est.per_byte_s == pytest.approx(pb, rel=1e-2, abs=1e-12)
 
 
 @given(st.floats(1e-6, 1e-3), st.floats(1e-8, 1e-5), st.lists(st.integers(1, 512), min_size=3))
