@@ -270,14 +270,16 @@ def test_virtio_form_of_a_merged_packet() -> None:
     assert full(out)[0] == bytes(IP(bytes(ref)))
 
 
-def test_fixed_ids_with_df() -> None:
-    segs = [tcp_packet(4, b"x" * 100, seq=100 * i, ident=9, flags=ACK) for i in range(4)]
-    out, _ = vec(segs, 6)
-    assert len(out) == 1 and out.ext.xflags[0] & XFlag.FIXED_ID
-    # without DF a fixed ID does not merge
-    segs = [
-        tcp_packet(4, b"x" * 100, seq=100 * i, ident=9, flags_frag=0, flags=ACK) for i in range(4)
-    ]
+def test_fixed_ids() -> None:
+    for ff in (0x4000, 0):  # Linux 6.18 merges fixed IDs with or without DF
+        segs = [
+            tcp_packet(4, b"x" * 100, seq=100 * i, ident=9, flags=ACK, flags_frag=ff)
+            for i in range(4)
+        ]
+        out, _ = vec(segs, 6)
+        assert len(out) == 1 and out.ext.xflags[0] & XFlag.FIXED_ID
+    # neither incrementing nor fixed: no merge
+    segs = [tcp_packet(4, b"x" * 100, seq=100 * i, ident=9 + 2 * i, flags=ACK) for i in range(4)]
     out, _ = vec(segs, 6)
     assert len(out) == 4
 

@@ -204,7 +204,7 @@ def _compatible(st: _Held, f: _Seg, proto: int, limit: int) -> bool:
     if f.v == 4:
         off = (ident - ident0) & 0xFFFF
         if st.cnt == 1:
-            fixed = bool(df and off == 0)
+            fixed = off == 0  # Linux 6.18: fixed IDs with or without DF
         if off != (0 if fixed else st.cnt & 0xFFFF):
             return False
     if not 1 <= f.pay <= st.mss:

@@ -14,9 +14,9 @@ Linux's ``dev_gro_receive`` / ``inet_gro_receive`` / ``ipv6_gro_receive`` /
   that is not the IP payload length;
 * a packet continues the super-packet of its flow only if the TTL / hop limit,
   TOS / traffic class and DF are those of the first, the IPv4 ID is the first's
-  plus the count (or, with DF, stays fixed: decided by the second packet, as
-  ``inet_gro_flush``), and for TCP: same ACK, same data offset/flags/window word
-  apart from CWR, FIN and PSH, identical options, no CWR, the next sequence
+  plus the count (or stays fixed: decided by the second packet, as
+  ``inet_gro_flush`` of Linux 6.18, which no longer asks for DF there), and
+  for TCP: same ACK, same data offset/flags/window word apart from CWR, FIN and PSH, identical options, no CWR, the next sequence
   number, a payload of at most the first's; for UDP: a length of at most the
   first's; the merged IP packet stays within 65535 bytes and ``max_segs``
   segments (UDP: 64, ``UDP_GRO_CNT_MAX``; TCP: no count limit, as Linux);
@@ -315,7 +315,7 @@ def assemble(
     df = (w1 >> 14) & 1
     raw &= (ttl == _shift(ttl)) & (tos == _shift(tos)) & (df == _shift(df))
     delta = np.where(s4, (ipid - _shift(ipid)) & 0xFFFF, 0)
-    raw &= ~s4 | (delta == 1) | ((delta == 0) & (df == 1))
+    raw &= ~s4 | (delta == 1) | (delta == 0)  # incrementing or fixed IDs (any DF)
     if proto == IPPROTO_TCP:
         w3 = _be(buf, sl4 + 12, 4)
         flags = (w3 >> 16) & 0xFF
