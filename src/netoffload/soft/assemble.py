@@ -16,8 +16,8 @@ Linux's ``dev_gro_receive`` / ``inet_gro_receive`` / ``ipv6_gro_receive`` /
   TOS / traffic class and DF are those of the first, the IPv4 ID is the first's
   plus the count (or stays fixed: decided by the second packet, as
   ``inet_gro_flush`` of Linux 6.18, which no longer asks for DF there), and
-  for TCP: same ACK, same data offset/flags/window word apart from CWR, FIN and PSH, identical options, no CWR, the next sequence
-  number, a payload of at most the first's; for UDP: a length of at most the
+  for TCP: same ACK, same data offset/flags/window word apart from CWR, FIN
+  and PSH, identical options, no CWR, the next sequence number, a payload of at most the first's; for UDP: a length of at most the
   first's; the merged IP packet stays within 65535 bytes and ``max_segs``
   segments (UDP: 64, ``UDP_GRO_CNT_MAX``; TCP: no count limit, as Linux);
 * a shorter segment, or one with PSH/FIN/URG/RST/SYN, closes the super-packet
