@@ -17,9 +17,10 @@ Linux's ``dev_gro_receive`` / ``inet_gro_receive`` / ``ipv6_gro_receive`` /
   plus the count (or stays fixed: decided by the second packet, as
   ``inet_gro_flush`` of Linux 6.18, which no longer asks for DF there), and
   for TCP: same ACK, same data offset/flags/window word apart from CWR, FIN
-  and PSH, identical options, no CWR, the next sequence number, a payload of at most the first's; for UDP: a length of at most the
-  first's; the merged IP packet stays within 65535 bytes and ``max_segs``
-  segments (UDP: 64, ``UDP_GRO_CNT_MAX``; TCP: no count limit, as Linux);
+  and PSH, identical options, no CWR, the next sequence number, a payload of
+  at most the first's; for UDP: a length of at most the first's; the merged
+  IP packet stays within 65535 bytes and ``max_segs`` segments (UDP: 64,
+  ``UDP_GRO_CNT_MAX``; TCP: no count limit, as Linux);
 * a shorter segment, or one with PSH/FIN/URG/RST/SYN, closes the super-packet
   (PSH and FIN are kept on it); any mismatch flushes the held one and starts
   anew (so out-of-order and retransmitted segments pass through unmerged); a
