@@ -73,6 +73,9 @@ def test_profiles_report_their_tasks_and_limits() -> None:
     buf = crypto.query()
     assert buf.supported & ~(Task.ENCRYPT | Task.DECRYPT | Task.DIGEST) == Task(0)
     assert Task.DIGEST in buf.supported and Task.CHECKSUM not in buf.supported
+    # offered without keys, usable (enabled when started) only with them
+    assert Task.ENCRYPT in buf.supported and Task.ENCRYPT not in crypto.usable
+    assert Task.DIGEST in crypto.usable
     assert all(
         r.max_offload_size == PROFILES["crypto"].max_offload_size for r in buf.records.values()
     )

@@ -243,7 +243,7 @@ class EmulatedNIC(Device):
         self.name = name or f"emulated-nic-{prof.name}"
         self.options = {t: dict(o) for t, o in (options or {}).items()}
         self.library = library
-        self.tasks = self._library_tasks(prof.tasks)
+        self.tasks, self.usable = self._library_tasks(prof.tasks)
         self.core = _pick_core() if core == -1 else core
         self.enable_all = enable_all
         self.fail_every = fail_every
@@ -268,17 +268,25 @@ class EmulatedNIC(Device):
             self.start()
 
     # ------------------------------------------------------------ set-up
-    def _library_tasks(self, wanted: Task) -> Task:
+    def _library_tasks(self, wanted: Task) -> tuple[Task, Task]:
+        """(tasks the NIC model offers, those of them usable with ``options``).
+
+        A task is offered when the software library implements it; it is usable
+        (built in the NIC, enabled by ``enable_all``) when it can be built with
+        the options given — a crypto card reports encryption before it has keys.
+        """
         if self.library is not None:
-            return self.library().tasks & wanted
-        out = Task(0)
-        for t in (soft.available() & wanted).members():
+            t = self.library().tasks & wanted
+            return t, t
+        offered = soft.available() & wanted
+        usable = Task(0)
+        for t in offered.members():
             try:
                 soft.make_task(t, **self.options.get(t, {}))
-            except Exception:  # a task that cannot be built with these options is not offered
+            except Exception:  # not buildable with these options (no keys, ...)
                 continue
-            out |= t
-        return out
+            usable |= t
+        return offered, usable
 
     def start(self) -> None:
         """Start the NIC process (no-op when running)."""
@@ -290,7 +298,7 @@ class EmulatedNIC(Device):
         cq_bell = ctx.Semaphore(0)
         cfg = _WorkerConfig(
             rings.spec,
-            self.tasks,
+            self.usable,
             self.options,
             self.library,
             self.profile.per_packet_s,
@@ -335,8 +343,8 @@ class EmulatedNIC(Device):
             raise
         self._up = True
         self.down_reason = ""
-        if self.enable_all:
-            self.enable(*self.query().supported.members())
+        if self.enable_all and self.usable:
+            self.enable(*self.usable.members())
 
     @property
     def pid(self) -> int | None:
@@ -627,6 +635,7 @@ def nic_main(cfg: _WorkerConfig, sq_bell: Semaphore, cq_bell: Semaphore) -> None
     rings.ctrl[READY] = 1
     cq_bell.release()
     taken = 0
+    reported = False
     spin_ns = int(cfg.spin_s * 1e9)
     idle_since = time.perf_counter_ns()
     try:
@@ -662,7 +671,9 @@ def nic_main(cfg: _WorkerConfig, sq_bell: Semaphore, cq_bell: Semaphore) -> None
                     out, task_ns = run_timed(lib, inb, sub.order, cfg.per_packet_s, cfg.per_byte_s)
                     status = STATUS_OK
                 except Exception:
-                    traceback.print_exc(file=sys.stderr)
+                    if not reported:  # once: the host sees every failure in its counters
+                        traceback.print_exc(file=sys.stderr)
+                        reported = True
                     status = STATUS_TASK_FAILED
             rings.finish(sub, out, status, wait_ns, time.perf_counter_ns() - t_take, task_ns)
             cq_bell.release()
