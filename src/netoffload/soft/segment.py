@@ -28,12 +28,17 @@ the parser cannot walk, a TSO request on a non-TCP packet (``NOT_TCP``), a USO
 request on a non-UDP one (``NOT_UDP``), ``gso_size`` 0 (``GSO_SIZE_ZERO``), a
 ``gso_type`` that contradicts the packet (``BAD_VNET_HDR``), an IP packet of
 more than 64 KiB (``SUPER_TOO_BIG``), a UDP super-packet of more than
-``UDP_MAX_SEGMENTS`` segments (``TOO_MANY_SEGMENTS``, the kernel's limit).
+``UDP_MAX_SEGMENTS`` segments (``TOO_MANY_SEGMENTS``, the kernel's limit), a
+header length past the packet end (the TCP data offset, or a virtio
+``hdr_len`` that TUN would refuse: ``BAD_HDR_LEN``). Options: ``gso_size`` for
+packets without one, ``other="pass"`` to let other protocols through (captures).
 
-How it is fast: the header work is numpy over all output segments at once; the
-payload of one super-packet is copied into its segments with a single strided
-2-D copy (a Python loop over super-packets only, not over segments or bytes),
-and the checksums of all segments are one vectorised ``checksum.fill``.
+How it is fast: the payload bytes are moved by strided block copies (one 3-D
+copy for a batch of alike super-packets, else one 2-D copy per super-packet:
+a Python loop over super-packets, never over segments or bytes); the only pass
+over the payload for checksums is one ``checksum.range_sums`` over the input;
+every header field and checksum of every segment is then numpy arithmetic on
+per-super-packet header sums (one's complement sums add and subtract).
 """
 
 from __future__ import annotations
