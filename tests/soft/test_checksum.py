@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 
 import numpy as np
@@ -101,16 +100,26 @@ def eth_of(raw: bytes) -> bool:
     return len(raw) > 0 and raw[0] >> 4 not in (4, 6)
 
 
+def l4_offset(raw: bytes) -> tuple[int, int]:
+    """(offset, protocol) of the upper layer of a raw IP packet, from the header fields.
+
+    (Not by re-serialising a scapy dissection: another test may have bound a
+    port to some layer, e.g. VXLAN after ``scapy.all``, that rebuilds differently.)
+    """
+    if raw[0] >> 4 == 4:
+        return (raw[0] & 15) * 4, raw[9]
+    off, nh = 40, raw[6]
+    while nh in (0, 43, 60):
+        nh, off = raw[off], off + (raw[off + 1] + 1) * 8
+    return off, nh
+
+
 def l4_field(raw: bytes) -> tuple[int, int]:
-    """(offset of the L4 checksum field, offset of the IPv4 header checksum or -1), via scapy."""
-    eth = eth_of(raw)
-    p = Ether(raw) if eth else IP(raw) if raw[0] >> 4 == 4 else IPv6(raw)
-    l4 = p.getlayer(TCP) or p.getlayer(UDP)
-    assert l4 is not None
-    l4_off = len(raw) - len(bytes(l4))
-    ip_off = 14 if eth else 0
+    """(offset of the L4 checksum field, offset of the IPv4 header checksum or -1)."""
+    ip_off = 14 if eth_of(raw) else 0
+    off, proto = l4_offset(raw[ip_off:])
     ip4 = ip_off + 10 if (raw[ip_off] >> 4) == 4 else -1
-    return l4_off + (16 if isinstance(l4, TCP) else 6), ip4
+    return ip_off + off + (16 if proto == 6 else 6), ip4
 
 
 def batch_of(raws: list[bytes], headroom: int = 64, uniform: bool | None = None) -> Batch:
@@ -280,25 +289,15 @@ def test_udp_zero_means_none_on_ipv4_only() -> None:
 
 # ------------------------------------------------------------------ partial (virtio) form
 def pseudo_sum(raw: bytes) -> int:
-    """Folded pseudo-header sum, computed by hand from scapy's fields."""
-    eth = eth_of(raw)
-    p = Ether(raw).payload if eth else IP(raw) if raw[0] >> 4 == 4 else IPv6(raw)
-    l4 = p.getlayer(TCP) or p.getlayer(UDP)
-    assert l4 is not None
-    n = len(bytes(l4))
-    proto = 6 if isinstance(l4, TCP) else 17
-    if isinstance(p, IP):
-        ph = (
-            ipaddress.IPv4Address(p.src).packed
-            + ipaddress.IPv4Address(p.dst).packed
-            + struct.pack("!BBH", 0, proto, n)
-        )
+    """Folded pseudo-header sum, by hand from the RFC 793 / RFC 8200 definitions."""
+    ip_off = 14 if eth_of(raw) else 0
+    ip = raw[ip_off:]
+    off, proto = l4_offset(ip)
+    n = len(ip) - off
+    if ip[0] >> 4 == 4:
+        ph = ip[12:20] + struct.pack("!BBH", 0, proto, n)
     else:
-        ph = (
-            ipaddress.IPv6Address(p.src).packed
-            + ipaddress.IPv6Address(p.dst).packed
-            + struct.pack("!IxxxB", n, proto)
-        )
+        ph = ip[8:40] + struct.pack("!IxxxB", n, proto)
     return rfc1071(ph)
 
 
