@@ -159,7 +159,8 @@ class Adaptive(Policy):
             elif k == n and n > 1 and self._probe_due(d.index, SOFTWARE, load.now):
                 k = n - probe
                 self.tally.bump(task, "probe_software")
-        out[idx[:k]] = d.index
+        if k:  # the last k: the engine's merge of [software part, trip] is then in order
+            out[idx[n - k :]] = d.index
         self._trip_device = d.index
         self.last_split[task] = (k, n)
         self.tally.count(task, out, want)
