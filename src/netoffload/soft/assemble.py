@@ -100,6 +100,7 @@ _ALIGN = 64
 _CHECKED = np.uint8(int(VnetFlag.DATA_VALID) | int(VnetFlag.NEEDS_CSUM))
 _FIXED_ID = np.uint8(int(XFlag.FIXED_ID))
 _NOT_DATA_VALID = np.uint8(0xFF ^ int(VnetFlag.DATA_VALID))
+_NEEDS_CSUM = np.uint8(int(VnetFlag.NEEDS_CSUM))
 
 
 class GroResult(enum.IntEnum):
@@ -632,9 +633,26 @@ def _finish(
     e.segs[hp] = hcount
     e.xflags[hp] = np.where(fixed, e.xflags[hp] | _FIXED_ID, e.xflags[hp])
     e.vflags[hp] &= _NOT_DATA_VALID
-    sel = np.zeros(len(out), dtype=np.bool_)
-    sel[hp] = True
-    cs.to_partial(out, sel)
+    # the partial form (virtio NEEDS_CSUM): IPv4 header checksum complete, the L4
+    # checksum field holding the folded pseudo-header sum (as tcp4_gro_complete)
+    l3 = st + l3o
+    if v4.any():
+        h4 = l3[v4]
+        _put16(b, h4 + 10, np.zeros(len(h4), dtype=np.int64))
+        hs = cs.range_sums(b, h4, h4 + 20).astype(np.int64)
+        _put16(b, h4 + 10, (0xFFFF - hs) % 0xFFFF)
+    asum = np.zeros(len(hp), dtype=np.int64)
+    if v4.any():
+        asum[v4] = cs.range_sums(b, l3[v4] + 12, l3[v4] + 20).astype(np.int64)
+    if (~v4).any():
+        asum[~v4] = cs.range_sums(b, l3[~v4] + 8, l3[~v4] + 40).astype(np.int64)
+    l4len = ln - l4o
+    ps = (asum + proto + (l4len & 0xFFFF) + (l4len >> 16)) % 0xFFFF
+    field = 16 if proto == IPPROTO_TCP else 6
+    _put16(b, p4 + field, np.where(ps == 0, 0xFFFF, ps))
+    e.csum_start[hp] = l4o
+    e.csum_offset[hp] = field
+    e.vflags[hp] |= _NEEDS_CSUM
 
 
 class AssembleTask(SoftTask):
