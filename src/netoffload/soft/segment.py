@@ -97,6 +97,10 @@ def _u16(buf: NDArray[np.uint8], pos: I64) -> I64:
 
 
 def _put16(buf: NDArray[np.uint8], pos: I64, v: I64) -> None:
+    """Big-endian 16-bit values at byte positions (one 16-bit store when all are even)."""
+    if len(pos) and len(buf) % 2 == 0 and not (pos & 1).any():
+        buf.view(">u2")[pos >> 1] = v
+        return
     buf[pos] = (v >> 8) & 0xFF
     buf[pos + 1] = v & 0xFF
 
