@@ -452,18 +452,24 @@ class EmulatedNIC(Device):
             self.nic.crossing_ns += int(cross * 1e9)
             if desc.status == STATUS_OK and batch is not None:
                 out.append(Completion(desc.ticket, batch, True, "", desc.service_ns))
-                self._report(fl, desc.task_ns, desc.wait_ns, cross)
+                self._report(fl, desc.task_ns, desc.service_ns, desc.wait_ns, cross)
             else:
                 self.nic.failed += 1
                 self.stats.errors += 1
                 why = STATUS_TEXT.get(desc.status, f"status {desc.status}")
                 out.append(Completion(desc.ticket, fl.batch, False, f"{self.name}: {why}"))
 
-    def _report(self, fl: _Flight, task_ns: Sequence[int], wait_ns: int, cross_s: float) -> None:
+    def _report(
+        self, fl: _Flight, task_ns: Sequence[int], service_ns: int, wait_ns: int, cross_s: float
+    ) -> None:
+        """Tell the monitor; the NIC's own copies in and out of the ring (service
+        time outside the tasks) are shared among the tasks in proportion."""
         m = self._monitor
         if m is None:
             return
         k = self._index
+        inside = sum(task_ns[t.index] for t in fl.tasks.members())
+        scale = service_ns / inside if inside > 0 and service_ns > inside else 1.0
         m.record_queue_wait(k, wait_ns / 1e9)
         m.record_crossing(k, fl.packets, fl.nbytes, cross_s)
         off = fl.batch.ext.offload
@@ -471,7 +477,8 @@ class EmulatedNIC(Device):
             sel = (off & t) != 0
             n = int(sel.sum())
             if n:
-                m.record_service(t, k, n, int(fl.batch.length[sel].sum()), task_ns[t.index] / 1e9)
+                nb = int(fl.batch.length[sel].sum())
+                m.record_service(t, k, n, nb, task_ns[t.index] * scale / 1e9)
 
     def _go_down(self, why: str) -> list[Completion]:
         """Mark the device down; every in-flight batch fails back to the host as submitted."""
