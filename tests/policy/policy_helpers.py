@@ -29,6 +29,7 @@ def batch(n: int, size: int = 1000, tasks: Task = Task.CHECKSUM) -> Batch:
 def snap(
     now: float = 0.0,
     host_cpu: float = 0.0,
+    process_cpu: float = 0.0,
     sw: dict[Task, float] | None = None,
     dev: dict[Task, float] | None = None,
     crossing: float | None = None,
@@ -42,6 +43,7 @@ def snap(
     return LoadSnapshot(
         now=now,
         host_cpu=host_cpu,
+        process_cpu=process_cpu,
         device_occupancy=(occupancy,),
         device_up=(True,),
         cost=cost,

@@ -32,6 +32,21 @@ def test_faster_device_gets_more() -> None:
     assert ndev(p) == 60  # 10*90 / (10 + 5): both finish after 300 us
 
 
+def test_host_core_taken_by_others_shifts_to_the_device() -> None:
+    pol = Adaptive()
+    costs = {"sw": {C: 10e-6}, "dev": {C: 10e-6}}
+    # busy host, but all of it is us: no change
+    assert ndev(pol.split(C, batch(90), want(90), [view()], snap(1.0, 1.0, 1.0, **costs))) == 45
+    # a hog takes half the core: software is twice as slow, the device gets 2/3
+    assert ndev(pol.split(C, batch(90), want(90), [view()], snap(1.0, 1.0, 0.5, **costs))) == 60
+    # ... and no more when we use less of it (because we offload): at least half is ours
+    assert ndev(pol.split(C, batch(90), want(90), [view()], snap(1.0, 1.0, 0.2, **costs))) == 60
+    # a share between: 10/0.8 = 12.5 us in software, 90 * 12.5 / 22.5 = 50
+    assert ndev(pol.split(C, batch(90), want(90), [view()], snap(1.0, 1.0, 0.8, **costs))) == 50
+    # idle time left on the host: nobody is in our way
+    assert ndev(pol.split(C, batch(90), want(90), [view()], snap(1.0, 0.6, 0.3, **costs))) == 45
+
+
 def test_queue_wait_shifts_to_software() -> None:
     pol = Adaptive()
     s = snap(sw={C: 10e-6}, dev={C: 10e-6}, wait=500e-6)
