@@ -174,6 +174,7 @@ class Engine:
             if not np.count_nonzero(want):
                 continue
             if views:  # without devices every packet stays in software
+                self.soft[t].prepare(rest, want)
                 snap = self.monitor.snapshot(self.clock())
                 paths = np.asarray(self.policy.split(t, rest, want, views, snap), np.int8)
                 paths[~want] = SOFTWARE
@@ -254,6 +255,7 @@ class Engine:
                 p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
                 if not (p2[w2] == k).all() or not views[k].capable(t2, trip)[w2].all():
                     break
+                self.soft[t2].prepare(trip, w2)
                 trip.ext.offload[w2] |= np.uint16(t2)
                 tasks |= t2
             sj += 1

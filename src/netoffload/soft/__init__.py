@@ -32,6 +32,12 @@ class SoftTask(abc.ABC):
     def process(self, batch: Batch, sel: Mask) -> Batch:
         """Do the task for ``sel`` packets; see the module docstring."""
 
+    def prepare(self, batch: Batch, sel: Mask) -> None:
+        """Host-side step run by the engine before it splits ``sel`` packets between
+        paths, in packet order: state that must not fork between host and device
+        (e.g. ESP sequence numbers) is assigned into the extension here, so that
+        whichever path then does the task uses it. Must be idempotent."""
+
     def describe(self) -> dict[str, object]:
         return {"task": self.task.kebab}
 
