@@ -285,3 +285,22 @@ def test_snaplen_cut_records_pass_untouched(tmp_path: Path) -> None:
     rows = read_results(res)
     assert rows[1]["truncated"] is True and rows[1]["tasks"] == [] and rows[1]["delivered"]
     assert "truncated" not in rows[0] and rows[0]["tasks"] == ["checksum"]
+
+
+def test_pcapng_timestamp_past_int64_is_clamped(tmp_path: Path) -> None:
+    """A pcapng EPB may claim 2**64-1 microseconds (past 2**63 ns): processed, not a crash."""
+    import struct
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        n = 12 + len(body)
+        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+    pkt = bytes(S.IP(src="198.18.0.1", dst="198.18.0.2") / S.UDP() / b"x")
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = block(1, struct.pack("<HHI", 101, 0, 65535))
+    epb = block(6, struct.pack("<IIIII", 0, 0xFFFFFFFF, 0xFFFFFFFF, len(pkt), len(pkt)) + pkt)
+    src, out = tmp_path / "big-ts.pcapng", tmp_path / "out.pcap"
+    src.write_bytes(shb + idb + epb)
+    assert run("pcap", "--tx", "checksum", str(src), str(out)) == 0
+    assert S.rdpcap(str(out))[0].haslayer(S.UDP)

@@ -96,6 +96,9 @@ class TaskHook:
     prepare: PrepareHook | None = None
 
 
+_TS_MAX = (1 << 63) - 1
+
+
 def need(value: Any, flag: str, task: Task) -> Any:
     """``value``, or a ConfigError saying that ``task`` needs ``flag``."""
     if value is None:
@@ -313,7 +316,8 @@ class _Job:
         out = res.batch
         alive = res.alive
         index = base_rec + (out.ext.origin - base_in)
-        ts = np.fromiter((r.ts_ns for r in recs), dtype=np.int64, count=len(recs))
+        # a corrupt pcapng can claim a time past 2**63 ns: clamp (pcap keeps 32-bit seconds)
+        ts = np.fromiter((min(r.ts_ns, _TS_MAX) for r in recs), dtype=np.int64, count=len(recs))
         local = index - base_rec
         assert self.writer is not None
         w = self.writer
