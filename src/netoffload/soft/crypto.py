@@ -173,6 +173,28 @@ class EncryptTask(SoftTask):
     def describe(self) -> dict[str, object]:
         return {"task": self.task.kebab, "sas": len(self.table)}
 
+    def prepare(self, batch: Batch, sel: Mask) -> None:
+        """Reserve sequence numbers here, on the host, in packet order, before the
+        engine splits the packets between paths: whichever path then encrypts a
+        packet uses its ``ext.seq``, so host and device never use one twice under
+        a key (AES-GCM and ChaCha20-Poly1305 must never repeat a nonce). Packets
+        that already have a number keep it; a used-up SA leaves them at 0, and
+        ``process`` gives them SEQ_EXHAUSTED."""
+        e = batch.ext
+        rows = np.flatnonzero(sel)
+        rows = rows[e.seq[rows] == 0]
+        if len(rows) == 0:
+            return
+        sa = e.sa[rows].astype(np.int64)
+        known = (sa >= 0) & (sa < len(self.table))
+        rows, sa = rows[known], sa[known]
+        for k in np.unique(sa).tolist():
+            r = rows[sa == k]
+            first = self.next_seq[k]
+            n = min(len(r), max(self.table.sas[k].max_seq - first + 1, 0))
+            e.seq[r[:n]] = np.arange(n, dtype=np.uint64) + np.uint64(first)
+            self.next_seq[k] = first + n
+
     def process(self, batch: Batch, sel: Mask) -> Batch:
         rows = np.flatnonzero(sel)
         if len(rows) == 0:
@@ -216,18 +238,24 @@ class EncryptTask(SoftTask):
         sa = self.table.sas[k]
         e = b.ext
         n = len(rows)
-        first = self.next_seq[k]
-        seqs = np.arange(n, dtype=np.uint64) + np.uint64(first)
-        room = sa.max_seq - first + 1
-        if room < n:
-            over = np.arange(n) >= max(room, 0)
-            e.error[rows[over]] = Reason.SEQ_EXHAUSTED
-            keep = ~over
-            rows, l2, ver, L, seqs = rows[keep], l2[keep], ver[keep], L[keep], seqs[keep]
-            n = len(rows)
-            if n == 0:
-                return
-        self.next_seq[k] = first + n
+        # numbers reserved by prepare() are used as they are; the others are drawn here
+        seqs = e.seq[_ix(rows)].astype(np.uint64)
+        fresh = seqs == 0
+        nf = int(np.count_nonzero(fresh))
+        if nf:
+            first = self.next_seq[k]
+            room = max(sa.max_seq - first + 1, 0)
+            rank = np.cumsum(fresh) - 1  # position among the fresh packets
+            seqs[fresh] = rank[fresh].astype(np.uint64) + np.uint64(first)
+            self.next_seq[k] = first + min(nf, room)
+            over = fresh & (rank >= room)
+            if over.any():
+                e.error[rows[over]] = Reason.SEQ_EXHAUSTED
+                keep = ~over
+                rows, l2, ver, L, seqs = rows[keep], l2[keep], ver[keep], L[keep], seqs[keep]
+                n = len(rows)
+                if n == 0:
+                    return
         ix = _ix(rows)
         e.seq[ix] = seqs
         H = sa.overhead
