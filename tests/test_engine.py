@@ -179,3 +179,41 @@ def test_errors_counted_as_dropped() -> None:
     assert len(out.dropped()) == 1
     assert eng.counters[Task.TCP_SEGMENT].dropped == 1
     assert eng.counters[Task.TCP_SEGMENT].reasons == {"truncated": 1}
+
+
+class Alternate(Always):
+    """Sends every other wanted packet to device 0 (a split inside every stage)."""
+
+    name = "alternate"
+
+    def split(self, task, batch, want, devices, load):  # type: ignore[no-untyped-def]
+        out = super().split(task, batch, want, devices, load)
+        out[1::2] = -1
+        return out
+
+
+@given(packets)
+def test_split_after_count_change_keeps_order(pkts: list[tuple[bytes, int]]) -> None:
+    """Pieces of one packet split between device and software come back in order."""
+    soft = lib()
+    dev = SoftwareDevice(soft, name="sw")
+    dev.enable(Task.CHECKSUM, Task.ENCRYPT, Task.DIGEST, Task.TCP_SEGMENT)
+    eng = Engine(
+        Direction.TX,
+        Task.CHECKSUM | Task.ENCRYPT | Task.DIGEST | Task.TCP_SEGMENT,
+        soft,
+        Alternate(),
+        [dev],
+    )
+    bits = np.array([m for _, m in pkts], dtype=np.int64)
+    tasks = np.zeros(len(pkts), dtype=np.uint16)
+    for k, t in enumerate((Task.CHECKSUM, Task.ENCRYPT, Task.DIGEST, Task.TCP_SEGMENT)):
+        tasks[(bits >> k) & 1 == 1] |= int(t)
+    b = Batch.from_packets([p for p, _ in pkts])
+    b.ext.tasks[:] = tasks
+    b.ext.l3_proto[:] = 4
+    out = eng.process(b).batch
+    want: list[bytes] = []
+    for (p, _), t in zip(pkts, tasks.tolist(), strict=True):
+        want += expected(p, t)
+    assert out.packets() == want

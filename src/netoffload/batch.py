@@ -141,6 +141,7 @@ EXT_FIELDS: dict[str, FieldSpec] = {
     "by_device": FieldSpec(np.uint16, 0),  # Task bits performed by a device
     "offload": FieldSpec(np.uint16, 0),  # Task bits handed to a device in the current trip
     "origin": FieldSpec(np.int64, -1),  # index of the engine input packet this came from
+    "sub": FieldSpec(np.uint64, 0),  # order among packets of one origin (see refine_sub)
     # header layout
     "l3_off": FieldSpec(np.int32, 0),
     "l4_off": FieldSpec(np.int32, -1),
@@ -179,6 +180,7 @@ class Ext:
     by_device: NDArray[np.uint16]
     offload: NDArray[np.uint16]
     origin: NDArray[np.int64]
+    sub: NDArray[np.uint64]
     l3_off: NDArray[np.int32]
     l4_off: NDArray[np.int32]
     hdr_len: NDArray[np.int32]
@@ -470,18 +472,57 @@ class Batch:
 
 
 def merge_by_origin(parts: Sequence[Batch]) -> Batch:
-    """Concatenate parts and restore engine order by ``ext.origin`` (stable).
+    """Concatenate parts and restore engine order by ``(ext.origin, ext.sub)``.
 
-    Every part must itself be in origin order; packets of one origin stay
-    together in the order their part had them.
+    Every part must itself be in that order; the keys are unique (``refine_sub``
+    keeps them so when a task turns one packet into several).
     """
     b = Batch.concat(parts)
     if len(b) < 2:
         return b
-    order = np.argsort(b.ext.origin, kind="stable")
+    e = b.ext
+    o = e.origin
+    if (o[1:] > o[:-1]).all():
+        return b  # strictly increasing origins: already in order
+    order = np.lexsort((e.sub, o))
     if np.array_equal(order, np.arange(len(b))):
         return b
     return b.take(order)
+
+
+#: bits of ``sub`` given to the piece index at the first level of refinement
+_SUB_TOP = 48
+_SUB_STEP = 16
+
+
+def refine_sub(b: Batch) -> None:
+    """Make ``(origin, sub)`` unique again after a task turned packets into pieces.
+
+    ``sub`` is a fixed-point fraction: the pieces of a packet keep its key and
+    add ``j << shift``, ``j`` the piece's index and ``shift`` 16 bits below the
+    lowest bit already in use (48 for a whole packet), so pieces sort between
+    their packet and the next one at every depth, including against parts of
+    the batch that were split off before. Up to 65536 pieces a packet and three
+    nested levels are exact. ``b`` must be in order (as every task leaves it).
+    """
+    n = len(b)
+    if n < 2:
+        return
+    e = b.ext
+    o, s = e.origin, e.sub
+    new_run = np.empty(n, dtype=np.bool_)
+    new_run[0] = True
+    np.logical_or(o[1:] != o[:-1], s[1:] != s[:-1], out=new_run[1:])
+    if new_run.all():
+        return
+    idx = np.arange(n, dtype=np.int64)
+    first = np.maximum.accumulate(np.where(new_run, idx, 0))
+    j = (idx - first).astype(np.uint64)
+    # lowest set bit of s (0 -> treat as the top level)
+    low = s & (~s + np.uint64(1))
+    lsb = np.where(s == 0, _SUB_TOP + _SUB_STEP, np.log2(np.maximum(low, 1)).astype(np.int64))
+    shift = np.maximum(lsb - _SUB_STEP, 0).astype(np.uint64)
+    e.sub[:] = s + (j << shift)
 
 
 def gather_index(starts: I64, lengths: I64) -> I64:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from netoffload.batch import Batch, FilterVerdict, Mask, Reason, merge_by_origin
+from netoffload.batch import Batch, FilterVerdict, Mask, Reason, merge_by_origin, refine_sub
 from netoffload.devices.base import Device
 from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
@@ -141,6 +141,7 @@ class Engine:
         if len(self._iota) < n:
             self._iota = np.arange(max(n, 2 * len(self._iota)), dtype=np.int64)
         np.add(self._iota[:n], self._next_origin, out=batch.ext.origin)
+        batch.ext.sub[:] = 0
         self._next_origin += n
         if n == 0:
             return Output(batch)
@@ -207,8 +208,11 @@ class Engine:
         nbytes = int(np.add.reduce(b.length if nsel == len(b) else b.length[sel]))
         before = _dead_reasons(b)
         t0 = time.perf_counter_ns()
+        n_in = len(b)
         out = self.soft[t].process(b, sel)
         dt = time.perf_counter_ns() - t0
+        if len(out) != n_in:
+            refine_sub(out)
         self._mark_done(out, t, by_device=False)
         c.software += nsel
         c.bytes += nbytes
@@ -286,6 +290,8 @@ class Engine:
             try:
                 comp = dev.complete(trip.ticket)
                 ok, out = comp.ok, comp.batch
+                if ok and len(out) != len(trip.batch):
+                    refine_sub(out)
                 if not ok:
                     self._device_failed(trip.device, trip.batch, trip.tasks, comp.error)
             except DeviceError as e:
