@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--policy", default="never", help="offload policy (default: never)")
 
     d = sub.add_parser("demo", help="the main job on its embedded default, with a report")
-    d.add_argument("--policy", default="always", help="offload policy (default: always)")
+    d.add_argument("--policy", default="adaptive", help="offload policy (default: adaptive)")
+    d.add_argument(
+        "--nic",
+        default="crypto",
+        choices=("none", "crypto", "full"),
+        help="emulated NIC profile beside the loopback wire (default: crypto)",
+    )
     d.add_argument("--packets", type=int, default=20000, help="packets per direction")
     d.add_argument("--batch", type=int, default=256, help="packets per batch")
     d.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")

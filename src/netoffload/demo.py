@@ -30,6 +30,7 @@ tunnel mode, two fresh AES-GCM-128 SAs, one per IP family) and digest
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -45,11 +46,14 @@ from rich.table import Table
 
 from netoffload import soft
 from netoffload.batch import Batch
+from netoffload.devices.base import Device
+from netoffload.devices.emulated_nic import EmulatedNIC, get_profile
 from netoffload.devices.loopback import LoopbackPair
 from netoffload.engine import Engine
 from netoffload.errors import ConfigError
 from netoffload.pcapjob import counter_row
-from netoffload.policy import make_policy
+from netoffload.policy import LoadMonitor, make_policy
+from netoffload.policy.load import PsutilSampler
 from netoffload.tasks import Direction, Task, stage_order
 from netoffload.testing.packets import synthetic_flows
 from netoffload.wire.parse import parse_batch
@@ -263,8 +267,49 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
     pair.b.soft = rx_lib  # the receiving end checks with the receive library
     for end in (pair.a, pair.b):
         end.enable(*end.query().records)
-    tx = Engine(Direction.TX, tx_tasks, tx_lib, make_policy(args.policy), [pair.a])
-    rx = Engine(Direction.RX, rx_tasks, rx_lib, make_policy(args.policy), [pair.b])
+    nic_name = getattr(args, "nic", "none")
+    with contextlib.ExitStack() as stack:
+        tx_devs: list[Device] = [pair.a]
+        rx_devs: list[Device] = [pair.b]
+        if nic_name != "none":
+            # one emulated NIC per direction (each keyed like its side), on the other core
+            tx_opts = {t: DEMO_TASKS[t].tx_options(ctx) for t in tx_stages}
+            tx_devs.append(stack.enter_context(_nic(nic_name, tx_opts, tx_stages, "tx")))
+            rx_devs.append(stack.enter_context(_nic(nic_name, rx_opts, rx_stages, "rx")))
+        tx = Engine(Direction.TX, tx_tasks, tx_lib, make_policy(args.policy), tx_devs, _monitor())
+        rx = Engine(Direction.RX, rx_tasks, rx_lib, make_policy(args.policy), rx_devs, _monitor())
+        return _run(args, console, n, bsize, ctx, tx, rx, pair, nic_name)
+
+
+def _monitor() -> LoadMonitor:
+    return LoadMonitor(sampler=PsutilSampler())
+
+
+def _nic(
+    profile: str, options: dict[Task, dict[str, Any]], stages: Sequence[Task], side: str
+) -> EmulatedNIC:
+    prof = get_profile(profile)
+    opts = {t: o for t, o in options.items() if t & prof.tasks and t in stages}
+    return EmulatedNIC(prof, options=opts, name=f"nic-{profile}-{side}")
+
+
+def _run(
+    args: argparse.Namespace,
+    console: Console,
+    n: int,
+    bsize: int,
+    ctx: DemoContext,
+    tx: Engine,
+    rx: Engine,
+    pair: LoopbackPair,
+    nic_name: str,
+) -> int:
+    tx_stages, rx_stages = tx.stages, rx.stages
+    tx_tasks = rx_tasks = Task(0)
+    for t in tx_stages:
+        tx_tasks |= t
+    for t in rx_stages:
+        rx_tasks |= t
 
     sent = synthetic_flows(n, seed=SEED)
     delivered: list[bytes] = []
@@ -303,6 +348,8 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         "packets": n,
         "batch": bsize,
         "policy": args.policy,
+        "nic": nic_name,
+        "devices": {"tx": [d.name for d in tx.devices], "rx": [d.name for d in rx.devices]},
         "tasks": {
             "tx": [t.kebab for t in tx_stages],
             "rx": [t.kebab for t in rx_stages],
@@ -331,14 +378,25 @@ def _print(console: Console, report: dict[str, Any], tx: Engine, rx: Engine) -> 
         title=f"demo: policy {report['policy']}, {report['packets']} packets",
         box=box.SIMPLE_HEAD,
     )
-    for col in ("task", "offloaded", "software", "dropped", "errors", "bytes", "time"):
+    cols = ("task", "offloaded", "software", "dropped", "errors", "bytes", "time", "split")
+    for col in cols:
         t.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
     for name, eng in (("tx", tx), ("rx", rx)):
         for task, c in eng.counters.items():
             row = counter_row(task, c)
-            t.add_row(f"{name} {row[0]}", *row[1:])
+            done = c.offloaded + c.software
+            split = f"{100 * c.offloaded / done:.0f}% device" if done else "-"
+            t.add_row(f"{name} {row[0]}", *row[1:], split)
         t.add_section()
     console.print(t)
+    devs = report.get("devices", {})
+    console.print(
+        f"devices: tx {', '.join(devs.get('tx', []))}; rx {', '.join(devs.get('rx', []))}"
+    )
+    for name, eng in (("tx", tx), ("rx", rx)):
+        decisions = eng.policy.describe().get("decisions")
+        if decisions:
+            console.print(f"{name} policy {eng.policy.name} decisions: {decisions}")
     for name, eng in (("tx", tx), ("rx", rx)):
         for task, c in eng.counters.items():
             if c.reasons:
