@@ -217,3 +217,48 @@ def test_split_after_count_change_keeps_order(pkts: list[tuple[bytes, int]]) -> 
     for (p, _), t in zip(pkts, tasks.tolist(), strict=True):
         want += expected(p, t)
     assert out.packets() == want
+
+
+def test_encrypt_split_between_host_and_device_never_repeats_a_sequence_number() -> None:
+    """Host and device each hold an encrypt task with its own counter; the engine's
+    prepare step reserves numbers on the host first, so no (SPI, seq) — and so no
+    AEAD nonce — is used twice when a batch is split between them."""
+    import os
+    import struct
+
+    from netoffload.soft import make_task
+    from netoffload.testing.packets import synthetic_flows
+    from netoffload.tunnel.sa import parse_sa_doc
+    from netoffload.wire.parse import parse_batch
+
+    doc = {
+        "sa": [
+            {
+                "spi": 0x1001,
+                "algorithm": "aes-gcm-128",
+                "key": os.urandom(20).hex(),
+                "src": "198.18.0.1",
+                "dst": "198.19.0.1",
+            },
+        ]
+    }
+    sas = parse_sa_doc(doc, "test SAs")
+    host = SoftLibrary({Task.ENCRYPT: make_task(Task.ENCRYPT, sas=sas)})
+    dev = SoftwareDevice(SoftLibrary({Task.ENCRYPT: make_task(Task.ENCRYPT, sas=sas)}))
+    dev.enable(Task.ENCRYPT)
+    eng = Engine(Direction.TX, Task.ENCRYPT, host, Alternate(), [dev])
+    seqs: list[int] = []
+    pkts = [p for p in synthetic_flows(600, seed=5) if p[0] >> 4 == 4]
+    for lo in range(0, len(pkts), 100):
+        b = Batch.from_packets(pkts[lo : lo + 100])
+        parse_batch(b, ethernet=False)
+        b.ext.tasks[:] = Task.ENCRYPT
+        b.ext.sa[:] = 0
+        out = eng.process(b).delivered()
+        for raw in out.packets():
+            ihl = (raw[0] & 15) * 4
+            spi, seq = struct.unpack_from("!II", raw, ihl)
+            assert spi == 0x1001
+            seqs.append(seq)
+    assert eng.counters[Task.ENCRYPT].offloaded > 0 and eng.counters[Task.ENCRYPT].software > 0
+    assert len(seqs) == len(pkts) and len(set(seqs)) == len(seqs)
