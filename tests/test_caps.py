@@ -111,7 +111,7 @@ def test_binary_layout_by_hand() -> None:
     buf = TaskOffloadBuffer("nic0", {Task.DIGEST: rec, Task.CHECKSUM: CapRecord(Task.CHECKSUM)})
     buf = buf.enable(Task.CHECKSUM)
     raw = buf.to_bytes()
-    head = MAGIC + bytes([1, 4]) + b"nic0"
+    head = MAGIC + bytes([1, 4]) + b"nic0" + bytes([2])  # two records
     assert raw.startswith(head)
     off = len(head)
     ver, length, tid, nxt = struct.unpack_from("!BHBI", raw, off)
@@ -230,7 +230,7 @@ def outcome(data: bytes) -> None:
 
 
 def record_offsets(raw: bytes) -> list[int]:
-    off = 6 + raw[5]
+    off = 7 + raw[5]  # magic, version, name length, name, record count
     out = []
     while off < len(raw):
         out.append(off)

@@ -8,11 +8,13 @@ Only what the device reported may be enabled, within its limits
 
 Two serial forms: JSON (``to_json``/``from_json``) and a compact binary chain::
 
-    buffer  := "NOTB" u8:version u8:name_len name  record*
+    buffer  := "NOTB" u8:version u8:name_len name u8:count  record[count]
     record  := u8:version u16:length u8:task_id u32:next  body[length]
     next    := absolute offset of the next record, 0 for the last
 
-All integers big-endian. Parsing a corrupt or truncated chain raises
+All integers big-endian. The record count makes a cut right after the header
+detectable (without it, a buffer truncated there would read as a device with
+no tasks). Parsing a corrupt or truncated chain raises
 ``BufferFormatError`` with the offset at fault.
 """
 
@@ -286,8 +288,8 @@ class TaskOffloadBuffer:
         name = self.device.encode()
         if len(name) > 255:
             raise ConfigError(f"device name {self.device[:40]!r}...: longer than 255 bytes")
-        out = bytearray(MAGIC + bytes([FORMAT_VERSION, len(name)]) + name)
         tasks = [t for t in ALL_TASKS if t in self.records]
+        out = bytearray(MAGIC + bytes([FORMAT_VERSION, len(name)]) + name + bytes([len(tasks)]))
         for k, t in enumerate(tasks):
             body = _encode_body(self.records[t], self.enabled.get(t))
             here = len(out)
@@ -313,9 +315,17 @@ class TaskOffloadBuffer:
         except UnicodeDecodeError:
             raise BufferFormatError(what, 6, "device name is not UTF-8") from None
         off = 6 + nlen
+        if off >= len(mv):
+            raise BufferFormatError(what, off, "truncated header: no record count")
+        count = mv[off]
+        if count > len(ALL_TASKS):
+            raise BufferFormatError(what, off, f"record count {count} > {len(ALL_TASKS)} tasks")
+        off += 1
         records: dict[Task, CapRecord] = {}
         enabled: dict[Task, Enabled] = {}
-        if off == len(mv):
+        if count == 0:
+            if off != len(mv):
+                raise BufferFormatError(what, off, "trailing bytes after an empty record chain")
             return cls(device, records, enabled)
         seen: set[int] = set()
         while True:
@@ -333,6 +343,8 @@ class TaskOffloadBuffer:
             if body_off + length > len(mv):
                 raise BufferFormatError(what, off + 1, "record length runs past the end")
             task = Task.from_index(tid)
+            if len(records) == count:
+                raise BufferFormatError(what, off, f"more records than the count {count}")
             if task in records:
                 raise BufferFormatError(what, off + 3, f"duplicate record for {task.kebab}")
             rec, en = _decode_body(task, mv[body_off : body_off + length], body_off, what)
@@ -341,6 +353,10 @@ class TaskOffloadBuffer:
                 enabled[task] = en
             end = body_off + length
             if nxt == 0:
+                if len(records) != count:
+                    raise BufferFormatError(
+                        what, end, f"chain ends after {len(records)} of {count} records"
+                    )
                 if end != len(mv):
                     raise BufferFormatError(what, end, "trailing bytes after the last record")
                 break
