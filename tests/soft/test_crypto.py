@@ -359,6 +359,57 @@ def test_forged_packet_does_not_move_the_window() -> None:
     assert r.ext.error.tolist() == [Reason.BAD_ICV, 0]  # the genuine seq 2 still accepted
 
 
+def same_size_packets(n: int, v: int = 4, size: int = 301) -> list[bytes]:
+    """Inner packets of one IP version and one length (the uniform fast path)."""
+    if v == 4:
+        return [bytes(IP(id=i) / UDP(sport=1000 + i) / Raw(bytes([i]) * size)) for i in range(n)]
+    return [bytes(IPv6() / UDP(sport=1000 + i) / Raw(bytes([i]) * size)) for i in range(n)]
+
+
+@pytest.mark.parametrize("alg", ["aes-gcm-128", "aes-gcm-256", "chacha20-poly1305"])
+@pytest.mark.parametrize(("v", "udp", "esn", "inner_v"), [(4, False, False, 4), (6, True, True, 6)])
+@pytest.mark.parametrize("size", [300, 301, 302, 303])
+def test_uniform_fast_path_matches_general_path(
+    alg: str, v: int, udp: bool, esn: bool, inner_v: int, size: int
+) -> None:
+    """A uniform batch (one run of slots, one SA, one length) takes the whole-batch
+    path; the same packets in a non-uniform batch take the general one: same bytes,
+    same extension, and scapy decrypts them; numbers reserved by prepare are kept."""
+    sa = our_sa(alg, v, udp, esn, seq_start=2**32 - 3 if esn else 1)
+    pkts = same_size_packets(9, inner_v, size)
+    outs = []
+    for uniform in (True, False):
+        b = Batch.from_packets(pkts, uniform=uniform)
+        assert (b.stride > 0) == uniform
+        b.ext.sa[:] = 0
+        b.ext.seq[[2, 5]] = [2**32 + 40 if esn else 40, 41]  # reserved by a prepare step
+        task = EncryptTask(sas=SATable((sa,)))
+        outs.append(task.process(b, np.ones(len(b), bool)))
+    fast, slow = outs
+    assert fast.packets() == slow.packets()
+    assert fast.ext.equals(slow.ext)
+    assert (fast.ext.error == 0).all()
+    for i, raw in enumerate(fast.packets()):
+        ssa = scapy_sa(sa)
+        ssa.esn = int(fast.ext.seq[i]) >> 32
+        assert bytes(ssa.decrypt(outer_parse(sa, raw))) == pkts[i]
+
+
+def test_uniform_fast_path_batches_of_changing_size() -> None:
+    """Scratch rows sized for a large batch serve smaller ones, and a new length."""
+    sa = our_sa("aes-gcm-128")
+    task = EncryptTask(sas=SATable((sa,)))
+    seq = 1
+    for n, size in ((70, 100), (3, 100), (2, 101), (70, 100)):
+        pkts = same_size_packets(n, 4, size)
+        b = Batch.from_packets(pkts, uniform=True)
+        b.ext.sa[:] = 0
+        out = task.process(b, np.ones(n, bool))
+        assert out.ext.seq.tolist() == list(range(seq, seq + n))
+        seq += n
+        assert [bytes(scapy_sa(sa).decrypt(IP(r))) for r in out.packets()] == pkts
+
+
 def test_encrypt_verdicts_unknown_sa_not_ip_and_exhausted() -> None:
     sa = our_sa("aes-gcm-128", seq_start=2**32 - 2)
     pk = inner_packets([10, 10, 10, 10], v6_every=0)

@@ -25,14 +25,22 @@ REPLAY, TOO_OLD, SEQ_EXHAUSTED (the SA's sequence space is used up), NOT_IP,
 TRUNCATED. A packet that fails keeps its original bytes.
 
 Speed: headers, trailers, nonces and AADs are built with numpy for the whole
-batch; the only per-packet Python work is one ``encrypt_into`` /
-``decrypt_into`` call on memoryview slices of the batch buffer (no copies).
+batch; the only per-packet Python work is one AEAD call. On a uniform batch
+(one run of equal slots, one SA, packets of one length: what a tunnel sends)
+encryption takes a whole-batch path: plaintexts are copied into reusable
+scratch rows whose memoryviews were made once (``_Rows``), nonces and AADs are
+written there as integer columns, ``encrypt_into`` writes ciphertext and ICV
+into other scratch rows, and one copy puts header, ciphertext and ICV into the
+batch. No Python object is created per packet. Other batches use
+``encrypt_into`` / ``decrypt_into`` on memoryview slices of the batch buffer.
 """
 
 from __future__ import annotations
 
 import collections
 import hmac
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +63,15 @@ Aead = AESGCM | ChaCha20Poly1305
 
 _ETH_P_IP = 0x0800
 _ETH_P_IPV6 = 0x86DD
+
+
+def _trailers(nh: int) -> list[U8]:
+    """ESP trailer by pad length: padding 1..pad, pad length, next header."""
+    return [np.array([*range(1, p + 1), p, nh], dtype=np.uint8) for p in range(4)]
+
+
+_TRAILERS4 = _trailers(NH_IPV4)
+_TRAILERS6 = _trailers(NH_IPV6)
 
 
 def sa_table_from(sas: SATable | None = None, sa_file: str | Path | None = None) -> SATable:
@@ -157,6 +174,51 @@ def _ip_lengths(b: Batch, l3: I64, avail: I64) -> tuple[I64, I64]:
     return np.where(good, ver, 0), tot
 
 
+class _Rows:
+    """A reusable (capacity, width) byte matrix and a memoryview of ``[lo:hi]`` of
+    each row, made once.
+
+    The AEAD calls of a uniform batch read and write these views (``encrypt_into``
+    / ``decrypt_into``), so a batch creates no Python object per packet: numpy
+    fills the rows before the calls and copies them into the batch after.
+    ``fill`` remembers what constant bytes (salt, SPI, trailer, header) the rows
+    hold already, so that they are written only when they change.
+    """
+
+    __slots__ = ("arr", "fill", "views")
+
+    def __init__(self, cap: int, width: int, lo: int, hi: int) -> None:
+        self.arr: U8 = np.zeros((cap, width), dtype=np.uint8)
+        self.fill: object = None
+        flat = self.arr.reshape(-1).data
+        self.views = [flat[i * width + lo : i * width + hi] for i in range(cap)]
+
+
+class _Scratch:
+    """``_Rows`` by shape, grown to the largest batch seen; a few shapes at most."""
+
+    def __init__(self) -> None:
+        self.by_shape: dict[tuple[str, int, int, int], _Rows] = {}
+
+    def rows(self, name: str, width: int, lo: int, hi: int, n: int) -> _Rows:
+        key = (name, width, lo, hi)
+        r = self.by_shape.get(key)
+        if r is None or len(r.views) < n:
+            if r is None and len(self.by_shape) >= 16:
+                self.by_shape.clear()  # many packet sizes: keep memory bounded
+            r = self.by_shape[key] = _Rows(max(n, 64), width, lo, hi)
+        return r
+
+
+def _first(views: list[memoryview], n: int) -> Iterable[memoryview]:
+    """The first ``n`` views (``map`` stops at its shortest argument)."""
+    return views if len(views) == n else itertools.islice(views, n)
+
+
+_ETHERNET = np.uint8(XFlag.ETHERNET)
+_PARSED = np.uint8(XFlag.PARSED)
+
+
 class EncryptTask(SoftTask):
     """ESP tunnel-mode encapsulation and AEAD encryption (see module docstring)."""
 
@@ -169,6 +231,9 @@ class EncryptTask(SoftTask):
         self.next_seq = [sa.seq_start for sa in self.table.sas]
         self.overheads = np.array([sa.overhead for sa in self.table.sas], np.int64)
         self.v4_sums = [_word_sum(t[:20]) for t in self.templates]
+        self.versions = [sa.outer_version for sa in self.table.sas]
+        self.scratch = _Scratch()
+        self.head_rows: dict[tuple[int, int], U8] = {}
 
     def describe(self) -> dict[str, object]:
         return {"task": self.task.kebab, "sas": len(self.table)}
@@ -197,7 +262,7 @@ class EncryptTask(SoftTask):
 
     def process(self, batch: Batch, sel: Mask) -> Batch:
         rows = np.flatnonzero(sel)
-        if len(rows) == 0:
+        if len(rows) == 0 or self._encrypt_uniform(batch, rows):
             return batch
         e = batch.ext
         ix = _ix(rows)
@@ -233,6 +298,158 @@ class EncryptTask(SoftTask):
             g = sa == k
             self._encrypt_sa(batch, k, rows[g], l2[g], ver[g], iplen[g])
         return batch
+
+    def _head_row(self, k: int, ip_total: int) -> U8:
+        """The outer header of SA ``k`` for this total length (seq and IV zero)."""
+        row = self.head_rows.get((k, ip_total))
+        if row is None:
+            if len(self.head_rows) >= 256:
+                self.head_rows.clear()
+            m = self.templates[k][None, :].copy()
+            self._lengths_into(k, m, np.array([ip_total], np.int64))
+            row = self.head_rows[(k, ip_total)] = m[0]
+        return row
+
+    def _lengths_into(self, k: int, m: U8, ip_total: I64) -> None:
+        """Outer IP (and UDP) length fields, and the IPv4 header checksum, of headers ``m``."""
+        sa = self.table.sas[k]
+        iph = 20 if self.versions[k] == 4 else 40
+        if self.versions[k] == 4:
+            # ID 0 with DF set (an atomic datagram, RFC 6864): the checksum only
+            # depends on the total length
+            _u16_into(m, 2, ip_total)
+            s = self.v4_sums[k] + ip_total
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            _u16_into(m, 10, ~s & 0xFFFF)
+        else:
+            _u16_into(m, 4, ip_total - 40)
+        if sa.udp_encap:
+            _u16_into(m, iph + 4, ip_total - iph)
+
+    def _encrypt_uniform(self, b: Batch, rows: I64) -> bool:
+        """The common case in a few whole-batch steps: a uniform batch whose selected
+        packets are one run of slots, one AEAD SA, bare IP packets of one version and
+        length, enough room, sequence numbers available. Returns False, having
+        changed nothing, when the batch is not like that (``process`` does the rest).
+
+        Plaintext and trailers are gathered into reusable scratch rows, nonces and
+        AADs built there too, and one ``encrypt_into`` per packet writes ciphertext
+        and ICV into other scratch rows, copied into the batch in one step.
+        """
+        n = len(rows)
+        stride = b.stride
+        if stride <= 0 or n < 2:
+            return False
+        r0 = int(rows[0])
+        if int(rows[-1]) - r0 != n - 1:
+            return False
+        ix = slice(r0, r0 + n)
+        e = b.ext
+        sa_col = e.sa[ix]
+        k = int(sa_col[0])
+        if not 0 <= k < len(self.table) or (sa_col != k).any():
+            return False
+        aead = self.aeads[k]
+        if aead is None or (e.xflags[ix] & _ETHERNET).any():
+            return False
+        start = b.start[ix]
+        h0 = int(start[0]) - r0 * stride
+        L0 = int(b.length[r0])
+        if (start - b.slot_lo[ix] != h0).any() or (b.length[ix] != L0).any():
+            return False
+        sa = self.table.sas[k]
+        H = sa.overhead
+        pad = (-(L0 + 2)) % 4
+        P = L0 + pad + 2
+        if h0 < H or stride - h0 < P + ICV_LEN or L0 < 20:
+            return False
+        mat = b.matrix()[ix]
+        # every packet a whole IP packet of the same version and length
+        v0 = int(mat[0, h0]) >> 4
+        if v0 == 4:
+            lcol, lval = 2, L0
+        elif v0 == 6 and L0 >= 40:
+            lcol, lval = 4, L0 - 40
+        else:
+            return False
+        if ((mat[:, h0] >> 4) != v0).any() or (mat[:, h0 + lcol] != lval >> 8).any():
+            return False
+        if (mat[:, h0 + lcol + 1] != lval & 0xFF).any():
+            return False
+        # sequence numbers: reserved by prepare() or drawn here
+        seq_col = e.seq[ix]
+        fresh = seq_col == 0
+        nf = int(np.count_nonzero(fresh))
+        first = self.next_seq[k]
+        if nf > max(sa.max_seq - first + 1, 0):
+            return False  # some are used up: the general path gives SEQ_EXHAUSTED
+        if nf == n:
+            seqs = np.arange(n, dtype=np.uint64) + np.uint64(first)
+        elif nf:
+            seqs = seq_col.copy()
+            seqs[fresh] = np.arange(nf, dtype=np.uint64) + np.uint64(first)
+        else:
+            seqs = seq_col
+        self.next_seq[k] = first + nf
+        # from here on nothing fails. Scratch rows (see _Rows), laid out so that the
+        # 64-bit IVs start at multiples of 8 and the 32-bit sequence numbers at
+        # multiples of 4: they are written as integers, one column each
+        esp = H - 8 - sa.iv_len
+        lead = -esp % 8  # IV at lead + esp + 8, a multiple of 8
+        W = -(-(lead + H + P + ICV_LEN) // 8) * 8
+        scratch = self.scratch
+        out = scratch.rows("enc-out", W, lead + H, lead + H + P + ICV_LEN, n)
+        ip_total = H + P + ICV_LEN
+        if out.fill != (k, ip_total):
+            out.arr[:, lead : lead + esp + 4] = self._head_row(k, ip_total)[: esp + 4]
+            out.fill = (k, ip_total)
+        oa = out.arr[:n]
+        oa.view(">u4")[:, (lead + esp + 4) // 4] = seqs
+        oa.view(">u8")[:, (lead + esp + 8) // 8] = seqs
+        pt = scratch.rows("enc-in", P, 0, P, n)
+        if pt.fill != (L0, v0):
+            pt.arr[:, L0:] = (_TRAILERS4 if v0 == 4 else _TRAILERS6)[pad]
+            pt.fill = (L0, v0)
+        pt.arr[:n, :L0] = mat[:, h0 : h0 + L0]
+        nonce = scratch.rows("nonce", 16, 4, 16, n)  # salt at 4, IV at 8
+        if nonce.fill != sa.salt:
+            nonce.arr[:, 4:8] = np.frombuffer(sa.salt, np.uint8)
+            nonce.fill = sa.salt
+        nonce.arr[:n].view(">u8")[:, 1] = seqs
+        # AAD: SPI, seq (at 4) or SPI, seq hi, seq lo (at 4, as one 64-bit number)
+        aad = scratch.rows("aad-esn", 16, 4, 16, n) if sa.esn else scratch.rows("aad", 8, 0, 8, n)
+        spi_at = 4 if sa.esn else 0
+        if aad.fill != sa.spi:
+            aad.arr[:, spi_at : spi_at + 4] = np.frombuffer(sa.spi.to_bytes(4, "big"), np.uint8)
+            aad.fill = sa.spi
+        if sa.esn:
+            aad.arr[:n].view(">u8")[:, 1] = seqs
+        else:
+            aad.arr[:n].view(">u4")[:, 1] = seqs
+        collections.deque(
+            map(aead.encrypt_into, _first(nonce.views, n), pt.views, aad.views, out.views),
+            maxlen=0,
+        )
+        hc = h0 - H
+        mat[:, hc : h0 + P + ICV_LEN] = oa[:, lead : lead + H + P + ICV_LEN]
+        b.start[ix] = start - H
+        b.length[ix] = H + P + ICV_LEN
+        iph = 20 if self.versions[k] == 4 else 40
+        e.l3_off[ix] = 0
+        e.l3_proto[ix] = self.versions[k]
+        e.l4_off[ix] = iph
+        e.l4_proto[ix] = IPPROTO_UDP if sa.udp_encap else IPPROTO_ESP
+        e.hdr_len[ix] = H
+        e.vflags[ix] = 0
+        e.gso_type[ix] = 0
+        e.gso_size[ix] = 0
+        e.csum_start[ix] = 0
+        e.csum_offset[ix] = 0
+        e.xflags[ix] |= _PARSED
+        if nf:
+            e.seq[ix] = seqs
+        return True
 
     def _encrypt_sa(self, b: Batch, k: int, rows: I64, l2: I64, ver: I64, L: I64) -> None:
         sa = self.table.sas[k]
@@ -304,22 +521,9 @@ class EncryptTask(SoftTask):
         # outer headers, all packets of this SA at once
         m = np.empty((n, H), dtype=np.uint8)
         m[:] = self.templates[k]
-        ip_total = H + P + ICV_LEN
-        iph = 20 if sa.outer_version == 4 else 40
-        if sa.outer_version == 4:
-            # ID 0 with DF set (an atomic datagram, RFC 6864): the checksum only
-            # depends on the total length
-            _u16_into(m, 2, ip_total)
-            s = self.v4_sums[k] + ip_total
-            s = (s & 0xFFFF) + (s >> 16)
-            s = (s & 0xFFFF) + (s >> 16)
-            _u16_into(m, 10, ~s & 0xFFFF)
-        else:
-            _u16_into(m, 4, ip_total - 40)
-        esp = iph
-        if sa.udp_encap:
-            _u16_into(m, iph + 4, ip_total - iph)
-            esp = iph + 8
+        self._lengths_into(k, m, H + P + ICV_LEN)
+        iph = 20 if self.versions[k] == 4 else 40
+        esp = iph + 8 if sa.udp_encap else iph
         m[:, esp + 4 : esp + 8] = _be_bytes(seqs, 4)
         if sa.iv_len:
             m[:, esp + 8 : esp + 16] = _be_bytes(seqs, 8)
