@@ -410,6 +410,81 @@ def test_uniform_fast_path_batches_of_changing_size() -> None:
         assert [bytes(scapy_sa(sa).decrypt(IP(r))) for r in out.packets()] == pkts
 
 
+def craft(sa: OurSA, seq: int, plaintext: bytes) -> bytes:
+    """An authentic ESP packet with this plaintext (inner packet and trailer) as given."""
+    aead = (
+        ChaCha20Poly1305(sa.cipher_key)
+        if sa.algorithm == "chacha20-poly1305"
+        else AESGCM(sa.cipher_key)
+    )
+    lo = (seq & 0xFFFFFFFF).to_bytes(4, "big")
+    spi = sa.spi.to_bytes(4, "big")
+    aad = spi + (seq >> 32).to_bytes(4, "big") + lo if sa.esn else spi + lo
+    iv = seq.to_bytes(8, "big")
+    ct = aead.encrypt(sa.salt + iv, plaintext, aad)
+    if sa.outer_version == 4:
+        return bytes(IP(src=sa.src, dst=sa.dst, proto=50) / Raw(spi + lo + iv + ct))
+    return bytes(IPv6(src=sa.src, dst=sa.dst, nh=50) / Raw(spi + lo + iv + ct))
+
+
+@pytest.mark.parametrize("alg", ["aes-gcm-128", "aes-gcm-256", "chacha20-poly1305"])
+@pytest.mark.parametrize(("v", "esn"), [(4, False), (6, True)])
+def test_uniform_decrypt_matches_general_path(alg: str, v: int, esn: bool) -> None:
+    """Equal-length ESP packets in a uniform batch take the whole-batch decrypt path;
+    in a non-uniform batch the general one: same verdicts, bytes and extension,
+    with forged packets first, inside and last, a replay, a bad padding and a bad
+    next header among them."""
+    start = 2**32 - 3 if esn else 1
+    sa = our_sa(alg, v, esn=esn, replay_window=64, seq_start=start)
+    pkts = same_size_packets(8, 4, 301)  # 329-byte inner packets: one byte of padding
+    b = Batch.from_packets(pkts)
+    b.ext.sa[:] = 0
+    wire = [
+        bytearray(p) for p in EncryptTask(sas=SATable((sa,))).process(b, np.ones(8, bool)).packets()
+    ]
+    wire[0][-1] ^= 1  # ICV
+    wire[4][80] ^= 0x10  # ciphertext
+    wire[7][-20] ^= 0x80
+    wire.append(bytearray(wire[2]))  # a replay
+    wire.append(bytearray(craft(sa, start + 20, pkts[0] + bytes([9, 1, 4]))))  # bad padding
+    wire.append(bytearray(craft(sa, start + 21, pkts[0] + bytes([1, 1, 17]))))  # bad next header
+    wire.append(bytearray(craft(sa, start + 22, pkts[1] + bytes([1, 1, 4]))))  # good
+    raw = [bytes(w) for w in wire]
+
+    def task() -> DecryptTask:
+        t = DecryptTask(sas=SATable((sa,)))
+        t.tops[0] = max(start - 5, 0)  # the receiver has seen packets just below (ESN: the wrap)
+        return t
+
+    assert task()._decrypt_uniform(Batch.from_packets(raw, uniform=True), np.arange(len(raw)))
+    outs = []
+    for uniform in (True, False):
+        batch = Batch.from_packets(raw, uniform=uniform)
+        assert (batch.stride > 0) == uniform
+        outs.append(task().process(batch, np.ones(len(raw), bool)))
+    fast, slow = outs
+    assert fast.ext.error.tolist() == [
+        Reason.BAD_ICV,
+        0,
+        0,
+        0,
+        Reason.BAD_ICV,
+        0,
+        0,
+        Reason.BAD_ICV,
+        Reason.REPLAY,
+        Reason.BAD_PADDING,
+        Reason.BAD_ESP,
+        0,
+    ]
+    assert fast.ext.equals(slow.ext)
+    assert fast.packets() == slow.packets()
+    got = fast.packets()
+    assert [got[i] for i in (1, 2, 3, 5, 6, 11)] == [pkts[i] for i in (1, 2, 3, 5, 6)] + [pkts[1]]
+    for i in (0, 4, 7, 8, 9, 10):
+        assert got[i] == raw[i]  # a failed packet keeps its bytes
+
+
 def test_encrypt_verdicts_unknown_sa_not_ip_and_exhausted() -> None:
     sa = our_sa("aes-gcm-128", seq_start=2**32 - 2)
     pk = inner_packets([10, 10, 10, 10], v6_every=0)

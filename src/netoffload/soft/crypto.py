@@ -27,11 +27,12 @@ TRUNCATED. A packet that fails keeps its original bytes.
 Speed: headers, trailers, nonces and AADs are built with numpy for the whole
 batch; the only per-packet Python work is one AEAD call. On a uniform batch
 (one run of equal slots, one SA, packets of one length: what a tunnel sends)
-encryption takes a whole-batch path: plaintexts are copied into reusable
-scratch rows whose memoryviews were made once (``_Rows``), nonces and AADs are
-written there as integer columns, ``encrypt_into`` writes ciphertext and ICV
-into other scratch rows, and one copy puts header, ciphertext and ICV into the
-batch. No Python object is created per packet. Other batches use
+encryption and decryption take a whole-batch path: the input is copied into
+reusable scratch rows whose memoryviews were made once (``_Rows``, one set per
+thread), nonces and AADs are written there as integer columns,
+``encrypt_into`` / ``decrypt_into`` write into other scratch rows, and one copy
+puts the result into the batch (on decryption only for the packets that pass
+every check). No Python object is created per packet. Other batches use
 ``encrypt_into`` / ``decrypt_into`` on memoryview slices of the batch buffer.
 """
 
@@ -40,6 +41,8 @@ from __future__ import annotations
 import collections
 import hmac
 import itertools
+import operator
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -165,7 +168,12 @@ def _ip_lengths(b: Batch, l3: I64, avail: I64) -> tuple[I64, I64]:
         return np.zeros(n, np.int64), np.zeros(n, np.int64)
     # the first six bytes of every packet in one gather (clipped; masked below)
     idx = np.minimum(l3[:, None] + np.arange(6), len(b.buf) - 1)
-    h = b.buf[idx].astype(np.int64)
+    return _ip_lengths_of(b.buf[idx], avail)
+
+
+def _ip_lengths_of(head6: U8, avail: I64) -> tuple[I64, I64]:
+    """``_ip_lengths`` from the first six bytes of each packet, (n, 6)."""
+    h = head6.astype(np.int64)
     ver = np.where(avail >= 1, h[:, 0] >> 4, 0)
     v4 = (ver == 4) & (avail >= 20)
     v6 = (ver == 6) & (avail >= 40)
@@ -204,10 +212,22 @@ class _Scratch:
         key = (name, width, lo, hi)
         r = self.by_shape.get(key)
         if r is None or len(r.views) < n:
-            if r is None and len(self.by_shape) >= 16:
+            if r is None and len(self.by_shape) >= 12:
                 self.by_shape.clear()  # many packet sizes: keep memory bounded
             r = self.by_shape[key] = _Rows(max(n, 64), width, lo, hi)
         return r
+
+
+_local = threading.local()
+
+
+def _scratch() -> _Scratch:
+    """This thread's scratch rows, shared by its encrypt and decrypt tasks (a task
+    made afresh, e.g. for a new SA, finds them ready; ``fill`` tags are by content)."""
+    s: _Scratch | None = getattr(_local, "scratch", None)
+    if s is None:
+        s = _local.scratch = _Scratch()
+    return s
 
 
 def _first(views: list[memoryview], n: int) -> Iterable[memoryview]:
@@ -232,7 +252,6 @@ class EncryptTask(SoftTask):
         self.overheads = np.array([sa.overhead for sa in self.table.sas], np.int64)
         self.v4_sums = [_word_sum(t[:20]) for t in self.templates]
         self.versions = [sa.outer_version for sa in self.table.sas]
-        self.scratch = _Scratch()
         self.head_rows: dict[tuple[int, int], U8] = {}
 
     def describe(self) -> dict[str, object]:
@@ -398,12 +417,13 @@ class EncryptTask(SoftTask):
         esp = H - 8 - sa.iv_len
         lead = -esp % 8  # IV at lead + esp + 8, a multiple of 8
         W = -(-(lead + H + P + ICV_LEN) // 8) * 8
-        scratch = self.scratch
+        scratch = _scratch()
         out = scratch.rows("enc-out", W, lead + H, lead + H + P + ICV_LEN, n)
         ip_total = H + P + ICV_LEN
-        if out.fill != (k, ip_total):
-            out.arr[:, lead : lead + esp + 4] = self._head_row(k, ip_total)[: esp + 4]
-            out.fill = (k, ip_total)
+        head = self._head_row(k, ip_total)[: esp + 4]
+        if out.fill != (hb := head.tobytes()):
+            out.arr[:, lead : lead + esp + 4] = head
+            out.fill = hb
         oa = out.arr[:n]
         oa.view(">u4")[:, (lead + esp + 4) // 4] = seqs
         oa.view(">u8")[:, (lead + esp + 8) // 8] = seqs
@@ -695,7 +715,7 @@ class DecryptTask(SoftTask):
 
     def process(self, batch: Batch, sel: Mask) -> Batch:
         rows = np.flatnonzero(sel)
-        if len(rows) == 0:
+        if len(rows) == 0 or self._decrypt_uniform(batch, rows):
             return batch
         e = batch.ext
         l2, esp_off, end, is_esp, reason = esp_layout(batch, rows, self.ports)
@@ -718,6 +738,163 @@ class DecryptTask(SoftTask):
             g = sa == k
             self._decrypt_sa(batch, k, rows[g], l2[g], esp_off[g], end[g])
         return batch
+
+    def _decrypt_uniform(self, b: Batch, rows: I64) -> bool:
+        """The common case in a few whole-batch steps: a uniform batch whose selected
+        packets are one run of slots, all ESP straight in IP (no IPv4 options,
+        not fragments) of one outer version and length, under one AEAD SA whose
+        sequence numbers can all be inferred. Returns False, having changed nothing,
+        when the batch is not like that (``process`` does the rest).
+
+        ESP header, IV, ciphertext and ICV are copied into reusable scratch rows,
+        nonces and AADs built from them there, and ``decrypt_into`` writes each
+        plaintext into other scratch rows; only the packets that pass every check
+        get their plaintext copied back, so a failed packet keeps its bytes.
+        """
+        n = len(rows)
+        stride = b.stride
+        if stride <= 0 or n < 2:
+            return False
+        r0 = int(rows[0])
+        if int(rows[-1]) - r0 != n - 1:
+            return False
+        ix = slice(r0, r0 + n)
+        e = b.ext
+        if (e.xflags[ix] & _ETHERNET).any():
+            return False
+        start = b.start[ix]
+        h0 = int(start[0]) - r0 * stride
+        L0 = int(b.length[r0])
+        if (start - b.slot_lo[ix] != h0).any() or (b.length[ix] != L0).any():
+            return False
+        mat = b.matrix()[ix]
+        v0 = int(mat[0, h0]) >> 4
+        want: tuple[tuple[int, int], ...]
+        if v0 == 4 and L0 >= 20:
+            iph = 20
+            want = ((0, 0x45), (2, L0 >> 8), (3, L0 & 0xFF), (9, IPPROTO_ESP), (7, 0))
+            if (mat[:, h0 + 6] & 0x3F).any():  # a fragment (MF or an offset)
+                return False
+        elif v0 == 6 and L0 >= 40:
+            iph = 40
+            want = ((4, (L0 - 40) >> 8), (5, (L0 - 40) & 0xFF), (6, IPPROTO_ESP))
+            if ((mat[:, h0] >> 4) != 6).any():
+                return False
+        else:
+            return False
+        for col, val in want:
+            if (mat[:, h0 + col] != val).any():
+                return False
+        eo = h0 + iph  # ESP header column
+        spi_b = mat[:, eo : eo + 4]
+        if (spi_b != spi_b[0]).any():
+            return False
+        k = int(self.table.lookup(np.array([int.from_bytes(spi_b[0].tobytes(), "big")]))[0])
+        if k < 0 or self.aeads[k] is None:
+            return False
+        sa = self.table.sas[k]
+        aead = self.aeads[k]
+        assert aead is not None
+        P = L0 - iph - 16 - ICV_LEN  # encrypted payload (trailer included)
+        if P < 2:
+            return False
+        # scratch rows: SPI, seq (at 4), IV (at 8), then ciphertext and ICV (at 16)
+        scratch = _scratch()
+        src = scratch.rows("dec-in", -(-(16 + P + ICV_LEN) // 8) * 8, 16, 16 + P + ICV_LEN, n)
+        ia = src.arr[:n]
+        ia[:, : 16 + P + ICV_LEN] = mat[:, eo : eo + 16 + P + ICV_LEN]
+        lo = ia.view(">u4")[:, 1].astype(np.int64)
+        seqs, unguessable = self._infer_seq(k, lo)
+        if unguessable.any():
+            return False
+        # from here on the batch takes this path
+        nonce = scratch.rows("nonce", 16, 4, 16, n)  # salt at 4, IV at 8
+        if nonce.fill != sa.salt:
+            nonce.arr[:, 4:8] = np.frombuffer(sa.salt, np.uint8)
+            nonce.fill = sa.salt
+        nonce.arr[:n].view(np.uint64)[:, 1] = ia.view(np.uint64)[:, 1]
+        if sa.esn:
+            aad = scratch.rows("aad-esn", 16, 4, 16, n)  # SPI at 4, seq hi and lo at 8
+            aad.fill = None
+            aad.arr[:n, 4:8] = ia[:, :4]
+            aad.arr[:n].view(">u8")[:, 1] = seqs
+        else:
+            aad = scratch.rows("aad", 8, 0, 8, n)
+            aad.fill = None
+            aad.arr[:n].view(np.uint64)[:, 0] = ia.view(np.uint64)[:, 0]
+        out = scratch.rows("dec-out", P, 0, P, n)
+        nv = nonce.views if len(nonce.views) == n else nonce.views[:n]
+        it = iter(nv)
+        args = (it, iter(src.views), iter(aad.views), iter(out.views))
+        ok = np.ones(n, np.bool_)
+        while True:
+            try:
+                collections.deque(map(aead.decrypt_into, *args), maxlen=0)
+                break
+            except InvalidTag:  # this packet fails; go on with the next
+                ok[n - operator.length_hint(it) - 1] = False
+        oa = out.arr[:n]
+        e.error[ix][~ok] = Reason.BAD_ICV
+        # trailer: pad length, next header, padding bytes 1, 2, ...
+        padl = oa[:, P - 2].astype(np.int64)
+        nh = oa[:, P - 1]
+        L = P - 2 - padl
+        bad_pad = ok & (L < 0)
+        p0 = int(padl[0])
+        if p0 <= P - 2 and (padl == p0).all():
+            if p0:
+                want_pad = np.arange(1, p0 + 1, dtype=np.uint8)
+                bad_pad |= ok & (oa[:, P - 2 - p0 : P - 2] != want_pad).any(axis=1)
+        else:
+            ar = np.arange(n)
+            for j in range(int(padl[ok].max()) if ok.any() else 0):
+                w = ok & ~bad_pad & (j < padl)
+                got = oa[ar, np.clip(L + j, 0, P - 1)]
+                bad_pad |= w & (got != j + 1)
+        iv = np.where(L >= 1, oa[:, 0] >> 4, 0)
+        bad_nh = ok & ~bad_pad & ~(((nh == NH_IPV4) & (iv == 4)) | ((nh == NH_IPV6) & (iv == 6)))
+        e.error[ix][bad_pad] = Reason.BAD_PADDING
+        e.error[ix][bad_nh] = Reason.BAD_ESP
+        ok &= ~(bad_pad | bad_nh)
+        # anti-replay: only authenticated packets are judged and move the window
+        acc = np.flatnonzero(ok)
+        w_ = self.windows[k]
+        if len(acc):
+            if w_ is not None:
+                v = w_.check(seqs[acc])
+                good_v = v == OK
+                w_.update(seqs[acc][good_v])
+                bad_rows = acc[~good_v]
+                e.error[ix][bad_rows] = np.where(
+                    v[~good_v] == REPLAY, Reason.REPLAY, Reason.TOO_OLD
+                ).astype(np.uint16)
+                ok[bad_rows] = False
+                self.tops[k] = w_.top
+            else:
+                self.tops[k] = max(self.tops[k], int(seqs[acc].max()))
+        # the inner packets (without TFC padding), in place of the ciphertext
+        ct = eo + 16
+        _, iplen = _ip_lengths_of(oa[:, :6], L)
+        Lg = np.where((iplen > 0) & (iplen <= L), iplen, L)
+        if ok.all():
+            g: I64 | slice = ix
+            mat[:, ct : ct + P] = oa
+        else:
+            good = np.flatnonzero(ok)
+            mat[good, ct : ct + P] = oa[good]
+            g = good + r0
+            start, Lg, seqs, iv = start[good], Lg[good], seqs[good], iv[good]
+        b.start[g] = start + (ct - h0)
+        b.length[g] = Lg
+        e.sa[g] = k
+        e.seq[g] = seqs
+        e.l3_off[g] = 0
+        e.l3_proto[g] = iv
+        e.l4_off[g] = -1
+        e.l4_proto[g] = 0
+        e.hdr_len[g] = 0
+        e.xflags[g] &= np.uint8(~XFlag.PARSED & 0xFF)
+        return True
 
     def _infer_seq(self, k: int, lo: I64) -> tuple[NDArray[np.uint64], Mask]:
         """Full sequence numbers (RFC 4303 appendix A2.2) and which could not be inferred."""
