@@ -252,3 +252,29 @@ def test_vnet_truncated(raw: bytes, size: int) -> None:
 def test_vnet_bad_size() -> None:
     with pytest.raises(ValueError):
         ext_to_vnet(Ext(1), 11)
+
+
+@given(st.lists(st.integers(0, 200), min_size=1, max_size=30), st.data())
+def test_slice_is_a_view_with_take_contents(sizes: list[int], data: st.DataObject) -> None:
+    b = Batch.from_packets([bytes([i % 251]) * s for i, s in enumerate(sizes)], uniform=True)
+    b.ext.origin[:] = np.arange(len(b))
+    lo = data.draw(st.integers(0, len(b)))
+    hi = data.draw(st.integers(lo, len(b)))
+    v = b.slice(lo, hi)
+    t = b.take(np.arange(lo, hi))
+    assert v.packets() == t.packets() and v.ext.equals(t.ext)
+    assert np.array_equal(v.headroom, t.headroom) and np.array_equal(v.tailroom, t.tailroom)
+    if hi > lo:
+        assert v.stride == b.stride and np.shares_memory(v.buf, b.buf)
+        # writes through the view are the batch's
+        v.buf[v.start[0]] = 0xEE if v.length[0] else v.buf[v.start[0]]
+        v.ext.done[:] = 3
+        v.length[0] = 0
+        assert (b.ext.done[lo:hi] == 3).all() and b.length[lo] == 0
+        assert b.buf[b.start[lo]] == v.buf[v.start[0]]
+
+
+def test_slice_of_a_batch_without_stride_is_a_copy() -> None:
+    b = Batch.from_packets([b"a" * 10, b"b" * 5000, b"c"], uniform=False)
+    v = b.slice(1, 3)
+    assert v.packets() == [b"b" * 5000, b"c"] and not np.shares_memory(v.buf, b.buf)

@@ -262,3 +262,91 @@ def test_encrypt_split_between_host_and_device_never_repeats_a_sequence_number()
             seqs.append(seq)
     assert eng.counters[Task.ENCRYPT].offloaded > 0 and eng.counters[Task.ENCRYPT].software > 0
     assert len(seqs) == len(pkts) and len(set(seqs)) == len(seqs)
+
+
+class Tail(Always):
+    """The last ``share`` of the packets no task was done for yet go to device 0
+    (the split Adaptive makes); packets on a trip stay on it."""
+
+    name = "tail"
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+
+    def split(self, task, batch, want, devices, load):  # type: ignore[no-untyped-def]
+        from netoffload.policy.threshold import in_trip
+
+        out = np.full(len(batch), -1, np.int8)
+        if in_trip(batch, want):
+            out[want] = 0
+            return out
+        idx = np.flatnonzero(want & (batch.ext.done == 0))
+        k = round(self.share * len(idx))
+        if k:
+            out[idx[len(idx) - k :]] = 0
+        return out
+
+
+@pytest.mark.parametrize("share", [0.0, 0.4, 1.0])
+@given(
+    st.lists(
+        st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.integers(0, 7)), max_size=12),
+        max_size=5,
+    ),
+    st.integers(1, 3),
+)
+def test_pipelined_batches_exactly_once_in_order(
+    share: float, batches: list[list[tuple[bytes, int]]], depth: int
+) -> None:
+    """start/finish with up to ``depth`` batches in flight gives what process gives."""
+    soft = lib()
+    dev = SoftwareDevice(soft, name="sw")
+    dev.enable(Task.CHECKSUM, Task.ENCRYPT, Task.DIGEST)
+    tasks3 = Task.CHECKSUM | Task.ENCRYPT | Task.DIGEST
+    eng = Engine(Direction.TX, tasks3, soft, Tail(share), [dev])
+    flight = []
+    outs: list[Batch] = []
+    for pkts in batches:
+        b = Batch.from_packets([p for p, _ in pkts], uniform=True)
+        bits = np.array([m for _, m in pkts], dtype=np.int64)
+        for k, t in enumerate((Task.CHECKSUM, Task.ENCRYPT, Task.DIGEST)):
+            b.ext.tasks[(bits >> k) & 1 == 1] |= np.uint16(t)
+        b.ext.l3_proto[:] = 4
+        flight.append(eng.start(b))
+        while len(flight) >= depth:
+            outs.append(eng.finish(flight.pop(0)).batch)
+    while flight:
+        outs.append(eng.finish(flight.pop(0)).batch)
+    assert eng.pending == 0
+    origin = 0
+    for pkts, out in zip(batches, outs, strict=True):
+        want: list[bytes] = []
+        for p, m in pkts:
+            want += expected(p, m)
+        assert out.packets() == want
+        assert np.array_equal(out.ext.origin, np.arange(origin, origin + len(pkts)))
+        assert not out.ext.offload.any()
+        origin += len(pkts)
+    assert eng.packets_out == origin
+
+
+def test_batches_finish_in_the_order_they_started() -> None:
+    from netoffload.errors import ConfigError
+
+    soft = lib()
+    eng = Engine(Direction.TX, Task.CHECKSUM, soft, Never())
+    b1, b2 = Batch.from_packets([b"ab"]), Batch.from_packets([b"cd"])
+    b1.ext.tasks[:] = b2.ext.tasks[:] = Task.CHECKSUM
+    p1, p2 = eng.start(b1), eng.start(b2)
+    with pytest.raises(ConfigError):
+        eng.finish(p2)
+    assert eng.finish(p1).batch.packets() == [b"ab\xc5"]
+    assert eng.finish(p2).batch.packets() == [b"cd\xc5"]
+    with pytest.raises(ConfigError):
+        eng.finish(p2)
+    # process() would overtake a started batch
+    p3 = eng.start(Batch.from_packets([b"x"]))
+    with pytest.raises(ConfigError):
+        eng.process(Batch.from_packets([b"y"]))
+    assert eng.finish(p3).batch.packets() == [b"x"]
+    assert eng.process(Batch.from_packets([b"y"])).batch.packets() == [b"y"]

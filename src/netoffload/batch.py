@@ -428,6 +428,34 @@ class Batch:
             buf, start, self.length[idx].copy(), new_lo, new_hi, self.ext.take(idx), stride
         )
 
+    def slice(self, lo: int, hi: int) -> Batch:
+        """Packets ``lo..hi-1`` as a view: no packet byte is copied.
+
+        The view shares this batch's buffer, lengths and extensions (writes to
+        them show through; the slots of two views of disjoint ranges are
+        disjoint); its ``start``/``slot_lo``/``slot_hi`` are rebased copies
+        unless ``lo`` is 0. Only for uniform batches (``stride > 0``): others
+        get ``take`` (a copy)."""
+        n = len(self)
+        lo, hi = max(0, lo), min(n, hi)
+        st = self.stride
+        if st <= 0 or len(self.buf) < n * st:
+            return self.take(np.arange(lo, hi, dtype=np.int64))
+        if hi <= lo:
+            return Batch.empty()
+        base = lo * st
+        e = self.ext
+        ext = Ext.__new__(Ext)
+        for f in EXT_FIELDS:
+            object.__setattr__(ext, f, getattr(e, f)[lo:hi])
+        if base == 0:
+            start, slot_lo, slot_hi = self.start[:hi], self.slot_lo[:hi], self.slot_hi[:hi]
+        else:
+            start = self.start[lo:hi] - base
+            slot_lo = self.slot_lo[lo:hi] - base
+            slot_hi = self.slot_hi[lo:hi] - base
+        return Batch(self.buf[base : hi * st], start, self.length[lo:hi], slot_lo, slot_hi, ext, st)
+
     def copy(self) -> Batch:
         return Batch(
             self.buf.copy(),

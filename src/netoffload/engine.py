@@ -8,17 +8,35 @@ consecutive tasks for one device go over in one crossing. While a device works,
 the engine carries on with the software part. A failed trip is redone in
 software. Every packet leaves exactly once and in order (by ``ext.origin``),
 and every task keeps counters (offloaded, software, dropped, errors, bytes, time).
+
+``process(batch)`` runs one batch to the end. ``start(batch)`` and
+``finish(pending)`` split it in two, so that a caller with more batches
+waiting can pipeline them: ``start`` does the software part of a batch and
+leaves its device trips in flight; while a device works on them, the host
+starts the next batch, and ``finish`` (oldest first) collects the trips, runs
+what is left and merges the parts. A device thus works on batch N while the
+host does its share of batch N+1, and every batch still comes out whole and in
+order.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from netoffload.batch import Batch, FilterVerdict, Mask, Reason, merge_by_origin, refine_sub
+from netoffload.batch import (
+    EXT_FIELDS,
+    Batch,
+    FilterVerdict,
+    Mask,
+    Reason,
+    merge_by_origin,
+    refine_sub,
+)
 from netoffload.devices.base import Device
 from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
@@ -78,6 +96,64 @@ class _Trip:
     rest: tuple[Task, ...]  # stages still to run after the trip
     t0: float
     dead_before: dict[int, int] = field(default_factory=dict)  # taken before submit
+    #: per task given to the device: (task, packets, bytes) at submit
+    asked: tuple[tuple[Task, int, int], ...] = ()
+
+
+@dataclass
+class _InPlace:
+    """A split made without copying: the software part is ``parent[:m]`` and the
+    one trip ``parent[m:]``, both views. If both come back as the very views,
+    arrays and all (every task worked in place, the device wrote its output
+    into the trip's view), ``parent`` already holds the whole result."""
+
+    parent: Batch
+    m: int
+    rest: Batch
+    rest_arrays: tuple[object, ...]
+    trip: _Trip
+    trip_arrays: tuple[object, ...]
+
+
+def _arrays(b: Batch) -> tuple[object, ...]:
+    e = b.ext
+    return (b.buf, b.start, b.length, b.slot_lo, b.slot_hi, *(getattr(e, f) for f in EXT_FIELDS))
+
+
+def _same(b: Batch, arrays: tuple[object, ...]) -> bool:
+    return all(x is y for x, y in zip(_arrays(b), arrays, strict=True))
+
+
+def _tail_start(sel: Mask) -> int:
+    """m when ``sel`` is exactly packets m..n-1 (0 < m < n), else -1."""
+    n = len(sel)
+    m = n - int(np.count_nonzero(sel))
+    return m if 0 < m < n and bool(sel[m:].all()) else -1
+
+
+class Pending:
+    """A batch that ``Engine.start`` began: its software part done, its device
+    trips in flight. ``Engine.finish`` turns it into an ``Output``."""
+
+    __slots__ = ("finished", "in_place", "rest", "trips", "views")
+
+    def __init__(
+        self,
+        rest: Batch,
+        trips: list[_Trip],
+        views: list[DeviceView],
+        in_place: _InPlace | None = None,
+    ) -> None:
+        self.rest = rest
+        self.trips = trips
+        self.views = views
+        self.in_place = in_place
+        self.finished = False
+
+    @property
+    def in_flight(self) -> int:
+        """Device trips not yet collected."""
+        return 0 if self.finished else len(self.trips)
 
 
 class Engine:
@@ -113,6 +189,11 @@ class Engine:
         self.packets_in = 0
         self.packets_out = 0
         self._next_origin = 0
+        self._pending: deque[Pending] = deque()  # started, not finished (oldest first)
+        # pipelining: host time from one start to the next, less software and waits
+        self._last_start: float | None = None
+        self._soft_s = 0.0  # software task time since the last start
+        self._blocked_s = 0.0  # time waiting for device completions since the last start
         self._iota = np.arange(1024, dtype=np.int64)  # 0..n-1, for the origins
 
     # ------------------------------------------------------------------ views
@@ -134,7 +215,26 @@ class Engine:
 
     # ------------------------------------------------------------------ run
     def process(self, batch: Batch) -> Output:
-        """Run every stage over ``batch`` (whose extensions say what each packet wants)."""
+        """Run every stage over ``batch`` (whose extensions say what each packet wants).
+
+        Batches started (``start``) must be finished first: their output would
+        otherwise come after this one's."""
+        if self._pending:
+            raise ConfigError("engine: finish the batches started before processing another")
+        return self.finish(self.start(batch))
+
+    @property
+    def pending(self) -> int:
+        """Batches started and not yet finished."""
+        return len(self._pending)
+
+    def start(self, batch: Batch) -> Pending:
+        """Begin ``batch``: do its software part and put its device trips in flight.
+
+        ``finish`` must be called on every ``Pending``, in the order they were
+        started; in between, the host is free to start more batches (pipelining).
+        """
+        self._pipeline_tick(bool(self._pending))
         n = len(batch)
         self.batches += 1
         self.packets_in += n
@@ -144,12 +244,39 @@ class Engine:
         batch.ext.sub[:] = 0
         self._next_origin += n
         if n == 0:
-            return Output(batch)
-        views = self.device_views()
-        self.monitor.set_devices(
-            tuple(d.load().occupancy for d in self.devices), tuple(v.up for v in views)
-        )
-        out = self._run(batch, self.stages, views)
+            p = Pending(batch, [], [])
+        else:
+            views = self.device_views()
+            self.monitor.set_devices(
+                tuple(d.load().occupancy for d in self.devices), tuple(v.up for v in views)
+            )
+            rest, trips, ip = self._start(batch, self.stages, views)
+            p = Pending(rest, trips, views, ip)
+        self._pending.append(p)
+        return p
+
+    def _pipeline_tick(self, pipelined: bool) -> None:
+        """At a start: tell the monitor whether the engine is pipelining and, if it
+        was since the last start too, how much host time that batch took besides
+        its software tasks and its waits for devices."""
+        now = time.perf_counter()
+        if pipelined and self._last_start is not None:
+            busy = now - self._last_start - self._blocked_s
+            self.monitor.record_host_other(busy - self._soft_s)
+        self.monitor.pipelined = pipelined
+        self._last_start = now
+        self._soft_s = self._blocked_s = 0.0
+
+    def finish(self, p: Pending) -> Output:
+        """Collect the device trips of ``p`` (waiting for them), run what is left
+        of its stages and give the batch back whole, in order."""
+        if p.finished:
+            raise ConfigError("engine: this batch was already finished")
+        if not self._pending or self._pending[0] is not p:
+            raise ConfigError("engine: batches must be finished in the order they were started")
+        self._pending.popleft()
+        p.finished = True
+        out = self._join(p.rest, p.trips, p.views, p.in_place) if p.trips else p.rest
         out.ext.offload[:] = 0
         self.packets_out += len(out)
         return Output(out)
@@ -166,7 +293,16 @@ class Engine:
         return want
 
     def _run(self, b: Batch, stages: Sequence[Task], views: list[DeviceView]) -> Batch:
+        rest, trips, ip = self._start(b, stages, views)
+        return self._join(rest, trips, views, ip)
+
+    def _start(
+        self, b: Batch, stages: Sequence[Task], views: list[DeviceView]
+    ) -> tuple[Batch, list[_Trip], _InPlace | None]:
+        """Run ``stages`` over ``b``: the software part here, the device parts put
+        on trips (submitted, not waited for)."""
         trips: list[_Trip] = []
+        ip: _InPlace | None = None
         rest = b
         for si, t in enumerate(stages):
             if len(rest) == 0:
@@ -186,20 +322,53 @@ class Engine:
                         paths[sel & ~v.capable(t, rest)] = SOFTWARE
                 for k in np.unique(paths[paths >= 0]):
                     sel = paths == k
+                    m = -1
                     if sel.all():
                         trip, rest = rest, Batch.empty()
+                    elif rest.stride > 0 and not trips and (m := _tail_start(sel)) > 0:
+                        # the device gets the last packets: views, no copy
+                        parent = rest
+                        trip, rest = parent.slice(m, len(parent)), parent.slice(0, m)
+                        want = want[:m]
                     else:
                         trip, rest = rest.take(sel), rest.take(~sel)
                         want = want[~sel]
-                    trips.append(self._open_trip(int(k), trip, stages, si, views))
+                    tr = self._open_trip(int(k), trip, stages, si, views, owned=m > 0)
+                    trips.append(tr)
+                    if m > 0:
+                        ip = _InPlace(parent, m, rest, _arrays(rest), tr, _arrays(trip))
                 if not len(rest) or not want.any():
                     continue
             rest = self._soft(t, rest, want)
+        return rest, trips, ip
+
+    def _join(
+        self,
+        rest: Batch,
+        trips: list[_Trip],
+        views: list[DeviceView],
+        ip: _InPlace | None = None,
+    ) -> Batch:
+        """Collect the trips and merge them with the software part, in order."""
         if not trips:
             return rest  # one part, already in origin order
         parts = [rest]
         for tr in trips:
             parts.append(self._finish_trip(tr, views))
+        if (
+            ip is not None
+            and len(trips) == 1
+            and trips[0] is ip.trip
+            and rest is ip.rest
+            and parts[1] is ip.trip.batch
+            and _same(rest, ip.rest_arrays)
+            and _same(parts[1], ip.trip_arrays)
+        ):
+            # both parts were done in place in the parent: only the trip's packet
+            # starts (rebased in its view) go back
+            p, m = ip.parent, ip.m
+            np.add(parts[1].start, m * p.stride, out=p.start[m:])
+            return p
         return merge_by_origin(parts)
 
     def _soft(self, t: Task, b: Batch, sel: Mask) -> Batch:
@@ -217,6 +386,7 @@ class Engine:
         c.software += nsel
         c.bytes += nbytes
         c.soft_ns += dt
+        self._soft_s += dt / 1e9
         self._count_drops(t, out, before)
         self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
         if _observes(self.policy):  # else a no-op: skip building the feedback
@@ -243,8 +413,17 @@ class Engine:
                 c.reasons[name] = c.reasons.get(name, 0) + inc
 
     def _open_trip(
-        self, k: int, trip: Batch, stages: Sequence[Task], si: int, views: list[DeviceView]
+        self,
+        k: int,
+        trip: Batch,
+        stages: Sequence[Task],
+        si: int,
+        views: list[DeviceView],
+        owned: bool = False,
     ) -> _Trip:
+        """Submit ``trip`` to device ``k`` with the tasks from stage ``si`` on that
+        the policy also gives it. ``owned``: the device may write its output into
+        ``trip`` (a view the engine made for the purpose)."""
         t = stages[si]
         trip.ext.offload[:] = 0
         want = self._want(trip, t)
@@ -268,11 +447,17 @@ class Engine:
         dead_before = _dead_reasons(trip)
         t0 = self.clock()
         try:
-            ticket = dev.submit(trip, self.stages)
+            ticket = dev.submit_owned(trip, self.stages) if owned else dev.submit(trip, self.stages)
         except DeviceError as e:
             ticket = -1
             self._device_failed(k, trip, tasks, str(e))
-        return _Trip(k, ticket, trip, tasks, tuple(stages[sj:]), t0, dead_before)
+        off = trip.ext.offload
+        asked = []
+        for t in tasks.members():
+            sel = (off & t) != 0
+            asked.append((t, int(np.count_nonzero(sel)), int(trip.length[sel].sum())))
+        tr = _Trip(k, ticket, trip, tasks, tuple(stages[sj:]), t0, dead_before, tuple(asked))
+        return tr
 
     def _device_failed(self, k: int, trip: Batch, tasks: Task, why: str) -> None:
         for t in tasks.members():
@@ -288,7 +473,9 @@ class Engine:
         out = trip.batch
         if trip.ticket >= 0:
             try:
+                w0 = time.perf_counter()
                 comp = dev.complete(trip.ticket)
+                self._blocked_s += time.perf_counter() - w0
                 ok, out = comp.ok, comp.batch
                 if ok and len(out) != len(trip.batch):
                     refine_sub(out)
@@ -300,10 +487,7 @@ class Engine:
             elapsed = self.clock() - trip.t0
             members = list(trip.tasks.members())
             self.monitor.record_latency(trip.device, elapsed)
-            for t in members:
-                asked = (trip.batch.ext.offload & t) != 0
-                n = int(asked.sum())
-                nbytes = int(trip.batch.length[asked].sum())
+            for t, n, nbytes in trip.asked:
                 c = self.counters[t]
                 c.offloaded += n
                 c.bytes += nbytes

@@ -229,3 +229,62 @@ def test_close_is_clean_and_idempotent() -> None:
     assert not d.load().up
     with pytest.raises(DeviceDown):
         d.submit(broken_batch(good_packets(2)), [Task.CHECKSUM])
+
+
+class _Tail(Always):
+    """The last ``share`` of the wanted packets to device 0 (as Adaptive splits)."""
+
+    name = "tail"
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+
+    def split(self, task, batch, want, devices, load):  # type: ignore[no-untyped-def]
+        out = np.full(len(batch), -1, np.int8)
+        idx = np.flatnonzero(want)
+        k = round(self.share * len(idx))
+        if k:
+            out[idx[len(idx) - k :]] = 0
+        return out
+
+
+def _uniform(pkts: list[bytes]) -> Batch:
+    b = broken_batch(pkts)
+    u = Batch.from_packets(b.packets(), uniform=True)
+    u.ext = b.ext
+    return u
+
+
+@pytest.mark.parametrize("die_at", [0, 4])
+def test_pipelined_split_in_place_exactly_once_in_order(die_at: int) -> None:
+    """Two batches in flight, each split between host and NIC without copies (the
+    NIC's output read straight into the batch); a NIC dying mid-flight loses and
+    repeats nothing."""
+    d = EmulatedNIC(CSUM, die_at=die_at)
+    try:
+        eng = Engine(Direction.TX, Task.CHECKSUM, lib(), _Tail(0.6), [d])
+        flight = []
+        sent: list[tuple[Batch, list[bytes]]] = []
+        outs = []
+        for k in range(8):
+            pkts = good_packets(40, 300 + k)
+            b = _uniform(pkts)
+            sent.append((b, pkts))
+            flight.append(eng.start(b))
+            if len(flight) == 2:
+                outs.append(eng.finish(flight.pop(0)).batch)
+        outs.append(eng.finish(flight.pop(0)).batch)
+        total = 0
+        for (_, pkts), out in zip(sent, outs, strict=True):
+            assert out.packets() == pkts
+            assert np.array_equal(out.ext.origin, np.arange(total, total + len(pkts)))
+            total += len(pkts)
+        c = eng.counters[Task.CHECKSUM]
+        assert c.offloaded + c.software == total
+        if die_at:
+            assert c.errors > 0 and not d.load().up
+        else:
+            assert c.offloaded == 8 * 24 and c.errors == 0
+            assert all(out is b for (b, _), out in zip(sent, outs, strict=True))  # no copy
+    finally:
+        d.close()

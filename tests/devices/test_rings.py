@@ -18,6 +18,7 @@ from netoffload.devices.rings import (
     encoded_size,
     pack_order,
     read_batch,
+    read_batch_into,
     unpack_order,
     write_batch,
 )
@@ -197,3 +198,54 @@ def test_batch_take_matches_a_per_packet_copy(
         lo, hi = int(b.slot_lo[i]), int(b.slot_hi[i])
         assert bytes(out.buf[out.slot_lo[j] : out.slot_hi[j]]) == bytes(b.buf[lo:hi])
         assert out.ext.row(j) == b.ext.row(i)
+
+
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=20), st.integers(0, 2**31))
+def test_read_in_place_and_write_back_without_copies(sizes: list[int], seed: int) -> None:
+    """``read_batch(copy=False)`` gives views of the region; changes made through
+    them are the region's, and ``write_batch`` of the same layout keeps them."""
+    b = make_batch(sizes, seed)
+    region = np.zeros(encoded_size(len(b), len(b.buf)), np.uint8)
+    write_batch(region, b)
+    v = read_batch(region, copy=False)
+    assert same(v, b)
+    v.buf[v.start] ^= 0xFF  # first byte of every packet (all have room before them)
+    v.ext.done[:] = 7
+    v.length[:] = np.minimum(v.length, 1)
+    write_batch(region, v)
+    back = read_batch(region)
+    assert same(back, v)
+    assert (back.ext.done == 7).all() and not np.shares_memory(back.buf, region)
+
+
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=20), st.integers(0, 2**31))
+def test_read_into_a_batch_of_the_same_layout(sizes: list[int], seed: int) -> None:
+    b = make_batch(sizes, seed)
+    out = make_batch(sizes, seed + 1)
+    out.start[:] = b.start  # the same slots and starts, other bytes and extensions
+    region = np.zeros(encoded_size(len(out), len(out.buf)), np.uint8)
+    write_batch(region, out)
+    dst = b
+    arrays = (dst.buf, dst.start, dst.length, dst.ext.origin)
+    assert read_batch_into(region, dst)
+    assert same(dst, out)
+    after = (dst.buf, dst.start, dst.length, dst.ext.origin)
+    assert all(x is y for x, y in zip(arrays, after, strict=True))
+    # another layout: refused, the batch untouched
+    other = make_batch([*sizes, 5], seed)
+    keep = other.copy()
+    assert not read_batch_into(region, other)
+    assert same(other, keep)
+
+
+def test_read_into_refuses_a_packet_outside_its_slot_untouched() -> None:
+    b = make_batch([100, 200], 1)
+    region = np.zeros(encoded_size(len(b), len(b.buf)), np.uint8)
+    write_batch(region, b)
+    lengths = read_batch(region, copy=False).length
+    lengths[1] = 10_000
+    dst = make_batch([100, 200], 2)
+    keep = dst.copy()
+    with pytest.raises(BufferFormatError):
+        read_batch_into(region, dst)
+    assert same(dst, keep)

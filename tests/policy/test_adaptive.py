@@ -172,3 +172,16 @@ def test_config_and_registry() -> None:
         Adaptive(probe_share=0.0)
     assert isinstance(make_policy("adaptive"), Adaptive)
     assert "ratio" in make_policy("adaptive").describe()
+
+
+def test_pipelined_balances_busy_time_with_the_host_s_other_work() -> None:
+    from dataclasses import replace
+
+    pol = Adaptive()
+    s = snap(sw={C: 10e-6}, dev={C: 10e-6}, wait=500e-6)
+    assert ndev(pol.split(C, batch(100), want(100), [view()], s)) == 25
+    # pipelining: the queue wait is the device working on the batch before, not a
+    # cost of this one; the host's 200 us of other work per batch counts on its side
+    p = replace(s, pipelined=True, host_other_s=200e-6)
+    assert ndev(pol.split(C, batch(100), want(100), [view()], p)) == 60
+    assert ndev(pol.split(C, batch(100), want(100), [view()], replace(p, host_other_s=0))) == 50

@@ -113,3 +113,15 @@ def test_psutil_sampler_reads_fractions() -> None:
 def test_bad_alpha() -> None:
     with pytest.raises(ValueError):
         LoadMonitor(cpu_alpha=0.0)
+
+
+def test_host_other_time_is_a_recent_median() -> None:
+    from netoffload.policy.load import LoadMonitor
+
+    m = LoadMonitor()
+    assert m.snapshot(0.0).host_other_s == 0.0 and not m.snapshot(0.0).pipelined
+    for x in (1e-3, 1e-3, 50e-3, 1e-3, -1.0):
+        m.record_host_other(x)
+    m.pipelined = True
+    s = m.snapshot(0.0)
+    assert s.pipelined and s.host_other_s == 1e-3

@@ -115,6 +115,13 @@ class Device(abc.ABC):
         (then nothing was taken).
         """
 
+    def submit_owned(self, batch: Batch, order: Sequence[Task]) -> int:
+        """As ``submit``, but the caller gives ``batch`` away until completion: the
+        device may write its output into it (when the layout allows) and complete
+        with that very batch, saving a copy. A failed completion still carries the
+        batch as submitted. By default the same as ``submit``."""
+        return self.submit(batch, order)
+
     @abc.abstractmethod
     def poll(self, wait: bool = True) -> list[Completion]:
         """Completed submits, in submission order (wait for at least one if asked)."""

@@ -4,8 +4,11 @@ The host reaches it only through shared-memory descriptor rings
 (``devices.rings``): ``submit`` copies a batch (packets and extensions, as
 numpy arrays — nothing is pickled per packet) into a ring region and posts a
 descriptor; the NIC process takes it, does the tasks ``ext.offload`` assigns
-with the software task library, writes the output back into the region and
-posts a completion. Doorbells (semaphores) wake a side that sleeps; the NIC
+with the software task library, in place in the region (an output of another
+layout, e.g. after segmentation, is written back into it), and posts a
+completion. The host copies the output out of the region — with
+``submit_owned`` straight into the batch it submitted, when the layout is
+unchanged. Doorbells (semaphores) wake a side that sleeps; the NIC
 polls for a moment after each batch, as a poll-mode driver would.
 
 Profiles (``PROFILES``) set the capability set, limits, queue depth and an
@@ -145,6 +148,9 @@ class _Flight:
     nbytes: int
     tasks: Task
     post_s: float  # host seconds spent copying in
+    in_place: bool = False  # the output may be written into ``batch`` (submit_owned)
+    #: per task asked: (task, packets, bytes), taken at submit (``batch`` may change)
+    per_task: tuple[tuple[Task, int, int], ...] = ()
 
 
 @dataclass
@@ -375,6 +381,14 @@ class EmulatedNIC(Device):
 
     # ------------------------------------------------------------ work
     def submit(self, batch: Batch, order: Sequence[Task]) -> int:
+        return self._submit(batch, order, False)
+
+    def submit_owned(self, batch: Batch, order: Sequence[Task]) -> int:
+        """``submit``; the completion is read straight into ``batch`` when the
+        output has its layout (one copy out of the ring, no allocation)."""
+        return self._submit(batch, order, True)
+
+    def _submit(self, batch: Batch, order: Sequence[Task], in_place: bool) -> int:
         if not self._up or self._rings is None:
             raise DeviceDown(f"{self.name}: device is down{self._why()}")
         rings = self._rings
@@ -400,7 +414,15 @@ class EmulatedNIC(Device):
         assert self._sq_bell is not None
         self._sq_bell.release()
         asked = int(np.bitwise_or.reduce(batch.ext.offload)) if n else 0
-        self._inflight[ticket] = _Flight(batch, n, batch.nbytes, Task(asked), post_s)
+        per_task: list[tuple[Task, int, int]] = []
+        if self._monitor is not None:
+            off = batch.ext.offload
+            for t in Task(asked).members():
+                sel = (off & t) != 0
+                per_task.append((t, int(np.count_nonzero(sel)), int(batch.length[sel].sum())))
+        self._inflight[ticket] = _Flight(
+            batch, n, batch.nbytes, Task(asked), post_s, in_place, tuple(per_task)
+        )
         self._queued += n
         self._account(batch)
         return ticket
@@ -441,7 +463,7 @@ class EmulatedNIC(Device):
             return out
         while True:
             t0 = time.perf_counter_ns()
-            got = rings.reap()
+            got = rings.reap(self._into)
             if got is None:
                 return out
             desc, batch = got
@@ -464,6 +486,10 @@ class EmulatedNIC(Device):
                 why = STATUS_TEXT.get(desc.status, f"status {desc.status}")
                 out.append(Completion(desc.ticket, fl.batch, False, f"{self.name}: {why}"))
 
+    def _into(self, ticket: int) -> Batch | None:
+        fl = self._inflight.get(ticket)
+        return fl.batch if fl is not None and fl.in_place else None
+
     def _report(
         self, fl: _Flight, task_ns: Sequence[int], service_ns: int, wait_ns: int, cross_s: float
     ) -> None:
@@ -477,12 +503,8 @@ class EmulatedNIC(Device):
         scale = service_ns / inside if inside > 0 and service_ns > inside else 1.0
         m.record_queue_wait(k, wait_ns / 1e9)
         m.record_crossing(k, fl.packets, fl.nbytes, cross_s)
-        off = fl.batch.ext.offload
-        for t in fl.tasks.members():
-            sel = (off & t) != 0
-            n = int(sel.sum())
+        for t, n, nb in fl.per_task:
             if n:
-                nb = int(fl.batch.length[sel].sum())
                 m.record_service(t, k, n, nb, task_ns[t.index] * scale / 1e9)
 
     def _go_down(self, why: str) -> list[Completion]:
@@ -690,8 +712,14 @@ def nic_main(cfg: _WorkerConfig, sq_bell: Semaphore, cq_bell: Semaphore) -> None
                 status = STATUS_INJECTED
             else:
                 try:
-                    inb = read_batch(rings.regions[sub.region])
+                    # work in place in the ring region: no copy in, none out
+                    inb = read_batch(rings.regions[sub.region], copy=False)
+                    shape = (len(inb), len(inb.buf), inb.stride)
                     out, task_ns = run_timed(lib, inb, sub.order, cfg.per_packet_s, cfg.per_byte_s)
+                    if (len(out), len(out.buf), out.stride) != shape:
+                        # another layout: its arrays may still be views of the region
+                        # where the new layout writes, so write from a private copy
+                        out = out.copy()
                     status = STATUS_OK
                 except Exception:
                     if not reported:  # once: the host sees every failure in its counters

@@ -28,7 +28,7 @@ a consumer that sleeps instead of polling.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
@@ -130,9 +130,13 @@ def write_batch(region: NDArray[np.uint8], batch: Batch) -> int:
     e = batch.ext
     for name, dt, nbytes in _ext_layout(n):
         src = getattr(batch, name) if name in _SLOT_ARRAYS else getattr(e, name)
-        region[off : off + nbytes].view(dt)[:] = src
+        dst = region[off : off + nbytes].view(dt)
+        if not _is_view_of(src, dst):  # a batch read in place is already there
+            dst[:] = src
         off += _a8(nbytes)
-    region[off : off + buflen] = batch.buf
+    dst8 = region[off : off + buflen]
+    if not _is_view_of(batch.buf, dst8):
+        dst8[:] = batch.buf
     hdr[0] = n
     hdr[1] = buflen
     hdr[2] = batch.stride
@@ -140,8 +144,21 @@ def write_batch(region: NDArray[np.uint8], batch: Batch) -> int:
     return need
 
 
-def read_batch(region: NDArray[np.uint8]) -> Batch:
-    """The batch laid out in ``region`` (copied out of the shared memory)."""
+def _is_view_of(a: NDArray[Any], b: NDArray[Any]) -> bool:
+    """Whether ``a`` is exactly the memory of ``b`` (same start, size and type)."""
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.flags.c_contiguous
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
+def read_batch(region: NDArray[np.uint8], copy: bool = True) -> Batch:
+    """The batch laid out in ``region``: copied out of the shared memory, or with
+    ``copy=False`` as views of it (to work on it in place; ``write_batch`` of a
+    batch of the same layout whose arrays are still these views copies nothing).
+    """
     if len(region) < _HDR_WORDS * 8:
         raise BufferFormatError("ring region", 0, "region smaller than its header")
     hdr = region[: _HDR_WORDS * 8].view(np.int64)
@@ -154,9 +171,12 @@ def read_batch(region: NDArray[np.uint8]) -> Batch:
     off = _HDR_WORDS * 8
     arrays: dict[str, NDArray[Any]] = {}
     for name, dt, nbytes in _ext_layout(n):
-        arrays[name] = region[off : off + nbytes].view(dt).copy()
+        v = region[off : off + nbytes].view(dt)
+        arrays[name] = v.copy() if copy else v
         off += _a8(nbytes)
-    buf = region[off : off + buflen].copy()
+    buf = region[off : off + buflen]
+    if copy:
+        buf = buf.copy()
     ext = Ext(n, **{k: arrays[k] for k in EXT_FIELDS})
     b = Batch(
         buf,
@@ -175,6 +195,43 @@ def read_batch(region: NDArray[np.uint8]) -> Batch:
     ):
         raise BufferFormatError("ring region", off, "packet outside its slot")
     return b
+
+
+def read_batch_into(region: NDArray[np.uint8], dst: Batch) -> bool:
+    """Copy the batch laid out in ``region`` straight into ``dst`` when it has
+    ``dst``'s layout (packet count, buffer size, stride and slots): one copy,
+    no allocation. Returns False, with ``dst`` untouched, when the layout
+    differs (then use ``read_batch``); raises ``BufferFormatError``, with
+    ``dst`` untouched, when the region is not valid."""
+    if len(region) < _HDR_WORDS * 8:
+        raise BufferFormatError("ring region", 0, "region smaller than its header")
+    hdr = region[: _HDR_WORDS * 8].view(np.int64)
+    n, buflen, stride, used = (int(x) for x in hdr)
+    if n != len(dst) or buflen != len(dst.buf) or stride != dst.stride or n == 0:
+        return False
+    need = encoded_size(n, buflen)
+    if need != used or need > len(region):
+        raise BufferFormatError("ring region", 24, f"header says {used} bytes, layout {need}")
+    off = _HDR_WORDS * 8
+    views: dict[str, NDArray[Any]] = {}
+    for name, dt, nbytes in _ext_layout(n):
+        views[name] = region[off : off + nbytes].view(dt)
+        off += _a8(nbytes)
+    if not (
+        np.array_equal(views["slot_lo"], dst.slot_lo)
+        and np.array_equal(views["slot_hi"], dst.slot_hi)
+    ):
+        return False
+    start, length = views["start"], views["length"]
+    if ((start < dst.slot_lo) | (start + length > dst.slot_hi) | (length < 0)).any():
+        raise BufferFormatError("ring region", off, "packet outside its slot")
+    dst.start[:] = start
+    dst.length[:] = length
+    e = dst.ext
+    for name in EXT_FIELDS:
+        getattr(e, name)[:] = views[name]
+    dst.buf[:] = region[off : off + buflen]
+    return True
 
 
 @dataclass(frozen=True)
@@ -379,9 +436,15 @@ class Rings:
         return status
 
     # ------------------------------------------------------------- host: reap
-    def reap(self) -> tuple[CompletionDesc, Batch | None] | None:
+    def reap(
+        self, into: Callable[[int], Batch | None] | None = None
+    ) -> tuple[CompletionDesc, Batch | None] | None:
         """Consumer side of ``cq``: the next completion and its output batch
-        (None when the status is not ok); frees its region."""
+        (None when the status is not ok); frees its region.
+
+        ``into(ticket)`` may name a batch the output is to be written into (when
+        it has that batch's layout, see ``read_batch_into``); the output batch
+        returned is then that very batch."""
         head = int(self.ctrl[CQ_HEAD])
         if head >= int(self.ctrl[CQ_TAIL]):
             return None
@@ -397,7 +460,11 @@ class Rings:
         out: Batch | None = None
         if desc.status == 0:
             try:
-                out = read_batch(self.regions[desc.region])
+                dst = into(desc.ticket) if into is not None else None
+                if dst is not None and read_batch_into(self.regions[desc.region], dst):
+                    out = dst
+                else:
+                    out = read_batch(self.regions[desc.region])
             except BufferFormatError:
                 desc = CompletionDesc(
                     desc.ticket,

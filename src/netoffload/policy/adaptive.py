@@ -14,7 +14,12 @@ policy predicts each path's completion time from the load snapshot:
 When the host's cores are busy and this process gets only part of them (a CPU
 hog), the software costs are divided by that share (``host_share``).
 
-Both finish together when ``k_dev = (f_sw + c_sw * n - wait - f_dev) / (c_sw + c_dev)``; no
+Both finish together when ``k_dev = (f_sw + c_sw * n - wait - f_dev) / (c_sw + c_dev)``.
+When the engine pipelines (a backlog: the device works on one batch while the
+host starts the next), the two paths are instead kept equally busy per batch,
+the host's share counting its time outside the tasks too (``host_other_s``:
+splitting, crossings, merging, the caller's loop) and the queue wait not at all:
+``k_dev = (other + f_sw + c_sw * n - f_dev) / (c_sw + c_dev)``. No
 packet is offloaded when the host's cost of crossing to the device is at least
 the cost of doing the chain in software. The model's ``k_dev`` is scaled by a
 ratio ``m`` that a hill-climb adjusts every ``period`` seconds (time from the
@@ -122,8 +127,13 @@ class Adaptive(Policy):
         x = cross.marginal(avg_bytes) if cross is not None and cross.samples else 0.0
         if x >= c_sw or c_sw + c_dev <= 0:
             return 0
-        wait = load.queue_wait_s.get(device, 0.0)
-        k = (f_sw + c_sw * n - wait - f_dev) / (c_sw + c_dev)
+        if load.pipelined:
+            # host and device work on different batches: balance their busy time
+            # per batch; the host's also has its work outside the tasks
+            k = (load.host_other_s + f_sw + c_sw * n - f_dev) / (c_sw + c_dev)
+        else:
+            wait = load.queue_wait_s.get(device, 0.0)
+            k = (f_sw + c_sw * n - wait - f_dev) / (c_sw + c_dev)
         return round(min(max(k, 0.0), float(n)))
 
     # ------------------------------------------------------------ split

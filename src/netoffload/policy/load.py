@@ -66,6 +66,12 @@ class LoadSnapshot:
     crossing: Mapping[int, CostEstimate] = field(default_factory=dict)
     #: time a batch waits in a device's queue before the device takes it (recent median)
     queue_wait_s: Mapping[int, float] = field(default_factory=dict)
+    #: the engine is pipelining: it starts this batch while earlier ones are still in
+    #: flight, so host and device work on different batches at once
+    pipelined: bool = False
+    #: while pipelining, host time per batch outside the software tasks (splitting,
+    #: crossings, merging, the caller's own work), recent median
+    host_other_s: float = 0.0
 
     def estimate(self, task: Task, path: int) -> CostEstimate:
         return self.cost.get((task, path), CostEstimate())
@@ -162,6 +168,9 @@ class LoadMonitor:
         self.process_cpu = 0.0
         self.device_occupancy: tuple[float, ...] = ()
         self.device_up: tuple[bool, ...] = ()
+        self.pipelined = False
+        self._other: deque[float] = deque(maxlen=16)
+        self._other_s = 0.0
 
     def record(self, task: Task, path: int, packets: int, nbytes: int, seconds: float) -> None:
         """One measured run of ``task`` on ``path``.
@@ -210,6 +219,14 @@ class LoadMonitor:
         xs = sorted(w)
         self._qwait[path] = xs[len(xs) // 2]
 
+    def record_host_other(self, seconds: float) -> None:
+        """Host time of one pipelined batch outside the software tasks (the engine
+        measures it from one start to the next, less the time it waited for a
+        device). The snapshot gives the median of the last 16."""
+        self._other.append(max(0.0, seconds))
+        xs = sorted(self._other)
+        self._other_s = xs[len(xs) // 2]
+
     def set_host(self, host_cpu: float, process_cpu: float) -> None:
         self.host_cpu = host_cpu
         self.process_cpu = process_cpu
@@ -245,6 +262,8 @@ class LoadMonitor:
             service=self._service.estimates(),
             crossing={k: v for (k, v) in self._cross.estimates().items()},
             queue_wait_s=dict(self._qwait),
+            pipelined=self.pipelined,
+            host_other_s=self._other_s,
         )
 
 
