@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from netoffload import _native
 from netoffload.batch import Batch, CsumVerdict, Ext, Mask, Reason, VnetFlag, XFlag
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
@@ -144,6 +145,27 @@ def range_sums(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
 
 def _range_sums(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
     """``range_sums`` for ranges already known to satisfy ``0 <= a <= b <= len(buf)``."""
+    n = len(a)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    k = _native.kernel
+    if k is not None:
+        out = np.empty(n, dtype=np.uint64)
+        try:
+            k.range_sums(buf, _i64(a), _i64(b), out)
+            return out
+        except (ValueError, BufferError):  # e.g. a non-contiguous buffer: numpy does it
+            pass
+    return _range_sums_numpy(buf, a, b)
+
+
+def _i64(x: I64) -> I64:
+    """``x`` as a contiguous int64 array (itself when it already is one)."""
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _range_sums_numpy(buf: NDArray[np.uint8], a: I64, b: I64) -> U64:
+    """``_range_sums`` in numpy (the fallback of the compiled kernel)."""
     n = len(a)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
@@ -644,10 +666,52 @@ def fill(batch: Batch, sel: Mask) -> None:
 
 def verify(batch: Batch, sel: Mask) -> None:
     """Set the checksum verdict of the ``sel`` packets (and BAD_CHECKSUM errors)."""
-    e = batch.ext
     idx = np.flatnonzero(sel)
     if len(idx) == 0:
         return
+    k = _native.kernel
+    if k is not None:
+        idx = _verify_native(k, batch, idx)
+        if len(idx) == 0:
+            return
+    _verify_numpy(batch, idx)
+
+
+def _verify_native(k: _native.Kernel, batch: Batch, idx: I64) -> I64:
+    """``verify`` in one call of the compiled kernel; returns the packets it left.
+
+    The kernel does what the numpy path does for packets that are parsed already,
+    or raw IP that ``_fast_parse`` takes (the layout lands in the extension the
+    same way); it leaves the others (Ethernet frames, IPv6 extension headers to
+    walk, ...) untouched, and all of them if an array is not as it expects.
+    """
+    e = batch.ext
+    defer = np.empty(len(idx), dtype=np.int64)
+    try:
+        nd = k.verify(
+            batch.buf,
+            batch.start,
+            batch.length,
+            idx,
+            e.vflags,
+            e.xflags,
+            e.l3_off,
+            e.l4_off,
+            e.hdr_len,
+            e.l3_proto,
+            e.l4_proto,
+            e.csum_verdict,
+            e.error,
+            defer,
+        )
+    except (ValueError, BufferError):  # an array of another dtype or layout
+        return idx
+    return defer[:nd]
+
+
+def _verify_numpy(batch: Batch, idx: I64) -> None:
+    """``verify`` of packets ``idx`` in numpy."""
+    e = batch.ext
     vf = e.vflags[idx]
     valid = (vf & np.uint8(VnetFlag.DATA_VALID)) != 0
     partial = ~valid & ((vf & np.uint8(VnetFlag.NEEDS_CSUM)) != 0)

@@ -51,6 +51,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from numpy.typing import NDArray
 
+from netoffload import _native
 from netoffload.batch import (
     DEFAULT_TAILROOM,
     EXT_FIELDS,
@@ -275,23 +276,121 @@ def _build(
         out_buf[gather_index(start[pt], out_len[pt])] = buf[
             gather_index(batch.start[src_rows], out_len[pt])
         ]
-    _copy_segments(batch, out, go, g_k, g_mss, g_hlen, g_pay, first)
-
-    # ---- header fields, checksums computed arithmetically from per-input sums
     s = np.flatnonzero(is_seg)
-    sj = j[s]
-    r = rows[s]
     gpos = np.zeros(n, dtype=np.int64)
     gpos[go] = np.arange(len(go))
-    gi = gpos[r]  # index into the go arrays
-    base_in = batch.start[go]
+    gi = gpos[rows[s]]  # index into the go arrays
     l3 = (lay.l3 - lay.base)[ok]  # offsets from the packet start
     l4 = (lay.l4 - lay.base)[ok]
     ver = lay.v[ok]
-    ihl = lay.ihl[ok]
+    kern = _native.kernel
+    if kern is None or not _segments_native(
+        kern, batch, out, go, g_k, g_mss, g_hlen, g_pay, first, l3, l4, ver, lay.ihl[ok], proto
+    ):
+        _copy_segments(batch, out, go, g_k, g_mss, g_hlen, g_pay, first)
+        _segment_headers(
+            batch,
+            out,
+            s,
+            gi,
+            j[s],
+            seg_pay[s],
+            go,
+            g_k,
+            g_mss,
+            g_hlen,
+            l3,
+            l4,
+            ver,
+            lay.ihl[ok],
+            proto,
+        )
+
+    # extension of the segments: a plain packet with its layout, checksums done
+    ext.gso_type[s] = 0
+    ext.gso_size[s] = 0
+    ext.vflags[s] &= _NOT_CSUM_FLAGS
+    ext.csum_start[s] = 0
+    ext.csum_offset[s] = 0
+    ext.hdr_len[s] = o_hlen[s]
+    ext.l3_off[s] = l3[gi]
+    ext.l4_off[s] = l4[gi]
+    ext.xflags[s] |= _PARSED
+    return out
+
+
+def _segments_native(
+    kern: _native.Kernel,
+    batch: Batch,
+    out: Batch,
+    go: I64,
+    g_k: I64,
+    g_mss: I64,
+    g_hlen: I64,
+    g_pay: I64,
+    first: I64,
+    l3: I64,
+    l4: I64,
+    ver: I64,
+    ihl: I64,
+    proto: int,
+) -> bool:
+    """Headers, payloads and checksums of every segment in one call of the compiled
+    kernel (payload summed while it is copied); False if it could not (numpy then)."""
+    fixed = ((batch.ext.xflags[go] & _FIXED_ID) != 0).astype(np.int64)
+    try:
+        kern.segment(
+            batch.buf,
+            out.buf,
+            _i64(batch.start[go]),
+            _i64(g_hlen),
+            _i64(g_mss),
+            _i64(g_pay),
+            _i64(g_k),
+            _i64(l3),
+            _i64(l4),
+            _i64(ver),
+            _i64(ihl),
+            fixed,
+            _i64(first[go]),
+            _i64(out.start),
+            proto,
+        )
+    except (ValueError, BufferError):
+        return False
+    return True
+
+
+def _i64(x: I64) -> I64:
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _segment_headers(
+    batch: Batch,
+    out: Batch,
+    s: I64,
+    gi: I64,
+    sj: I64,
+    spay: I64,
+    go: I64,
+    g_k: I64,
+    g_mss: I64,
+    g_hlen: I64,
+    l3: I64,
+    l4: I64,
+    ver: I64,
+    ihl: I64,
+    proto: int,
+) -> None:
+    """Header fields of the segments ``s`` in numpy, checksums computed
+    arithmetically from per-input sums (one pass over the input payload)."""
+    buf = batch.buf
+    out_buf = out.buf
+    ext = out.ext
+    start = out.start
+    base_in = batch.start[go]
     thl = g_hlen - l4
     last = sj == g_k[gi] - 1
-    spay = seg_pay[s]
     sb = start[s]  # output packet starts
     # payload sums of every segment, read from the input super-packets
     pa = np.asarray(base_in[gi] + g_hlen[gi] + sj * g_mss[gi], dtype=np.int64)
@@ -360,18 +459,6 @@ def _build(
         c = np.where(c == 0, 0xFFFF, c)  # UDP: a computed 0 is sent as 0xFFFF
         _put16(out_buf, p4 + 4, l4len)
         _put16(out_buf, p4 + 6, c)
-
-    # extension of the segments: a plain packet with its layout, checksums done
-    ext.gso_type[s] = 0
-    ext.gso_size[s] = 0
-    ext.vflags[s] &= _NOT_CSUM_FLAGS
-    ext.csum_start[s] = 0
-    ext.csum_offset[s] = 0
-    ext.hdr_len[s] = o_hlen[s]
-    ext.l3_off[s] = l3[gi]
-    ext.l4_off[s] = l4[gi]
-    ext.xflags[s] |= _PARSED
-    return out
 
 
 def _copy_segments(

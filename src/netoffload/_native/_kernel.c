@@ -1,0 +1,723 @@
+/*
+ * netoffload._native._kernel: the Internet checksum (RFC 1071) over whole batches.
+ *
+ * One call per batch: the Python side passes the batch buffer and numpy arrays of
+ * offsets/lengths (through the buffer protocol, no numpy C API), the kernel loops
+ * over the packets. Three entry points:
+ *
+ *   range_sums(buf, a, b, out)   one's complement sums of buf[a[i]:b[i]]
+ *   verify(...)                  the checksum task's verify mode, parse included,
+ *                                for plain raw-IP (or already parsed) packets
+ *   segment(...)                 TSO/USO: headers + payload copied into the
+ *                                segments, payload summed while it is copied
+ *                                (copy and checksum in one pass), fields patched
+ *
+ * Sums: 32-bit words added into 64-bit accumulators (no carry is ever lost below
+ * 2^32 words), reduced modulo 0xFFFF at the end (2^16 == 1 mod 0xFFFF, RFC 1071's
+ * byte-order independence: on a little-endian host the sum of native words is the
+ * byte-swapped network-order sum, i.e. times 256 mod 0xFFFF). Every sum this file
+ * returns is "mod 0xFFFF in network order": 0 stands for a folded 0xFFFF (or for
+ * nothing), exactly what soft/checksum.py's numpy range_sums returns.
+ *
+ * On x86-64 the long loops have an AVX2 version picked at run time
+ * (__builtin_cpu_supports); the build never uses -march=native.
+ *
+ * Every offset the caller passes is checked against the buffers' sizes: a bad
+ * argument raises ValueError, never reads or writes out of bounds.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define NO_X86_AVX2 1
+#include <immintrin.h>
+#else
+#define NO_X86_AVX2 0
+#endif
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define NO_LITTLE 0
+#else
+#define NO_LITTLE 1
+#endif
+
+#define M16 0xFFFFu
+
+/* ------------------------------------------------------------------ sums */
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t mod16(uint64_t x) { return x % M16; }
+
+/* native-order sum of n < 8 bytes (zero-padded word) */
+static inline uint64_t tail_sum(const uint8_t *p, size_t n) {
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    return (w & 0xFFFFFFFFu) + (w >> 32);
+}
+
+/* native-order sum (not reduced) of n bytes, portable C, 4 words per step */
+static uint64_t sum_c(const uint8_t *p, size_t n) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        uint64_t w0 = load64(p + i), w1 = load64(p + i + 8);
+        uint64_t w2 = load64(p + i + 16), w3 = load64(p + i + 24);
+        s0 += (w0 & 0xFFFFFFFFu) + (w0 >> 32);
+        s1 += (w1 & 0xFFFFFFFFu) + (w1 >> 32);
+        s2 += (w2 & 0xFFFFFFFFu) + (w2 >> 32);
+        s3 += (w3 & 0xFFFFFFFFu) + (w3 >> 32);
+    }
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = load64(p + i);
+        s0 += (w & 0xFFFFFFFFu) + (w >> 32);
+    }
+    s0 += tail_sum(p + i, n - i);
+    return s0 + s1 + s2 + s3;
+}
+
+/* the same, copying the bytes to dst as it goes */
+static uint64_t copy_sum_c(uint8_t *dst, const uint8_t *p, size_t n) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        uint64_t w0 = load64(p + i), w1 = load64(p + i + 8);
+        uint64_t w2 = load64(p + i + 16), w3 = load64(p + i + 24);
+        memcpy(dst + i, &w0, 8);
+        memcpy(dst + i + 8, &w1, 8);
+        memcpy(dst + i + 16, &w2, 8);
+        memcpy(dst + i + 24, &w3, 8);
+        s0 += (w0 & 0xFFFFFFFFu) + (w0 >> 32);
+        s1 += (w1 & 0xFFFFFFFFu) + (w1 >> 32);
+        s2 += (w2 & 0xFFFFFFFFu) + (w2 >> 32);
+        s3 += (w3 & 0xFFFFFFFFu) + (w3 >> 32);
+    }
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = load64(p + i);
+        memcpy(dst + i, &w, 8);
+        s0 += (w & 0xFFFFFFFFu) + (w >> 32);
+    }
+    memcpy(dst + i, p + i, n - i);
+    s0 += tail_sum(p + i, n - i);
+    return s0 + s1 + s2 + s3;
+}
+
+#if NO_X86_AVX2
+/* 32-bit lanes of 64-bit lanes: lo half masked, hi half shifted down, both added */
+#define NO_ACC(acc, v)                                                             \
+    acc = _mm256_add_epi64(acc, _mm256_and_si256(v, lo32));                        \
+    acc = _mm256_add_epi64(acc, _mm256_srli_epi64(v, 32))
+
+__attribute__((target("avx2"))) static inline uint64_t hsum256(__m256i a0, __m256i a1,
+                                                               __m256i a2, __m256i a3) {
+    __m256i a = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    __m128i h = _mm_add_epi64(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    return (uint64_t)_mm_cvtsi128_si64(h) + (uint64_t)_mm_extract_epi64(h, 1);
+}
+
+__attribute__((target("avx2"))) static uint64_t sum_avx2(const uint8_t *p, size_t n) {
+    const __m256i lo32 = _mm256_set1_epi64x(0xFFFFFFFF);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + i));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + i + 32));
+        __m256i v2 = _mm256_loadu_si256((const __m256i *)(p + i + 64));
+        __m256i v3 = _mm256_loadu_si256((const __m256i *)(p + i + 96));
+        NO_ACC(a0, v0);
+        NO_ACC(a1, v1);
+        NO_ACC(a2, v2);
+        NO_ACC(a3, v3);
+    }
+    for (; i + 32 <= n; i += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(p + i));
+        NO_ACC(a0, v);
+    }
+    uint64_t s = hsum256(a0, a1, a2, a3);
+    return s + sum_c(p + i, n - i);
+}
+
+__attribute__((target("avx2"))) static uint64_t copy_sum_avx2(uint8_t *dst, const uint8_t *p,
+                                                              size_t n) {
+    const __m256i lo32 = _mm256_set1_epi64x(0xFFFFFFFF);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + i));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + i + 32));
+        __m256i v2 = _mm256_loadu_si256((const __m256i *)(p + i + 64));
+        __m256i v3 = _mm256_loadu_si256((const __m256i *)(p + i + 96));
+        _mm256_storeu_si256((__m256i *)(dst + i), v0);
+        _mm256_storeu_si256((__m256i *)(dst + i + 32), v1);
+        _mm256_storeu_si256((__m256i *)(dst + i + 64), v2);
+        _mm256_storeu_si256((__m256i *)(dst + i + 96), v3);
+        NO_ACC(a0, v0);
+        NO_ACC(a1, v1);
+        NO_ACC(a2, v2);
+        NO_ACC(a3, v3);
+    }
+    for (; i + 32 <= n; i += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(p + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), v);
+        NO_ACC(a0, v);
+    }
+    uint64_t s = hsum256(a0, a1, a2, a3);
+    return s + copy_sum_c(dst + i, p + i, n - i);
+}
+#endif
+
+static int use_avx2 = 0;
+
+/*
+ * Native-order sums, not reduced. Every 8 bytes add less than 2^33, so a range of
+ * less than CHUNK = 2^30 bytes sums to less than 2^60: a handful of such sums and
+ * small constants add up without overflow and are reduced once. Longer ranges are
+ * summed by chunks, each reduced modulo 0xFFFF (chunks have even lengths, so the
+ * byte order of every chunk is the same).
+ */
+#define CHUNK ((size_t)1 << 30)
+
+static inline uint64_t sum_chunk(const uint8_t *p, size_t n) {
+#if NO_X86_AVX2
+    if (use_avx2 && n >= 128) return sum_avx2(p, n);
+#endif
+    return sum_c(p, n);
+}
+
+static inline uint64_t copy_sum_chunk(uint8_t *dst, const uint8_t *p, size_t n) {
+#if NO_X86_AVX2
+    if (use_avx2 && n >= 128) return copy_sum_avx2(dst, p, n);
+#endif
+    return copy_sum_c(dst, p, n);
+}
+
+static uint64_t sum_native(const uint8_t *p, size_t n) {
+    if (n < CHUNK) return sum_chunk(p, n);
+    uint64_t s = 0;
+    for (size_t i = 0; i < n; i += CHUNK) s += mod16(sum_chunk(p + i, n - i < CHUNK ? n - i : CHUNK));
+    return s;
+}
+
+static uint64_t copy_sum_native(uint8_t *dst, const uint8_t *p, size_t n) {
+    if (n < CHUNK) return copy_sum_chunk(dst, p, n);
+    uint64_t s = 0;
+    for (size_t i = 0; i < n; i += CHUNK)
+        s += mod16(copy_sum_chunk(dst + i, p + i, n - i < CHUNK ? n - i : CHUNK));
+    return s;
+}
+
+/* native-order sum of a short range (headers, addresses), n < 2^16 */
+static inline uint64_t small_sum(const uint8_t *p, size_t n) {
+    uint64_t s = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32_t w;
+        memcpy(&w, p + i, 4);
+        s += w;
+    }
+    uint32_t w = 0;
+    memcpy(&w, p + i, n - i);
+    return s + w;
+}
+
+/* a network-order value (< 2^48) as a native-order addend */
+static inline uint64_t native_of(uint64_t x) {
+#if NO_LITTLE
+    return (mod16(x) << 8);
+#else
+    return x;
+#endif
+}
+
+/* a native-order sum as a network-order sum mod 0xFFFF */
+static inline uint32_t to_net(uint64_t s) {
+    uint64_t r = mod16(s);
+#if NO_LITTLE
+    r = (r << 8) % M16;
+#endif
+    return (uint32_t)r;
+}
+
+/* network-order sum mod 0xFFFF of p[0:n] */
+static inline uint32_t net_sum(const uint8_t *p, size_t n) { return to_net(sum_native(p, n)); }
+
+static inline uint32_t rd16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
+
+static inline void wr16(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+/* ------------------------------------------------------------------ buffers */
+typedef struct {
+    Py_buffer view;
+    int held;
+} Buf;
+
+static int get_buf(PyObject *obj, Buf *b, int writable, Py_ssize_t itemsize, const char *name) {
+    if (PyObject_GetBuffer(obj, &b->view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    b->held = 1;
+    /* numpy sets itemsize whatever the flags: a wrong dtype is refused, not misread */
+    if (b->view.itemsize != itemsize || b->view.len % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: items of %zd bytes, want %zd", name,
+                     b->view.itemsize, itemsize);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(Buf *bufs, int n) {
+    for (int i = 0; i < n; i++) {
+        if (bufs[i].held) {
+            PyBuffer_Release(&bufs[i].view);
+            bufs[i].held = 0;
+        }
+    }
+}
+
+static int need_items(Buf *b, Py_ssize_t itemsize, Py_ssize_t n, const char *name) {
+    if (b->view.len / itemsize < n) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd items, need %zd", name, b->view.len / itemsize,
+                     n);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ range_sums */
+static PyObject *py_range_sums(PyObject *self, PyObject *args) {
+    PyObject *o[4];
+    Buf b[4];
+    memset(b, 0, sizeof b);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOO:range_sums", &o[0], &o[1], &o[2], &o[3])) return NULL;
+    if (get_buf(o[0], &b[0], 0, 1, "buf") < 0 || get_buf(o[1], &b[1], 0, 8, "a") < 0 ||
+        get_buf(o[2], &b[2], 0, 8, "b") < 0 || get_buf(o[3], &b[3], 1, 8, "out") < 0)
+        goto fail;
+    Py_ssize_t n = b[1].view.len / 8;
+    if (need_items(&b[2], 8, n, "b") < 0 || need_items(&b[3], 8, n, "out") < 0) goto fail;
+    const uint8_t *buf = b[0].view.buf;
+    const int64_t *a = b[1].view.buf, *e = b[2].view.buf;
+    int64_t blen = b[0].view.len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (a[i] < 0 || a[i] > e[i] || e[i] > blen) {
+            PyErr_Format(PyExc_ValueError, "range_sums: range %zd [%lld, %lld) outside [0, %lld)",
+                         i, (long long)a[i], (long long)e[i], (long long)blen);
+            goto fail;
+        }
+    }
+    uint64_t *out = b[3].view.buf;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = net_sum(buf + a[i], (size_t)(e[i] - a[i]));
+    Py_END_ALLOW_THREADS;
+    release(b, 4);
+    Py_RETURN_NONE;
+fail:
+    release(b, 4);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ verify */
+/* flag and enum values of netoffload.batch (checked from Python at import) */
+enum {
+    NEEDS_CSUM = 1,
+    DATA_VALID = 2,
+    X_ETHERNET = 2,
+    X_PARSED = 4,
+    V_GOOD = 1,
+    V_BAD = 2,
+    V_NONE = 3,
+    V_PARTIAL = 4,
+    R_TRUNCATED = 1,
+    R_BAD_IP_VERSION = 2,
+    R_BAD_IHL = 3,
+    R_BAD_IP_LENGTH = 4,
+    R_BAD_L4_LENGTH = 5,
+    R_BAD_CHECKSUM = 8,
+    R_NOT_IP = 11,
+};
+
+enum { VA_BUF, VA_START, VA_LENGTH, VA_IDX, VA_VFLAGS, VA_XFLAGS, VA_L3OFF, VA_L4OFF,
+       VA_HDRLEN, VA_L3PROTO, VA_L4PROTO, VA_VERDICT, VA_ERROR, VA_DEFER, VA_N };
+
+/*
+ * soft/checksum.py's verify() for one packet; returns 0 done, 1 left to Python.
+ * The parse is _fast_parse's (raw IP, IPv4 options allowed, IPv6 without walkable
+ * extension headers), the checks are layout()'s, the verdicts verify()'s; a packet
+ * this does not cover is left untouched for the numpy path.
+ */
+static int verify_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t plen, uint8_t *vflags,
+                      uint8_t *xflags, int32_t *l3_off, int32_t *l4_off, int32_t *hdr_len,
+                      uint8_t *l3_proto, uint8_t *l4_proto, uint8_t *verdict, uint16_t *error) {
+    uint8_t vf = *vflags;
+    if (vf & DATA_VALID) {
+        *verdict = V_GOOD;
+        return 0;
+    }
+    if (vf & NEEDS_CSUM) {
+        *verdict = V_PARTIAL;
+        return 0;
+    }
+    if (base < 0 || plen < 0 || base > blen || plen > blen - base) return 1;
+    const uint8_t *pk = buf + base;
+    uint8_t xf = *xflags;
+    int64_t l3o, l4o, v, proto;
+    if (xf & X_PARSED) {
+        l3o = *l3_off;
+        l4o = *l4_off;
+        v = *l3_proto;
+        proto = *l4_proto;
+    } else {
+        /* _fast_parse */
+        if (xf & X_ETHERNET) return 1;
+        if (plen < 20) return 1;
+        int64_t ver = pk[0] >> 4, ihl = (pk[0] & 15) * 4, tot;
+        int is4 = ver == 4, frag4 = 0;
+        if (is4) {
+            tot = rd16(pk + 2);
+            proto = pk[9];
+            l4o = ihl;
+            frag4 = (rd16(pk + 6) & 0x3FFF) != 0;
+            if (!(ihl >= 20 && ihl <= plen && tot >= ihl)) return 1;
+        } else {
+            int64_t nh6 = pk[6];
+            tot = (int64_t)rd16(pk + 4) + 40;
+            proto = nh6;
+            l4o = 40;
+            if (!(ver == 6 && plen >= 40 && nh6 != 0 && nh6 != 43 && nh6 != 60)) return 1;
+        }
+        if (tot > plen) return 1;
+        int tcp = proto == 6 && !frag4, udp = proto == 17 && !frag4;
+        int64_t hl = l4o;
+        if (tcp) {
+            if (l4o + 20 > plen) return 1;
+            int64_t doff = (pk[l4o + 12] >> 4) * 4;
+            if (doff < 20 || l4o + doff > plen) return 1;
+            hl += doff;
+        } else if (udp) {
+            if (l4o + 8 > plen) return 1;
+            hl += 8;
+        }
+        /* a parsed IPv6 packet with extension headers needs the routing-header walk:
+           never the case here (l4o = 40), so writing the layout now is final */
+        *l3_off = 0;
+        *l3_proto = (uint8_t)ver;
+        *l4_off = (int32_t)l4o;
+        *l4_proto = (uint8_t)proto;
+        *hdr_len = (int32_t)hl;
+        *xflags = xf | X_PARSED;
+        l3o = 0;
+        v = ver;
+    }
+    /* layout()'s checks */
+    int reason = 0;
+    int v4 = v == 4, v6 = v == 6, tcp = 0, udp = 0;
+    int64_t ihl = 0, ip_end = 0, l4_end = 0;
+    if (!v4 && !v6) {
+        reason = R_NOT_IP;
+    } else if (l3o < 0 || l3o + (v4 ? 20 : 40) > plen) {
+        reason = R_TRUNCATED;
+    } else {
+        const uint8_t *l3 = pk + l3o;
+        ihl = (l3[0] & 15) * 4;
+        if ((l3[0] >> 4) != v) {
+            reason = R_BAD_IP_VERSION;
+        } else if (v4 && (ihl < 20 || l3o + ihl > plen)) {
+            reason = R_BAD_IHL;
+        } else {
+            int64_t ip_len = v4 ? (int64_t)rd16(l3 + 2) : (int64_t)rd16(l3 + 4) + 40;
+            ip_end = l3o + ip_len;
+            if (ip_end > plen || (v4 && ip_len < ihl)) {
+                reason = R_BAD_IP_LENGTH;
+            } else {
+                int whole = !v4 || (rd16(l3 + 6) & 0x3FFF) == 0;
+                tcp = whole && proto == 6 && l4o >= 0;
+                udp = whole && proto == 17 && l4o >= 0;
+                int64_t seg_len = ip_end - l4o;
+                if ((tcp && seg_len < 20) || (udp && seg_len < 8) || ((tcp || udp) && l4o < l3o)) {
+                    reason = R_TRUNCATED;
+                    tcp = udp = 0;
+                } else if (udp) {
+                    int64_t ulen = rd16(pk + l4o + 4);
+                    if (ulen < 8 || ulen > seg_len) {
+                        reason = R_BAD_L4_LENGTH;
+                        udp = 0;
+                    } else {
+                        l4_end = l4o + ulen;
+                    }
+                } else if (tcp) {
+                    l4_end = ip_end;
+                }
+            }
+        }
+    }
+    /* IPv6 with extension headers: the pseudo-header may name a routing header's
+       final destination; the numpy path walks them (only reachable when parsed) */
+    if (reason == 0 && v6 && (tcp || udp) && l4o > l3o + 40) return 1;
+    if (reason != 0) {
+        if (reason == R_NOT_IP) {
+            *verdict = V_NONE;
+        } else {
+            *verdict = V_BAD;
+            *error = (uint16_t)reason;
+        }
+        return 0;
+    }
+    int bad = 0;
+    uint8_t vd = V_NONE;
+    /* a sum is 0 mod 0xFFFF in either byte order: no swaps needed for the checks */
+    if (v4 && mod16(small_sum(pk + l3o, (size_t)ihl)) != 0) bad = 1;
+    if (tcp || udp) {
+        const uint8_t *l4 = pk + l4o;
+        uint32_t field = rd16(l4 + (udp ? 6 : 16));
+        int64_t l4len = l4_end - l4o;
+        uint64_t s = sum_native(l4, (size_t)l4len);
+        s += v4 ? small_sum(pk + l3o + 12, 8) : small_sum(pk + l3o + 8, 32);
+        s += native_of((uint64_t)proto + (uint64_t)l4len);
+        int zero = field == 0;
+        int none = udp && zero && v4;
+        int l4bad = !none && (mod16(s) != 0 || (udp && zero));
+        if (l4bad)
+            bad = 1;
+        else if (!none)
+            vd = V_GOOD;
+    }
+    if (bad) {
+        *verdict = V_BAD;
+        *error = R_BAD_CHECKSUM;
+    } else {
+        *verdict = vd;
+    }
+    return 0;
+}
+
+static PyObject *py_verify(PyObject *self, PyObject *args) {
+    static const Py_ssize_t isz[VA_N] = {1, 8, 8, 8, 1, 1, 4, 4, 4, 1, 1, 1, 2, 8};
+    static const int wr[VA_N] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    static const char *names[VA_N] = {"buf",     "start",    "length",   "idx",     "vflags",
+                                      "xflags",  "l3_off",   "l4_off",   "hdr_len", "l3_proto",
+                                      "l4_proto", "verdict", "error",    "defer"};
+    PyObject *o[VA_N];
+    Buf b[VA_N];
+    memset(b, 0, sizeof b);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOO:verify", &o[0], &o[1], &o[2], &o[3], &o[4],
+                          &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13]))
+        return NULL;
+    for (int k = 0; k < VA_N; k++)
+        if (get_buf(o[k], &b[k], wr[k], isz[k], names[k]) < 0) goto fail;
+    Py_ssize_t n = b[VA_START].view.len / 8, m = b[VA_IDX].view.len / 8;
+    for (int k = VA_LENGTH; k < VA_N; k++) {
+        if (k == VA_IDX) continue;
+        if (need_items(&b[k], isz[k], k == VA_DEFER ? m : n, names[k]) < 0) goto fail;
+    }
+    const int64_t *idx = b[VA_IDX].view.buf;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        if (idx[k] < 0 || idx[k] >= n) {
+            PyErr_Format(PyExc_ValueError, "verify: packet index %lld out of range",
+                         (long long)idx[k]);
+            goto fail;
+        }
+    }
+    const uint8_t *buf = b[VA_BUF].view.buf;
+    int64_t blen = b[VA_BUF].view.len;
+    const int64_t *start = b[VA_START].view.buf, *length = b[VA_LENGTH].view.buf;
+    uint8_t *vflags = b[VA_VFLAGS].view.buf, *xflags = b[VA_XFLAGS].view.buf;
+    int32_t *l3_off = b[VA_L3OFF].view.buf, *l4_off = b[VA_L4OFF].view.buf;
+    int32_t *hdr_len = b[VA_HDRLEN].view.buf;
+    uint8_t *l3_proto = b[VA_L3PROTO].view.buf, *l4_proto = b[VA_L4PROTO].view.buf;
+    uint8_t *verdict = b[VA_VERDICT].view.buf;
+    uint16_t *error = b[VA_ERROR].view.buf;
+    int64_t *defer = b[VA_DEFER].view.buf;
+    Py_ssize_t nd = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int64_t i = idx[k];
+        if (verify_one(buf, blen, start[i], length[i], vflags + i, xflags + i, l3_off + i,
+                       l4_off + i, hdr_len + i, l3_proto + i, l4_proto + i, verdict + i,
+                       error + i))
+            defer[nd++] = i;
+    }
+    Py_END_ALLOW_THREADS;
+    release(b, VA_N);
+    return PyLong_FromSsize_t(nd);
+fail:
+    release(b, VA_N);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ segment */
+enum { SA_IN, SA_OUT, SA_BASE, SA_HLEN, SA_MSS, SA_PAY, SA_K, SA_L3, SA_L4, SA_VER, SA_IHL,
+       SA_FIXED, SA_FIRST, SA_OSTART, SA_N };
+
+/*
+ * soft/segment.py's _build for the segments of G super-packets: every segment gets
+ * a copy of the headers and its payload slice (summed while copied), then IPv4
+ * total length / ID / header checksum or IPv6 payload length, and TCP sequence
+ * number / flags / checksum or UDP length / checksum, as Linux's software GSO.
+ */
+static PyObject *py_segment(PyObject *self, PyObject *args) {
+    static const Py_ssize_t isz[SA_N] = {1, 1, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
+    static const char *names[SA_N] = {"in", "out", "base", "hlen", "mss", "pay", "k",
+                                      "l3", "l4", "ver", "ihl", "fixed", "first", "out_start"};
+    PyObject *o[SA_N];
+    int proto;
+    Buf b[SA_N];
+    memset(b, 0, sizeof b);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOi:segment", &o[0], &o[1], &o[2], &o[3], &o[4],
+                          &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13],
+                          &proto))
+        return NULL;
+    for (int k = 0; k < SA_N; k++)
+        if (get_buf(o[k], &b[k], k == SA_OUT, isz[k], names[k]) < 0) goto fail;
+    if (proto != 6 && proto != 17) {
+        PyErr_SetString(PyExc_ValueError, "segment: proto must be 6 or 17");
+        goto fail;
+    }
+    Py_ssize_t g = b[SA_BASE].view.len / 8, nout = b[SA_OSTART].view.len / 8;
+    for (int k = SA_HLEN; k < SA_OSTART; k++)
+        if (need_items(&b[k], 8, g, names[k]) < 0) goto fail;
+    const uint8_t *in = b[SA_IN].view.buf;
+    uint8_t *out = b[SA_OUT].view.buf;
+    int64_t in_len = b[SA_IN].view.len, out_len = b[SA_OUT].view.len;
+    const int64_t *base = b[SA_BASE].view.buf, *hlen = b[SA_HLEN].view.buf;
+    const int64_t *mss = b[SA_MSS].view.buf, *pay = b[SA_PAY].view.buf, *kk = b[SA_K].view.buf;
+    const int64_t *l3 = b[SA_L3].view.buf, *l4 = b[SA_L4].view.buf, *ver = b[SA_VER].view.buf;
+    const int64_t *ihl = b[SA_IHL].view.buf, *fixed = b[SA_FIXED].view.buf;
+    const int64_t *first = b[SA_FIRST].view.buf, *ostart = b[SA_OSTART].view.buf;
+    int64_t min_thl = proto == 6 ? 20 : 8;
+    /* check everything first: nothing is written unless all of it is in bounds */
+    for (Py_ssize_t q = 0; q < g; q++) {
+        int64_t h = hlen[q], m = mss[q], p = pay[q], k = kk[q];
+        int ok = h >= 0 && m > 0 && p >= 0 && k >= 1 && (k - 1) * m < p + (p == 0) &&
+                 k * m >= p && base[q] >= 0 && base[q] <= in_len && h + p <= in_len - base[q] &&
+                 l3[q] >= 0 && l4[q] >= l3[q] && l4[q] + min_thl <= h &&
+                 first[q] >= 0 && first[q] + k <= nout &&
+                 (ver[q] == 4 ? ihl[q] >= 20 && l3[q] + ihl[q] <= l4[q]
+                              : ver[q] == 6 && l3[q] + 40 <= l4[q]);
+        if (ok) {
+            for (int64_t j = 0; j < k; j++) {
+                int64_t sp = p - j * m < m ? p - j * m : m;
+                int64_t d = ostart[first[q] + j];
+                if (d < 0 || d > out_len || h + sp > out_len - d) {
+                    ok = 0;
+                    break;
+                }
+            }
+        }
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "segment: super-packet %zd: bad geometry", q);
+            goto fail;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t q = 0; q < g; q++) {
+        int64_t h = hlen[q], m = mss[q], p = pay[q], k = kk[q];
+        int64_t o3 = l3[q], o4 = l4[q], thl = h - o4;
+        const uint8_t *src = in + base[q];
+        uint32_t id0 = rd16(src + o3 + 4);
+        uint32_t seq0 = ((uint32_t)rd16(src + o4 + 4) << 16) | rd16(src + o4 + 6);
+        uint8_t fl0 = src[o4 + 13];
+        for (int64_t j = 0; j < k; j++) {
+            int64_t sp = p - j * m < m ? p - j * m : m;
+            uint8_t *d = out + ostart[first[q] + j];
+            memcpy(d, src, (size_t)h);
+            uint64_t paysum = copy_sum_native(d + h, src + h + j * m, (size_t)sp);
+            uint8_t *d3 = d + o3, *d4 = d + o4;
+            uint64_t asum;
+            if (ver[q] == 4) {
+                wr16(d3 + 2, (uint32_t)((h - o3 + sp) & 0xFFFF));
+                wr16(d3 + 4, fixed[q] ? id0 : (id0 + (uint32_t)j) & 0xFFFF);
+                wr16(d3 + 10, 0);
+                uint32_t c = M16 - to_net(small_sum(d3, (size_t)ihl[q]));
+                wr16(d3 + 10, c == M16 ? 0 : c);
+                asum = small_sum(d3 + 12, 8);
+            } else {
+                wr16(d3 + 4, (uint32_t)((h - o3 - 40 + sp) & 0xFFFF));
+                asum = small_sum(d3 + 8, 32);
+            }
+            uint64_t l4len = (uint64_t)(thl + sp);
+            if (proto == 6) {
+                uint32_t seq = seq0 + (uint32_t)(j * m);
+                wr16(d4 + 4, seq >> 16);
+                wr16(d4 + 6, seq & 0xFFFF);
+                uint8_t fl = fl0;
+                if (j != k - 1) fl &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH on the last only */
+                if (j != 0) fl &= (uint8_t)~0x80;              /* CWR on the first only */
+                d4[13] = fl;
+                wr16(d4 + 16, 0);
+                uint64_t s = small_sum(d4, (size_t)thl) + asum + native_of(6 + l4len) + paysum;
+                uint32_t c = M16 - to_net(s);
+                wr16(d4 + 16, c == M16 ? 0 : c);
+            } else {
+                wr16(d4 + 4, (uint32_t)(l4len & 0xFFFF));
+                wr16(d4 + 6, 0);
+                uint64_t s = small_sum(d4, (size_t)thl) + asum + native_of(17 + l4len) + paysum;
+                uint32_t c = M16 - to_net(s);
+                wr16(d4 + 6, c == 0 ? M16 : c); /* a computed 0 is sent as 0xFFFF */
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS;
+    release(b, SA_N);
+    Py_RETURN_NONE;
+fail:
+    release(b, SA_N);
+    return NULL;
+}
+
+static PyObject *py_simd(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyUnicode_FromString(use_avx2 ? "avx2" : "c");
+}
+
+static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+#if NO_X86_AVX2
+    __builtin_cpu_init();
+    use_avx2 = on && __builtin_cpu_supports("avx2");
+#else
+    use_avx2 = 0;
+#endif
+    return py_simd(self, NULL);
+}
+
+static PyMethodDef methods[] = {
+    {"range_sums", py_range_sums, METH_VARARGS,
+     "range_sums(buf, a, b, out): out[i] = one's complement sum of buf[a[i]:b[i]] mod 0xFFFF"},
+    {"verify", py_verify, METH_VARARGS,
+     "verify(buf, start, length, idx, vflags, xflags, l3_off, l4_off, hdr_len, l3_proto, "
+     "l4_proto, csum_verdict, error, defer) -> number of packets left in defer"},
+    {"segment", py_segment, METH_VARARGS,
+     "segment(in, out, base, hlen, mss, pay, k, l3, l4, ver, ihl, fixed, first, out_start, "
+     "proto): write every segment"},
+    {"simd", py_simd, METH_NOARGS, "the sum loop in use: 'avx2' or 'c'"},
+    {"set_simd", py_set_simd, METH_O, "use the SIMD loop when the CPU has it (tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernel", "RFC 1071 checksum kernels over whole batches", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void) {
+#if NO_X86_AVX2
+    __builtin_cpu_init();
+    use_avx2 = __builtin_cpu_supports("avx2");
+#endif
+    return PyModule_Create(&module);
+}

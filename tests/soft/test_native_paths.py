@@ -1,0 +1,227 @@
+"""Checksum verify and segmentation: the compiled kernel and the numpy path, each
+against an independent RFC 1071 checksum written here, and against each other."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netoffload import _native
+from netoffload.batch import EXT_FIELDS, Batch, CsumVerdict, GsoType, Reason, VnetFlag, XFlag
+from netoffload.soft.checksum import verify
+from netoffload.soft.segment import IPPROTO_TCP, IPPROTO_UDP, segment
+from netoffload.testing.packets import tcp_packet, udp_packet
+
+PATHS = ["native", "numpy"]
+_KERNEL = _native.kernel
+
+
+@contextmanager
+def using(path: str) -> Iterator[None]:
+    """Run the tasks on ``path``: the compiled kernel (skips if absent) or numpy."""
+    if path == "native" and _KERNEL is None:
+        pytest.skip(f"compiled kernel not in use: {_native.status()}")
+    saved = _native.kernel
+    _native.kernel = _KERNEL if path == "native" else None
+    try:
+        yield
+    finally:
+        _native.kernel = saved
+
+
+# ------------------------------------------------------------------ independent reference
+def ones_sum(data: bytes) -> int:
+    """RFC 1071: the folded 16-bit one's complement sum of ``data`` (odd length: zero pad)."""
+    if len(data) % 2:
+        data += b"\0"
+    s = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def expected_verdict(raw: bytes) -> CsumVerdict:
+    """The verdict of a well-formed raw IPv4/IPv6 TCP/UDP packet (no routing header)."""
+    if raw[0] >> 4 == 4:
+        ihl = (raw[0] & 15) * 4
+        hdr_ok = ones_sum(raw[:ihl]) in (0xFFFF, 0)
+        off, proto, end = ihl, raw[9], struct.unpack_from("!H", raw, 2)[0]
+        addrs = raw[12:20]
+    else:
+        hdr_ok = True
+        off, proto = 40, raw[6]
+        while proto in (0, 43, 60):
+            proto, off = raw[off], off + (raw[off + 1] + 1) * 8
+        end = 40 + struct.unpack_from("!H", raw, 4)[0]
+        addrs = raw[8:40]
+    if proto == IPPROTO_UDP:
+        end = off + struct.unpack_from("!H", raw, off + 4)[0]
+        field = struct.unpack_from("!H", raw, off + 6)[0]
+    else:
+        field = struct.unpack_from("!H", raw, off + 16)[0]
+    seg = raw[off:end]
+    pseudo = addrs + struct.pack("!HI", proto, len(seg))
+    l4_ok = ones_sum(pseudo + seg) == 0xFFFF
+    if proto == IPPROTO_UDP and field == 0:
+        if raw[0] >> 4 == 4:
+            return CsumVerdict.NONE if hdr_ok else CsumVerdict.BAD
+        return CsumVerdict.BAD  # IPv6 UDP must have a checksum
+    return CsumVerdict.GOOD if hdr_ok and l4_ok else CsumVerdict.BAD
+
+
+@st.composite
+def packets(draw: st.DrawFn) -> bytes:
+    """A raw IP TCP/UDP packet, right checksums, then perhaps a corrupted byte."""
+    v = draw(st.sampled_from([4, 6]))
+    payload = draw(st.binary(max_size=1600))  # odd lengths and zero length included
+    ip_opts = b"\x01" * 4 * draw(st.integers(0, 2)) if v == 4 else b""
+    v6_ext = (
+        draw(st.lists(st.sampled_from([(0, 0), (43, 1), (60, 0)]), max_size=2)) if v == 6 else []
+    )
+    ident = draw(st.integers(0, 0xFFFF))
+    if draw(st.booleans()):
+        opts = b"\x01" * 4 * draw(st.integers(0, 3))
+        raw = tcp_packet(v, payload, options=opts, ip_options=ip_opts, v6_ext=v6_ext, ident=ident)
+    else:
+        csum = v == 6 or draw(st.booleans())
+        raw = udp_packet(v, payload, ip_options=ip_opts, v6_ext=v6_ext, ident=ident, checksum=csum)
+    if draw(st.booleans()):  # flip bits of a payload / checksum / TTL byte
+        b = bytearray(raw)
+        hl = len(raw) - len(payload)
+        pos = draw(st.sampled_from([8, hl - 1, hl - 2, *(range(hl, len(raw)) if payload else [])]))
+        b[pos] ^= draw(st.integers(1, 255))
+        raw = bytes(b)
+    return raw
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=150, deadline=None)
+@given(pkts=st.lists(packets(), min_size=1, max_size=12))
+def test_verify_matches_rfc1071(path: str, pkts: list[bytes]) -> None:
+    b = Batch.from_packets(pkts)
+    with using(path):
+        verify(b, np.ones(len(b), dtype=np.bool_))
+    want = [expected_verdict(p) for p in pkts]
+    assert [CsumVerdict(v) for v in b.ext.csum_verdict] == want
+    bad = np.array([w == CsumVerdict.BAD for w in want])
+    assert (b.ext.error[bad] == Reason.BAD_CHECKSUM).all()
+    assert (b.ext.error[~bad] == 0).all()
+    assert (b.ext.xflags & XFlag.PARSED).all()
+
+
+@st.composite
+def odd_batches(draw: st.DrawFn) -> tuple[list[bytes], list[int], list[int], list[bool]]:
+    """Good, corrupted, truncated and garbage packets, some already parsed, with flags."""
+    pkts: list[bytes] = []
+    for _ in range(draw(st.integers(1, 10))):
+        kind = draw(st.sampled_from(["good", "cut", "junk", "empty"]))
+        p = draw(packets())
+        if kind == "cut":
+            p = p[: draw(st.integers(0, len(p)))]
+        elif kind == "junk":
+            p = draw(st.binary(max_size=80))
+            if p and draw(st.booleans()):
+                p = bytes([draw(st.sampled_from([0x45, 0x46, 0x60]))]) + p[1:]
+        elif kind == "empty":
+            p = b""
+        pkts.append(p)
+    n = len(pkts)
+    vflags = draw(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=n, max_size=n))
+    pre = draw(st.lists(st.sampled_from([0, 1, 2]), min_size=n, max_size=n))
+    sel = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    return pkts, vflags, pre, sel
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=odd_batches())
+def test_verify_native_and_numpy_agree_on_everything(
+    case: tuple[list[bytes], list[int], list[int], list[bool]],
+) -> None:
+    """Same verdicts, errors and layout written into the extension, whatever comes in."""
+    pkts, vflags, pre, sel = case
+    out = {}
+    for path in PATHS:
+        b = Batch.from_packets(pkts)
+        b.ext.vflags[:] = vflags
+        for i, how in enumerate(pre):
+            if how == 1:  # parsed by an earlier stage (the layout in the extension)
+                verify(b, np.arange(len(b)) == i)
+                b.ext.csum_verdict[i] = 0
+                b.ext.error[i] = 0
+            elif how == 2:  # a stale, wrong layout claimed by the extension
+                b.ext.xflags[i] |= np.uint8(XFlag.PARSED)
+                b.ext.l3_proto[i] = 4 + 2 * (i % 2)
+                b.ext.l4_off[i] = 20 + 3 * i
+                b.ext.l4_proto[i] = (6, 17)[i % 2]
+        with using(path):
+            verify(b, np.array(sel, dtype=np.bool_))
+        out[path] = b
+    for f in EXT_FIELDS:
+        assert np.array_equal(getattr(out["native"].ext, f), getattr(out["numpy"].ext, f)), f
+
+
+# ------------------------------------------------------------------ segmentation
+@st.composite
+def supers(draw: st.DrawFn) -> tuple[list[bytes], int, int, list[int]]:
+    proto = draw(st.sampled_from([IPPROTO_TCP, IPPROTO_UDP]))
+    pkts = []
+    for i in range(draw(st.integers(1, 4))):
+        v = draw(st.sampled_from([4, 6]))
+        pay = draw(st.binary(min_size=0, max_size=6000))
+        ip_opts = b"\x01" * 4 * draw(st.integers(0, 2)) if v == 4 else b""
+        if proto == IPPROTO_TCP:
+            opts = b"\x01" * 4 * draw(st.integers(0, 3))
+            flags = draw(st.sampled_from([0x10, 0x18, 0x19, 0x99]))
+            seq = draw(st.integers(0, 2**32 - 1))
+            pkts.append(
+                tcp_packet(v, pay, options=opts, ip_options=ip_opts, flags=flags, seq=seq, ident=i)
+            )
+        else:
+            pkts.append(udp_packet(v, pay, ip_options=ip_opts, ident=0xFFFF - i))
+    mss = draw(st.integers(1, 1600))
+    fixed = draw(st.lists(st.booleans(), min_size=len(pkts), max_size=len(pkts)))
+    return pkts, proto, mss, [int(x) for x in fixed]
+
+
+def _segment(pkts: list[bytes], proto: int, mss: int, fixed: list[int], path: str) -> Batch:
+    b = Batch.from_packets(pkts)
+    b.ext.gso_size[:] = mss
+    b.ext.gso_type[:] = GsoType.NONE
+    b.ext.xflags[:] = np.array(fixed, dtype=np.uint8) * np.uint8(XFlag.FIXED_ID)
+    with using(path):
+        out, _ = segment(b, np.ones(len(b), dtype=np.bool_), proto)
+    return out
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=60, deadline=None)
+@given(case=supers())
+def test_segments_verify_with_rfc1071(
+    path: str, case: tuple[list[bytes], int, int, list[int]]
+) -> None:
+    pkts, proto, mss, fixed = case
+    out = _segment(pkts, proto, mss, fixed, path)
+    for i in range(len(out)):
+        seg = bytes(out.packet(i))
+        assert expected_verdict(seg) == CsumVerdict.GOOD
+        assert (out.ext.vflags[i] & VnetFlag.NEEDS_CSUM) == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=supers())
+def test_segments_byte_identical_native_and_numpy(
+    case: tuple[list[bytes], int, int, list[int]],
+) -> None:
+    pkts, proto, mss, fixed = case
+    a = _segment(pkts, proto, mss, fixed, "native")
+    b = _segment(pkts, proto, mss, fixed, "numpy")
+    assert np.array_equal(a.start, b.start) and np.array_equal(a.length, b.length)
+    assert a.packets() == b.packets()
+    for f in EXT_FIELDS:
+        assert np.array_equal(getattr(a.ext, f), getattr(b.ext, f)), f
