@@ -185,3 +185,16 @@ def test_pipelined_balances_busy_time_with_the_host_s_other_work() -> None:
     p = replace(s, pipelined=True, host_other_s=200e-6)
     assert ndev(pol.split(C, batch(100), want(100), [view()], p)) == 60
     assert ndev(pol.split(C, batch(100), want(100), [view()], replace(p, host_other_s=0))) == 50
+
+
+def test_window_throughput_while_pipelining_is_over_the_window() -> None:
+    from dataclasses import replace
+
+    pol = Adaptive(period=0.3)
+    p = replace(snap(sw={C: 10e-6}, dev={C: 10e-6}), pipelined=True)
+    pol.split(C, batch(10), want(10), [view()], p)
+    pol.observe(Feedback(C, SOFTWARE, 100, 0, 0.05, 0.0))
+    pol.observe(Feedback(C, 0, 100, 0, 0.5, 0.1))  # trips overlap the next batches
+    pol.split(C, batch(10), want(10), [view()], p)
+    pol.observe(Feedback(C, SOFTWARE, 100, 0, 0.05, 0.4))  # the window closes
+    assert pol.climbs == 1 and pol.last_rate == pytest.approx(300 / 0.4)

@@ -25,7 +25,8 @@ the cost of doing the chain in software. The model's ``k_dev`` is scaled by a
 ratio ``m`` that a hill-climb adjusts every ``period`` seconds (time from the
 feedback, never a clock of its own) on the observed throughput — task-packets
 per second of batch wall time (software time, or submit-to-complete time of the
-device trips, whichever is longer): keep moving ``m`` the same way while
+device trips, whichever is longer; while pipelining, of the window's time):
+keep moving ``m`` the same way while
 throughput does not drop, turn back when it does.
 
 Packets keep their path within one engine pass: packets the engine is putting
@@ -101,6 +102,8 @@ class Adaptive(Policy):
         self._win_dev = 0.0
         self._last_probe: dict[tuple[int, int], float] = {}  # (device, path probed)
         self._trip_device = -1
+        self._pipelined = False  # the last snapshot said the engine pipelines
+        self._win_pipelined = False  # ... and every one since the window began
         self.tally = Tally()
 
     # ------------------------------------------------------------ model
@@ -146,6 +149,8 @@ class Adaptive(Policy):
         load: LoadSnapshot,
     ) -> Paths:
         out = software_paths(len(batch))
+        self._pipelined = load.pipelined
+        self._win_pipelined &= load.pipelined
         if not want.any():
             return out
         ups = [d for d in devices if d.up]
@@ -215,16 +220,24 @@ class Adaptive(Policy):
             return
         if self._win_start is None:
             self._win_start = fb.now
+            self._win_pipelined = self._pipelined
         self._win_packets += fb.packets
         if fb.path == SOFTWARE:
             self._win_sw += fb.seconds
         else:
             self._win_dev += fb.seconds
         if fb.now - self._win_start >= self.period:
-            busy = max(self._win_sw, self._win_dev)
+            # pipelining (a backlog) all the window: host and device work on different
+            # batches, trips overlap, and the throughput is the window's own
+            busy = (
+                fb.now - self._win_start
+                if self._win_pipelined
+                else max(self._win_sw, self._win_dev)
+            )
             if busy > 0:
                 self._climb(self._win_packets / busy)
             self._win_start = fb.now
+            self._win_pipelined = self._pipelined
             self._win_packets = 0
             self._win_sw = self._win_dev = 0.0
 
