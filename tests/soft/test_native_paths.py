@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from netoffload import _native
 from netoffload.batch import EXT_FIELDS, Batch, CsumVerdict, GsoType, Reason, VnetFlag, XFlag
-from netoffload.soft.checksum import verify
+from netoffload.soft.checksum import layout, verify
 from netoffload.soft.segment import IPPROTO_TCP, IPPROTO_UDP, segment
 from netoffload.testing.packets import tcp_packet, udp_packet
 
@@ -166,6 +166,32 @@ def test_verify_native_and_numpy_agree_on_everything(
         assert np.array_equal(getattr(out["native"].ext, f), getattr(out["numpy"].ext, f)), f
 
 
+@settings(max_examples=200, deadline=None)
+@given(case=odd_batches())
+def test_layout_native_and_numpy_agree(
+    case: tuple[list[bytes], list[int], list[int], list[bool]],
+) -> None:
+    """The layout the kernel finds (fill and segmentation use it) is numpy's."""
+    pkts, _, _, sel = case
+    lays = {}
+    exts = {}
+    for path in PATHS:
+        b = Batch.from_packets(pkts)
+        with using(path):
+            lays[path] = layout(b, np.flatnonzero(np.array(sel, dtype=np.bool_)))
+        exts[path] = b.ext
+    a, z = lays["native"], lays["numpy"]
+    for f in ("idx", "reason", "v", "l4_ok", "udp", "base"):
+        assert np.array_equal(getattr(a, f), getattr(z, f)), f
+    ok = a.reason == 0
+    for f in ("l3", "l4", "proto", "l4_end", "field"):
+        assert np.array_equal(getattr(a, f)[ok], getattr(z, f)[ok]), f
+    v4 = ok & (a.v == 4)
+    assert np.array_equal(a.ihl[v4], z.ihl[v4])
+    for f in EXT_FIELDS:
+        assert np.array_equal(getattr(exts["native"], f), getattr(exts["numpy"], f)), f
+
+
 # ------------------------------------------------------------------ segmentation
 @st.composite
 def supers(draw: st.DrawFn) -> tuple[list[bytes], int, int, list[int]]:
@@ -184,6 +210,9 @@ def supers(draw: st.DrawFn) -> tuple[list[bytes], int, int, list[int]]:
             )
         else:
             pkts.append(udp_packet(v, pay, ip_options=ip_opts, ident=0xFFFF - i))
+    if draw(st.booleans()):  # a packet of the other protocol: passed on with an error
+        other = udp_packet if proto == IPPROTO_TCP else tcp_packet
+        pkts.insert(draw(st.integers(0, len(pkts))), other(4, b"x" * 3000))
     mss = draw(st.integers(1, 1600))
     fixed = draw(st.lists(st.booleans(), min_size=len(pkts), max_size=len(pkts)))
     return pkts, proto, mss, [int(x) for x in fixed]

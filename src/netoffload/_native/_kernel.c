@@ -349,24 +349,23 @@ enum {
 enum { VA_BUF, VA_START, VA_LENGTH, VA_IDX, VA_VFLAGS, VA_XFLAGS, VA_L3OFF, VA_L4OFF,
        VA_HDRLEN, VA_L3PROTO, VA_L4PROTO, VA_VERDICT, VA_ERROR, VA_DEFER, VA_N };
 
+/* one packet's layout, as soft/checksum.py's layout() finds it */
+typedef struct {
+    int reason;   /* 0, or the Reason */
+    int ip_ok;    /* passed the IP-level checks (layout()'s "ip") */
+    int tcp, udp; /* a TCP / UDP segment whose checksum can be done */
+    int64_t l3o, l4o, v, proto, ihl, ip_end, l4_end; /* offsets from the packet start */
+} Lay;
+
 /*
- * soft/checksum.py's verify() for one packet; returns 0 done, 1 left to Python.
+ * The layout of one packet; returns 0 done, 1 left to Python (nothing written).
  * The parse is _fast_parse's (raw IP, IPv4 options allowed, IPv6 without walkable
- * extension headers), the checks are layout()'s, the verdicts verify()'s; a packet
- * this does not cover is left untouched for the numpy path.
+ * extension headers; the layout is written into the extension as it does), the
+ * checks are layout()'s. Parsed packets take the layout from the extension.
  */
-static int verify_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t plen, uint8_t *vflags,
+static int layout_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t plen,
                       uint8_t *xflags, int32_t *l3_off, int32_t *l4_off, int32_t *hdr_len,
-                      uint8_t *l3_proto, uint8_t *l4_proto, uint8_t *verdict, uint16_t *error) {
-    uint8_t vf = *vflags;
-    if (vf & DATA_VALID) {
-        *verdict = V_GOOD;
-        return 0;
-    }
-    if (vf & NEEDS_CSUM) {
-        *verdict = V_PARTIAL;
-        return 0;
-    }
+                      uint8_t *l3_proto, uint8_t *l4_proto, Lay *L) {
     if (base < 0 || plen < 0 || base > blen || plen > blen - base) return 1;
     const uint8_t *pk = buf + base;
     uint8_t xf = *xflags;
@@ -419,7 +418,7 @@ static int verify_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t pl
         v = ver;
     }
     /* layout()'s checks */
-    int reason = 0;
+    int reason = 0, ip_ok = 0;
     int v4 = v == 4, v6 = v == 6, tcp = 0, udp = 0;
     int64_t ihl = 0, ip_end = 0, l4_end = 0;
     if (!v4 && !v6) {
@@ -439,6 +438,7 @@ static int verify_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t pl
             if (ip_end > plen || (v4 && ip_len < ihl)) {
                 reason = R_BAD_IP_LENGTH;
             } else {
+                ip_ok = 1;
                 int whole = !v4 || (rd16(l3 + 6) & 0x3FFF) == 0;
                 tcp = whole && proto == 6 && l4o >= 0;
                 udp = whole && proto == 17 && l4o >= 0;
@@ -460,6 +460,44 @@ static int verify_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t pl
             }
         }
     }
+    L->reason = reason;
+    L->ip_ok = ip_ok;
+    L->tcp = tcp;
+    L->udp = udp;
+    L->l3o = l3o;
+    L->l4o = l4o;
+    L->v = v;
+    L->proto = proto;
+    L->ihl = ihl;
+    L->ip_end = ip_end;
+    L->l4_end = l4_end;
+    return 0;
+}
+
+/*
+ * soft/checksum.py's verify() for one packet; returns 0 done, 1 left to Python.
+ * Verdicts as verify()'s; a packet layout_one does not cover, or an IPv6 one with
+ * extension headers (the routing-header walk), is left untouched for numpy.
+ */
+static int verify_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t plen, uint8_t *vflags,
+                      uint8_t *xflags, int32_t *l3_off, int32_t *l4_off, int32_t *hdr_len,
+                      uint8_t *l3_proto, uint8_t *l4_proto, uint8_t *verdict, uint16_t *error) {
+    uint8_t vf = *vflags;
+    if (vf & DATA_VALID) {
+        *verdict = V_GOOD;
+        return 0;
+    }
+    if (vf & NEEDS_CSUM) {
+        *verdict = V_PARTIAL;
+        return 0;
+    }
+    Lay L;
+    if (layout_one(buf, blen, base, plen, xflags, l3_off, l4_off, hdr_len, l3_proto, l4_proto,
+                   &L))
+        return 1;
+    const uint8_t *pk = buf + base;
+    int reason = L.reason, tcp = L.tcp, udp = L.udp, v4 = L.v == 4, v6 = L.v == 6;
+    int64_t l3o = L.l3o, l4o = L.l4o, ihl = L.ihl, l4_end = L.l4_end, proto = L.proto;
     /* IPv6 with extension headers: the pseudo-header may name a routing header's
        final destination; the numpy path walks them (only reachable when parsed) */
     if (reason == 0 && v6 && (tcp || udp) && l4o > l3o + 40) return 1;
@@ -555,6 +593,143 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ layout */
+enum { LA_BUF, LA_START, LA_LENGTH, LA_IDX, LA_XFLAGS, LA_L3OFF, LA_L4OFF, LA_HDRLEN,
+       LA_L3PROTO, LA_L4PROTO, LA_REASON, LA_L3, LA_V, LA_IHL, LA_L4, LA_PROTO, LA_L4END,
+       LA_L4OK, LA_UDP, LA_FIELD, LA_DEFER, LA_N };
+
+/* layout(): outputs per idx entry (absolute offsets), the extension written as parse
+   does; returns how many packets were left (their indices in defer, in order) */
+static PyObject *py_layout(PyObject *self, PyObject *args) {
+    static const Py_ssize_t isz[LA_N] = {1, 8, 8, 8, 1, 4, 4, 4, 1, 1, 2,
+                                         8, 8, 8, 8, 8, 8, 1, 1, 8, 8};
+    static const char *names[LA_N] = {
+        "buf",    "start",    "length", "idx", "xflags", "l3_off", "l4_off",
+        "hdr_len", "l3_proto", "l4_proto", "reason", "l3", "v", "ihl",
+        "l4",     "proto",    "l4_end", "l4_ok", "udp", "field", "defer"};
+    PyObject *o[LA_N];
+    Buf b[LA_N];
+    memset(b, 0, sizeof b);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOOOOOOOO:layout", &o[0], &o[1], &o[2], &o[3],
+                          &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12],
+                          &o[13], &o[14], &o[15], &o[16], &o[17], &o[18], &o[19], &o[20]))
+        return NULL;
+    for (int k = 0; k < LA_N; k++)
+        if (get_buf(o[k], &b[k], k >= LA_XFLAGS, isz[k], names[k]) < 0) goto fail;
+    Py_ssize_t n = b[LA_START].view.len / 8, m = b[LA_IDX].view.len / 8;
+    if (need_items(&b[LA_LENGTH], 8, n, "length") < 0) goto fail;
+    for (int k = LA_XFLAGS; k < LA_N; k++)
+        if (need_items(&b[k], isz[k], k >= LA_REASON ? m : n, names[k]) < 0) goto fail;
+    const int64_t *idx = b[LA_IDX].view.buf;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        if (idx[k] < 0 || idx[k] >= n) {
+            PyErr_Format(PyExc_ValueError, "layout: packet index %lld out of range",
+                         (long long)idx[k]);
+            goto fail;
+        }
+    }
+    const uint8_t *buf = b[LA_BUF].view.buf;
+    int64_t blen = b[LA_BUF].view.len;
+    const int64_t *start = b[LA_START].view.buf, *length = b[LA_LENGTH].view.buf;
+    uint8_t *xflags = b[LA_XFLAGS].view.buf;
+    int32_t *l3_off = b[LA_L3OFF].view.buf, *l4_off = b[LA_L4OFF].view.buf;
+    int32_t *hdr_len = b[LA_HDRLEN].view.buf;
+    uint8_t *l3_proto = b[LA_L3PROTO].view.buf, *l4_proto = b[LA_L4PROTO].view.buf;
+    uint16_t *reason = b[LA_REASON].view.buf;
+    int64_t *o_l3 = b[LA_L3].view.buf, *o_v = b[LA_V].view.buf, *o_ihl = b[LA_IHL].view.buf;
+    int64_t *o_l4 = b[LA_L4].view.buf, *o_proto = b[LA_PROTO].view.buf;
+    int64_t *o_end = b[LA_L4END].view.buf, *o_field = b[LA_FIELD].view.buf;
+    uint8_t *o_ok = b[LA_L4OK].view.buf, *o_udp = b[LA_UDP].view.buf;
+    int64_t *defer = b[LA_DEFER].view.buf;
+    Py_ssize_t nd = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int64_t i = idx[k], base = start[i];
+        Lay L;
+        if (layout_one(buf, blen, base, length[i], xflags + i, l3_off + i, l4_off + i,
+                       hdr_len + i, l3_proto + i, l4_proto + i, &L)) {
+            defer[nd++] = k;
+            L.reason = 0;
+            L.ip_ok = L.tcp = L.udp = 0;
+            L.l3o = L.l4o = L.proto = L.ihl = L.ip_end = L.l4_end = 0;
+        }
+        reason[k] = (uint16_t)L.reason;
+        o_l3[k] = base + L.l3o;
+        o_v[k] = L.ip_ok ? L.v : 0;
+        o_ihl[k] = L.ihl;
+        o_l4[k] = base + L.l4o;
+        o_proto[k] = L.proto;
+        o_end[k] = base + (L.udp ? L.l4_end : L.ip_end);
+        o_ok[k] = (uint8_t)(L.tcp || L.udp);
+        o_udp[k] = (uint8_t)L.udp;
+        o_field[k] = base + L.l4o + (L.udp ? 6 : 16);
+    }
+    Py_END_ALLOW_THREADS;
+    release(b, LA_N);
+    return PyLong_FromSsize_t(nd);
+fail:
+    release(b, LA_N);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ plan */
+/* sizes and places of the segments of G super-packets (segment.py's output layout:
+   each segment its input's headroom, `tail` bytes of tailroom, slots rounded up to
+   `align`); returns the output buffer size */
+static PyObject *py_plan(PyObject *self, PyObject *args) {
+    static const char *names[9] = {"head", "hlen", "mss", "pay", "k",
+                                   "start", "length", "slot_lo", "slot_hi"};
+    PyObject *o[9];
+    long long tail, align;
+    Buf b[9];
+    memset(b, 0, sizeof b);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOLLOOOO:plan", &o[0], &o[1], &o[2], &o[3], &o[4], &tail,
+                          &align, &o[5], &o[6], &o[7], &o[8]))
+        return NULL;
+    for (int k = 0; k < 9; k++)
+        if (get_buf(o[k], &b[k], k >= 5, 8, names[k]) < 0) goto fail;
+    Py_ssize_t g = b[0].view.len / 8, total = b[5].view.len / 8;
+    for (int k = 1; k < 9; k++)
+        if (need_items(&b[k], 8, k < 5 ? g : total, names[k]) < 0) goto fail;
+    const int64_t *head = b[0].view.buf, *hlen = b[1].view.buf, *mss = b[2].view.buf;
+    const int64_t *pay = b[3].view.buf, *kk = b[4].view.buf;
+    int64_t *ostart = b[5].view.buf, *olen = b[6].view.buf;
+    int64_t *lo = b[7].view.buf, *hi = b[8].view.buf;
+    if (align <= 0 || tail < 0) {
+        PyErr_SetString(PyExc_ValueError, "plan: bad tail or align");
+        goto fail;
+    }
+    int64_t pos = 0;
+    Py_ssize_t o_i = 0;
+    for (Py_ssize_t q = 0; q < g; q++) {
+        if (kk[q] < 1 || mss[q] <= 0 || o_i + kk[q] > total || head[q] < 0 || hlen[q] < 0) {
+            PyErr_Format(PyExc_ValueError, "plan: super-packet %zd: bad geometry", q);
+            goto fail;
+        }
+        for (int64_t j = 0; j < kk[q]; j++, o_i++) {
+            int64_t sp = pay[q] - j * mss[q] < mss[q] ? pay[q] - j * mss[q] : mss[q];
+            int64_t len = hlen[q] + sp;
+            int64_t size = (head[q] + len + tail + align - 1) / align * align;
+            lo[o_i] = pos;
+            ostart[o_i] = pos + head[q];
+            olen[o_i] = len;
+            pos += size;
+            hi[o_i] = pos;
+        }
+    }
+    if (o_i != total) {
+        PyErr_SetString(PyExc_ValueError, "plan: segment count mismatch");
+        goto fail;
+    }
+    release(b, 9);
+    return PyLong_FromLongLong(pos);
+fail:
+    release(b, 9);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ segment */
 enum { SA_IN, SA_OUT, SA_BASE, SA_HLEN, SA_MSS, SA_PAY, SA_K, SA_L3, SA_L4, SA_VER, SA_IHL,
        SA_FIXED, SA_FIRST, SA_OSTART, SA_N };
@@ -625,45 +800,57 @@ static PyObject *py_segment(PyObject *self, PyObject *args) {
         int64_t h = hlen[q], m = mss[q], p = pay[q], k = kk[q];
         int64_t o3 = l3[q], o4 = l4[q], thl = h - o4;
         const uint8_t *src = in + base[q];
+        /* per super-packet: sums of the headers without the fields that change per
+           segment (one's complement sums subtract), so that no segment's header is
+           read back after its fields are written */
+        uint64_t hbase = 0, asum;
         uint32_t id0 = rd16(src + o3 + 4);
+        if (ver[q] == 4) {
+            hbase = to_net(small_sum(src + o3, (size_t)ihl[q])) + 3 * M16 - rd16(src + o3 + 2) -
+                    id0 - rd16(src + o3 + 10);
+            asum = to_net(small_sum(src + o3 + 12, 8));
+        } else {
+            asum = to_net(small_sum(src + o3 + 8, 32));
+        }
+        uint64_t lsum = to_net(small_sum(src + o4, (size_t)thl)) + asum;
         uint32_t seq0 = ((uint32_t)rd16(src + o4 + 4) << 16) | rd16(src + o4 + 6);
+        uint32_t w6 = rd16(src + o4 + 12); /* data offset and flags */
         uint8_t fl0 = src[o4 + 13];
+        uint64_t l4base = proto == 6 ? lsum + 4 * M16 + 6 - (seq0 >> 16) - (seq0 & 0xFFFF) - w6 -
+                                           rd16(src + o4 + 16)
+                                     : lsum + 2 * M16 + 17 - rd16(src + o4 + 4) - rd16(src + o4 + 6);
         for (int64_t j = 0; j < k; j++) {
             int64_t sp = p - j * m < m ? p - j * m : m;
             uint8_t *d = out + ostart[first[q] + j];
             memcpy(d, src, (size_t)h);
-            uint64_t paysum = copy_sum_native(d + h, src + h + j * m, (size_t)sp);
+            uint64_t paysum = to_net(copy_sum_native(d + h, src + h + j * m, (size_t)sp));
             uint8_t *d3 = d + o3, *d4 = d + o4;
-            uint64_t asum;
             if (ver[q] == 4) {
-                wr16(d3 + 2, (uint32_t)((h - o3 + sp) & 0xFFFF));
-                wr16(d3 + 4, fixed[q] ? id0 : (id0 + (uint32_t)j) & 0xFFFF);
-                wr16(d3 + 10, 0);
-                uint32_t c = M16 - to_net(small_sum(d3, (size_t)ihl[q]));
+                uint32_t tot = (uint32_t)((h - o3 + sp) & 0xFFFF);
+                uint32_t id = fixed[q] ? id0 : (id0 + (uint32_t)j) & 0xFFFF;
+                uint32_t c = M16 - (uint32_t)mod16(hbase + tot + id);
+                wr16(d3 + 2, tot);
+                wr16(d3 + 4, id);
                 wr16(d3 + 10, c == M16 ? 0 : c);
-                asum = small_sum(d3 + 12, 8);
             } else {
                 wr16(d3 + 4, (uint32_t)((h - o3 - 40 + sp) & 0xFFFF));
-                asum = small_sum(d3 + 8, 32);
             }
             uint64_t l4len = (uint64_t)(thl + sp);
             if (proto == 6) {
                 uint32_t seq = seq0 + (uint32_t)(j * m);
-                wr16(d4 + 4, seq >> 16);
-                wr16(d4 + 6, seq & 0xFFFF);
                 uint8_t fl = fl0;
                 if (j != k - 1) fl &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH on the last only */
                 if (j != 0) fl &= (uint8_t)~0x80;              /* CWR on the first only */
+                uint64_t s = l4base + l4len + (seq >> 16) + (seq & 0xFFFF) + ((w6 & 0xFF00) | fl) +
+                             paysum;
+                uint32_t c = M16 - (uint32_t)mod16(s);
+                wr16(d4 + 4, seq >> 16);
+                wr16(d4 + 6, seq & 0xFFFF);
                 d4[13] = fl;
-                wr16(d4 + 16, 0);
-                uint64_t s = small_sum(d4, (size_t)thl) + asum + native_of(6 + l4len) + paysum;
-                uint32_t c = M16 - to_net(s);
                 wr16(d4 + 16, c == M16 ? 0 : c);
             } else {
+                uint32_t c = M16 - (uint32_t)mod16(l4base + 2 * l4len + paysum);
                 wr16(d4 + 4, (uint32_t)(l4len & 0xFFFF));
-                wr16(d4 + 6, 0);
-                uint64_t s = small_sum(d4, (size_t)thl) + asum + native_of(17 + l4len) + paysum;
-                uint32_t c = M16 - to_net(s);
                 wr16(d4 + 6, c == 0 ? M16 : c); /* a computed 0 is sent as 0xFFFF */
             }
         }
@@ -704,6 +891,11 @@ static PyMethodDef methods[] = {
     {"segment", py_segment, METH_VARARGS,
      "segment(in, out, base, hlen, mss, pay, k, l3, l4, ver, ihl, fixed, first, out_start, "
      "proto): write every segment"},
+    {"layout", py_layout, METH_VARARGS,
+     "layout(buf, start, length, idx, xflags, l3_off, l4_off, hdr_len, l3_proto, l4_proto, "
+     "reason, l3, v, ihl, l4, proto, l4_end, l4_ok, udp, field, defer) -> number left"},
+    {"plan", py_plan, METH_VARARGS,
+     "plan(head, hlen, mss, pay, k, tail, align, start, length, slot_lo, slot_hi) -> bytes"},
     {"simd", py_simd, METH_NOARGS, "the sum loop in use: 'avx2' or 'c'"},
     {"set_simd", py_set_simd, METH_O, "use the SIMD loop when the CPU has it (tests)"},
     {NULL, NULL, 0, NULL},

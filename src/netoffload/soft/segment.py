@@ -33,7 +33,14 @@ header length past the packet end (the TCP data offset, or a virtio
 ``hdr_len`` that TUN would refuse: ``BAD_HDR_LEN``). Options: ``gso_size`` for
 packets without one, ``other="pass"`` to let other protocols through (captures).
 
-How it is fast: the payload bytes are moved by strided block copies (one 3-D
+How it is fast: with the compiled kernel (``netoffload._native``) one call
+writes every segment — headers copied, the payload summed while it is copied
+(copy and checksum in one pass, the classic way to make TSO cheap), fields and
+checksums patched from per-super-packet header sums — and, when every packet of
+the batch is segmented, also plans the output layout (about 0.3x memcpy speed
+for 64 KiB super-packets, ``netoffload bench segment``). Without it (or with
+``NETOFFLOAD_NATIVE=0``), byte for byte the same in numpy: the payload bytes
+are moved by strided block copies (one 3-D
 copy for a batch of alike super-packets, else one 2-D copy per super-packet:
 a Python loop over super-packets, never over segments or bytes); the only pass
 over the payload for checksums is one ``checksum.range_sums`` over the input;
@@ -211,9 +218,75 @@ def segment(
     done[go] = True
     g_k = k[ok]
     counts[go] = g_k
+    kern = _native.kernel
+    if kern is not None and len(go) == n:  # every packet segmented: the kernel does it all
+        out = _build_native(kern, batch, g_k, mss[ok], hlen[ok], pay[ok], lay, proto)
+        if out is not None:
+            return out, Plan(counts, done, err)
     return _build(batch, go, g_k, mss[ok], hlen[ok], pay[ok], lay, ok, counts, proto), Plan(
         counts, done, err
     )
+
+
+def _build_native(
+    kern: _native.Kernel,
+    batch: Batch,
+    g_k: I64,
+    g_mss: I64,
+    g_hlen: I64,
+    g_pay: I64,
+    lay: cs.Layout,
+    proto: int,
+) -> Batch | None:
+    """``_build`` when every packet of the batch is segmented, by the compiled kernel:
+    output layout (``plan``), then headers, payloads and checksums (``segment``).
+    The output is byte for byte ``_build``'s; None if the kernel refused (numpy then)."""
+    e = batch.ext
+    total = int(g_k.sum())
+    g_k = _i64(g_k)
+    g_mss = _i64(g_mss)
+    g_hlen = _i64(g_hlen)
+    g_pay = _i64(g_pay)
+    head = np.maximum(batch.start - batch.slot_lo, 0)
+    start = np.empty(total, dtype=np.int64)
+    out_len = np.empty(total, dtype=np.int64)
+    slot_lo = np.empty(total, dtype=np.int64)
+    slot_hi = np.empty(total, dtype=np.int64)
+    l3 = lay.l3 - lay.base  # offsets from the packet start
+    l4 = lay.l4 - lay.base
+    first = np.cumsum(g_k) - g_k
+    fixed = ((e.xflags & _FIXED_ID) != 0).astype(np.int64)
+    try:
+        size = kern.plan(
+            _i64(head), g_hlen, g_mss, g_pay, g_k, DEFAULT_TAILROOM, _ALIGN,
+            start, out_len, slot_lo, slot_hi,
+        )  # fmt: skip
+        out_buf = np.empty(size, dtype=np.uint8)
+        kern.segment(
+            batch.buf, out_buf, _i64(batch.start), g_hlen, g_mss, g_pay, g_k,
+            _i64(l3), _i64(l4), _i64(lay.v), _i64(lay.ihl), fixed, first, start, proto,
+        )  # fmt: skip
+    except (ValueError, BufferError):
+        return None
+    # the extension of each segment: its input's, as a plain packet with its layout
+    rep = {f: np.repeat(getattr(e, f), g_k) for f in EXT_FIELDS if f not in _SEG_FIELDS}
+    zero = {f: np.zeros(total, dtype=EXT_FIELDS[f].dtype) for f in _SEG_ZERO}
+    ext = Ext(
+        total,
+        vflags=np.repeat(e.vflags & _NOT_CSUM_FLAGS, g_k),
+        xflags=np.repeat(e.xflags | _PARSED, g_k),
+        hdr_len=np.repeat(g_hlen, g_k),
+        l3_off=np.repeat(l3, g_k),
+        l4_off=np.repeat(l4, g_k),
+        **zero,
+        **rep,
+    )
+    return Batch(out_buf, start, out_len, slot_lo, slot_hi, ext, 0)
+
+
+#: extension fields a segment does not copy from its input (set in _build_native)
+_SEG_ZERO = ("gso_type", "gso_size", "csum_start", "csum_offset")
+_SEG_FIELDS = frozenset({*_SEG_ZERO, "vflags", "xflags", "hdr_len", "l3_off", "l4_off"})
 
 
 def _m(x: Any) -> Any:
