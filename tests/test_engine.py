@@ -350,3 +350,150 @@ def test_batches_finish_in_the_order_they_started() -> None:
         eng.process(Batch.from_packets([b"y"]))
     assert eng.finish(p3).batch.packets() == [b"x"]
     assert eng.process(Batch.from_packets([b"y"])).batch.packets() == [b"y"]
+
+
+def test_encrypt_after_segmentation_on_one_device_trip_never_repeats_a_sequence_number() -> None:
+    """Segmentation and encryption bound for one device: the segments the device
+    makes must be numbered by the host's counter too, one number each (a trip may
+    not carry a task whose host-side prepare step would run before the packets it
+    numbers exist)."""
+    import os
+    import struct
+
+    from netoffload.batch import GsoType
+    from netoffload.soft import make_task
+    from netoffload.testing.packets import tcp_packet
+    from netoffload.tunnel.sa import parse_sa_doc
+    from netoffload.wire.parse import parse_batch
+
+    key = os.urandom(20).hex()
+    doc = {
+        "sa": [
+            {
+                "spi": 0x2002,
+                "algorithm": "aes-gcm-128",
+                "key": key,
+                "src": "198.18.0.1",
+                "dst": "198.19.0.1",
+            },
+        ]
+    }
+    sas = parse_sa_doc(doc, "test SAs")
+
+    def library() -> SoftLibrary:
+        return SoftLibrary(
+            {
+                Task.TCP_SEGMENT: make_task(Task.TCP_SEGMENT),
+                Task.ENCRYPT: make_task(Task.ENCRYPT, sas=sas),
+            }
+        )
+
+    class SegmentSplit(Always):
+        """Every other super-packet is segmented on the device; all encryption there."""
+
+        def split(self, task, batch, want, devices, load):  # type: ignore[no-untyped-def]
+            out = super().split(task, batch, want, devices, load)
+            if task == Task.TCP_SEGMENT:
+                out[1::2] = -1
+            return out
+
+    dev = SoftwareDevice(library())
+    dev.enable(Task.TCP_SEGMENT, Task.ENCRYPT)
+    stages = Task.TCP_SEGMENT | Task.ENCRYPT
+    eng = Engine(Direction.TX, stages, library(), SegmentSplit(), [dev])
+    seqs: list[int] = []
+    total = 0
+    for rnd in range(4):
+        pkts = [
+            tcp_packet(4, bytes(1000 * (i % 5 + 1)), seq=rnd * 10**6 + i * 10**4) for i in range(10)
+        ]
+        b = Batch.from_packets(pkts)
+        parse_batch(b, ethernet=False)
+        b.ext.tasks[:] = stages
+        b.ext.sa[:] = 0
+        b.ext.gso_type[:] = GsoType.TCPV4
+        b.ext.gso_size[:] = 1000
+        total += sum(i % 5 + 1 for i in range(10))
+        for raw in eng.process(b).delivered().packets():
+            ihl = (raw[0] & 15) * 4
+            spi, seq = struct.unpack_from("!II", raw, ihl)
+            assert spi == 0x2002
+            seqs.append(seq)
+    assert eng.counters[Task.TCP_SEGMENT].offloaded > 0
+    assert eng.counters[Task.TCP_SEGMENT].software > 0
+    assert len(seqs) == total
+    assert sorted(seqs) == list(range(1, total + 1))
+
+
+def _esp_pair(window: int) -> tuple[object, SoftLibrary, SoftLibrary, SoftLibrary]:
+    """An SA, a transmit library that encrypts under it, and two receive
+    libraries (host, device) that decrypt it, each with its own task instance."""
+    import os
+
+    from netoffload.soft import make_task
+    from netoffload.tunnel.sa import parse_sa_doc
+
+    doc = {
+        "sa": [
+            {
+                "spi": 0x3003,
+                "algorithm": "aes-gcm-128",
+                "key": os.urandom(20).hex(),
+                "src": "198.18.0.1",
+                "dst": "198.19.0.1",
+                "replay_window": window,
+            },
+        ]
+    }
+    sas = parse_sa_doc(doc, "test SAs")
+
+    def lib(t: Task) -> SoftLibrary:
+        return SoftLibrary({t: make_task(t, sas=sas)})
+
+    return sas, lib(Task.ENCRYPT), lib(Task.DECRYPT), lib(Task.DECRYPT)
+
+
+def _encrypted(tx: SoftLibrary, n: int, seed: int) -> list[bytes]:
+    from netoffload.testing.packets import synthetic_flows
+    from netoffload.wire.parse import parse_batch
+
+    pkts = [p for p in synthetic_flows(3 * n, seed=seed) if p[0] >> 4 == 4][:n]
+    b = Batch.from_packets(pkts)
+    parse_batch(b, ethernet=False)
+    b.ext.sa[:] = 0
+    out = tx[Task.ENCRYPT].process(b, np.ones(len(b), np.bool_))
+    assert out.ext.alive().all()
+    return out.packets()
+
+
+def _decrypt_run(eng: Engine, pkts: list[bytes]) -> Batch:
+    from netoffload.wire.parse import parse_batch
+
+    b = Batch.from_packets(pkts)
+    parse_batch(b, ethernet=False)
+    b.ext.tasks[:] = Task.DECRYPT
+    return eng.process(b).batch
+
+
+def test_decrypt_split_keeps_one_replay_window_on_the_host() -> None:
+    """Host and device decrypt alternate packets (the device's trips reach it out
+    of packet order): with a 64-packet window and batches of 200 nothing is
+    falsely too old, and a replay that goes down the other path than its
+    original is still caught — the host keeps the only window."""
+    _, tx, host, devlib = _esp_pair(64)
+    dev = SoftwareDevice(devlib)
+    dev.enable(Task.DECRYPT)
+    eng = Engine(Direction.RX, Task.DECRYPT, host, Alternate(), [dev])
+    wire = _encrypted(tx, 601, seed=11)
+    for lo in range(0, 600, 200):
+        out = _decrypt_run(eng, wire[lo : lo + 200])
+        assert out.ext.alive().all(), [Reason(int(x)).name for x in out.ext.error if x]
+    assert eng.counters[Task.DECRYPT].offloaded > 0 and eng.counters[Task.DECRYPT].software > 0
+    # one fresh packet first shifts every replayed one onto the other path
+    replayed = wire[560:600]
+    out = _decrypt_run(eng, [wire[600], *replayed])
+    assert out.ext.error[0] == 0
+    assert (out.ext.error[1:] == Reason.REPLAY).all()
+    # and the same packets again, now on their original paths
+    out = _decrypt_run(eng, replayed)
+    assert (out.ext.error == Reason.REPLAY).all()

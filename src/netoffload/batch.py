@@ -58,6 +58,10 @@ class XFlag(enum.IntFlag):
     FIXED_ID = 1  # keep the IPv4 ID constant across segments (SKB_GSO_TCP_FIXEDID)
     ETHERNET = 2  # the packet starts with an Ethernet header
     PARSED = 4  # l3/l4 offsets and protocols are filled in
+    # the receive anti-replay window of the packet's SA is kept by the host
+    # (DecryptTask.prepare checked it, DecryptTask.settle records it); whichever
+    # path decrypts the packet leaves the window alone
+    REPLAY_ON_HOST = 8
 
 
 class CsumVerdict(enum.IntEnum):

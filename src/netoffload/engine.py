@@ -42,7 +42,7 @@ from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
 from netoffload.policy.load import SOFTWARE, LoadMonitor
 from netoffload.soft import SoftLibrary
-from netoffload.tasks import ALL_TASKS, Direction, Task, stage_order
+from netoffload.tasks import ALL_TASKS, RESHAPING, Direction, Task, stage_order
 
 
 @dataclass
@@ -378,10 +378,13 @@ class Engine:
         before = _dead_reasons(b)
         t0 = time.perf_counter_ns()
         n_in = len(b)
-        out = self.soft[t].process(b, sel)
+        task = self.soft[t]
+        out = task.process(b, sel)
         dt = time.perf_counter_ns() - t0
         if len(out) != n_in:
             refine_sub(out)
+        if task.has_settle:
+            task.settle(out, sel if len(out) == n_in else (out.ext.tasks & _bit(t)) != 0)
         self._mark_done(out, t, by_device=False)
         c.software += nsel
         c.bytes += nbytes
@@ -433,7 +436,14 @@ class Engine:
         while sj < len(stages):
             t2 = stages[sj]
             w2 = self._want(trip, t2)
+            if self.soft[stages[sj - 1]].has_settle and tasks & stages[sj - 1]:
+                # the host settles that task before a later one may see the packets
+                break
             if w2.any():
+                if tasks & RESHAPING and self.soft[t2].has_prepare:
+                    # its prepare step must see the packets an earlier task of
+                    # this trip has yet to make (e.g. number the segments)
+                    break
                 snap = self.monitor.snapshot(self.clock())
                 p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
                 if not (p2[w2] == k).all() or not views[k].capable(t2, trip)[w2].all():
@@ -485,7 +495,11 @@ class Engine:
                 self._device_failed(trip.device, trip.batch, trip.tasks, str(e))
         if ok:
             elapsed = self.clock() - trip.t0
-            members = list(trip.tasks.members())
+            members = [t for t in self.stages if trip.tasks & t]  # in stage order
+            for t in members:
+                task = self.soft[t]
+                if task.has_settle:
+                    task.settle(out, (out.ext.tasks & _bit(t)) != 0)
             self.monitor.record_latency(trip.device, elapsed)
             for t, n, nbytes in trip.asked:
                 c = self.counters[t]

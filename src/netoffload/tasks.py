@@ -123,6 +123,9 @@ TASK_INFO: dict[Task, TaskInfo] = {
 }
 
 ALL_TASKS: tuple[Task, ...] = tuple(Task(1 << i) for i in range(10))
+
+#: The tasks that change packet counts (one packet in, several out, or the reverse).
+RESHAPING: Task = Task.TCP_SEGMENT | Task.UDP_SEGMENT | Task.TCP_ASSEMBLE | Task.UDP_ASSEMBLE
 _BY_NAME: dict[str, Task] = {info.name: t for t, info in TASK_INFO.items()}
 
 #: Default stage order of each direction (a tunnel's view: inner work first on

@@ -19,6 +19,14 @@ class RefWindow:
         self.top = 0
         self.seen: set[int] = set()
 
+    def peek(self, s: int) -> int:
+        """The verdict for ``s`` alone, without accepting it."""
+        if s == 0 or (s <= self.top and self.top - s >= self.size):
+            return int(TOO_OLD)
+        if s <= self.top and s in self.seen:
+            return int(REPLAY)
+        return int(OK)
+
     def step(self, s: int) -> int:
         if s == 0:
             return int(TOO_OLD)
@@ -59,6 +67,21 @@ def test_matches_reference(case: tuple[int, list[list[int]]]) -> None:
         want = [ref.step(s) for s in batch]
         assert got.tolist() == want
         assert w.top == ref.top
+
+
+@given(seq_batches())
+def test_precheck_judges_each_number_alone(case: tuple[int, list[list[int]]]) -> None:
+    """``precheck`` (before authentication) sees only the window, not the other
+    numbers of its batch: a duplicate inside the batch is not a replay yet."""
+    size, batches = case
+    w = ReplayWindow(size)
+    ref = RefWindow(size)
+    for batch in batches:
+        q = np.array(batch, dtype=np.uint64)
+        assert w.precheck(q).tolist() == [ref.peek(s) for s in batch]
+        w.check_and_update(q)
+        for s in batch:
+            ref.step(s)
 
 
 @given(seq_batches())

@@ -38,6 +38,23 @@ class SoftTask(abc.ABC):
         (e.g. ESP sequence numbers) is assigned into the extension here, so that
         whichever path then does the task uses it. Must be idempotent."""
 
+    def settle(self, batch: Batch, sel: Mask) -> None:
+        """Host-side step run by the engine after a path (host or device) has done
+        the task for ``sel`` packets, before any later task sees them: host state
+        that the paths must share (e.g. the anti-replay window) is brought up to
+        date from the packets' results, and packets may still be failed here. A
+        device trip ends with a task that has this step."""
+
+    @property
+    def has_settle(self) -> bool:
+        """Whether this task has a host-side ``settle`` step."""
+        return type(self).settle is not SoftTask.settle
+
+    @property
+    def has_prepare(self) -> bool:
+        """Whether this task has a host-side ``prepare`` step."""
+        return type(self).prepare is not SoftTask.prepare
+
     def describe(self) -> dict[str, object]:
         return {"task": self.task.kebab}
 

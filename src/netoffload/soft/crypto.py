@@ -236,6 +236,7 @@ def _first(views: list[memoryview], n: int) -> Iterable[memoryview]:
 
 
 _ETHERNET = np.uint8(XFlag.ETHERNET)
+_ON_HOST = np.uint8(XFlag.REPLAY_ON_HOST)
 _PARSED = np.uint8(XFlag.PARSED)
 
 
@@ -713,6 +714,76 @@ class DecryptTask(SoftTask):
     def describe(self) -> dict[str, object]:
         return {"task": self.task.kebab, "sas": len(self.table)}
 
+    def prepare(self, batch: Batch, sel: Mask) -> None:
+        """On the host, in packet order, before the engine splits the packets
+        between paths: the anti-replay check RFC 4303 does before authentication,
+        against the one window the host keeps for the SA. A replayed or too old
+        packet fails here (REPLAY / TOO_OLD) and no path decrypts it; the others
+        get ``ext.sa``, their full sequence number in ``ext.seq`` (ESN inferred
+        from the host's window) and ``XFlag.REPLAY_ON_HOST``, so whichever path
+        decrypts them leaves its own window alone, and ``settle`` records them.
+        One window on the host, not one per path: a packet replayed to the other
+        path than the original would otherwise get through."""
+        e = batch.ext
+        rows = np.flatnonzero(sel & e.alive() & ((e.xflags & _ON_HOST) == 0))
+        if len(rows) == 0:
+            return
+        _, esp_off, end, is_esp, _ = esp_layout(batch, rows, self.ports)
+        keep = is_esp & (end - esp_off >= 8)
+        rows, esp_off = rows[keep], esp_off[keep]
+        if len(rows) == 0:
+            return
+        ok = np.ones(len(rows), np.bool_)
+        pos = batch.start[rows] + esp_off
+        sa = self.table.lookup(_u32(batch, pos, ok)).astype(np.int64)
+        lo = _u32(batch, pos + 4, ok)
+        for k in np.unique(sa[sa >= 0]).tolist():
+            w = self.windows[k]
+            if w is None:
+                continue
+            g = sa == k
+            seqs, bad = self._infer_seq(k, lo[g])
+            r, q = rows[g][~bad], seqs[~bad]
+            v = w.precheck(q)
+            fail = v != OK
+            e.error[r[fail]] = np.where(v[fail] == REPLAY, Reason.REPLAY, Reason.TOO_OLD).astype(
+                np.uint16
+            )
+            r, q = r[~fail], q[~fail]
+            e.sa[r] = k
+            e.seq[r] = q
+            e.xflags[r] |= _ON_HOST
+
+    def settle(self, batch: Batch, sel: Mask) -> None:
+        """After a path decrypted ``sel`` packets that ``prepare`` checked: the
+        authenticated ones move the host's window, in the order given; one that the
+        window saw meanwhile (a copy that went down the other path, or earlier in
+        these packets) fails as REPLAY. A number that has fallen out of the
+        window since ``prepare`` is accepted, as it was when it arrived."""
+        e = batch.ext
+        rows = np.flatnonzero(sel & ((e.xflags & _ON_HOST) != 0))
+        if len(rows) == 0:
+            return
+        e.xflags[rows] &= ~_ON_HOST
+        rows = rows[e.alive()[rows]]
+        sa = e.sa[rows].astype(np.int64)
+        for k in np.unique(sa).tolist():
+            w = self.windows[k] if 0 <= k < len(self.windows) else None
+            if w is None:
+                continue
+            r = rows[sa == k]
+            q = e.seq[r]
+            rep = w.check(q) == REPLAY
+            e.error[r[rep]] = Reason.REPLAY
+            w.update(q[~rep])
+            self.tops[k] = w.top
+
+    def _note_top(self, k: int, seqs: NDArray[np.uint64]) -> None:
+        """Highest number decrypted here whose window the host keeps (for ESN
+        inference where the host gave no number)."""
+        if len(seqs):
+            self.tops[k] = max(self.tops[k], int(seqs.max()))
+
     def process(self, batch: Batch, sel: Mask) -> Batch:
         rows = np.flatnonzero(sel)
         if len(rows) == 0 or self._decrypt_uniform(batch, rows):
@@ -804,7 +875,8 @@ class DecryptTask(SoftTask):
         ia = src.arr[:n]
         ia[:, : 16 + P + ICV_LEN] = mat[:, eo : eo + 16 + P + ICV_LEN]
         lo = ia.view(">u4")[:, 1].astype(np.int64)
-        seqs, unguessable = self._infer_seq(k, lo)
+        on_host = (e.xflags[ix] & _ON_HOST) != 0
+        seqs, unguessable = self._infer_seq(k, lo, np.where(on_host, e.seq[ix], 0))
         if unguessable.any():
             return False
         # from here on the batch takes this path
@@ -857,7 +929,9 @@ class DecryptTask(SoftTask):
         e.error[ix][bad_nh] = Reason.BAD_ESP
         ok &= ~(bad_pad | bad_nh)
         # anti-replay: only authenticated packets are judged and move the window
-        acc = np.flatnonzero(ok)
+        # (those whose window the host keeps are left to ``settle``)
+        self._note_top(k, seqs[ok & on_host])
+        acc = np.flatnonzero(ok & ~on_host)
         w_ = self.windows[k]
         if len(acc):
             if w_ is not None:
@@ -896,12 +970,22 @@ class DecryptTask(SoftTask):
         e.xflags[g] &= np.uint8(~XFlag.PARSED & 0xFF)
         return True
 
-    def _infer_seq(self, k: int, lo: I64) -> tuple[NDArray[np.uint64], Mask]:
-        """Full sequence numbers (RFC 4303 appendix A2.2) and which could not be inferred."""
+    def _infer_seq(
+        self, k: int, lo: I64, pre: NDArray[np.uint64] | None = None
+    ) -> tuple[NDArray[np.uint64], Mask]:
+        """Full sequence numbers (RFC 4303 appendix A2.2) and which could not be
+        inferred. ``pre``: numbers the host's ``prepare`` inferred (0 where none);
+        used where their low half matches the header (a device's own top may lag)."""
         sa = self.table.sas[k]
         lo_u = lo.astype(np.uint64)
         if not sa.esn:
             return lo_u, np.zeros(len(lo), np.bool_)
+        if pre is not None:
+            use = (pre != 0) & ((pre & np.uint64(0xFFFFFFFF)) == lo_u)
+            if use.all():
+                return pre.copy(), np.zeros(len(lo), np.bool_)
+            seqs, bad = self._infer_seq(k, lo)
+            return np.where(use, pre, seqs), bad & ~use
         W = sa.replay_window or 64
         T = self.tops[k]
         Tl, Th = T & 0xFFFFFFFF, T >> 32
@@ -925,7 +1009,8 @@ class DecryptTask(SoftTask):
         e.error[rows[short]] = Reason.BAD_ESP
         ok = ~short
         lo = _u32(b, esp + 4, ok)
-        seqs, unguessable = self._infer_seq(k, lo)
+        on_host = (e.xflags[rows] & _ON_HOST) != 0
+        seqs, unguessable = self._infer_seq(k, lo, np.where(on_host, e.seq[rows], 0))
         e.error[rows[ok & unguessable]] = Reason.TOO_OLD
         ok &= ~unguessable
         mv = b.buf.data
@@ -1021,7 +1106,9 @@ class DecryptTask(SoftTask):
         e.error[rows[bad_nh]] = Reason.BAD_ESP
         ok &= ~fail
         # anti-replay: only authenticated packets are judged and move the window
-        acc = np.flatnonzero(ok)
+        # (those whose window the host keeps are left to ``settle``)
+        self._note_top(k, seqs[ok & on_host])
+        acc = np.flatnonzero(ok & ~on_host)
         w_ = self.windows[k]
         if len(acc):
             if w_ is not None:

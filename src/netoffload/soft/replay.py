@@ -136,6 +136,25 @@ class ReplayWindow:
         """Verdicts (``ReplayVerdict`` values, uint8) without moving the window."""
         return self._verdicts(np.asarray(seqs, dtype=np.uint64).reshape(-1))
 
+    def precheck(self, seqs: U64 | Iterable[int]) -> U8:
+        """Verdicts against the window as it stands, each number on its own (no
+        duplicates or running maximum inside the batch): the check RFC 4303 does
+        before authentication, which must not let a forged packet shadow the
+        genuine one with the same number later in the batch."""
+        q = np.asarray(seqs, dtype=np.uint64).reshape(-1)
+        out = np.zeros(len(q), dtype=np.uint8)
+        top = np.uint64(self.top)
+        below = q <= top
+        dist = np.where(below, top - np.where(below, q, top), np.uint64(0))
+        old = (q == 0) | (below & (dist >= np.uint64(self.size)))
+        out[old] = TOO_OLD
+        known = below & ~old
+        if known.any():
+            seen = np.zeros(len(q), dtype=np.bool_)
+            seen[known] = self._seen(q[known])
+            out[seen] = REPLAY
+        return out
+
     def update(self, seqs: U64 | Iterable[int]) -> None:
         """Record accepted (authenticated) sequence numbers: advance and mark."""
         q = np.asarray(seqs, dtype=np.uint64).reshape(-1)
