@@ -38,6 +38,15 @@ def _mac(ns: netns.Netns) -> bytes:
     return bytes.fromhex(ns.mac("veth0").replace(":", ""))
 
 
+def _note(seen: set[int], data: bytes, addr: tuple[object, ...]) -> None:
+    """Record the tag of a frame that came in; frames the namespace sends itself
+    (an ICMP error quotes the tagged packet) are not what the filter let in."""
+    if addr[2] == socket.PACKET_OUTGOING:
+        return
+    if len(data) >= 8 and data[-8:-4] == MAGIC:
+        seen.add(struct.unpack("!I", data[-4:])[0])
+
+
 def _collect(socks: list[socket.socket], want: int, timeout: float = 5.0) -> list[set[int]]:
     """Tags seen on each socket, until the last socket (the control) has ``want``."""
     seen: list[set[int]] = [set() for _ in socks]
@@ -45,17 +54,13 @@ def _collect(socks: list[socket.socket], want: int, timeout: float = 5.0) -> lis
     while len(seen[-1]) < want and time.monotonic() < end:
         r, _, _ = select.select(socks, [], [], 0.2)
         for s in r:
-            data = s.recv(65535)
-            if len(data) >= 8 and data[-8:-4] == MAGIC:
-                seen[socks.index(s)].add(struct.unpack("!I", data[-4:])[0])
+            _note(seen[socks.index(s)], *s.recvfrom(65535))
     # drain what is still queued on the filtered sockets
     for i, s in enumerate(socks[:-1]):
         s.setblocking(False)
         try:
             while True:
-                data = s.recv(65535)
-                if len(data) >= 8 and data[-8:-4] == MAGIC:
-                    seen[i].add(struct.unpack("!I", data[-4:])[0])
+                _note(seen[i], *s.recvfrom(65535))
         except BlockingIOError:
             pass
     return seen
