@@ -3,6 +3,8 @@ all with fake clocks and scripted loads (deterministic)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from policy_helpers import batch, snap, view, want
@@ -129,14 +131,40 @@ def test_device_down_or_full_means_software() -> None:
 
 
 def test_hill_climb_follows_throughput() -> None:
-    pol = Adaptive(step=1.25, tolerance=0.0, bounds=(0.25, 4.0))
+    pol = Adaptive(step=1.25, tolerance=0.0, bounds=(0.25, 4.0), regime=10.0)
     ratios = []
     for rate in (1000.0, 2000.0, 3000.0, 1500.0, 1400.0, 1600.0):
         pol._climb(rate)
         ratios.append(pol.ratio)
-    # up while throughput rises; a drop turns it back (perturb and observe)
-    assert ratios == pytest.approx([1.25, 1.5625, 1.953125, 1.5625, 1.953125, 2.44140625])
+    # up while throughput rises; a drop turns it back (perturb and observe) and
+    # halves the step at each turn (1.25 -> 1.125 -> 1.0625)
+    r4 = 1.25**3 / 1.125  # 1500: turn
+    r5 = r4 * 1.0625  # 1400: turn again
+    r6 = r5 * 1.0625  # 1600: go on
+    assert ratios == pytest.approx([1.25, 1.25**2, 1.25**3, r4, r5, r6])
     assert pol.climbs == 6
+
+
+def test_hill_climb_settles() -> None:
+    """Throughput that peaks at m = 1: the swings around it shrink to min_step."""
+    pol = Adaptive(step=1.2, tolerance=0.0, bounds=(0.25, 4.0), min_step=1.01)
+    for _ in range(60):
+        pol._climb(1000.0 * (1 - 0.2 * abs(math.log(pol.ratio))))
+    assert pol._step == pytest.approx(1.01)
+    assert abs(math.log(pol.ratio)) <= 2 * math.log(1.01)
+
+
+def test_new_conditions_restart_from_the_model() -> None:
+    """A throughput change beyond ``regime`` is new load, not the split's doing:
+    the ratio goes back to 1 (the model) with the full step."""
+    pol = Adaptive(step=1.2, tolerance=0.0, bounds=(0.25, 4.0), regime=0.25)
+    for rate in (1000.0, 1010.0, 990.0, 995.0):
+        pol._climb(rate)
+    assert pol.ratio != 1.0 and pol._step < 1.2
+    pol._climb(600.0)  # -40%: the hog came
+    assert pol.ratio == 1.0 and pol._step == 1.2 and pol.direction == 1
+    pol._climb(610.0)
+    assert pol.ratio == pytest.approx(1.2)
 
 
 def test_window_throughput_from_feedback() -> None:

@@ -27,7 +27,11 @@ feedback, never a clock of its own) on the observed throughput — task-packets
 per second of batch wall time (software time, or submit-to-complete time of the
 device trips, whichever is longer; while pipelining, of the window's time):
 keep moving ``m`` the same way while
-throughput does not drop, turn back when it does.
+throughput does not drop, turn back when it does. Each turn halves the step
+(down to ``min_step``), so ``m`` settles at the best split instead of swinging
+a whole step either side of it; a change of throughput by more than
+``regime`` (the offered load or the host's share changed, not the split) starts
+again from the model (``m = 1``, its costs measured afresh) with the full step.
 
 Packets keep their path within one engine pass: packets the engine is putting
 on a trip stay on that device (look-ahead), and packets whose chain started in
@@ -79,13 +83,20 @@ class Adaptive(Policy):
         tolerance: float = 0.02,
         probe_share: float = 0.1,
         probe_every: float = 0.5,
+        min_step: float = 1.02,
+        regime: float = 0.25,
     ) -> None:
         if period <= 0 or step <= 1.0 or not 0 < bounds[0] <= 1.0 <= bounds[1]:
             raise ConfigError("adaptive: need period > 0, step > 1, bounds lo <= 1 <= hi")
         if not 0 < probe_share <= 0.5 or probe_every <= 0:
             raise ConfigError("adaptive: need 0 < probe_share <= 0.5 and probe_every > 0")
+        if not 1.0 < min_step <= step or regime <= 0:
+            raise ConfigError("adaptive: need 1 < min_step <= step and regime > 0")
         self.period = period
         self.step = step
+        self.min_step = min_step
+        self.regime = regime
+        self._step = step  # the step now (halved at each turn)
         self.bounds = bounds
         self.tolerance = tolerance
         self.probe_share = probe_share
@@ -243,15 +254,24 @@ class Adaptive(Policy):
 
     def _climb(self, rate: float) -> None:
         """One hill-climbing step on the observed throughput ``rate``."""
-        if self._prev_rate is not None and rate < self._prev_rate * (1 - self.tolerance):
+        prev = self._prev_rate
+        if prev is not None and rate < prev * (1 - self.tolerance):
             self.direction = -self.direction
+            self._step = max(self.min_step, 1 + (self._step - 1) / 2)
         self._prev_rate = rate
         self.last_rate = rate
+        self.climbs += 1
+        if prev is not None and abs(rate - prev) > self.regime * prev:
+            # new conditions: start again from the model (its costs are measured
+            # afresh) with the full step
+            self._step = self.step
+            self.ratio = 1.0
+            self.direction = 1
+            return
         lo, hi = self.bounds
-        self.ratio = min(hi, max(lo, self.ratio * self.step**self.direction))
+        self.ratio = min(hi, max(lo, self.ratio * self._step**self.direction))
         if self.ratio in (lo, hi):  # at a bound: come back next time
             self.direction = -1 if self.ratio == hi else 1
-        self.climbs += 1
 
     def describe(self) -> dict[str, object]:
         return {
