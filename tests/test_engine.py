@@ -497,3 +497,61 @@ def test_decrypt_split_keeps_one_replay_window_on_the_host() -> None:
     # and the same packets again, now on their original paths
     out = _decrypt_run(eng, replayed)
     assert (out.ext.error == Reason.REPLAY).all()
+
+
+def _dos_pair(burst: int) -> tuple[SoftLibrary, SoftwareDevice]:
+    from netoffload.soft.dos import DosFilter
+    from netoffload.soft.rules import Bucket, DosConfig
+
+    cfg = DosConfig(rate=Bucket(rate=1e-9, burst=float(burst)))
+
+    def frozen() -> float:
+        return 100.0
+
+    host = SoftLibrary({Task.DOS_FILTER: DosFilter(cfg, clock=frozen)})
+    dev = SoftwareDevice(SoftLibrary({Task.DOS_FILTER: DosFilter(cfg, clock=frozen)}))
+    dev.enable(Task.DOS_FILTER)
+    return host, dev
+
+
+def _one_source(n: int) -> Batch:
+    from netoffload.testing.packets import synthetic_flows
+    from netoffload.wire.parse import parse_batch
+
+    pkts = [p for p in synthetic_flows(4 * n, seed=3) if p[0] >> 4 == 4][:n]
+    src = bytes((198, 18, 0, 7))  # one source address for all
+    b = Batch.from_packets([p[:12] + src + p[16:] for p in pkts])
+    parse_batch(b, ethernet=False)
+    b.ext.tasks[:] = Task.DOS_FILTER
+    return b
+
+
+@pytest.mark.parametrize("policy", [Alternate(), Always(), Never()])
+def test_dos_filter_state_never_forks_between_host_and_device(policy: object) -> None:
+    """Host and device each hold a token bucket per source. Split per packet,
+    one source would get both buckets' bursts; the engine pins the task to one
+    path, so exactly one burst passes whichever the policy prefers."""
+    host, dev = _dos_pair(burst=10)
+    eng = Engine(Direction.RX, Task.DOS_FILTER, host, policy, [dev])  # type: ignore[arg-type]
+    passed = 0
+    for _ in range(4):
+        out = eng.process(_one_source(30)).batch
+        passed += int(np.count_nonzero(out.ext.filter_verdict == 0))
+    assert passed == 10
+    c = eng.counters[Task.DOS_FILTER]
+    assert c.offloaded == 0 or c.software == 0
+
+
+def test_dos_filter_pin_moves_to_software_when_the_device_fails() -> None:
+    host, dev = _dos_pair(burst=10)
+    faulty = FaultInjector(dev, every=1)
+    eng = Engine(Direction.RX, Task.DOS_FILTER, host, Always(), [faulty])
+    passed = 0
+    for _ in range(3):
+        out = eng.process(_one_source(30)).batch
+        assert len(out) == 30
+        passed += int(np.count_nonzero(out.ext.filter_verdict == 0))
+    c = eng.counters[Task.DOS_FILTER]
+    # the first trip fails and is redone on the host; from then on the host
+    # keeps the task (and its one bucket)
+    assert c.errors == 30 and c.software == 90 and passed == 10

@@ -195,6 +195,9 @@ class Engine:
         self._soft_s = 0.0  # software task time since the last start
         self._blocked_s = 0.0  # time waiting for device completions since the last start
         self._iota = np.arange(1024, dtype=np.int64)  # 0..n-1, for the origins
+        # tasks whose state must not fork (SoftTask.keeps_state): the one path
+        # each is pinned to, chosen by the policy's first majority
+        self._pins: dict[Task, int] = {}
 
     # ------------------------------------------------------------------ views
     def device_views(self) -> list[DeviceView]:
@@ -320,6 +323,8 @@ class Engine:
                     sel = paths == v.index
                     if sel.any():
                         paths[sel & ~v.capable(t, rest)] = SOFTWARE
+                if self.soft[t].keeps_state:
+                    paths = self._pinned(t, rest, want, paths, views)
                 for k in np.unique(paths[paths >= 0]):
                     sel = paths == k
                     m = -1
@@ -415,6 +420,24 @@ class Engine:
                 name = _reason_name(r)
                 c.reasons[name] = c.reasons.get(name, 0) + inc
 
+    def _pinned(
+        self, t: Task, b: Batch, want: Mask, paths: np.ndarray, views: list[DeviceView]
+    ) -> np.ndarray:
+        """The paths of a task whose state must not fork: every packet that wants
+        it goes the way the first split sent most packets (software where the
+        pinned device cannot take a packet, and for good once it is down)."""
+        k = self._pins.get(t)
+        if k is None:
+            chosen = paths[want].astype(np.int64) + 1
+            k = int(np.bincount(chosen).argmax()) - 1 if len(chosen) else SOFTWARE
+            self._pins[t] = k
+        if k != SOFTWARE and not views[k].up:
+            k = self._pins[t] = SOFTWARE
+        out = np.full(len(b), SOFTWARE, dtype=np.int8)
+        if k != SOFTWARE:
+            out[want & views[k].capable(t, b)] = k
+        return out
+
     def _open_trip(
         self,
         k: int,
@@ -444,9 +467,17 @@ class Engine:
                     # its prepare step must see the packets an earlier task of
                     # this trip has yet to make (e.g. number the segments)
                     break
-                snap = self.monitor.snapshot(self.clock())
-                p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
-                if not (p2[w2] == k).all() or not views[k].capable(t2, trip)[w2].all():
+                if not views[k].capable(t2, trip)[w2].all():
+                    break
+                pin = self._pins.get(t2) if self.soft[t2].keeps_state else None
+                if pin is None:
+                    snap = self.monitor.snapshot(self.clock())
+                    p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
+                    if not (p2[w2] == k).all():
+                        break
+                    if self.soft[t2].keeps_state:
+                        self._pins[t2] = k
+                elif pin != k:
                     break
                 self.soft[t2].prepare(trip, w2)
                 trip.ext.offload[w2] |= np.uint16(t2)
@@ -471,6 +502,8 @@ class Engine:
 
     def _device_failed(self, k: int, trip: Batch, tasks: Task, why: str) -> None:
         for t in tasks.members():
+            if self._pins.get(t) == k:
+                self._pins[t] = SOFTWARE  # its state goes on from what the host redoes
             n = int(((trip.ext.offload & t) != 0).sum())
             self.counters[t].errors += n
             self.policy.observe(

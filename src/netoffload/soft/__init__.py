@@ -27,6 +27,10 @@ class SoftTask(abc.ABC):
     """The software implementation of one task."""
 
     task: Task
+    #: The task keeps state across batches that host and device cannot share
+    #: (e.g. token buckets per source): the engine keeps all its packets on one
+    #: path, the one first chosen, until that device fails (then software).
+    keeps_state: bool = False
 
     @abc.abstractmethod
     def process(self, batch: Batch, sel: Mask) -> Batch:

@@ -197,6 +197,7 @@ class FlowSet(KeyTable):
 
 class DosFilter(SoftTask):
     task = Task.DOS_FILTER
+    keeps_state = True  # buckets, established flows and windows must not fork
 
     def __init__(self, cfg: DosConfig, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
