@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from netoffload._native import kernel as _native
 from netoffload.batch import (
     EXT_FIELDS,
     Batch,
@@ -243,16 +244,19 @@ class Engine:
         self.packets_in += n
         if len(self._iota) < n:
             self._iota = np.arange(max(n, 2 * len(self._iota)), dtype=np.int64)
-        np.add(self._iota[:n], self._next_origin, out=batch.ext.origin)
-        batch.ext.sub[:] = 0
+        _begin(batch, self._iota, self._next_origin)
         self._next_origin += n
         if n == 0:
             p = Pending(batch, [], [])
         else:
-            views = self.device_views()
-            self.monitor.set_devices(
-                tuple(d.load().occupancy for d in self.devices), tuple(v.up for v in views)
-            )
+            views: list[DeviceView] = []
+            if self.devices:
+                views = self.device_views()
+                self.monitor.set_devices(
+                    tuple(d.load().occupancy for d in self.devices), tuple(v.up for v in views)
+                )
+            elif self.monitor.device_up:  # the devices were taken away
+                self.monitor.set_devices((), ())
             rest, trips, ip = self._start(batch, self.stages, views)
             p = Pending(rest, trips, views, ip)
         self._pending.append(p)
@@ -280,20 +284,12 @@ class Engine:
         self._pending.popleft()
         p.finished = True
         out = self._join(p.rest, p.trips, p.views, p.in_place) if p.trips else p.rest
-        out.ext.offload[:] = 0
+        out.ext.offload.fill(0)
         self.packets_out += len(out)
         return Output(out)
 
     def _want(self, b: Batch, t: Task) -> Mask:
-        e = b.ext
-        bit = _bit(t)
-        want: Mask = (e.tasks & bit) != 0
-        want &= (e.done & bit) == 0
-        if np.count_nonzero(e.error):  # only dead packets need masking out
-            want &= e.error == 0
-        if np.count_nonzero(e.filter_verdict):
-            want &= e.filter_verdict != _DROP
-        return want
+        return _scan(b, t)[0]
 
     def _run(self, b: Batch, stages: Sequence[Task], views: list[DeviceView]) -> Batch:
         rest, trips, ip = self._start(b, stages, views)
@@ -310,10 +306,12 @@ class Engine:
         for si, t in enumerate(stages):
             if len(rest) == 0:
                 break
-            want = self._want(rest, t)
-            if not np.count_nonzero(want):
+            want, nwant, nbytes, ndead = _scan(rest, t)
+            if not nwant:
                 continue
-            if views:  # without devices every packet stays in software
+            pre: tuple[int, int, int] | None = (nwant, nbytes, ndead)
+            if views:
+                pre = None  # without devices every packet stays in software
                 self.soft[t].prepare(rest, want)
                 snap = self.monitor.snapshot(self.clock())
                 paths = np.asarray(self.policy.split(t, rest, want, views, snap), np.int8)
@@ -344,7 +342,7 @@ class Engine:
                         ip = _InPlace(parent, m, rest, _arrays(rest), tr, _arrays(trip))
                 if not len(rest) or not want.any():
                     continue
-            rest = self._soft(t, rest, want)
+            rest = self._soft(t, rest, want, pre)
         return rest, trips, ip
 
     def _join(
@@ -376,13 +374,19 @@ class Engine:
             return p
         return merge_by_origin(parts)
 
-    def _soft(self, t: Task, b: Batch, sel: Mask) -> Batch:
+    def _soft(self, t: Task, b: Batch, sel: Mask, pre: tuple[int, int, int] | None = None) -> Batch:
+        """Run task ``t``'s software over the packets ``sel`` of ``b``. ``pre``:
+        what ``_scan`` found for exactly this ``sel`` (packets, bytes, dead)."""
         c = self.counters[t]
-        nsel = int(np.count_nonzero(sel))
-        nbytes = int(np.add.reduce(b.length if nsel == len(b) else b.length[sel]))
-        before = _dead_reasons(b)
-        t0 = time.perf_counter_ns()
         n_in = len(b)
+        if pre is None:
+            nsel = _cnz(sel)
+            nbytes = int(np.add.reduce(b.length if nsel == n_in else b.length[sel]))
+            before = _dead_reasons(b)
+        else:
+            nsel, nbytes, ndead = pre
+            before = _dead_reasons(b) if ndead else {}
+        t0 = time.perf_counter_ns()
         task = self.soft[t]
         out = task.process(b, sel)
         dt = time.perf_counter_ns() - t0
@@ -390,24 +394,17 @@ class Engine:
             refine_sub(out)
         if task.has_settle:
             task.settle(out, sel if len(out) == n_in else (out.ext.tasks & _bit(t)) != 0)
-        self._mark_done(out, t, by_device=False)
+        dead = _mark(out, t)
         c.software += nsel
         c.bytes += nbytes
         c.soft_ns += dt
         self._soft_s += dt / 1e9
-        self._count_drops(t, out, before)
+        if dead or before:
+            self._count_drops(t, out, before)
         self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
         if _observes(self.policy):  # else a no-op: skip building the feedback
             self.policy.observe(Feedback(t, SOFTWARE, nsel, nbytes, dt / 1e9, self.clock()))
         return out
-
-    def _mark_done(self, b: Batch, t: Task, by_device: bool) -> None:
-        # packets that wanted t and are still alive (or failed in it) have now had it done
-        e = b.ext
-        asked = e.tasks & _bit(t)  # t where asked, else 0
-        np.bitwise_or(e.done, asked, out=e.done)
-        if by_device:
-            np.bitwise_or(e.by_device, asked, out=e.by_device)
 
     def _count_drops(self, t: Task, b: Batch, before: dict[int, int]) -> None:
         """Charge to task ``t`` the packets that died since ``before`` was taken."""
@@ -580,6 +577,68 @@ def _reason_name(v: int) -> str:
         return Reason(v).name.lower()
     except ValueError:
         return f"reason-{v}"
+
+
+def _cnz(a: np.ndarray) -> int:
+    return int(np.count_nonzero(a))
+
+
+_DROP_I = int(FilterVerdict.DROP)
+_INT: dict[Task, int] = {t: int(t) for t in ALL_TASKS}
+
+
+def _begin(b: Batch, iota: np.ndarray, base: int) -> None:
+    """Number the packets of a batch entering the engine (``origin``, ``sub``)."""
+    e = b.ext
+    if _native is not None:
+        try:
+            _native.begin(e.origin, e.sub, base)
+            return
+        except (ValueError, BufferError):  # not contiguous: numpy does it
+            pass
+    np.add(iota[: len(e.origin)], base, out=e.origin)
+    e.sub.fill(0)
+
+
+def _scan(b: Batch, t: Task) -> tuple[Mask, int, int, int]:
+    """The packets of ``b`` that want ``t`` and have not had it (and are alive),
+    with their number and bytes, and the number of dead packets in ``b``."""
+    e = b.ext
+    n = len(e.tasks)
+    if _native is not None:
+        want = np.empty(n, dtype=np.bool_)
+        try:
+            nw, nb, nd = _native.want(
+                e.tasks, e.done, e.error, e.filter_verdict, b.length, _INT[t], _DROP_I, want
+            )
+            return want, nw, nb, nd
+        except (ValueError, BufferError):  # not contiguous: numpy does it
+            pass
+    bit = _bit(t)
+    want = (e.tasks & bit) != 0
+    want &= (e.done & bit) == 0
+    dead = 0
+    if _cnz(e.error) or _cnz(e.filter_verdict):  # only dead packets need masking out
+        alive = e.alive()
+        dead = n - _cnz(alive)
+        want &= alive
+    nw = _cnz(want)
+    nb = int(np.add.reduce(b.length if nw == n else b.length[want])) if nw else 0
+    return want, nw, nb, dead
+
+
+def _mark(b: Batch, t: Task) -> int:
+    """Mark task ``t`` done where asked (alive or not); the number of dead packets."""
+    e = b.ext
+    if _native is not None:
+        try:
+            return _native.mark(e.tasks, e.done, e.error, e.filter_verdict, _INT[t], _DROP_I)
+        except (ValueError, BufferError):  # not contiguous: numpy does it
+            pass
+    np.bitwise_or(e.done, e.tasks & _bit(t), out=e.done)
+    if not _cnz(e.error) and not _cnz(e.filter_verdict):
+        return 0
+    return len(e.tasks) - _cnz(e.alive())
 
 
 def _dead_reasons(b: Batch) -> dict[int, int]:

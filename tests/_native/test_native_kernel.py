@@ -100,3 +100,58 @@ def test_python_range_sums_fall_back_for_strided_buffers() -> None:
     got = range_sums(strided, np.array([0, 3], np.int64), np.array([200, 101], np.int64))
     raw = strided.tobytes()
     assert got.tolist() == [rfc1071_mod(raw[0:200]), rfc1071_mod(raw[3:101])]
+
+
+@needs_kernel
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 0xFFFF),
+            st.integers(0, 0xFFFF),
+            st.sampled_from([0, 0, 0, 3, 0xFFFF]),
+            st.integers(0, 3),
+            st.integers(0, 70000),
+        ),
+        max_size=300,
+    ),
+    st.integers(0, 15),
+)
+def test_engine_scans_match_their_definition(
+    rows: list[tuple[int, int, int, int, int]], bit_no: int
+) -> None:
+    """``want`` and ``mark`` (the engine's per-stage bookkeeping) against the
+    expressions they replace, written out per packet."""
+    assert kernel is not None
+    bit, drop = 1 << bit_no, 2
+    tasks = np.array([r[0] for r in rows], np.uint16)
+    done = np.array([r[1] for r in rows], np.uint16)
+    error = np.array([r[2] for r in rows], np.uint16)
+    verdict = np.array([r[3] for r in rows], np.uint8)
+    length = np.array([r[4] for r in rows], np.int64)
+    out = np.empty(len(rows), np.bool_)
+    nw, nb, nd = kernel.want(tasks, done, error, verdict, length, bit, drop, out)
+    dead = [e != 0 or v == drop for _, _, e, v, _ in rows]
+    want = [
+        bool(t & bit) and not d & bit and not x for (t, d, *_), x in zip(rows, dead, strict=True)
+    ]
+    assert out.tolist() == want
+    assert nw == sum(want) and nd == sum(dead)
+    assert nb == sum(r[4] for r, w in zip(rows, want, strict=True) if w)
+    assert kernel.mark(tasks, done, error, verdict, bit, drop) == sum(dead)
+    assert done.tolist() == [d | (t & bit) for t, d, *_ in rows]
+    origin, sub = np.full(len(rows), -1, np.int64), np.ones(len(rows), np.uint64)
+    kernel.begin(origin, sub, 1 << 40)
+    assert origin.tolist() == [(1 << 40) + i for i in range(len(rows))]
+    assert not sub.any()
+
+
+@needs_kernel
+def test_engine_scans_refuse_wrong_types() -> None:
+    assert kernel is not None
+    a16 = np.zeros(4, np.uint16)
+    with pytest.raises(ValueError):
+        kernel.want(
+            a16, a16, a16, np.zeros(4, np.uint8), np.zeros(4, np.int32), 1, 2, np.empty(4, np.bool_)
+        )
+    with pytest.raises(ValueError):  # too short
+        kernel.mark(a16, a16[:2], a16, np.zeros(4, np.uint8), 1, 2)

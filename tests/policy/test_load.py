@@ -125,3 +125,40 @@ def test_host_other_time_is_a_recent_median() -> None:
     m.pipelined = True
     s = m.snapshot(0.0)
     assert s.pipelined and s.host_other_s == 1e-3
+
+
+@given(
+    st.floats(0.05, 1.0),
+    st.lists(
+        st.tuples(st.integers(1, 512), st.integers(40, 9000), st.floats(1e-7, 1e-2)),
+        min_size=1,
+        max_size=200,
+    ),
+    st.sets(st.integers(0, 199)),
+)
+def test_fit_weighs_runs_exponentially_whenever_it_is_read(
+    alpha: float, runs: list[tuple[int, int, float]], reads: set[int]
+) -> None:
+    """The moments behind the fit are the exponentially weighted sums of the runs
+    (the first run whole, each later one ``alpha``, fading by ``1 - alpha`` per
+    run after it), computed here directly; reading estimates in between (which
+    folds the queued runs early) changes nothing."""
+    m, ref = LoadMonitor(alpha=alpha), LoadMonitor(alpha=alpha)
+    for i, (n, s, t) in enumerate(runs):
+        m.record(C, SOFTWARE, n, n * s, t)
+        ref.record(C, SOFTWARE, n, n * s, t)
+        if i in reads:
+            m.snapshot(0.0)
+    k = len(runs)
+    w = np.array([alpha * (1 - alpha) ** (k - 1 - j) for j in range(k)])
+    w[0] = (1 - alpha) ** (k - 1)
+    x = np.array([[1.0, n, n * s, t] for n, s, t in runs])
+    want = [w @ (x[:, i] * x[:, j]) for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2))]
+    want += [w @ (x[:, 2] * x[:, 2]), w @ x[:, 3], w @ (x[:, 1] * x[:, 3])]
+    want += [w @ (x[:, 2] * x[:, 3])]
+    for mon in (m, ref):
+        est = mon.snapshot(0.0).cost[(C, SOFTWARE)]
+        assert est.samples == k
+        assert mon._fit._st[(C, SOFTWARE)] == pytest.approx(want, rel=1e-9)
+    a, b = (mon.snapshot(0.0).cost[(C, SOFTWARE)] for mon in (m, ref))
+    assert a.predict(100, 140000) == pytest.approx(b.predict(100, 140000), rel=1e-6)

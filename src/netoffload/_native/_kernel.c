@@ -863,6 +863,117 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ engine scans */
+/* The engine's bookkeeping per stage, in one pass instead of a handful of numpy
+ * calls (each costs about a microsecond, which is most of what a batch of a few
+ * hundred packets costs a fast task).
+ *
+ * want(tasks, done, error, verdict, length, bit, drop, out) -> (nwant, nbytes, ndead)
+ *   out[i] = tasks[i] & bit and not done[i] & bit and error[i] == 0 and
+ *   verdict[i] != drop; nbytes sums length over out; ndead counts the packets
+ *   with error[i] != 0 or verdict[i] == drop.
+ * mark(tasks, done, error, verdict, bit, drop) -> ndead
+ *   done[i] |= tasks[i] & bit for every packet; ndead as above. */
+enum { EW_TASKS, EW_DONE, EW_ERROR, EW_VERDICT, EW_LENGTH, EW_OUT, EW_N };
+
+static PyObject *py_want(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[EW_N];
+    Buf b[EW_N];
+    unsigned int bit, drop;
+    memset(b, 0, sizeof b);
+    if (!PyArg_ParseTuple(args, "OOOOOIIO:want", &o[EW_TASKS], &o[EW_DONE], &o[EW_ERROR],
+                          &o[EW_VERDICT], &o[EW_LENGTH], &bit, &drop, &o[EW_OUT]))
+        return NULL;
+    static const char *names[EW_N] = {"tasks", "done", "error", "verdict", "length", "out"};
+    static const Py_ssize_t isz[EW_N] = {2, 2, 2, 1, 8, 1};
+    for (int k = 0; k < EW_N; k++)
+        if (get_buf(o[k], &b[k], k == EW_OUT, isz[k], names[k]) < 0) goto fail;
+    Py_ssize_t n = b[EW_TASKS].view.len / 2;
+    for (int k = 1; k < EW_N; k++)
+        if (need_items(&b[k], isz[k], n, names[k]) < 0) goto fail;
+    const uint16_t *tasks = b[EW_TASKS].view.buf, *done = b[EW_DONE].view.buf;
+    const uint16_t *error = b[EW_ERROR].view.buf;
+    const uint8_t *verdict = b[EW_VERDICT].view.buf;
+    const int64_t *length = b[EW_LENGTH].view.buf;
+    uint8_t *out = b[EW_OUT].view.buf;
+    const uint16_t m = (uint16_t)bit;
+    const uint8_t d = (uint8_t)drop;
+    Py_ssize_t nwant = 0, ndead = 0;
+    long long nbytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int dead = error[i] != 0 || verdict[i] == d;
+        int w = !dead && (tasks[i] & m) && !(done[i] & m);
+        out[i] = (uint8_t)w;
+        nwant += w;
+        ndead += dead;
+        nbytes += w ? length[i] : 0;
+    }
+    release(b, EW_N);
+    return Py_BuildValue("nLn", nwant, nbytes, ndead);
+fail:
+    release(b, EW_N);
+    return NULL;
+}
+
+static PyObject *py_mark(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[4];
+    Buf b[4];
+    unsigned int bit, drop;
+    memset(b, 0, sizeof b);
+    if (!PyArg_ParseTuple(args, "OOOOII:mark", &o[0], &o[1], &o[2], &o[3], &bit, &drop))
+        return NULL;
+    static const char *names[4] = {"tasks", "done", "error", "verdict"};
+    static const Py_ssize_t isz[4] = {2, 2, 2, 1};
+    for (int k = 0; k < 4; k++)
+        if (get_buf(o[k], &b[k], k == 1, isz[k], names[k]) < 0) goto fail;
+    Py_ssize_t n = b[0].view.len / 2;
+    for (int k = 1; k < 4; k++)
+        if (need_items(&b[k], isz[k], n, names[k]) < 0) goto fail;
+    const uint16_t *tasks = b[0].view.buf, *error = b[2].view.buf;
+    uint16_t *done = b[1].view.buf;
+    const uint8_t *verdict = b[3].view.buf;
+    const uint16_t m = (uint16_t)bit;
+    const uint8_t d = (uint8_t)drop;
+    Py_ssize_t ndead = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        done[i] |= tasks[i] & m;
+        ndead += error[i] != 0 || verdict[i] == d;
+    }
+    release(b, 4);
+    return PyLong_FromSsize_t(ndead);
+fail:
+    release(b, 4);
+    return NULL;
+}
+
+/* begin(origin, sub, base): origin[i] = base + i, sub[i] = 0 (a batch entering
+ * the engine: its packets numbered, one call). */
+static PyObject *py_begin(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *o[2];
+    Buf b[2];
+    long long base;
+    memset(b, 0, sizeof b);
+    if (!PyArg_ParseTuple(args, "OOL:begin", &o[0], &o[1], &base)) return NULL;
+    if (get_buf(o[0], &b[0], 1, 8, "origin") < 0 || get_buf(o[1], &b[1], 1, 8, "sub") < 0)
+        goto fail;
+    Py_ssize_t n = b[0].view.len / 8;
+    if (need_items(&b[1], 8, n, "sub") < 0) goto fail;
+    int64_t *origin = b[0].view.buf;
+    uint64_t *sub = b[1].view.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        origin[i] = (int64_t)(base + i);
+        sub[i] = 0;
+    }
+    release(b, 2);
+    Py_RETURN_NONE;
+fail:
+    release(b, 2);
+    return NULL;
+}
+
 static PyObject *py_simd(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -896,6 +1007,10 @@ static PyMethodDef methods[] = {
      "reason, l3, v, ihl, l4, proto, l4_end, l4_ok, udp, field, defer) -> number left"},
     {"plan", py_plan, METH_VARARGS,
      "plan(head, hlen, mss, pay, k, tail, align, start, length, slot_lo, slot_hi) -> bytes"},
+    {"want", py_want, METH_VARARGS,
+     "want(tasks, done, error, verdict, length, bit, drop, out) -> (nwant, nbytes, ndead)"},
+    {"mark", py_mark, METH_VARARGS, "mark(tasks, done, error, verdict, bit, drop) -> ndead"},
+    {"begin", py_begin, METH_VARARGS, "begin(origin, sub, base): origin = base + i, sub = 0"},
     {"simd", py_simd, METH_NOARGS, "the sum loop in use: 'avx2' or 'c'"},
     {"set_simd", py_set_simd, METH_O, "use the SIMD loop when the CPU has it (tests)"},
     {NULL, NULL, 0, NULL},

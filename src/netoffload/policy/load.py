@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from netoffload.tasks import Task
 
 SOFTWARE = -1  # path id of the software fallback; devices are 0, 1, ...
@@ -271,25 +273,55 @@ class _CostFit:
     """Per key: least-squares fit of seconds = per_call + per_packet*packets +
     per_byte*bytes over exponentially weighted sufficient statistics."""
 
-    # moments kept: 1, n, b, nn, nb, bb, t, nt, bt
+    # moments kept: 1, n, b, nn, nb, bb, t, nt, bt. ``record`` only queues the
+    # run (it happens for every task of every batch); the queue is folded into
+    # the moments by numpy when it is long or an estimate is asked for, and
+    # the fit is solved then, for the keys recorded since.
+    FOLD_AT = 64
+
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
         self._st: dict[Any, list[float]] = {}
+        self._samples: dict[Any, int] = {}
+        self._queued: dict[Any, list[tuple[int, int, float]]] = {}
         self._fit: dict[Any, CostEstimate] = {}
 
     def record(self, key: Any, packets: int, nbytes: int, seconds: float) -> None:
         if packets <= 0 or seconds < 0:
             return
-        st = self._st.setdefault(key, [0.0] * 9)
-        old = self._fit.get(key)
-        a = self.alpha if old is not None else 1.0
-        n, b, t = float(packets), float(nbytes), float(seconds)
-        for i, v in enumerate((1.0, n, b, n * n, n * b, b * b, t, n * t, b * t)):
-            st[i] = (1 - a) * st[i] + a * v
-        c, pp, pb = _solve(st)
-        self._fit[key] = CostEstimate(pp, pb, (old.samples if old else 0) + 1, c)
+        q = self._queued.get(key)
+        if q is None:
+            q = self._queued[key] = []
+        q.append((packets, nbytes, seconds))
+        if len(q) >= self.FOLD_AT:
+            self._fold(key, q)
+
+    def _fold(self, key: Any, q: list[tuple[int, int, float]]) -> None:
+        """Move the queued runs of ``key`` into its moments, oldest first: each
+        run weighs ``alpha`` and fades by ``1 - alpha`` per later run (the very
+        first run of a key is taken whole)."""
+        if not q:
+            return
+        arr = np.asarray(q, dtype=np.float64)
+        q.clear()
+        n, b, t = arr[:, 0], arr[:, 1], arr[:, 2]
+        v = np.stack((np.ones_like(n), n, b, n * n, n * b, b * b, t, n * t, b * t), axis=1)
+        old = self._st.get(key)
+        st0 = np.asarray(old) if old is not None else v[0]
+        if old is None:
+            v = v[1:]
+        a = self.alpha
+        k = len(v)
+        w = a * (1.0 - a) ** np.arange(k - 1, -1, -1, dtype=np.float64)
+        self._st[key] = ((1.0 - a) ** k * st0 + w @ v).tolist()
+        self._samples[key] = self._samples.get(key, 0) + len(arr)
+        c, pp, pb = _solve(self._st[key])
+        self._fit[key] = CostEstimate(pp, pb, self._samples[key], c)
 
     def estimates(self) -> dict[Any, CostEstimate]:
+        for key, q in self._queued.items():
+            if q:
+                self._fold(key, q)
         return dict(self._fit)
 
 
