@@ -713,7 +713,8 @@ def nic_main(cfg: _WorkerConfig, sq_bell: Semaphore, cq_bell: Semaphore) -> None
             else:
                 try:
                     # work in place in the ring region: no copy in, none out
-                    inb = read_batch(rings.regions[sub.region], copy=False)
+                    region = rings.regions[sub.region]
+                    inb = read_batch(region, copy=False, cache=rings.views_of(sub.region))
                     shape = (len(inb), len(inb.buf), inb.stride)
                     out, task_ns = run_timed(lib, inb, sub.order, cfg.per_packet_s, cfg.per_byte_s)
                     if (len(out), len(out.buf), out.stride) != shape:

@@ -28,6 +28,7 @@ a consumer that sleeps instead of polling.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
@@ -75,23 +76,65 @@ def _a8(x: int) -> int:
     return (x + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _ext_layout(n: int) -> list[tuple[str, np.dtype[Any], int]]:
-    """(name, dtype, byte size) of each per-packet array of an ``n``-packet batch."""
-    out: list[tuple[str, np.dtype[Any], int]] = []
+@functools.lru_cache(maxsize=256)
+def _ext_layout(n: int) -> tuple[tuple[str, np.dtype[Any], int, int], ...]:
+    """(name, dtype, byte size, offset from the header's end) of each per-packet
+    array of an ``n``-packet batch."""
+    out: list[tuple[str, np.dtype[Any], int, int]] = []
+    off = _HDR_WORDS * 8
     for name in _SLOT_ARRAYS:
-        out.append((name, np.dtype(np.int64), 8 * n))
+        out.append((name, np.dtype(np.int64), 8 * n, off))
+        off += _a8(8 * n)
     for name, spec in EXT_FIELDS.items():
         dt = np.dtype(spec.dtype)
-        out.append((name, dt, dt.itemsize * n))
-    return out
+        out.append((name, dt, dt.itemsize * n, off))
+        off += _a8(dt.itemsize * n)
+    return tuple(out)
+
+
+def _arrays_end(n: int) -> int:
+    """Where the packet buffer starts in the region of an ``n``-packet batch."""
+    _, _, nbytes, off = _ext_layout(n)[-1]
+    return off + _a8(nbytes)
 
 
 def encoded_size(n: int, buflen: int) -> int:
     """Bytes a batch of ``n`` packets with a ``buflen``-byte buffer needs in a region."""
-    size = _HDR_WORDS * 8
-    for _, _, nbytes in _ext_layout(n):
-        size += _a8(nbytes)
-    return size + _a8(buflen)
+    return _arrays_end(n) + _a8(buflen)
+
+
+@dataclass
+class RegionViews:
+    """Views of one region laid out for ``n`` packets and a ``buflen``-byte buffer."""
+
+    arrays: dict[str, NDArray[Any]]
+    buf: NDArray[np.uint8]
+
+
+#: per region: its views by (n, buflen); a few layouts are kept (trips vary in size)
+ViewCache = dict[tuple[int, int], RegionViews]
+_CACHE_LAYOUTS = 4
+
+
+def region_views(
+    region: NDArray[np.uint8], n: int, buflen: int, cache: ViewCache | None = None
+) -> RegionViews:
+    """The arrays of an ``n``-packet batch laid out in ``region`` (which must be
+    large enough), made once per layout when ``cache`` is given: a batch read in
+    place then holds the very array objects a later write compares against."""
+    key = (n, buflen)
+    if cache is not None:
+        v = cache.get(key)
+        if v is not None:
+            return v
+    arrays = {name: region[off : off + nb].view(dt) for name, dt, nb, off in _ext_layout(n)}
+    end = _arrays_end(n)
+    v = RegionViews(arrays, region[end : end + buflen])
+    if cache is not None:
+        if len(cache) >= _CACHE_LAYOUTS:
+            cache.clear()
+        cache[key] = v
+    return v
 
 
 def pack_order(order: Sequence[Task]) -> int:
@@ -115,28 +158,27 @@ def unpack_order(word: int) -> tuple[Task, ...]:
     return tuple(out)
 
 
-def write_batch(region: NDArray[np.uint8], batch: Batch) -> int:
+def write_batch(region: NDArray[np.uint8], batch: Batch, cache: ViewCache | None = None) -> int:
     """Lay ``batch`` out in ``region``; returns the bytes used.
 
     Raises ``BufferFormatError`` (nothing written that matters) if it does not fit.
+    Arrays of a batch read in place (``read_batch(copy=False)`` with the same
+    ``cache``) are the region's own views and are not copied onto themselves.
     """
     n = len(batch)
     buflen = len(batch.buf)
     need = encoded_size(n, buflen)
     if need > len(region):
         raise BufferFormatError("ring region", len(region), f"batch needs {need} bytes")
-    hdr = region[: _HDR_WORDS * 8].view(np.int64)
-    off = _HDR_WORDS * 8
+    v = region_views(region, n, buflen, cache)
     e = batch.ext
-    for name, dt, nbytes in _ext_layout(n):
+    for name, dst in v.arrays.items():
         src = getattr(batch, name) if name in _SLOT_ARRAYS else getattr(e, name)
-        dst = region[off : off + nbytes].view(dt)
-        if not _is_view_of(src, dst):  # a batch read in place is already there
-            dst[:] = src
-        off += _a8(nbytes)
-    dst8 = region[off : off + buflen]
-    if not _is_view_of(batch.buf, dst8):
-        dst8[:] = batch.buf
+        if src is not dst:  # (numpy copes with memory that overlaps)
+            dst[...] = src
+    if batch.buf is not v.buf:
+        v.buf[...] = batch.buf
+    hdr = region[: _HDR_WORDS * 8].view(np.int64)
     hdr[0] = n
     hdr[1] = buflen
     hdr[2] = batch.stride
@@ -144,39 +186,29 @@ def write_batch(region: NDArray[np.uint8], batch: Batch) -> int:
     return need
 
 
-def _is_view_of(a: NDArray[Any], b: NDArray[Any]) -> bool:
-    """Whether ``a`` is exactly the memory of ``b`` (same start, size and type)."""
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and a.flags.c_contiguous
-        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-    )
-
-
-def read_batch(region: NDArray[np.uint8], copy: bool = True) -> Batch:
-    """The batch laid out in ``region``: copied out of the shared memory, or with
-    ``copy=False`` as views of it (to work on it in place; ``write_batch`` of a
-    batch of the same layout whose arrays are still these views copies nothing).
-    """
+def _header(region: NDArray[np.uint8]) -> tuple[int, int, int, int]:
     if len(region) < _HDR_WORDS * 8:
         raise BufferFormatError("ring region", 0, "region smaller than its header")
-    hdr = region[: _HDR_WORDS * 8].view(np.int64)
-    n, buflen, stride, used = (int(x) for x in hdr)
+    n, buflen, stride, used = region[: _HDR_WORDS * 8].view(np.int64).tolist()
     if n < 0 or buflen < 0 or stride < 0:
         raise BufferFormatError("ring region", 0, f"bad header n={n} buflen={buflen}")
     need = encoded_size(n, buflen)
     if need != used or need > len(region):
         raise BufferFormatError("ring region", 24, f"header says {used} bytes, layout {need}")
-    off = _HDR_WORDS * 8
-    arrays: dict[str, NDArray[Any]] = {}
-    for name, dt, nbytes in _ext_layout(n):
-        v = region[off : off + nbytes].view(dt)
-        arrays[name] = v.copy() if copy else v
-        off += _a8(nbytes)
-    buf = region[off : off + buflen]
-    if copy:
-        buf = buf.copy()
+    return n, buflen, stride, need
+
+
+def read_batch(
+    region: NDArray[np.uint8], copy: bool = True, cache: ViewCache | None = None
+) -> Batch:
+    """The batch laid out in ``region``: copied out of the shared memory, or with
+    ``copy=False`` as views of it (to work on it in place; ``write_batch`` of a
+    batch of the same layout whose arrays are still these views copies nothing).
+    """
+    n, buflen, stride, _ = _header(region)
+    v = region_views(region, n, buflen, cache)
+    arrays = {k: a.copy() for k, a in v.arrays.items()} if copy else v.arrays
+    buf = v.buf.copy() if copy else v.buf
     ext = Ext(n, **{k: arrays[k] for k in EXT_FIELDS})
     b = Batch(
         buf,
@@ -193,30 +225,20 @@ def read_batch(region: NDArray[np.uint8], copy: bool = True) -> Batch:
         or (b.start < b.slot_lo).any()
         or (b.start + b.length > b.slot_hi).any()
     ):
-        raise BufferFormatError("ring region", off, "packet outside its slot")
+        raise BufferFormatError("ring region", _arrays_end(n), "packet outside its slot")
     return b
 
 
-def read_batch_into(region: NDArray[np.uint8], dst: Batch) -> bool:
+def read_batch_into(region: NDArray[np.uint8], dst: Batch, cache: ViewCache | None = None) -> bool:
     """Copy the batch laid out in ``region`` straight into ``dst`` when it has
     ``dst``'s layout (packet count, buffer size, stride and slots): one copy,
     no allocation. Returns False, with ``dst`` untouched, when the layout
     differs (then use ``read_batch``); raises ``BufferFormatError``, with
     ``dst`` untouched, when the region is not valid."""
-    if len(region) < _HDR_WORDS * 8:
-        raise BufferFormatError("ring region", 0, "region smaller than its header")
-    hdr = region[: _HDR_WORDS * 8].view(np.int64)
-    n, buflen, stride, used = (int(x) for x in hdr)
+    n, buflen, stride, _ = _header(region)
     if n != len(dst) or buflen != len(dst.buf) or stride != dst.stride or n == 0:
         return False
-    need = encoded_size(n, buflen)
-    if need != used or need > len(region):
-        raise BufferFormatError("ring region", 24, f"header says {used} bytes, layout {need}")
-    off = _HDR_WORDS * 8
-    views: dict[str, NDArray[Any]] = {}
-    for name, dt, nbytes in _ext_layout(n):
-        views[name] = region[off : off + nbytes].view(dt)
-        off += _a8(nbytes)
+    views = region_views(region, n, buflen, cache).arrays
     if not (
         np.array_equal(views["slot_lo"], dst.slot_lo)
         and np.array_equal(views["slot_hi"], dst.slot_hi)
@@ -224,13 +246,14 @@ def read_batch_into(region: NDArray[np.uint8], dst: Batch) -> bool:
         return False
     start, length = views["start"], views["length"]
     if ((start < dst.slot_lo) | (start + length > dst.slot_hi) | (length < 0)).any():
-        raise BufferFormatError("ring region", off, "packet outside its slot")
-    dst.start[:] = start
-    dst.length[:] = length
+        raise BufferFormatError("ring region", _arrays_end(n), "packet outside its slot")
+    dst.start[...] = start
+    dst.length[...] = length
     e = dst.ext
     for name in EXT_FIELDS:
-        getattr(e, name)[:] = views[name]
-    dst.buf[:] = region[off : off + buflen]
+        getattr(e, name)[...] = views[name]
+    end = _arrays_end(n)
+    dst.buf[...] = region[end : end + buflen]
     return True
 
 
@@ -317,6 +340,8 @@ class Rings:
         )
         # host side: free regions (only the host allocates)
         self._free: list[int] = list(range(spec.slots - 1, -1, -1)) if owner else []
+        #: per region, its views by layout (see ``region_views``)
+        self.views: list[ViewCache] = [{} for _ in range(spec.slots)]
         self._closed = False
 
     # ------------------------------------------------------------- life cycle
@@ -343,12 +368,18 @@ class Rings:
         if self._closed:
             return
         self._closed = True
+        self.views = []  # they hold the mapping too
         del self.ctrl, self.sq, self.cq, self.regions
         with contextlib.suppress(BufferError):
             self.shm.close()
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
+
+    def views_of(self, region: int) -> ViewCache | None:
+        """The view cache of ``region`` (None for an index out of range: the
+        descriptor was corrupt, and the read or write fails on its own)."""
+        return self.views[region] if 0 <= region < len(self.views) else None
 
     # ------------------------------------------------------------- counters
     def sq_pending(self) -> int:
@@ -373,7 +404,7 @@ class Rings:
             raise RingFull("no free submission slot")
         word = pack_order(order)
         region = self._free[-1]
-        write_batch(self.regions[region], batch)
+        write_batch(self.regions[region], batch, self.views[region])
         self._free.pop()
         tail = int(self.ctrl[SQ_TAIL])
         d = self.sq[tail % self.spec.slots]
@@ -417,7 +448,7 @@ class Rings:
         """
         if out is not None and status == 0:
             try:
-                write_batch(self.regions[sub.region], out)
+                write_batch(self.regions[sub.region], out, self.views_of(sub.region))
             except BufferFormatError:
                 status = STATUS_TOO_BIG
         tail = int(self.ctrl[CQ_TAIL])
@@ -461,10 +492,12 @@ class Rings:
         if desc.status == 0:
             try:
                 dst = into(desc.ticket) if into is not None else None
-                if dst is not None and read_batch_into(self.regions[desc.region], dst):
+                region = self.regions[desc.region]
+                cache = self.views_of(desc.region)
+                if dst is not None and read_batch_into(region, dst, cache):
                     out = dst
                 else:
-                    out = read_batch(self.regions[desc.region])
+                    out = read_batch(region, cache=cache)
             except BufferFormatError:
                 desc = CompletionDesc(
                     desc.ticket,

@@ -302,6 +302,12 @@ class _CostFit:
         first run of a key is taken whole)."""
         if not q:
             return
+        if len(q) < 16:  # a few runs (an estimate read every batch): plain floats
+            for packets, nbytes, seconds in q:
+                self._add(key, packets, nbytes, seconds)
+            q.clear()
+            self._solve_key(key)
+            return
         arr = np.asarray(q, dtype=np.float64)
         q.clear()
         n, b, t = arr[:, 0], arr[:, 1], arr[:, 2]
@@ -315,8 +321,25 @@ class _CostFit:
         w = a * (1.0 - a) ** np.arange(k - 1, -1, -1, dtype=np.float64)
         self._st[key] = ((1.0 - a) ** k * st0 + w @ v).tolist()
         self._samples[key] = self._samples.get(key, 0) + len(arr)
+        self._solve_key(key)
+
+    def _solve_key(self, key: Any) -> None:
         c, pp, pb = _solve(self._st[key])
         self._fit[key] = CostEstimate(pp, pb, self._samples[key], c)
+
+    def _add(self, key: Any, packets: int, nbytes: int, seconds: float) -> None:
+        """One run into the moments of ``key``."""
+        n, b, t = float(packets), float(nbytes), float(seconds)
+        st = self._st.get(key)
+        if st is None:
+            self._st[key] = [1.0, n, b, n * n, n * b, b * b, t, n * t, b * t]
+            self._samples[key] = 1
+            return
+        a = self.alpha
+        k = 1.0 - a
+        for i, v in enumerate((1.0, n, b, n * n, n * b, b * b, t, n * t, b * t)):
+            st[i] = k * st[i] + a * v
+        self._samples[key] += 1
 
     def estimates(self) -> dict[Any, CostEstimate]:
         for key, q in self._queued.items():
