@@ -226,3 +226,17 @@ def test_window_throughput_while_pipelining_is_over_the_window() -> None:
     pol.split(C, batch(10), want(10), [view()], p)
     pol.observe(Feedback(C, SOFTWARE, 100, 0, 0.05, 0.4))  # the window closes
     assert pol.climbs == 1 and pol.last_rate == pytest.approx(300 / 0.4)
+
+
+def test_a_small_part_goes_with_the_rest() -> None:
+    """Device 9x faster: the model keeps 10% home (100 * 1 / 10). Below
+    ``min_part`` (15%) that part joins the device's; with min_part 0 it stays.
+    And the other way round: a 9x slower device's 10% stays home."""
+    fast = snap(sw={C: 9e-6}, dev={C: 1e-6})
+    assert ndev(Adaptive(min_part=0.0).split(C, batch(100), want(100), [view()], fast)) == 90
+    assert ndev(Adaptive().split(C, batch(100), want(100), [view()], fast)) == 100
+    slow = snap(sw={C: 1e-6}, dev={C: 9e-6})
+    assert ndev(Adaptive(min_part=0.0).split(C, batch(100), want(100), [view()], slow)) == 10
+    assert ndev(Adaptive().split(C, batch(100), want(100), [view()], slow)) == 0
+    with pytest.raises(ConfigError):
+        Adaptive(min_part=0.5)

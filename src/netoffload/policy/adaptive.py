@@ -33,6 +33,11 @@ a whole step either side of it; a change of throughput by more than
 ``regime`` (the offered load or the host's share changed, not the split) starts
 again from the model (``m = 1``, its costs measured afresh) with the full step.
 
+A part smaller than ``min_part`` of the packets (15%) goes with the rest
+instead: it would save less than its fixed costs (one more run, one more
+crossing) and it adds a second path's jitter to the pipeline — with a CPU hog
+on the host core, keeping 10% at home made the whole batch wait for the host.
+
 Packets keep their path within one engine pass: packets the engine is putting
 on a trip stay on that device (look-ahead), and packets whose chain started in
 software stay in software, so a packet crosses to the device at most once per
@@ -85,6 +90,7 @@ class Adaptive(Policy):
         probe_every: float = 0.5,
         min_step: float = 1.02,
         regime: float = 0.25,
+        min_part: float = 0.15,
     ) -> None:
         if period <= 0 or step <= 1.0 or not 0 < bounds[0] <= 1.0 <= bounds[1]:
             raise ConfigError("adaptive: need period > 0, step > 1, bounds lo <= 1 <= hi")
@@ -92,10 +98,13 @@ class Adaptive(Policy):
             raise ConfigError("adaptive: need 0 < probe_share <= 0.5 and probe_every > 0")
         if not 1.0 < min_step <= step or regime <= 0:
             raise ConfigError("adaptive: need 1 < min_step <= step and regime > 0")
+        if not 0 <= min_part < 0.5:
+            raise ConfigError("adaptive: need 0 <= min_part < 0.5")
         self.period = period
         self.step = step
         self.min_step = min_step
         self.regime = regime
+        self.min_part = min_part
         self._step = step  # the step now (halved at each turn)
         self.bounds = bounds
         self.tolerance = tolerance
@@ -200,6 +209,12 @@ class Adaptive(Policy):
             self.tally.bump(task, "explore")
         else:
             k = min(n, round(model * self.ratio))
+            # a small part on one path saves less than its fixed costs (a run,
+            # a crossing) and the jitter of one more path in the pipeline
+            if k < self.min_part * n:
+                k = 0
+            elif n - k < self.min_part * n:
+                k = n
             probe = max(1, math.ceil(self.probe_share * n))
             if k == 0 and self._probe_due(d.index, d.index, load.now):
                 k = probe
