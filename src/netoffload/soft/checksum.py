@@ -63,12 +63,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from netoffload import _native
-from netoffload.batch import Batch, CsumVerdict, Ext, Mask, Reason, VnetFlag, XFlag
+from netoffload.batch import Batch, CsumVerdict, Mask, Reason, VnetFlag, XFlag
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
 from netoffload.tasks import Direction, Task
 from netoffload.wire.ipv6 import ROUTING, WALKABLE_EXT
-from netoffload.wire.parse import parse_batch
+from netoffload.wire.parse import parse_subset
 
 I64 = NDArray[np.int64]
 U64 = NDArray[np.uint64]
@@ -339,26 +339,6 @@ class Layout:
         return _pseudo(buf, self.l3, self.v, self.proto, self.l4_end - self.l4, self.l4_ok, self.l4)
 
 
-def _parse_into(batch: Batch, need: I64) -> NDArray[np.uint16]:
-    """parse_batch for packets ``need``; the layout lands in their extension."""
-    if len(need) == len(batch):
-        return parse_batch(batch)
-    e = batch.ext
-    sub = Batch(
-        batch.buf,
-        batch.start[need],
-        batch.length[need],
-        batch.slot_lo[need],
-        batch.slot_hi[need],
-        Ext(len(need), xflags=e.xflags[need], l3_off=e.l3_off[need], hdr_len=e.hdr_len[need]),
-    )
-    reason = parse_batch(sub)
-    se = sub.ext
-    for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
-        getattr(e, f)[need] = getattr(se, f)
-    return reason
-
-
 def _fast_parse(batch: Batch, idx: I64) -> Mask:
     """parse_batch's work for plain raw-IP packets, in fewer steps; returns which it did.
 
@@ -557,7 +537,7 @@ def _layout_numpy(batch: Batch, idx: I64) -> Layout:
         if raw.any():
             todo[raw] = ~_fast_parse(batch, idx[raw])
         if todo.any():
-            reason[todo] = _parse_into(batch, idx[todo])
+            reason[todo] = parse_subset(batch, idx[todo])
     base = batch.start[idx]
     plen = batch.length[idx]
     l3o = e.l3_off[idx].astype(np.int64)

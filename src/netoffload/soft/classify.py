@@ -39,14 +39,14 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from netoffload.batch import Batch, Ext, FilterVerdict, Mask, Reason, XFlag
+from netoffload.batch import Batch, FilterVerdict, Mask, Reason, XFlag
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
 from netoffload.soft.lpm import LpmTable
 from netoffload.soft.rss import Toeplitz
 from netoffload.soft.rules import ClassifyConfig, Rule, load_classify, parse_classify
 from netoffload.tasks import Task
-from netoffload.wire.parse import parse_batch
+from netoffload.wire.parse import parse_subset
 
 I64 = NDArray[np.int64]
 U64 = NDArray[np.uint64]
@@ -89,26 +89,6 @@ class FlowKeys:
         return np.asarray(self.ver == 4)
 
 
-def _parse_into(batch: Batch, need: I64) -> NDArray[np.uint16]:
-    """parse_batch for packets ``need``; the layout lands in their extension."""
-    if len(need) == len(batch):
-        return parse_batch(batch)
-    e = batch.ext
-    sub = Batch(
-        batch.buf,
-        batch.start[need],
-        batch.length[need],
-        batch.slot_lo[need],
-        batch.slot_hi[need],
-        Ext(len(need), xflags=e.xflags[need], l3_off=e.l3_off[need], hdr_len=e.hdr_len[need]),
-    )
-    reason = parse_batch(sub)
-    se = sub.ext
-    for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
-        getattr(e, f)[need] = getattr(se, f)
-    return reason
-
-
 def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
     """Fields of packets ``idx`` (parsing those whose extension is not PARSED)."""
     e = batch.ext
@@ -116,7 +96,7 @@ def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
     reason = np.zeros(n, dtype=np.uint16)
     parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
     if not parsed.all():
-        reason[~parsed] = _parse_into(batch, idx[~parsed])
+        reason[~parsed] = parse_subset(batch, idx[~parsed])
     buf = batch.buf
     base = batch.start[idx]
     plen = batch.length[idx]
@@ -542,7 +522,7 @@ def rss_batch(batch: Batch, idx: I64, toeplitz: Toeplitz, four_tuple: bool = Tru
         return out
     parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
     if not parsed.all():
-        _parse_into(batch, idx[~parsed])
+        parse_subset(batch, idx[~parsed])
         parsed = (e.xflags[idx] & np.uint8(XFlag.PARSED)) != 0
     ver = np.where(parsed, e.l3_proto[idx], 0)
     base = batch.start[idx]

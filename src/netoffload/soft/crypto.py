@@ -357,14 +357,10 @@ class EncryptTask(SoftTask):
         AADs built there too, and one ``encrypt_into`` per packet writes ciphertext
         and ICV into other scratch rows, copied into the batch in one step.
         """
-        n = len(rows)
-        stride = b.stride
-        if stride <= 0 or n < 2:
+        ix = _row_run(b, rows)
+        if ix is None:
             return False
-        r0 = int(rows[0])
-        if int(rows[-1]) - r0 != n - 1:
-            return False
-        ix = slice(r0, r0 + n)
+        n, r0, stride = len(rows), ix.start, b.stride
         e = b.ext
         sa_col = e.sa[ix]
         k = int(sa_col[0])
@@ -822,14 +818,10 @@ class DecryptTask(SoftTask):
         plaintext into other scratch rows; only the packets that pass every check
         get their plaintext copied back, so a failed packet keeps its bytes.
         """
-        n = len(rows)
-        stride = b.stride
-        if stride <= 0 or n < 2:
+        ix = _row_run(b, rows)
+        if ix is None:
             return False
-        r0 = int(rows[0])
-        if int(rows[-1]) - r0 != n - 1:
-            return False
-        ix = slice(r0, r0 + n)
+        n, r0, stride = len(rows), ix.start, b.stride
         e = b.ext
         if (e.xflags[ix] & _ETHERNET).any():
             return False
@@ -1169,3 +1161,15 @@ class DecryptTask(SoftTask):
 
 register(Task.ENCRYPT, EncryptTask)
 register(Task.DECRYPT, DecryptTask)
+
+
+def _row_run(b: Batch, rows: NDArray[np.int64]) -> slice | None:
+    """The slice of ``rows`` when they are two or more consecutive rows of a
+    batch laid out in equal slots (the whole-run paths need that), else None."""
+    n = len(rows)
+    if b.stride <= 0 or n < 2:
+        return None
+    r0 = int(rows[0])
+    if int(rows[-1]) - r0 != n - 1:
+        return None
+    return slice(r0, r0 + n)

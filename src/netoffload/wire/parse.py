@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from netoffload.batch import Batch, Reason, XFlag
+from netoffload.batch import Batch, Ext, Reason, XFlag
 from netoffload.wire.ethernet import ETH_LEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6
 from netoffload.wire.ipv6 import FRAGMENT, WALKABLE_EXT
 
@@ -154,4 +154,25 @@ def parse_batch(b: Batch, ethernet: bool | None = None) -> NDArray[np.uint16]:
     parsed = ip & (reason == 0)
     e.xflags[parsed] |= np.uint8(XFlag.PARSED)
     e.xflags[~parsed] &= np.uint8(~XFlag.PARSED & 0xFF)
+    return reason
+
+
+def parse_subset(batch: Batch, need: NDArray[np.int64]) -> NDArray[np.uint16]:
+    """``parse_batch`` for the packets ``need`` (indices) only; their layout lands
+    in their extension, the others' is left alone. Returns their reasons."""
+    if len(need) == len(batch):
+        return parse_batch(batch)
+    e = batch.ext
+    sub = Batch(
+        batch.buf,
+        batch.start[need],
+        batch.length[need],
+        batch.slot_lo[need],
+        batch.slot_hi[need],
+        Ext(len(need), xflags=e.xflags[need], l3_off=e.l3_off[need], hdr_len=e.hdr_len[need]),
+    )
+    reason = parse_batch(sub)
+    se = sub.ext
+    for f in ("l3_off", "l3_proto", "l4_off", "l4_proto", "hdr_len", "xflags"):
+        getattr(e, f)[need] = getattr(se, f)
     return reason
