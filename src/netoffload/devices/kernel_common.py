@@ -1,23 +1,43 @@
-"""Linux constants, ioctl and struct helpers shared by the kernel devices.
+"""Linux constants, ioctl and struct helpers, and the logic the kernel devices share.
 
 TUN/TAP (linux/if_tun.h), socket options (UDP_SEGMENT, PACKET_*), classic BPF
-attach (struct sock_fprog) and the bits of ``SIOCETHTOOL`` we use. Only
-values and thin wrappers live here; the devices hold the logic.
+attach (struct sock_fprog) and the bits of ``SIOCETHTOOL`` we use; batches
+filled by reads (``Arena``); the filter push-down. The base classes of the
+kernel devices (``tun``, ``udp``, ``packet``) hold what they do alike: their
+counters (``KernelCounters``), synchronous submits with completions kept until
+``poll``, the closed/down state and error accounting (``KernelDevice``), the
+probe answers kept by name (``ProbedDevice``), and the non-blocking send and
+receive loops of a socket (``SocketDevice``). What is particular to one device
+stays in its module.
 """
 
 from __future__ import annotations
 
+import abc
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import os
+import select
+import socket
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from netoffload.batch import Batch, Ext, FilterVerdict, Mask, Reason
+from netoffload.caps import CapRecord, TaskOffloadBuffer
+from netoffload.devices.base import Completion, DeviceLoad, WireDevice
+from netoffload.errors import DeviceDown, DeviceError
+from netoffload.tasks import Task
 
 if TYPE_CHECKING:
-    from netoffload.batch import Batch
+    from netoffload.testing.netns import Testbed
 
 # --- TUN/TAP ----------------------------------------------------------------
 TUN_PATH = "/dev/net/tun"
@@ -165,6 +185,8 @@ def tun_probe_offloads(fd: int) -> dict[str, bool]:
 # --- classic BPF ------------------------------------------------------------------
 #: One cBPF instruction: (code, jt, jf, k).
 Insn = tuple[int, int, int, int]
+#: ``ret #-1``: a program that accepts every packet whole.
+ACCEPT_ALL: tuple[Insn, ...] = ((0x06, 0, 0, 0xFFFFFFFF),)
 
 
 class SockFprog:
@@ -187,19 +209,31 @@ def tun_attach_filter(fd: int, insns: Sequence[Insn]) -> None:
 
 
 def tun_detach_filter(fd: int) -> None:
-    prog = SockFprog([(0x06, 0, 0, 0xFFFFFFFF)])
+    prog = SockFprog(ACCEPT_ALL)
     fcntl.ioctl(fd, TUNDETACHFILTER, prog.pack())
 
 
 def sock_attach_filter(sock_fd: int, insns: Sequence[Insn]) -> None:
-    import socket
-
     prog = SockFprog(insns)
     s = socket.socket(fileno=os.dup(sock_fd))
     try:
         s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog.pack())
     finally:
         s.close()
+
+
+def sock_filter_works(sock: socket.socket) -> bool:
+    """Whether ``sock`` takes a cBPF program: ``ACCEPT_ALL`` attached, then detached."""
+    try:
+        sock_attach_filter(sock.fileno(), ACCEPT_ALL)
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    except OSError:
+        return False
+    return True
+
+
+#: The ``dos-filter`` record of a device that runs cBPF programs in the kernel.
+CBPF_FILTER = CapRecord(Task.DOS_FILTER, max_rules=4096, features=("cbpf",))
 
 
 # --- namespaces ---------------------------------------------------------------------
@@ -229,8 +263,6 @@ class Arena:
     TAILROOM = 64
 
     def __init__(self, size: int = 4 << 20, max_frame: int = 65535 + 14) -> None:
-        import numpy as np
-
         self.max_frame = max_frame
         self.arena = np.empty(size, dtype=np.uint8)
         self._mv = memoryview(self.arena.data)
@@ -259,21 +291,16 @@ class Arena:
         self.off = s + (n + self.TAILROOM + 63) // 64 * 64
 
     def batch(self) -> Batch:
-        import numpy as np
-
-        from netoffload.batch import Batch as _Batch
-        from netoffload.batch import Ext
-
         n = len(self.starts)
         if n == 0:
-            return _Batch.empty()
+            return Batch.empty()
         start = np.array(self.starts, dtype=np.int64)
         length = np.array(self.lens, dtype=np.int64)
         slot_lo = start - self.HEADROOM
         slot_hi = np.empty(n, dtype=np.int64)
         slot_hi[:-1] = slot_lo[1:]
         slot_hi[-1] = self.off
-        return _Batch(self.arena[: self.off].copy(), start, length, slot_lo, slot_hi, Ext(n), 0)
+        return Batch(self.arena[: self.off].copy(), start, length, slot_lo, slot_hi, Ext(n), 0)
 
 
 # --- filter push-down -------------------------------------------------------------------
@@ -327,3 +354,346 @@ def push_down(device: object, rules: object) -> PushDown:
     except DeviceError as e:
         return PushDown(False, f"kernel refused the program: {e}")
     return PushDown(True, "", len(prog), rest)
+
+
+# --- what the kernel devices share -------------------------------------------------------
+class KernelCounters:
+    """Base of the kernel devices' counter dataclasses (the fields are theirs, in their order).
+
+    Each has a ``tx_dropped`` and an ``errno_counts`` field.
+    """
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+    tx_dropped: int
+    errno_counts: dict[str, int]
+
+    def note(self, e: OSError) -> None:
+        """Count ``e`` under its errno's name."""
+        name = errno.errorcode.get(e.errno or 0, str(e.errno))
+        self.errno_counts[name] = self.errno_counts.get(name, 0) + 1
+
+    def as_dict(self) -> dict[str, object]:
+        """Every field in order; ``errno_counts`` (a copy) under the key ``errno``."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "errno_counts":
+                out["errno"] = dict(self.errno_counts)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+
+def wait_writable(obj: int | socket.socket, until: float, *, exceptional: bool = False) -> bool:
+    """Wait until ``obj`` is writable or the monotonic clock reaches ``until``.
+
+    False when the time is up or ``select`` fails. ``exceptional``: ``obj`` is
+    in the exception set as well (an exceptional condition alone answers False).
+    """
+    left = until - time.monotonic()
+    if left <= 0:
+        return False
+    try:
+        _, w, _x = select.select([], [obj], [obj] if exceptional else [], left)
+    except (OSError, ValueError):
+        return False
+    return bool(w)
+
+
+def mark_by_device(e: Ext, rows: Mask, task: Task) -> None:
+    """``task`` done, by the device (the kernel), for ``rows``."""
+    e.done[rows] |= np.uint16(task)
+    e.by_device[rows] |= np.uint16(task)
+
+
+def gso_segments(b: Batch, gso: Mask) -> None:
+    """``ext.segs`` of the super-packets ``gso`` read: payload past ``hdr_len`` in ``gso_size``."""
+    e = b.ext
+    size = np.maximum(e.gso_size.astype(np.int64), 1)
+    payload = np.maximum(b.length - e.hdr_len, 0)
+    e.segs[gso] = np.minimum((payload[gso] + size[gso] - 1) // size[gso], 65535)
+
+
+class KernelDevice(WireDevice):
+    """Base of the devices that are the Linux kernel: TUN/TAP, UDP and packet sockets.
+
+    The kernel does their work at ``send`` (or did it before ``recv``), so a
+    ``submit`` only checks and marks the batch and its completion waits in a
+    list until ``poll``. An I/O error whose errno is in ``GONE`` means the
+    device vanished: ``_gone`` makes the DeviceDown to raise and by default
+    marks the device down for good (``_down`` says why). ``_close_handles``
+    releases the fds; ``close`` then closes ``owns`` too (e.g. the Testbed of
+    a throwaway probe).
+    """
+
+    #: errnos that mean the device vanished
+    GONE: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, io: KernelCounters, *, io_timeout: float, owns: object | None) -> None:
+        super().__init__()
+        self.io_timeout = io_timeout
+        self._io = io
+        self._owns = owns
+        self._filter: list[Insn] | None = None
+        self._done: list[Completion] = []
+        self._ticket = 0
+        self._closed = False
+        self._down = ""
+
+    # ------------------------------------------------------------------ work
+    def _begin(self, batch: Batch) -> Task:
+        """Start a submit (a new ticket, the batch counted); the tasks any packet asks for."""
+        self._check()
+        self._ticket += 1
+        self._account(batch)
+        return Task(int(np.bitwise_or.reduce(batch.ext.offload)) if len(batch) else 0)
+
+    def _refuse(self, batch: Batch, error: str) -> int:
+        """Complete this submit as failed (the batch untouched) and count the error."""
+        self.stats.errors += 1
+        self._done.append(Completion(self._ticket, batch, ok=False, error=error))
+        return self._ticket
+
+    def _cannot_do(self, batch: Batch, extra: Task, why: str = "") -> int:
+        """Refuse this submit: the device cannot do the tasks ``extra`` (``why`` follows)."""
+        names = ", ".join(t.kebab for t in extra.members())
+        return self._refuse(batch, f"{self.name}: cannot do {names}{why}")
+
+    def _finish(self, batch: Batch, rows: Mask, done: NDArray[np.uint16]) -> int:
+        """Complete this submit: the task bits ``done`` marked done, by the device, for ``rows``."""
+        e = batch.ext
+        e.done[rows] |= done[rows]
+        e.by_device[rows] |= done[rows]
+        self._done.append(Completion(self._ticket, batch))
+        return self._ticket
+
+    def poll(self, wait: bool = True) -> list[Completion]:
+        done, self._done = self._done, []
+        return done
+
+    def outstanding(self) -> int:
+        return len(self._done)
+
+    def _rx_filtered(self, e: Ext) -> None:
+        """With a program attached, every packet read passed it in the kernel: filter done."""
+        if self._filter is not None:
+            e.done |= np.uint16(Task.DOS_FILTER)
+            e.by_device |= np.uint16(Task.DOS_FILTER)
+            e.filter_verdict[:] = FilterVerdict.PASS
+
+    # ------------------------------------------------------------------ state
+    def _check(self) -> None:
+        if self._closed:
+            raise DeviceDown(f"{self.name}: closed")
+        if self._down:
+            raise DeviceDown(f"{self.name}: {self._down}")
+
+    def _io_error(self, err: OSError) -> None:
+        """Count a failed read or write; raise DeviceDown if its errno is in ``GONE``."""
+        self._io.note(err)
+        self.stats.errors += 1
+        if err.errno in self.GONE:
+            raise self._gone(err) from None
+
+    def _gone(self, err: OSError) -> DeviceDown:
+        """The device vanished (``err.errno`` is in ``GONE``): the error to raise."""
+        return self._went_down(str(err.strerror))
+
+    def _went_down(self, why: str) -> DeviceDown:
+        """Mark the device down for good (interface gone: ``why``); it can do nothing now."""
+        self._down = f"interface gone ({why})"
+        self._buffer = TaskOffloadBuffer(self.name, {}, {})
+        return DeviceDown(f"{self.name}: {self._down}")
+
+    @property
+    def up(self) -> bool:
+        return not (self._closed or self._down)
+
+    def load(self) -> DeviceLoad:
+        return DeviceLoad(len(self._done), 0, self.up)
+
+    def counters(self) -> dict[str, object]:
+        d = dict(self.stats.as_dict())
+        d.update(self._io.as_dict())
+        return d
+
+    @abc.abstractmethod
+    def _close_handles(self) -> None:
+        """Close the device's fds (once, from ``close``)."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close_handles()
+        owns, self._owns = self._owns, None
+        close = getattr(owns, "close", None)
+        if close is not None:
+            close()
+
+
+class ProbedDevice(KernelDevice):
+    """A kernel device whose ``probe`` keeps the kernel's answers, by name, in ``_probe``."""
+
+    def __init__(self, io: KernelCounters, *, io_timeout: float, owns: object | None) -> None:
+        super().__init__(io, io_timeout=io_timeout, owns=owns)
+        self._probe: dict[str, bool] | None = None
+
+    @property
+    def probed(self) -> dict[str, bool]:
+        """What the kernel answered when probed (probing now if it was not yet)."""
+        if self._probe is None:
+            self.query()
+        assert self._probe is not None
+        return dict(self._probe)
+
+
+class SocketDevice(KernelDevice):
+    """A kernel device behind one socket, made non-blocking (UDP, AF_PACKET)."""
+
+    def __init__(
+        self, sock: socket.socket, io: KernelCounters, *, io_timeout: float, owns: object | None
+    ) -> None:
+        super().__init__(io, io_timeout=io_timeout, owns=owns)
+        self.sock = sock
+        sock.setblocking(False)
+
+    def attach_filter(self, insns: Sequence[Insn]) -> None:
+        """SO_ATTACH_FILTER: the kernel drops what the program answers 0 for."""
+        try:
+            sock_attach_filter(self.sock.fileno(), insns)
+        except OSError as e:
+            raise DeviceError(f"{self.name}: SO_ATTACH_FILTER: {e.strerror}") from None
+        self._filter = list(insns)
+
+    def _send_each(
+        self,
+        batch: Batch,
+        send_one: Callable[[int], object],
+        refused: Callable[[int, OSError], bool | None],
+    ) -> int:
+        """Send each live packet of ``batch`` with ``send_one(i)``; returns how many went out.
+
+        EAGAIN: wait for room, for at most ``io_timeout`` from the first EAGAIN
+        since ``send_one`` last succeeded, then count the rest as ``tx_dropped``.
+        EINTR: again. Another OSError is counted (DeviceDown if in ``GONE``),
+        then ``refused(i, err)`` settles packet ``i``: True it went out after
+        all, False it failed (``ext.error = DEVICE_ERROR``), None send it again.
+        """
+        n = len(batch)
+        if n == 0:
+            return 0
+        e = batch.ext
+        alive = e.alive()
+        ok = 0
+        deadline = 0.0
+        i = 0
+        while i < n:
+            if not alive[i]:
+                i += 1
+                continue
+            try:
+                send_one(i)
+                ok += 1
+                i += 1
+                deadline = 0.0
+            except BlockingIOError:
+                if not deadline:
+                    deadline = time.monotonic() + self.io_timeout
+                if not self._wait_writable(deadline):
+                    self._io.tx_dropped += int(alive[i:].sum())
+                    break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                self._io_error(err)
+                sent = refused(i, err)
+                if sent is None:
+                    continue
+                if sent:
+                    ok += 1
+                else:
+                    e.error[i] = Reason.DEVICE_ERROR
+                i += 1
+        return ok
+
+    def _wait_writable(self, until: float) -> bool:
+        return wait_writable(self.sock, until)
+
+    def wait_readable(self, timeout: float) -> bool:
+        self._check()
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(r)
+
+    def _read_each(
+        self, arena: Arena, max_packets: int, read_one: Callable[[memoryview], object]
+    ) -> Batch:
+        """Up to ``max_packets`` reads (non-blocking) into ``arena``, as one batch.
+
+        ``read_one(region)`` reads one packet into the arena's next slot and
+        commits it (or not). Stops at EAGAIN, a full arena or another OSError,
+        which is counted (DeviceDown if in ``GONE``; else the next call tries
+        again).
+        """
+        arena.reset()
+        while len(arena) < max_packets:
+            region = arena.slot()
+            if region is None:
+                break
+            try:
+                read_one(region)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                self._io_error(err)
+                break
+        return arena.batch()
+
+    def _close_handles(self) -> None:
+        self.sock.close()
+
+
+D = TypeVar("D", bound=KernelDevice)
+
+
+def open_group(workers: int, open_one: Callable[[], D]) -> list[D]:
+    """``workers`` devices from ``open_one``, their names suffixed ``#0``, ``#1``, ...
+
+    If one fails to open, those already open are closed.
+    """
+    out: list[D] = []
+    try:
+        for i in range(workers):
+            d = open_one()
+            d.name = f"{d.name}#{i}"
+            out.append(d)
+    except BaseException:
+        for d in out:
+            d.close()
+        raise
+    return out
+
+
+def throwaway_device(
+    kind: str, unavailable: Callable[[], str | None], build: Callable[[Testbed], D]
+) -> D:
+    """The device ``caps --device <kind>`` probes, in a Testbed its ``close()`` removes.
+
+    ``unavailable()`` says why this machine can have none (DeviceError);
+    ``build(tb)`` makes the device, owning ``tb``. It is queried before it is
+    returned; if anything fails, the Testbed is closed.
+    """
+    from netoffload.testing import netns
+
+    reason = unavailable()
+    if reason:
+        raise DeviceError(f"{kind}: {reason}")
+    tb = netns.Testbed()
+    try:
+        dev = build(tb)
+        dev.query()
+    except BaseException:
+        tb.close()
+        raise
+    return dev

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import os
 import select
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,8 +45,6 @@ from netoffload.batch import (
     VNET_HDR_LEN,
     Batch,
     CsumVerdict,
-    Ext,
-    FilterVerdict,
     GsoType,
     Mask,
     Reason,
@@ -56,7 +55,6 @@ from netoffload.batch import (
 )
 from netoffload.caps import CapRecord, TaskOffloadBuffer
 from netoffload.devices import kernel_common as kc
-from netoffload.devices.base import Completion, DeviceLoad, WireDevice
 from netoffload.devices.registry import register_device
 from netoffload.errors import ConfigError, DeviceDown, DeviceError
 from netoffload.tasks import Direction, Task
@@ -73,7 +71,7 @@ _GONE = (errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EPIPE, errno.EBADF)
 
 
 @dataclass
-class TunCounters:
+class TunCounters(kc.KernelCounters):
     written: int = 0
     read: int = 0
     write_errors: int = 0  # the kernel refused a packet (EINVAL/EIO/...)
@@ -82,10 +80,6 @@ class TunCounters:
     gso_in: int = 0  # super-packets read
     csum_valid_in: int = 0  # DATA_VALID or NEEDS_CSUM read
     errno_counts: dict[str, int] = field(default_factory=dict)
-
-    def note(self, e: OSError) -> None:
-        name = errno.errorcode.get(e.errno or 0, str(e.errno))
-        self.errno_counts[name] = self.errno_counts.get(name, 0) + 1
 
 
 def probe_fd(fd: int) -> dict[str, bool]:
@@ -99,7 +93,7 @@ def probe_fd(fd: int) -> dict[str, bool]:
     caps["vnet_hdr"] = bool(feats & kc.IFF_VNET_HDR)
     # TUNATTACHFILTER works on TAP only (a TUN answers EINVAL)
     try:
-        kc.tun_attach_filter(fd, [(0x06, 0, 0, 0xFFFFFFFF)])  # ret #-1: accept all
+        kc.tun_attach_filter(fd, kc.ACCEPT_ALL)
         kc.tun_detach_filter(fd)
         caps["filter"] = True
     except OSError:
@@ -127,7 +121,7 @@ def records_from_probe(caps: dict[str, bool]) -> dict[Task, CapRecord]:
     if caps.get("filter"):
         # push-down: a cBPF program attached with TUNATTACHFILTER filters what
         # the kernel hands us (receive side only)
-        recs[Task.DOS_FILTER] = CapRecord(Task.DOS_FILTER, max_rules=4096, features=("cbpf",))
+        recs[Task.DOS_FILTER] = kc.CBPF_FILTER
     return recs
 
 
@@ -196,51 +190,42 @@ _GSO_BITS[[GsoType.UDP, GsoType.UDP_L4]] = Task.UDP_ASSEMBLE
 class FrameReader:
     """Batched non-blocking reads of (virtio_net_hdr + packet) frames straight into slots.
 
-    Each ``readv`` lands in a persistent arena at its slot (headroom, packet,
-    tailroom); ``batch()`` copies the used arena once into a new Batch.
+    Each ``readv`` lands its packet in a persistent ``kc.Arena`` at its slot
+    (headroom, packet, tailroom) and its header in ``hdrs``; ``batch()`` copies
+    the used arena once into a new Batch.
     """
-
-    HEADROOM = 64
-    TAILROOM = 64
 
     def __init__(self, vlen: int, arena_bytes: int = 4 << 20, max_frame: int = MAX_FRAME) -> None:
         self.vlen = vlen
-        self.max_frame = max_frame
-        self.arena = np.empty(arena_bytes, dtype=np.uint8)
-        self._mv = memoryview(self.arena.data)
+        self.frames = kc.Arena(arena_bytes, max_frame)
         self.hdrs = bytearray(vlen * 4096)
         self._hmv = memoryview(self.hdrs)
-        self.starts: list[int] = []
-        self.lens: list[int] = []
-        self.off = 0
-        self.n = 0
         self.bad = 0
 
+    @property
+    def n(self) -> int:
+        """Frames read since the last ``reset``."""
+        return len(self.frames)
+
     def reset(self) -> None:
-        self.starts.clear()
-        self.lens.clear()
-        self.off = 0
-        self.n = 0
+        self.frames.reset()
         self.bad = 0
 
     def read_from(self, fd: int, max_packets: int) -> None:
         """Read until EAGAIN, ``max_packets`` or a full arena; OSErrors other than EAGAIN raise."""
         vl = self.vlen
-        room = self.HEADROOM + self.max_frame + self.TAILROOM
+        frames = self.frames
         limit = min(max_packets, len(self.hdrs) // vl) if vl else max_packets
-        while self.n < limit and self.off + room <= len(self.arena):
-            s = self.off + self.HEADROOM
+        while len(frames) < limit:
+            region = frames.slot()
+            if region is None:
+                return
+            n = len(frames)
             try:
                 if vl:
-                    got = os.readv(
-                        fd,
-                        (
-                            self._hmv[self.n * vl : (self.n + 1) * vl],
-                            self._mv[s : s + self.max_frame],
-                        ),
-                    )
+                    got = os.readv(fd, (self._hmv[n * vl : (n + 1) * vl], region))
                 else:
-                    got = os.readv(fd, (self._mv[s : s + self.max_frame],))
+                    got = os.readv(fd, (region,))
             except BlockingIOError:
                 return
             except InterruptedError:
@@ -248,34 +233,21 @@ class FrameReader:
             if got < vl:
                 self.bad += 1
                 continue
-            ln = got - vl
-            self.starts.append(s)
-            self.lens.append(ln)
-            self.n += 1
-            self.off = s + (ln + self.TAILROOM + 63) // 64 * 64
+            frames.commit(got - vl)
 
     def batch(self) -> tuple[Batch, bytes]:
-        """The frames read so far as a Batch (one copy) and their packed headers."""
-        n = self.n
-        start = np.array(self.starts, dtype=np.int64)
-        length = np.array(self.lens, dtype=np.int64)
-        slot_lo = start - self.HEADROOM
-        slot_hi = np.empty(n, dtype=np.int64)
-        slot_hi[:-1] = slot_lo[1:]
-        slot_hi[-1] = self.off
-        buf = self.arena[: self.off].copy()
-        return (
-            Batch(buf, start, length, slot_lo, slot_hi, Ext(n), 0),
-            bytes(self._hmv[: n * self.vlen]),
-        )
+        """The frames read so far (at least one) as a Batch (one copy) and their packed headers."""
+        return self.frames.batch(), bytes(self._hmv[: self.n * self.vlen])
 
 
-class TunDevice(WireDevice):
+class TunDevice(kc.ProbedDevice):
     """A TUN (or TAP) interface, one fd per queue, as an offload device.
 
     Build it with ``TunDevice.open_in(netns, "tun0")`` (a project namespace)
     or from fds you opened yourself. ``tap=True`` for Ethernet frames.
     """
+
+    GONE = _GONE
 
     def __init__(
         self,
@@ -288,25 +260,17 @@ class TunDevice(WireDevice):
         io_timeout: float = 0.5,
         owns: object | None = None,
     ) -> None:
-        super().__init__()
         if not fds:
             raise ConfigError("TunDevice needs at least one fd")
+        self.tun = TunCounters()
+        super().__init__(self.tun, io_timeout=io_timeout, owns=owns)
         self.name = f"tun:{ifname}"
         self.ifname = ifname
         self.fds = list(fds)
         self.tap = tap
         self.netns = netns
         self.direction = direction
-        self.io_timeout = io_timeout
-        self._owns = owns  # a Testbed to close with the device (throwaway probes)
-        self.tun = TunCounters()
         self._offload_bits = 0
-        self._probe: dict[str, bool] | None = None
-        self._filter: list[kc.Insn] | None = None
-        self._done: list[Completion] = []
-        self._ticket = 0
-        self._closed = False
-        self._down = ""
         self._rr = 0
         self._vlen = VNET_HDR_LEN
         self._reader = FrameReader(self._vlen)
@@ -354,13 +318,6 @@ class TunDevice(WireDevice):
         except OSError as e:
             raise self._fail(e) from None
         return TaskOffloadBuffer(self.name, records_from_probe(self._probe), {})
-
-    @property
-    def probed(self) -> dict[str, bool]:
-        if self._probe is None:
-            self.query()
-        assert self._probe is not None
-        return dict(self._probe)
 
     def _apply_enable(self, buf: TaskOffloadBuffer) -> None:
         """Receive-side offloads are TUNSETOFFLOAD bits (what the kernel may hand us)."""
@@ -426,26 +383,14 @@ class TunDevice(WireDevice):
 
     # ------------------------------------------------------------------ work
     def submit(self, batch: Batch, order: Sequence[Task]) -> int:
-        self._check()
-        self._ticket += 1
-        self._account(batch)
+        asked = self._begin(batch)
         e = batch.ext
-        asked = Task(int(np.bitwise_or.reduce(e.offload)) if len(batch) else 0)
         direction = self._direction_of(order)
         supported = self.query().enabled_tasks or self.query().supported
         doable = (TX_TASKS if direction is Direction.TX else Task.CHECKSUM) & supported
         extra = asked & ~doable
         if extra:
-            comp = Completion(
-                self._ticket,
-                batch,
-                ok=False,
-                error=f"{self.name}: cannot do {', '.join(t.kebab for t in extra.members())} "
-                f"in direction {direction.name}",
-            )
-            self.stats.errors += 1
-            self._done.append(comp)
-            return self._ticket
+            return self._cannot_do(batch, extra, f" in direction {direction.name}")
         if direction is Direction.TX:
             rows = (e.offload & TX_TASKS) != 0
             try:
@@ -459,23 +404,12 @@ class TunDevice(WireDevice):
             known = (e.vflags & (VnetFlag.DATA_VALID | VnetFlag.NEEDS_CSUM)) != 0
             unk = rows & ~known & e.alive()
             if unk.any():
-                self.stats.errors += 1
-                self._done.append(
-                    Completion(
-                        self._ticket,
-                        batch,
-                        ok=False,
-                        error=f"{self.name}: {int(unk.sum())} packets not checked by the kernel",
-                    )
+                return self._refuse(
+                    batch, f"{self.name}: {int(unk.sum())} packets not checked by the kernel"
                 )
-                return self._ticket
             rx_csum_results(batch, rows)
             mark = rows
-        done = (e.offload & np.uint16(asked)).astype(np.uint16)
-        e.done[mark] |= done[mark]
-        e.by_device[mark] |= done[mark]
-        self._done.append(Completion(self._ticket, batch))
-        return self._ticket
+        return self._finish(batch, mark, (e.offload & np.uint16(asked)).astype(np.uint16))
 
     def _direction_of(self, order: Sequence[Task]) -> Direction:
         tasks = Task(0)
@@ -486,13 +420,6 @@ class TunDevice(WireDevice):
         if tasks & (Task.TCP_SEGMENT | Task.UDP_SEGMENT | Task.ENCRYPT):
             return Direction.TX
         return self.direction
-
-    def poll(self, wait: bool = True) -> list[Completion]:
-        done, self._done = self._done, []
-        return done
-
-    def outstanding(self) -> int:
-        return len(self._done)
 
     # ------------------------------------------------------------------ wire
     def send(self, batch: Batch) -> int:
@@ -525,22 +452,17 @@ class TunDevice(WireDevice):
                 w = os.writev(fd, (hdrs[i * vl : (i + 1) * vl], pkt))
             except BlockingIOError:
                 if not deadline:
-                    import time
-
                     deadline = time.monotonic() + self.io_timeout
-                if not self._wait(fd, write=True, until=deadline):
+                if not kc.wait_writable(fd, deadline, exceptional=True):
                     self.tun.tx_dropped += sum(alive[i:])
                     break
                 continue
             except InterruptedError:
                 continue
             except OSError as err:
-                if err.errno in _GONE:
-                    raise self._fail(err) from None
+                self._io_error(err)
                 # the kernel refused this packet (bad header: EINVAL; EIO; ...)
                 self.tun.write_errors += 1
-                self.tun.note(err)
-                self.stats.errors += 1
                 e.error[i] = Reason.DEVICE_ERROR
                 i += 1
                 continue
@@ -553,21 +475,6 @@ class TunDevice(WireDevice):
             i += 1
         self.tun.written += accepted
         return accepted
-
-    def _wait(self, fd: int, *, write: bool, until: float) -> bool:
-        import time
-
-        left = until - time.monotonic()
-        if left <= 0:
-            return False
-        try:
-            if write:
-                _, w, _x = select.select([], [fd], [fd], left)
-                return bool(w)
-            r, _, _x = select.select([fd], [], [fd], left)
-            return bool(r)
-        except (OSError, ValueError):
-            return False
 
     def wait_readable(self, timeout: float) -> bool:
         """Block up to ``timeout`` s for something to read on any queue."""
@@ -588,10 +495,7 @@ class TunDevice(WireDevice):
             try:
                 reader.read_from(fd, max_packets)
             except OSError as err:
-                if err.errno in _GONE:
-                    raise self._fail(err) from None
-                self.tun.note(err)
-                self.stats.errors += 1
+                self._io_error(err)
         self.stats.errors += reader.bad
         if not reader.n:
             return Batch.empty()
@@ -622,67 +526,27 @@ class TunDevice(WireDevice):
         gso = gt != GsoType.NONE
         if gso.any():
             self.tun.gso_in += int(np.count_nonzero(gso))
-            size = np.maximum(e.gso_size.astype(np.int64), 1)
-            payload = np.maximum(b.length - e.hdr_len, 0)
-            e.segs[gso] = np.minimum((payload[gso] + size[gso] - 1) // size[gso], 65535)
-        if self._filter is not None:
-            # the attached program already passed these, in the kernel
-            e.done |= np.uint16(Task.DOS_FILTER)
-            e.by_device |= np.uint16(Task.DOS_FILTER)
-            e.filter_verdict[:] = FilterVerdict.PASS
+            kc.gso_segments(b, gso)
+        self._rx_filtered(e)
 
     # ------------------------------------------------------------------ state
-    def _check(self) -> None:
-        if self._closed:
-            raise DeviceDown(f"{self.name}: closed")
-        if self._down:
-            raise DeviceDown(f"{self.name}: {self._down}")
-
     def _fail(self, e: OSError) -> DeviceError:
         self.stats.errors += 1
         self.tun.note(e)
         if e.errno in _GONE:
-            self._down = f"interface gone ({os.strerror(e.errno or 0)})"
-            self._buffer = TaskOffloadBuffer(self.name, {}, {})
-            return DeviceDown(f"{self.name}: {self._down}")
+            return self._gone(e)
         return DeviceError(f"{self.name}: {os.strerror(e.errno or 0)}")
 
-    @property
-    def up(self) -> bool:
-        return not (self._closed or self._down)
-
-    def load(self) -> DeviceLoad:
-        return DeviceLoad(len(self._done), 0, self.up)
+    def _gone(self, err: OSError) -> DeviceDown:
+        return self._went_down(os.strerror(err.errno or 0))
 
     def counters(self) -> dict[str, object]:
-        d = dict(self.stats.as_dict())
-        t = self.tun
-        d.update(
-            written=t.written,
-            read=t.read,
-            write_errors=t.write_errors,
-            short_writes=t.short_writes,
-            tx_dropped=t.tx_dropped,
-            gso_in=t.gso_in,
-            csum_valid_in=t.csum_valid_in,
-            errno=dict(t.errno_counts),
-            offload_bits=self._offload_bits,
-            down=self._down,
-        )
-        return d
+        return {**super().counters(), "offload_bits": self._offload_bits, "down": self._down}
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _close_handles(self) -> None:
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        owns = self._owns
-        self._owns = None
-        close = getattr(owns, "close", None)
-        if close is not None:
-            close()
 
 
 def rx_csum_results(b: Batch, rows: Mask) -> None:
@@ -697,18 +561,9 @@ def _probe_factory() -> TunDevice:
     """``caps --device tun``: a throwaway namespace and TUN, removed on close()."""
     from netoffload.testing import netns
 
-    reason = netns.tun_available()
-    if reason:
-        raise DeviceError(f"tun: {reason}")
-    tb = netns.Testbed()
-    try:
-        ns = tb.host("caps")
-        dev = TunDevice.open_in(ns, "tun0", owns=tb)
-        dev.query()
-    except BaseException:
-        tb.close()
-        raise
-    return dev
+    return kc.throwaway_device(
+        "tun", netns.tun_available, lambda tb: TunDevice.open_in(tb.host("caps"), "tun0", owns=tb)
+    )
 
 
 register_device(

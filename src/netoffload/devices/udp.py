@@ -25,7 +25,6 @@ Several workers: ``UdpDevice.reuseport_group`` binds N sockets with
 from __future__ import annotations
 
 import errno
-import select
 import socket
 import struct
 import time
@@ -35,10 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from netoffload.batch import Batch, CsumVerdict, FilterVerdict, Reason
+from netoffload.batch import Batch, CsumVerdict, Reason
 from netoffload.caps import CapRecord, Enabled, TaskOffloadBuffer
 from netoffload.devices import kernel_common as kc
-from netoffload.devices.base import Completion, DeviceLoad, WireDevice
 from netoffload.devices.registry import register_device
 from netoffload.errors import ConfigError, DeviceDown, DeviceError
 from netoffload.tasks import Task
@@ -54,7 +52,7 @@ Addr = tuple[Any, ...]
 
 
 @dataclass
-class UdpCounters:
+class UdpCounters(kc.KernelCounters):
     datagrams_out: int = 0  # datagrams on the wire (after segmentation)
     sends: int = 0  # send syscalls
     gso_sends: int = 0
@@ -66,10 +64,6 @@ class UdpCounters:
     datagrams_in: int = 0
     gro_in: int = 0
     errno_counts: dict[str, int] = field(default_factory=dict)
-
-    def note(self, e: OSError) -> None:
-        name = errno.errorcode.get(e.errno or 0, str(e.errno))
-        self.errno_counts[name] = self.errno_counts.get(name, 0) + 1
 
 
 def probe_socket(sock: socket.socket) -> dict[str, bool]:
@@ -86,17 +80,14 @@ def probe_socket(sock: socket.socket) -> dict[str, bool]:
         caps["udp_gro"] = True
     except OSError:
         caps["udp_gro"] = False
-    try:
-        kc.sock_attach_filter(sock.fileno(), [(0x06, 0, 0, 0xFFFFFFFF)])
-        sock.setsockopt(socket.SOL_SOCKET, kc.SO_DETACH_FILTER, 0)
-        caps["filter"] = True
-    except OSError:
-        caps["filter"] = False
+    caps["filter"] = kc.sock_filter_works(sock)
     return caps
 
 
-class UdpDevice(WireDevice):
+class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
     """One UDP socket (bound; optionally with a default peer)."""
+
+    GONE = _GONE
 
     def __init__(
         self,
@@ -108,23 +99,14 @@ class UdpDevice(WireDevice):
         name: str | None = None,
         owns: object | None = None,
     ) -> None:
-        super().__init__()
         if sock.type != socket.SOCK_DGRAM:
             raise ConfigError("UdpDevice needs a SOCK_DGRAM socket")
-        self.sock = sock
-        sock.setblocking(False)
-        self.peer = peer
-        self.io_timeout = io_timeout
-        self.name = name or f"udp:{_fmt(sock.getsockname())}"
         self.udp = UdpCounters()
-        self._probe: dict[str, bool] | None = None
+        super().__init__(sock, self.udp, io_timeout=io_timeout, owns=owns)
+        self.peer = peer
+        self.name = name or f"udp:{_fmt(sock.getsockname())}"
         self._gro_wanted = gro
         self._gro_on = False
-        self._filter: list[kc.Insn] | None = None
-        self._done: list[Completion] = []
-        self._ticket = 0
-        self._closed = False
-        self._owns = owns
         self._arena = kc.Arena(4 << 20, MAX_PAYLOAD + 64)
         #: source address of each packet of the last ``recv`` batch
         self.last_sources: list[Addr] = []
@@ -170,17 +152,7 @@ class UdpDevice(WireDevice):
         """``workers`` sockets on one address with SO_REUSEPORT (the kernel picks by flow hash)."""
         if not 1 <= workers <= 64:
             raise ConfigError(f"reuseport group of {workers} workers (1..64)")
-        out: list[UdpDevice] = []
-        try:
-            for i in range(workers):
-                d = cls.open(ns, bind, reuseport=True, **kw)
-                d.name = f"{d.name}#{i}"
-                out.append(d)
-        except BaseException:
-            for d in out:
-                d.close()
-            raise
-        return out
+        return kc.open_group(workers, lambda: cls.open(ns, bind, reuseport=True, **kw))
 
     # ------------------------------------------------------------------ caps
     def probe(self) -> TaskOffloadBuffer:
@@ -201,15 +173,8 @@ class UdpDevice(WireDevice):
         if self._probe["udp_gro"] and self._gro_wanted:
             recs[Task.UDP_ASSEMBLE] = CapRecord(Task.UDP_ASSEMBLE, v, MAX_PAYLOAD, 1, MAX_SEGMENTS)
         if self._probe["filter"]:
-            recs[Task.DOS_FILTER] = CapRecord(Task.DOS_FILTER, max_rules=4096, features=("cbpf",))
+            recs[Task.DOS_FILTER] = kc.CBPF_FILTER
         return TaskOffloadBuffer(self.name, recs, {})
-
-    @property
-    def probed(self) -> dict[str, bool]:
-        if self._probe is None:
-            self.query()
-        assert self._probe is not None
-        return dict(self._probe)
 
     @property
     def uso(self) -> bool:
@@ -230,11 +195,7 @@ class UdpDevice(WireDevice):
         """SO_ATTACH_FILTER: the kernel drops what the program answers 0 for (0: UDP header)."""
         if not self.probed.get("filter"):
             raise DeviceError(f"{self.name}: SO_ATTACH_FILTER refused at probe time")
-        try:
-            kc.sock_attach_filter(self.sock.fileno(), insns)
-        except OSError as e:
-            raise DeviceError(f"{self.name}: SO_ATTACH_FILTER: {e.strerror}") from None
-        self._filter = list(insns)
+        super().attach_filter(insns)
 
     def detach_filter(self) -> None:
         if self._filter is not None:
@@ -248,24 +209,12 @@ class UdpDevice(WireDevice):
     # ------------------------------------------------------------------ work
     def submit(self, batch: Batch, order: Sequence[Task]) -> int:
         """UDP segmentation and checksums are done by the kernel at ``send``; mark them."""
-        self._check()
-        self._ticket += 1
-        self._account(batch)
-        e = batch.ext
-        asked = Task(int(np.bitwise_or.reduce(e.offload)) if len(batch) else 0)
+        asked = self._begin(batch)
         doable = Task.CHECKSUM | (Task.UDP_SEGMENT if self.uso else Task(0))
         extra = asked & ~doable
         if extra:
-            self.stats.errors += 1
-            self._done.append(
-                Completion(
-                    self._ticket,
-                    batch,
-                    ok=False,
-                    error=f"{self.name}: cannot do {', '.join(t.kebab for t in extra.members())}",
-                )
-            )
-            return self._ticket
+            return self._cannot_do(batch, extra)
+        e = batch.ext
         seg = (e.offload & Task.UDP_SEGMENT) != 0
         zero = seg & (e.gso_size == 0) & (batch.length > 0)
         e.error[zero] = Reason.GSO_SIZE_ZERO
@@ -281,19 +230,7 @@ class UdpDevice(WireDevice):
         e.error[many] = Reason.TOO_MANY_SEGMENTS
         big = batch.length > MAX_PAYLOAD
         e.error[big & ((e.offload & Task.UDP_SEGMENT) != 0)] = Reason.SUPER_TOO_BIG
-        rows = e.offload != 0
-        done = e.offload.astype(np.uint16)
-        e.done[rows] |= done[rows]
-        e.by_device[rows] |= done[rows]
-        self._done.append(Completion(self._ticket, batch))
-        return self._ticket
-
-    def poll(self, wait: bool = True) -> list[Completion]:
-        done, self._done = self._done, []
-        return done
-
-    def outstanding(self) -> int:
-        return len(self._done)
+        return self._finish(batch, e.offload != 0, e.offload.astype(np.uint16))
 
     # ------------------------------------------------------------------ wire
     def send(self, batch: Batch, dest: Addr | None = None) -> int:
@@ -307,65 +244,43 @@ class UdpDevice(WireDevice):
         """
         self._check()
         to = dest if dest is not None else self.peer
-        n = len(batch)
-        if n == 0:
-            return 0
-        e = batch.ext
-        alive = e.alive()
         mv = memoryview(batch.buf.data)
-        ok = 0
-        deadline = 0.0
-        i = 0
-        while i < n:
-            if not alive[i]:
-                i += 1
-                continue
-            s, ln, g = int(batch.start[i]), int(batch.length[i]), int(e.gso_size[i])
-            payload = mv[s : s + ln]
+
+        def payload_of(i: int) -> tuple[memoryview, int, int]:
+            s, ln, g = int(batch.start[i]), int(batch.length[i]), int(batch.ext.gso_size[i])
+            return mv[s : s + ln], ln, g
+
+        def send_one(i: int) -> None:
+            payload, ln, g = payload_of(i)
             segmented = 0 < g < ln
-            try:
-                if segmented and self.uso:
+            if segmented and self.uso:
+                self._send_gso(payload, g, to)
+                self.udp.datagrams_out += (ln + g - 1) // g
+            elif segmented:
+                self._send_soft(payload, g, to)
+            else:
+                self._sendto(payload, to)
+                self.udp.datagrams_out += 1
+
+        def refused(i: int, err: OSError) -> bool | None:
+            payload, ln, g = payload_of(i)
+            if err.errno == errno.EIO and 0 < g < ln and self.uso:
+                # re-probe: one retry, then drop UDP_SEGMENT and cut in software
+                self.udp.eio += 1
+                try:
                     self._send_gso(payload, g, to)
                     self.udp.datagrams_out += (ln + g - 1) // g
-                elif segmented:
-                    self._send_soft(payload, g, to)
-                else:
-                    self._sendto(payload, to)
-                    self.udp.datagrams_out += 1
-                ok += 1
-                i += 1
-                deadline = 0.0
-            except BlockingIOError:
-                if not deadline:
-                    deadline = time.monotonic() + self.io_timeout
-                if not self._wait_writable(deadline):
-                    self.udp.tx_dropped += int(alive[i:].sum())
-                    break
-            except InterruptedError:
-                continue
-            except OSError as err:
-                self.udp.note(err)
-                self.stats.errors += 1
-                if err.errno in _GONE:
-                    raise DeviceDown(f"{self.name}: {err.strerror}") from None
-                if err.errno == errno.EIO and segmented and self.uso:
-                    # re-probe: one retry, then drop UDP_SEGMENT and cut in software
-                    self.udp.eio += 1
-                    try:
-                        self._send_gso(payload, g, to)
-                        self.udp.datagrams_out += (ln + g - 1) // g
-                        ok += 1
-                        i += 1
-                    except OSError as err2:
-                        self.udp.note(err2)
-                        self.udp.eio += err2.errno == errno.EIO
-                        self._drop_uso()
-                    continue  # (after a drop: the same payload again, in software)
-                if err.errno in _PATH:
-                    self.udp.path_errors += 1
-                e.error[i] = Reason.DEVICE_ERROR
-                i += 1
-        return ok
+                    return True
+                except OSError as err2:
+                    self.udp.note(err2)
+                    self.udp.eio += err2.errno == errno.EIO
+                    self._drop_uso()
+                return None  # (after a drop: the same payload again, in software)
+            if err.errno in _PATH:
+                self.udp.path_errors += 1
+            return False
+
+        return self._send_each(batch, send_one, refused)
 
     def _sendto(self, payload: memoryview, to: Addr | None) -> None:
         self.udp.sends += 1
@@ -399,53 +314,25 @@ class UdpDevice(WireDevice):
             self.udp.datagrams_out += 1
             off += g
 
-    def _wait_writable(self, until: float) -> bool:
-        left = until - time.monotonic()
-        if left <= 0:
-            return False
-        try:
-            _, w, _ = select.select([], [self.sock], [], left)
-        except (OSError, ValueError):
-            return False
-        return bool(w)
-
-    def wait_readable(self, timeout: float) -> bool:
-        self._check()
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(r)
-
     def recv(self, max_packets: int = 1024) -> Batch:
         """Datagrams waiting (non-blocking); GRO'd ones carry gso_size and segs."""
         self._check()
-        ar = self._arena
-        ar.reset()
         gsos: list[int] = []
         self.last_sources = []
-        while len(ar) < max_packets:
-            region = ar.slot()
-            if region is None:
-                break
-            try:
-                nbytes, anc, _flags, addr = self.sock.recvmsg_into([region], _GRO_CMSG)
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError as err:
-                self.udp.note(err)
-                self.stats.errors += 1
-                if err.errno in _GONE:
-                    raise DeviceDown(f"{self.name}: {err.strerror}") from None
-                break  # e.g. ECONNREFUSED from an earlier ICMP: counted, try again later
+
+        def read_one(region: memoryview) -> None:
+            # an error (e.g. ECONNREFUSED from an earlier ICMP) is counted, tried again next call
+            nbytes, anc, _flags, addr = self.sock.recvmsg_into([region], _GRO_CMSG)
             g = 0
             for lvl, typ, data in anc:
                 if lvl == kc.SOL_UDP and typ == kc.UDP_GRO and len(data) >= 2:
                     fmt = "i" if len(data) >= 4 else "H"
                     g = struct.unpack(fmt, data[: struct.calcsize(fmt)])[0]
-            ar.commit(nbytes)
+            self._arena.commit(nbytes)
             gsos.append(g)
             self.last_sources.append(addr)
-        b = ar.batch()
+
+        b = self._read_each(self._arena, max_packets, read_one)
         if not len(b):
             return b
         e = b.ext
@@ -455,53 +342,18 @@ class UdpDevice(WireDevice):
         size = np.maximum(e.gso_size.astype(np.int64), 1)
         e.segs[:] = np.where(gro, (b.length + size - 1) // size, 1)
         self.udp.gro_in += int(gro.sum())
-        e.done[gro] |= np.uint16(Task.UDP_ASSEMBLE)
-        e.by_device[gro] |= np.uint16(Task.UDP_ASSEMBLE)
+        kc.mark_by_device(e, gro, Task.UDP_ASSEMBLE)
         # the kernel checked every UDP checksum (bad ones never reach a socket)
         e.csum_verdict[:] = CsumVerdict.GOOD
         e.done |= np.uint16(Task.CHECKSUM)
         e.by_device |= np.uint16(Task.CHECKSUM)
-        if self._filter is not None:
-            e.done |= np.uint16(Task.DOS_FILTER)
-            e.by_device |= np.uint16(Task.DOS_FILTER)
-            e.filter_verdict[:] = FilterVerdict.PASS
+        self._rx_filtered(e)
         return b
 
     # ------------------------------------------------------------------ state
-    def _check(self) -> None:
-        if self._closed:
-            raise DeviceDown(f"{self.name}: closed")
-
-    def load(self) -> DeviceLoad:
-        return DeviceLoad(len(self._done), 0, not self._closed)
-
-    def counters(self) -> dict[str, object]:
-        d = dict(self.stats.as_dict())
-        u = self.udp
-        d.update(
-            datagrams_out=u.datagrams_out,
-            sends=u.sends,
-            gso_sends=u.gso_sends,
-            soft_segmented=u.soft_segmented,
-            eio=u.eio,
-            uso_dropped=u.uso_dropped,
-            tx_dropped=u.tx_dropped,
-            path_errors=u.path_errors,
-            datagrams_in=u.datagrams_in,
-            gro_in=u.gro_in,
-            errno=dict(u.errno_counts),
-        )
-        return d
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.sock.close()
-        owns, self._owns = self._owns, None
-        close = getattr(owns, "close", None)
-        if close is not None:
-            close()
+    def _gone(self, err: OSError) -> DeviceDown:
+        """The socket is unusable (EBADF, ENOTSOCK): DeviceDown, the device not marked down."""
+        return DeviceDown(f"{self.name}: {err.strerror}")
 
 
 def _fmt(addr: Any) -> str:
@@ -515,19 +367,12 @@ def _probe_factory() -> UdpDevice:
     """``caps --device udp``: a socket in a throwaway namespace, removed on close()."""
     from netoffload.testing import netns
 
-    reason = netns.available()
-    if reason:
-        raise DeviceError(f"udp: {reason}")
-    tb = netns.Testbed()
-    try:
+    def build(tb: netns.Testbed) -> UdpDevice:
         ns = tb.host("caps")
         ns.add_address("lo", "198.18.0.1/24")
-        dev = UdpDevice.open(ns, ("198.18.0.1", 0), owns=tb)
-        dev.query()
-    except BaseException:
-        tb.close()
-        raise
-    return dev
+        return UdpDevice.open(ns, ("198.18.0.1", 0), owns=tb)
+
+    return kc.throwaway_device("udp", netns.available, build)
 
 
 register_device(
