@@ -392,7 +392,7 @@ def test_kernel_assembles_like_us(gro_topo, v: int, proto: int, pattern: str) ->
         again, _ = segment(ours, np.ones(1, dtype=np.bool_), proto)
         assert kb.packets() == again.packets()
         return
-    for _attempt in range(4):
+    for _attempt in range(8):
         for p in _flow(v, proto, pattern, 65):
             os.write(fd0, bytes(10) + p)
         got = _read_all(fd1, v)
@@ -417,10 +417,10 @@ def test_kernel_assembles_like_us(gro_topo, v: int, proto: int, pattern: str) ->
                 for f in ("gso_type", "gso_size", "vflags", "csum_start", "csum_offset"):
                     assert e[f] == ext[f], f
             k += c
-        # ... and it split them where we do (a jiffy tick between writes may add a
-        # timing flush: then try again)
+        # ... and it split them where we do (a jiffy tick between writes, or the
+        # writer preempted on a busy machine, may add a timing flush, which also
+        # moves every later 64 KiB boundary: then try again)
         if kgroups == groups:
             assert [p for p, _ in got] == [p for p, _ in want]
             return
-        assert all(x in np.cumsum(kgroups) for x in np.cumsum(groups)), (kgroups, groups)
     pytest.fail(f"kernel runs {kgroups} never matched ours {groups} (timing flushes only)")
