@@ -42,7 +42,7 @@ from netoffload.devices.base import Device
 from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
 from netoffload.policy.load import SOFTWARE, LoadMonitor
-from netoffload.soft import SoftLibrary
+from netoffload.soft import SoftLibrary, SoftTask
 from netoffload.tasks import ALL_TASKS, RESHAPING, Direction, Task, stage_order
 
 
@@ -195,7 +195,10 @@ class Engine:
         self._last_start: float | None = None
         self._soft_s = 0.0  # software task time since the last start
         self._blocked_s = 0.0  # time waiting for device completions since the last start
-        self._iota = np.arange(1024, dtype=np.int64)  # 0..n-1, for the origins
+        # per stage, looked up once: its software task and whether it settles
+        self._tasks: dict[Task, SoftTask] = {t: soft[t] for t in self.stages}
+        self._settles = frozenset(t for t in self.stages if soft[t].has_settle)
+        self._observer: tuple[Policy | None, bool] = (None, False)
         # tasks whose state must not fork (SoftTask.keeps_state): the one path
         # each is pinned to, chosen by the policy's first majority
         self._pins: dict[Task, int] = {}
@@ -242,9 +245,7 @@ class Engine:
         n = len(batch)
         self.batches += 1
         self.packets_in += n
-        if len(self._iota) < n:
-            self._iota = np.arange(max(n, 2 * len(self._iota)), dtype=np.int64)
-        _begin(batch, self._iota, self._next_origin)
+        _begin(batch, self._next_origin)
         self._next_origin += n
         if n == 0:
             p = Pending(batch, [], [])
@@ -386,14 +387,15 @@ class Engine:
         else:
             nsel, nbytes, ndead = pre
             before = _dead_reasons(b) if ndead else {}
+        task = self._tasks[t]
         t0 = time.perf_counter_ns()
-        task = self.soft[t]
         out = task.process(b, sel)
         dt = time.perf_counter_ns() - t0
-        if len(out) != n_in:
+        same = len(out) == n_in
+        if not same:
             refine_sub(out)
-        if task.has_settle:
-            task.settle(out, sel if len(out) == n_in else (out.ext.tasks & _bit(t)) != 0)
+        if t in self._settles:
+            task.settle(out, sel if same else (out.ext.tasks & _bit(t)) != 0)
         dead = _mark(out, t)
         c.software += nsel
         c.bytes += nbytes
@@ -402,9 +404,17 @@ class Engine:
         if dead or before:
             self._count_drops(t, out, before)
         self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
-        if _observes(self.policy):  # else a no-op: skip building the feedback
+        if self._observes():  # else a no-op: skip building the feedback
             self.policy.observe(Feedback(t, SOFTWARE, nsel, nbytes, dt / 1e9, self.clock()))
         return out
+
+    def _observes(self) -> bool:
+        """Whether the policy's ``observe`` does anything (remembered per policy)."""
+        pol, yes = self._observer
+        if pol is not self.policy:
+            yes = _observes(self.policy)
+            self._observer = (self.policy, yes)
+        return yes
 
     def _count_drops(self, t: Task, b: Batch, before: dict[int, int]) -> None:
         """Charge to task ``t`` the packets that died since ``before`` was taken."""
@@ -587,7 +597,7 @@ _DROP_I = int(FilterVerdict.DROP)
 _INT: dict[Task, int] = {t: int(t) for t in ALL_TASKS}
 
 
-def _begin(b: Batch, iota: np.ndarray, base: int) -> None:
+def _begin(b: Batch, base: int) -> None:
     """Number the packets of a batch entering the engine (``origin``, ``sub``)."""
     e = b.ext
     if _native is not None:
@@ -596,7 +606,7 @@ def _begin(b: Batch, iota: np.ndarray, base: int) -> None:
             return
         except (ValueError, BufferError):  # not contiguous: numpy does it
             pass
-    np.add(iota[: len(e.origin)], base, out=e.origin)
+    np.add(np.arange(len(e.origin), dtype=np.int64), base, out=e.origin)
     e.sub.fill(0)
 
 

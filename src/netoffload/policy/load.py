@@ -277,7 +277,7 @@ class _CostFit:
     # run (it happens for every task of every batch); the queue is folded into
     # the moments by numpy when it is long or an estimate is asked for, and
     # the fit is solved then, for the keys recorded since.
-    FOLD_AT = 64
+    FOLD_AT = 1024
 
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
