@@ -8,6 +8,7 @@
  *   range_sums(buf, a, b, out)   one's complement sums of buf[a[i]:b[i]]
  *   verify(...)                  the checksum task's verify mode, parse included,
  *                                for plain raw-IP (or already parsed) packets
+ *   fill(...)                    its fill mode (full and partial), the same packets
  *   segment(...)                 TSO/USO: headers + payload copied into the
  *                                segments, payload summed while it is copied
  *                                (copy and checksum in one pass), fields patched
@@ -342,6 +343,7 @@ enum {
     R_BAD_IHL = 3,
     R_BAD_IP_LENGTH = 4,
     R_BAD_L4_LENGTH = 5,
+    R_BAD_CSUM_OFFSETS = 7,
     R_BAD_CHECKSUM = 8,
     R_NOT_IP = 11,
 };
@@ -590,6 +592,126 @@ static PyObject *py_verify(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(nd);
 fail:
     release(b, VA_N);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ fill */
+/*
+ * soft/checksum.py's fill() for one packet; returns 0 done, 1 left to Python
+ * (nothing written). The IPv4 header checksum of a packet whose layout is good;
+ * a full packet's TCP/UDP checksum from scratch (pseudo-header included); a
+ * partial one (NEEDS_CSUM) completed over [csum_start, end) into csum_start +
+ * csum_offset, the flag cleared. A computed 0 goes out as 0xFFFF for UDP, and
+ * for a partial packet not known to be TCP (as Linux does, CSUM_MANGLED_0).
+ * Errors as fill(): a full packet that does not parse; partial offsets outside
+ * the packet.
+ */
+static int fill_one(uint8_t *buf, int64_t blen, int64_t base, int64_t plen, uint8_t *vflags,
+                    uint8_t *xflags, int32_t *l3_off, int32_t *l4_off, int32_t *hdr_len,
+                    uint8_t *l3_proto, uint8_t *l4_proto, int64_t cs, int64_t co,
+                    uint16_t *error) {
+    Lay L;
+    if (layout_one(buf, blen, base, plen, xflags, l3_off, l4_off, hdr_len, l3_proto, l4_proto,
+                   &L))
+        return 1;
+    int partial = (*vflags & NEEDS_CSUM) != 0;
+    int ok = L.reason == 0, v4 = L.v == 4, v6 = L.v == 6;
+    /* IPv6 extension headers: a routing header's final destination is numpy's walk */
+    if (ok && v6 && (L.tcp || L.udp) && L.l4o > L.l3o + 40) return 1;
+    uint8_t *pk = buf + base;
+    int err = (!partial && !ok && L.reason != R_NOT_IP) ? L.reason : 0;
+    if (ok && v4) {
+        uint8_t *h = pk + L.l3o;
+        wr16(h + 10, 0);
+        wr16(h + 10, (M16 - to_net(small_sum(h, (size_t)L.ihl))) % M16);
+    }
+    int bad_off = partial && (cs < 0 || co < 0 || cs + co + 2 > plen);
+    if (bad_off) err = R_BAD_CSUM_OFFSETS;
+    int part = partial && !bad_off;
+    int full = !partial && (L.tcp || L.udp);
+    if (part || full) {
+        int64_t a, e, store;
+        uint64_t s = 0;
+        if (part) {
+            a = cs;
+            e = plen;
+            store = cs + co;
+        } else {
+            a = L.l4o;
+            e = L.l4_end;
+            store = L.l4o + (L.udp ? 6 : 16);
+            wr16(pk + store, 0);
+            s += v4 ? small_sum(pk + L.l3o + 12, 8) : small_sum(pk + L.l3o + 8, 32);
+            s += native_of((uint64_t)L.proto + (uint64_t)(L.l4_end - L.l4o));
+        }
+        s += sum_native(pk + a, (size_t)(e - a));
+        uint32_t c = (M16 - to_net(s)) % M16;
+        int mangle = full ? L.udp : !(ok && L.proto == 6);
+        if (mangle && c == 0) c = M16;
+        wr16(pk + store, c);
+    }
+    if (part) *vflags &= (uint8_t)~NEEDS_CSUM;
+    if (err) *error = (uint16_t)err;
+    return 0;
+}
+
+enum { FA_BUF, FA_START, FA_LENGTH, FA_IDX, FA_VFLAGS, FA_XFLAGS, FA_L3OFF, FA_L4OFF,
+       FA_HDRLEN, FA_L3PROTO, FA_L4PROTO, FA_CSSTART, FA_CSOFF, FA_ERROR, FA_DEFER, FA_N };
+
+static PyObject *py_fill(PyObject *self, PyObject *args) {
+    static const Py_ssize_t isz[FA_N] = {1, 8, 8, 8, 1, 1, 4, 4, 4, 1, 1, 4, 4, 2, 8};
+    static const int wr[FA_N] = {1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1};
+    static const char *names[FA_N] = {"buf",      "start",    "length",      "idx",
+                                      "vflags",   "xflags",   "l3_off",      "l4_off",
+                                      "hdr_len",  "l3_proto", "l4_proto",    "csum_start",
+                                      "csum_offset", "error", "defer"};
+    PyObject *o[FA_N];
+    Buf b[FA_N];
+    memset(b, 0, sizeof b);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOOOO:fill", &o[0], &o[1], &o[2], &o[3], &o[4],
+                          &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &o[13],
+                          &o[14]))
+        return NULL;
+    for (int k = 0; k < FA_N; k++)
+        if (get_buf(o[k], &b[k], wr[k], isz[k], names[k]) < 0) goto fail;
+    Py_ssize_t n = b[FA_START].view.len / 8, m = b[FA_IDX].view.len / 8;
+    for (int k = FA_LENGTH; k < FA_N; k++) {
+        if (k == FA_IDX) continue;
+        if (need_items(&b[k], isz[k], k == FA_DEFER ? m : n, names[k]) < 0) goto fail;
+    }
+    const int64_t *idx = b[FA_IDX].view.buf;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        if (idx[k] < 0 || idx[k] >= n) {
+            PyErr_Format(PyExc_ValueError, "fill: packet index %lld out of range",
+                         (long long)idx[k]);
+            goto fail;
+        }
+    }
+    uint8_t *buf = b[FA_BUF].view.buf;
+    int64_t blen = b[FA_BUF].view.len;
+    const int64_t *start = b[FA_START].view.buf, *length = b[FA_LENGTH].view.buf;
+    uint8_t *vflags = b[FA_VFLAGS].view.buf, *xflags = b[FA_XFLAGS].view.buf;
+    int32_t *l3_off = b[FA_L3OFF].view.buf, *l4_off = b[FA_L4OFF].view.buf;
+    int32_t *hdr_len = b[FA_HDRLEN].view.buf;
+    uint8_t *l3_proto = b[FA_L3PROTO].view.buf, *l4_proto = b[FA_L4PROTO].view.buf;
+    const int32_t *cstart = b[FA_CSSTART].view.buf, *coff = b[FA_CSOFF].view.buf;
+    uint16_t *error = b[FA_ERROR].view.buf;
+    int64_t *defer = b[FA_DEFER].view.buf;
+    Py_ssize_t nd = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int64_t i = idx[k];
+        if (fill_one(buf, blen, start[i], length[i], vflags + i, xflags + i, l3_off + i,
+                     l4_off + i, hdr_len + i, l3_proto + i, l4_proto + i, cstart[i], coff[i],
+                     error + i))
+            defer[nd++] = i;
+    }
+    Py_END_ALLOW_THREADS;
+    release(b, FA_N);
+    return PyLong_FromSsize_t(nd);
+fail:
+    release(b, FA_N);
     return NULL;
 }
 
@@ -999,6 +1121,9 @@ static PyMethodDef methods[] = {
     {"verify", py_verify, METH_VARARGS,
      "verify(buf, start, length, idx, vflags, xflags, l3_off, l4_off, hdr_len, l3_proto, "
      "l4_proto, csum_verdict, error, defer) -> number of packets left in defer"},
+    {"fill", py_fill, METH_VARARGS,
+     "fill(buf, start, length, idx, vflags, xflags, l3_off, l4_off, hdr_len, l3_proto, "
+     "l4_proto, csum_start, csum_offset, error, defer) -> number of packets left in defer"},
     {"segment", py_segment, METH_VARARGS,
      "segment(in, out, base, hlen, mss, pay, k, l3, l4, ver, ihl, fixed, first, out_start, "
      "proto): write every segment"},
