@@ -311,7 +311,7 @@ def software_capacity(lib: SoftLibrary, proto: Batch, budget: float) -> float:
 
 
 def run(ctx: BenchContext) -> BenchResult:
-    duration = 0.45 if ctx.quick else 1.5
+    duration = 0.9 if ctx.quick else 1.5
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover
