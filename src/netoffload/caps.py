@@ -20,6 +20,7 @@ no tasks). Parsing a corrupt or truncated chain raises
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Mapping
@@ -149,14 +150,15 @@ class TaskOffloadBuffer:
     records: Mapping[Task, CapRecord] = field(default_factory=dict)
     enabled: Mapping[Task, Enabled] = field(default_factory=dict)
 
-    @property
+    # a buffer is never changed (``enable`` makes a new one): these are worked out once
+    @functools.cached_property
     def supported(self) -> Task:
         out = Task(0)
         for t in self.records:
             out |= t
         return out
 
-    @property
+    @functools.cached_property
     def enabled_tasks(self) -> Task:
         out = Task(0)
         for t in self.enabled:
@@ -246,11 +248,12 @@ class TaskOffloadBuffer:
         en = self.enabled.get(task)
         if en is None:
             return np.zeros(len(length), dtype=np.bool_)
-        ok = length <= en.max_offload_size
-        ipv = np.zeros(len(length), dtype=np.bool_)
-        for v in en.ip_versions:
+        vs = tuple(en.ip_versions)
+        ipv = l3_proto == vs[0] if vs else np.zeros(len(length), dtype=np.bool_)
+        for v in vs[1:]:
             ipv |= l3_proto == v
-        return np.asarray(ok & ipv, dtype=np.bool_)
+        ipv &= length <= en.max_offload_size
+        return np.asarray(ipv, dtype=np.bool_)
 
     # ------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from netoffload.batch import (
 from netoffload.devices.base import Device
 from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
-from netoffload.policy.load import SOFTWARE, LoadMonitor
+from netoffload.policy.load import SOFTWARE, LoadMonitor, LoadSnapshot
 from netoffload.soft import SoftLibrary, SoftTask
 from netoffload.tasks import ALL_TASKS, RESHAPING, Direction, Task, stage_order
 
@@ -199,6 +199,7 @@ class Engine:
         self._tasks: dict[Task, SoftTask] = {t: soft[t] for t in self.stages}
         self._settles = frozenset(t for t in self.stages if soft[t].has_settle)
         self._observer: tuple[Policy | None, bool] = (None, False)
+        self._snap: LoadSnapshot | None = None  # the load snapshot of this batch
         # tasks whose state must not fork (SoftTask.keeps_state): the one path
         # each is pinned to, chosen by the policy's first majority
         self._pins: dict[Task, int] = {}
@@ -242,6 +243,7 @@ class Engine:
         started; in between, the host is free to start more batches (pipelining).
         """
         self._pipeline_tick(bool(self._pending))
+        self._snap = None
         n = len(batch)
         self.batches += 1
         self.packets_in += n
@@ -314,7 +316,7 @@ class Engine:
             if views:
                 pre = None  # without devices every packet stays in software
                 self.soft[t].prepare(rest, want)
-                snap = self.monitor.snapshot(self.clock())
+                snap = self._snapshot()
                 paths = np.asarray(self.policy.split(t, rest, want, views, snap), np.int8)
                 paths[~want] = SOFTWARE
                 # a device may only get what it can do
@@ -408,6 +410,14 @@ class Engine:
             self.policy.observe(Feedback(t, SOFTWARE, nsel, nbytes, dt / 1e9, self.clock()))
         return out
 
+    def _snapshot(self) -> LoadSnapshot:
+        """The load snapshot the policy sees: one per batch started (taken when the
+        first split needs it), so the stages and look-aheads of a batch are
+        decided on the same picture, and it is built once."""
+        if self._snap is None:
+            self._snap = self.monitor.snapshot(self.clock())
+        return self._snap
+
     def _observes(self) -> bool:
         """Whether the policy's ``observe`` does anything (remembered per policy)."""
         pol, yes = self._observer
@@ -478,7 +488,7 @@ class Engine:
                     break
                 pin = self._pins.get(t2) if self.soft[t2].keeps_state else None
                 if pin is None:
-                    snap = self.monitor.snapshot(self.clock())
+                    snap = self._snapshot()
                     p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
                     if not (p2[w2] == k).all():
                         break

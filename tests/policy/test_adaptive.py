@@ -240,3 +240,26 @@ def test_a_small_part_goes_with_the_rest() -> None:
     assert ndev(Adaptive().split(C, batch(100), want(100), [view()], slow)) == 0
     with pytest.raises(ConfigError):
         Adaptive(min_part=0.5)
+
+
+def test_hill_climb_does_not_drift_on_noise() -> None:
+    """Throughput flat but noisy (within the tolerance): the ratio dithers
+    around the model, one step either side, and never walks off to a bound;
+    a real gradient still carries it away."""
+    rng = np.random.default_rng(3)
+    pol = Adaptive(step=1.1, tolerance=0.05, bounds=(0.5, 2.0), regime=0.25)
+    seen = []
+    for _ in range(200):
+        pol._climb(1000.0 * (1 + rng.uniform(-0.02, 0.02)))
+        seen.append(pol.ratio)
+    assert max(seen) <= 1.1 + 1e-9 and min(seen) >= 1 / 1.1 - 1e-9
+    assert max(seen) > 1.0 and min(seen) < 1.0  # it probes both sides
+    # more device share pays 10% a step: it climbs straight to the bound (once the
+    # halved steps change throughput by less than the tolerance, that is no
+    # evidence any more and it relaxes toward the model)
+    pol = Adaptive(step=1.1, tolerance=0.05, bounds=(0.5, 2.0), regime=0.25)
+    seen = []
+    for _ in range(8):
+        pol._climb(1000.0 * pol.ratio)
+        seen.append(pol.ratio)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(2.0)

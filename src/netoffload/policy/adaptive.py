@@ -26,10 +26,13 @@ ratio ``m`` that a hill-climb adjusts every ``period`` seconds (time from the
 feedback, never a clock of its own) on the observed throughput — task-packets
 per second of batch wall time (software time, or submit-to-complete time of the
 device trips, whichever is longer; while pipelining, of the window's time):
-keep moving ``m`` the same way while
-throughput does not drop, turn back when it does. Each turn halves the step
+keep moving ``m`` the same way while throughput rises by more than
+``tolerance`` (5%), turn back when it drops by more. Each turn halves the step
 (down to ``min_step``), so ``m`` settles at the best split instead of swinging
-a whole step either side of it; a change of throughput by more than
+a whole step either side of it. A change inside the tolerance is noise, not
+evidence: ``m`` steps back toward 1 (the model), then probes the other side.
+(Moving on through noise, it drifted to its bound on chance rises and lost
+15% against a fixed split near the model's.) A change of throughput by more than
 ``regime`` (the offered load or the host's share changed, not the split) starts
 again from the model (``m = 1``, its costs measured afresh) with the full step.
 
@@ -85,7 +88,7 @@ class Adaptive(Policy):
         period: float = 0.3,
         step: float = 1.1,
         bounds: tuple[float, float] = (0.75, 1.33),
-        tolerance: float = 0.02,
+        tolerance: float = 0.05,
         probe_share: float = 0.1,
         probe_every: float = 0.5,
         min_step: float = 1.02,
@@ -185,8 +188,12 @@ class Adaptive(Policy):
             occ = load.device_occupancy[d.index] if d.index < len(load.device_occupancy) else 0.0
             if occ >= 1.0:
                 continue
-            started_sw = (e.done & ~e.by_device & np.uint16(d.buffer.enabled_tasks)) != 0
-            fresh = want & d.capable(task, batch) & ~started_sw
+            # packets whose chain started in software stay there
+            fresh = (e.done & ~e.by_device & np.uint16(d.buffer.enabled_tasks)) == 0
+            fresh &= want
+            if not fresh.any():
+                continue
+            fresh &= d.capable(task, batch)
             if not fresh.any():
                 continue
             score = load.device_cost(task, d.index).per_packet_s  # cheapest device first
@@ -268,11 +275,15 @@ class Adaptive(Policy):
             self._win_sw = self._win_dev = 0.0
 
     def _climb(self, rate: float) -> None:
-        """One hill-climbing step on the observed throughput ``rate``."""
+        """One hill-climbing step on the observed throughput ``rate``.
+
+        Only a change beyond ``tolerance`` is evidence: a rise keeps the
+        direction, a drop turns back and halves the step. Without evidence (a
+        change inside the noise) the ratio steps back toward the model's split,
+        and from there probes one step to the other side than last time — so on
+        a noisy machine it dithers around the model instead of drifting to a
+        bound on chance rises."""
         prev = self._prev_rate
-        if prev is not None and rate < prev * (1 - self.tolerance):
-            self.direction = -self.direction
-            self._step = max(self.min_step, 1 + (self._step - 1) / 2)
         self._prev_rate = rate
         self.last_rate = rate
         self.climbs += 1
@@ -284,6 +295,17 @@ class Adaptive(Policy):
             self.direction = 1
             return
         lo, hi = self.bounds
+        if prev is None or rate > prev * (1 + self.tolerance):
+            pass  # go on the same way
+        elif rate < prev * (1 - self.tolerance):
+            self.direction = -self.direction
+            self._step = max(self.min_step, 1 + (self._step - 1) / 2)
+        elif abs(math.log(self.ratio)) > 1e-9:  # no evidence: back toward the model
+            back = 1 if self.ratio < 1 else -1
+            r = self.ratio * self._step**back
+            self.ratio = min(r, 1.0) if back > 0 else max(r, 1.0)
+            self.direction = back  # the next probe: the other side
+            return
         self.ratio = min(hi, max(lo, self.ratio * self._step**self.direction))
         if self.ratio in (lo, hi):  # at a bound: come back next time
             self.direction = -1 if self.ratio == hi else 1

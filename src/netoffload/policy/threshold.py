@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from netoffload.batch import Batch, Mask
 from netoffload.errors import ConfigError
 from netoffload.policy.base import DeviceView, Paths, Policy, software_paths
@@ -50,9 +52,9 @@ class Tally:
 
     def count(self, t: Task, paths: Paths, want: Mask) -> None:
         c = self[t]
-        dev = int(((paths >= 0) & want).sum())
+        dev = int(np.count_nonzero((paths >= 0) & want))
         c.device += dev
-        c.software += int(want.sum()) - dev
+        c.software += int(np.count_nonzero(want)) - dev
 
     def bump(self, t: Task, key: str, k: int = 1) -> None:
         c = self[t]
@@ -82,7 +84,10 @@ def first_capable(
 
 def in_trip(batch: Batch, want: Mask) -> bool:
     """The engine is assembling a trip: ``want`` packets already carry offload bits."""
-    return bool(want.any() and (batch.ext.offload[want] != 0).all())
+    off = batch.ext.offload
+    if not np.count_nonzero(off):  # the usual case: no trip under way
+        return False
+    return bool(want.any() and (off[want] != 0).all())
 
 
 class Threshold(Policy):
