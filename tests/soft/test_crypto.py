@@ -699,3 +699,32 @@ def test_tshark_decrypts_our_capture(tmp_path: Path) -> None:
     assert bytes.fromhex(last["tcp.payload"].replace(":", "")) == b"x" * 100
     assert last["esp.icv_good"] in ("1", "True")  # Wireshark checked our HMAC-SHA-256-128 ICV
     assert last["esp.protocol"] == "0x04"
+
+
+@pytest.mark.parametrize("alg", ["aes-gcm-128", "chacha20-poly1305", "null"])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_udp_encapsulation_over_ipv6_has_a_udp_checksum(alg: str, uniform: bool) -> None:
+    """RFC 8200 8.1: a UDP checksum over IPv6 is never zero (Linux drops those).
+    The outer UDP checksum of IPv6 ESP-in-UDP is what scapy computes for the same
+    datagram; over IPv4 it stays 0 (RFC 3948); scapy still decrypts both."""
+    for v in (6, 4):
+        sa = our_sa(alg, v=v, udp=True)
+        # one SA, one inner version, one size: the whole-batch path; else per packet
+        pk = same_size_packets(3) if uniform else inner_packets([40, 41, 300])
+        out = encrypt(sa, pk)
+        assert not out.ext.error.any()
+        for raw, inner in zip(out.packets(), pk, strict=True):
+            outer = outer_parse(sa, raw)
+            got = outer[UDP].chksum
+            if v == 6:
+                fresh = IPv6(raw)
+                del fresh[UDP].chksum
+                assert got != 0 and IPv6(bytes(fresh))[UDP].chksum == got
+            else:
+                assert got == 0
+            assert bytes(scapy_sa(sa).decrypt(outer)) == inner
+    # and our own decryption takes them back
+    sa = our_sa(alg, v=6, udp=True)
+    wire = encrypt(sa, inner_packets([100, 200]))
+    dec = DecryptTask(sas=SATable((sa,))).process(wire, np.ones(len(wire), bool))
+    assert not dec.ext.error.any()

@@ -4,7 +4,9 @@
 the SA table; the packet's inner IP packet (after any Ethernet header, which is
 kept in front with its EtherType set to the outer family) becomes the ESP
 payload. The task assigns the next sequence number of that SA (``ext.seq``),
-writes outer IPv4/IPv6 header, optional UDP 4500 header (RFC 3948, checksum 0),
+writes outer IPv4/IPv6 header, optional UDP 4500 header (RFC 3948: checksum 0
+over IPv4; over IPv6, where a zero UDP checksum is not allowed (RFC 8200 8.1)
+and Linux drops it, the checksum is computed once the packet is complete),
 SPI, sequence number and IV into the head room, padding / pad length / next
 header (4 or 41) into the tail room, and encrypts in place:
 AES-GCM (RFC 4106) or ChaCha20-Poly1305 (RFC 7634), or ESP NULL encryption with
@@ -55,6 +57,7 @@ from numpy.typing import NDArray
 from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
+from netoffload.soft.checksum import fill
 from netoffload.soft.replay import OK, REPLAY, ReplayWindow
 from netoffload.tasks import Task
 from netoffload.tunnel.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
@@ -254,6 +257,10 @@ class EncryptTask(SoftTask):
         self.v4_sums = [_word_sum(t[:20]) for t in self.templates]
         self.versions = [sa.outer_version for sa in self.table.sas]
         self.head_rows: dict[tuple[int, int], U8] = {}
+        #: SAs whose packets need an outer UDP checksum (IPv6 with UDP encapsulation)
+        self.udp6 = np.array(
+            [sa.udp_encap and sa.outer_version == 6 for sa in self.table.sas], np.bool_
+        )
 
     def describe(self) -> dict[str, object]:
         return {"task": self.task.kebab, "sas": len(self.table)}
@@ -281,6 +288,23 @@ class EncryptTask(SoftTask):
             self.next_seq[k] = first + n
 
     def process(self, batch: Batch, sel: Mask) -> Batch:
+        out = self._process(batch, sel)
+        if self.udp6.any():
+            self._udp6_checksums(out, sel)
+        return out
+
+    def _udp6_checksums(self, b: Batch, sel: Mask) -> None:
+        """The outer UDP checksum of the packets of IPv6 SAs with UDP encapsulation
+        (their layout, set by encryption, is in the extension)."""
+        e = b.ext
+        sa = e.sa.astype(np.int64)
+        known = (sa >= 0) & (sa < len(self.table))
+        mask = sel & known & (e.error == 0)
+        mask[known] &= self.udp6[sa[known]]
+        if mask.any():
+            fill(b, mask)
+
+    def _process(self, batch: Batch, sel: Mask) -> Batch:
         rows = np.flatnonzero(sel)
         if len(rows) == 0 or self._encrypt_uniform(batch, rows):
             return batch
