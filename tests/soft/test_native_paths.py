@@ -138,6 +138,25 @@ def odd_batches(draw: st.DrawFn) -> tuple[list[bytes], list[int], list[int], lis
     return pkts, vflags, pre, sel
 
 
+def odd_batch(pkts: list[bytes], vflags: list[int], pre: list[int]) -> Batch:
+    """The batch of an ``odd_batches`` case: flags set, some packets parsed by an
+    earlier stage (1), some claiming a stale, wrong layout (2)."""
+    b = Batch.from_packets(pkts)
+    b.ext.vflags[:] = vflags
+    for i, how in enumerate(pre):
+        if how == 1:  # parsed by an earlier stage (the layout in the extension)
+            with using("numpy"):
+                verify(b, np.arange(len(b)) == i)
+            b.ext.csum_verdict[i] = 0
+            b.ext.error[i] = 0
+        elif how == 2:  # a stale, wrong layout claimed by the extension
+            b.ext.xflags[i] |= np.uint8(XFlag.PARSED)
+            b.ext.l3_proto[i] = 4 + 2 * (i % 2)
+            b.ext.l4_off[i] = 20 + 3 * i
+            b.ext.l4_proto[i] = (6, 17)[i % 2]
+    return b
+
+
 @settings(max_examples=200, deadline=None)
 @given(case=odd_batches())
 def test_verify_native_and_numpy_agree_on_everything(
@@ -147,18 +166,7 @@ def test_verify_native_and_numpy_agree_on_everything(
     pkts, vflags, pre, sel = case
     out = {}
     for path in PATHS:
-        b = Batch.from_packets(pkts)
-        b.ext.vflags[:] = vflags
-        for i, how in enumerate(pre):
-            if how == 1:  # parsed by an earlier stage (the layout in the extension)
-                verify(b, np.arange(len(b)) == i)
-                b.ext.csum_verdict[i] = 0
-                b.ext.error[i] = 0
-            elif how == 2:  # a stale, wrong layout claimed by the extension
-                b.ext.xflags[i] |= np.uint8(XFlag.PARSED)
-                b.ext.l3_proto[i] = 4 + 2 * (i % 2)
-                b.ext.l4_off[i] = 20 + 3 * i
-                b.ext.l4_proto[i] = (6, 17)[i % 2]
+        b = odd_batch(pkts, vflags, pre)
         with using(path):
             verify(b, np.array(sel, dtype=np.bool_))
         out[path] = b
@@ -264,20 +272,9 @@ def test_fill_native_and_numpy_agree_on_everything(
     co = [offs.draw(st.integers(-2, 20)) for _ in pkts]
     out = {}
     for path in PATHS:
-        b = Batch.from_packets(pkts)
-        b.ext.vflags[:] = vflags
+        b = odd_batch(pkts, vflags, pre)
         b.ext.csum_start[:] = cs
         b.ext.csum_offset[:] = co
-        for i, how in enumerate(pre):
-            if how == 1:  # parsed by an earlier stage
-                verify(b, np.arange(len(b)) == i)
-                b.ext.csum_verdict[i] = 0
-                b.ext.error[i] = 0
-            elif how == 2:  # a stale, wrong layout claimed by the extension
-                b.ext.xflags[i] |= np.uint8(XFlag.PARSED)
-                b.ext.l3_proto[i] = 4 + 2 * (i % 2)
-                b.ext.l4_off[i] = 20 + 3 * i
-                b.ext.l4_proto[i] = (6, 17)[i % 2]
         with using(path):
             fill(b, np.array(sel, dtype=np.bool_))
         out[path] = b

@@ -55,7 +55,7 @@ from __future__ import annotations
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -668,44 +668,36 @@ def _ipv4_header(batch: Batch, lay: Layout, v4: Mask, fill: bool) -> Mask:
 
 def fill(batch: Batch, sel: Mask) -> None:
     """Fill in checksums of the ``sel`` packets (full, or completing partial ones)."""
+    _native_first(batch, sel, "fill", _fill_numpy)
+
+
+def _native_first(
+    batch: Batch, sel: Mask, kind: str, numpy_path: Callable[[Batch, I64], None]
+) -> None:
+    """Run ``kind`` (``fill`` or ``verify``) over the ``sel`` packets: one call of
+    the compiled kernel, then ``numpy_path`` for the packets it left (Ethernet
+    frames, IPv6 extension headers to walk; all of them without the kernel, or
+    when an array is not as it expects). Both give the same results."""
     idx = np.flatnonzero(sel)
     if len(idx) == 0:
         return
     k = _native.kernel
     if k is not None:
-        idx = _fill_native(k, batch, idx)
+        e = batch.ext
+        defer = np.empty(len(idx), dtype=np.int64)
+        common = (batch.buf, batch.start, batch.length, idx, e.vflags, e.xflags, e.l3_off)
+        layout_out = (e.l4_off, e.hdr_len, e.l3_proto, e.l4_proto)
+        try:
+            if kind == "fill":
+                nd = k.fill(*common, *layout_out, e.csum_start, e.csum_offset, e.error, defer)
+            else:
+                nd = k.verify(*common, *layout_out, e.csum_verdict, e.error, defer)
+            idx = defer[:nd]
+        except (ValueError, BufferError):  # an array of another dtype or layout
+            pass
         if len(idx) == 0:
             return
-    _fill_numpy(batch, idx)
-
-
-def _fill_native(k: _native.Kernel, batch: Batch, idx: I64) -> I64:
-    """``fill`` in one call of the compiled kernel; returns the packets it left
-    (as ``_verify_native`` does: Ethernet frames, IPv6 extension headers to walk,
-    everything when an array is not as it expects)."""
-    e = batch.ext
-    defer = np.empty(len(idx), dtype=np.int64)
-    try:
-        nd = k.fill(
-            batch.buf,
-            batch.start,
-            batch.length,
-            idx,
-            e.vflags,
-            e.xflags,
-            e.l3_off,
-            e.l4_off,
-            e.hdr_len,
-            e.l3_proto,
-            e.l4_proto,
-            e.csum_start,
-            e.csum_offset,
-            e.error,
-            defer,
-        )
-    except (ValueError, BufferError):  # an array of another dtype or layout
-        return idx
-    return defer[:nd]
+    numpy_path(batch, idx)
 
 
 def _fill_numpy(batch: Batch, idx: I64) -> None:
@@ -753,47 +745,7 @@ def _fill_numpy(batch: Batch, idx: I64) -> None:
 
 def verify(batch: Batch, sel: Mask) -> None:
     """Set the checksum verdict of the ``sel`` packets (and BAD_CHECKSUM errors)."""
-    idx = np.flatnonzero(sel)
-    if len(idx) == 0:
-        return
-    k = _native.kernel
-    if k is not None:
-        idx = _verify_native(k, batch, idx)
-        if len(idx) == 0:
-            return
-    _verify_numpy(batch, idx)
-
-
-def _verify_native(k: _native.Kernel, batch: Batch, idx: I64) -> I64:
-    """``verify`` in one call of the compiled kernel; returns the packets it left.
-
-    The kernel does what the numpy path does for packets that are parsed already,
-    or raw IP that ``_fast_parse`` takes (the layout lands in the extension the
-    same way); it leaves the others (Ethernet frames, IPv6 extension headers to
-    walk, ...) untouched, and all of them if an array is not as it expects.
-    """
-    e = batch.ext
-    defer = np.empty(len(idx), dtype=np.int64)
-    try:
-        nd = k.verify(
-            batch.buf,
-            batch.start,
-            batch.length,
-            idx,
-            e.vflags,
-            e.xflags,
-            e.l3_off,
-            e.l4_off,
-            e.hdr_len,
-            e.l3_proto,
-            e.l4_proto,
-            e.csum_verdict,
-            e.error,
-            defer,
-        )
-    except (ValueError, BufferError):  # an array of another dtype or layout
-        return idx
-    return defer[:nd]
+    _native_first(batch, sel, "verify", _verify_numpy)
 
 
 def _verify_numpy(batch: Batch, idx: I64) -> None:
