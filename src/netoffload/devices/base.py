@@ -169,6 +169,23 @@ class Device(abc.ABC):
             )
 
 
+class SyncDevice(Device):
+    """A device that does its work inside ``submit`` (software, a wire, the
+    kernel): each completion waits in a list until ``poll``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done: list[Completion] = []
+        self._ticket = 0
+
+    def poll(self, wait: bool = True) -> list[Completion]:
+        done, self._done = self._done, []
+        return done
+
+    def outstanding(self) -> int:
+        return len(self._done)
+
+
 class WireDevice(Device):
     """A device that is also a wire: packets can be sent and received."""
 

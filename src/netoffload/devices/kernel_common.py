@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from netoffload.batch import Batch, Ext, FilterVerdict, Mask, Reason
 from netoffload.caps import CapRecord, TaskOffloadBuffer
-from netoffload.devices.base import Completion, DeviceLoad, WireDevice
+from netoffload.devices.base import Completion, DeviceLoad, SyncDevice, WireDevice
 from netoffload.errors import DeviceDown, DeviceError
 from netoffload.tasks import Task
 
@@ -413,7 +413,7 @@ def gso_segments(b: Batch, gso: Mask) -> None:
     e.segs[gso] = np.minimum((payload[gso] + size[gso] - 1) // size[gso], 65535)
 
 
-class KernelDevice(WireDevice):
+class KernelDevice(SyncDevice, WireDevice):
     """Base of the devices that are the Linux kernel: TUN/TAP, UDP and packet sockets.
 
     The kernel does their work at ``send`` (or did it before ``recv``), so a
@@ -434,8 +434,6 @@ class KernelDevice(WireDevice):
         self._io = io
         self._owns = owns
         self._filter: list[Insn] | None = None
-        self._done: list[Completion] = []
-        self._ticket = 0
         self._closed = False
         self._down = ""
 
@@ -465,13 +463,6 @@ class KernelDevice(WireDevice):
         e.by_device[rows] |= done[rows]
         self._done.append(Completion(self._ticket, batch))
         return self._ticket
-
-    def poll(self, wait: bool = True) -> list[Completion]:
-        done, self._done = self._done, []
-        return done
-
-    def outstanding(self) -> int:
-        return len(self._done)
 
     def _rx_filtered(self, e: Ext) -> None:
         """With a program attached, every packet read passed it in the kernel: filter done."""

@@ -17,13 +17,13 @@ import numpy as np
 
 from netoffload.batch import Batch, CsumVerdict, VnetFlag
 from netoffload.caps import CapRecord, TaskOffloadBuffer
-from netoffload.devices.base import Completion, DeviceLoad, WireDevice
+from netoffload.devices.base import Completion, DeviceLoad, SyncDevice, WireDevice
 from netoffload.devices.software import run_assigned
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import Task
 
 
-class LoopbackEnd(WireDevice):
+class LoopbackEnd(SyncDevice, WireDevice):
     def __init__(self, name: str, soft: SoftLibrary, queue_packets: int) -> None:
         super().__init__()
         self.name = name
@@ -32,8 +32,6 @@ class LoopbackEnd(WireDevice):
         self._rx: deque[Batch] = deque()
         self._rx_packets = 0
         self.capacity = queue_packets
-        self._done: list[Completion] = []
-        self._ticket = 0
         self.sent = 0
         self.received = 0
         self.rx_dropped = 0
@@ -54,10 +52,6 @@ class LoopbackEnd(WireDevice):
         out.ext.vflags[good] |= np.uint8(VnetFlag.DATA_VALID)
         self._done.append(Completion(self._ticket, out))
         return self._ticket
-
-    def poll(self, wait: bool = True) -> list[Completion]:
-        done, self._done = self._done, []
-        return done
 
     def send(self, batch: Batch) -> int:
         peer = self.peer

@@ -14,7 +14,7 @@ import numpy as np
 
 from netoffload.batch import Batch
 from netoffload.caps import CapRecord, TaskOffloadBuffer
-from netoffload.devices.base import Completion, Device
+from netoffload.devices.base import Completion, SyncDevice
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import Task
 
@@ -40,7 +40,7 @@ def default_records(tasks: Task, max_segments: int = 64) -> dict[Task, CapRecord
     return recs
 
 
-class SoftwareDevice(Device):
+class SoftwareDevice(SyncDevice):
     """Does the work in-process with the software library."""
 
     def __init__(
@@ -53,8 +53,6 @@ class SoftwareDevice(Device):
         self.name = name
         self.soft = soft
         self._records = records if records is not None else default_records(soft.tasks)
-        self._done: list[Completion] = []
-        self._ticket = 0
 
     def probe(self) -> TaskOffloadBuffer:
         return TaskOffloadBuffer(self.name, dict(self._records), {})
@@ -66,10 +64,3 @@ class SoftwareDevice(Device):
         out = run_assigned(self.soft, batch, order)
         self._done.append(Completion(self._ticket, out, True, "", perf_counter_ns() - t0))
         return self._ticket
-
-    def poll(self, wait: bool = True) -> list[Completion]:
-        done, self._done = self._done, []
-        return done
-
-    def outstanding(self) -> int:
-        return len(self._done)
