@@ -234,6 +234,37 @@ def test_bad_checksum_dropped_by_kernel_and_partial_delivered(
     rx.close()
 
 
+def test_kernel_accepts_our_esp_in_udp_over_ipv6(
+    routed: tuple[netns.Netns, netns.Netns, TunDevice],
+) -> None:
+    """ESP in UDP over IPv6 from the encrypt task reaches a UDP socket on port
+    4500: the kernel checked its UDP checksum. The same datagram with checksum 0
+    (what RFC 3948 allows over IPv4 only) is dropped (RFC 8200 8.1)."""
+    from netoffload.soft.crypto import EncryptTask
+    from netoffload.tunnel.sa import SATable, SecurityAssociation
+
+    a, _b, dev = routed
+    rx = a.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    rx.bind(("fd00:1::1", 4500))
+    rx.setblocking(False)
+    sa = SecurityAssociation(
+        0x2001, "aes-gcm-128", bytes(range(20)), "fd00:1::2", "fd00:1::1", udp_encap=True
+    )
+    inner = [udp_packet(4, bytes([i]) * (100 + 37 * i), sport=1000 + i) for i in range(3)]
+    b = Batch.from_packets(inner)
+    b.ext.sa[:] = 0
+    out = EncryptTask(sas=SATable((sa,))).process(b, np.ones(3, dtype=np.bool_))
+    wire = out.packets()
+    assert dev.send(Batch.from_packets(wire)) == 3
+    got = sorted(_recv_all(rx))
+    assert got == sorted(w[48:] for w in wire)  # the UDP payload: SPI, seq, IV, ...
+    zeroed = bytearray(wire[0])
+    zeroed[46:48] = b"\0\0"  # outer UDP checksum field
+    assert dev.send(Batch.from_packets([bytes(zeroed)])) == 1
+    assert _recv_all(rx) == []
+    rx.close()
+
+
 def test_rx_data_valid_and_partial_become_results(testbed: netns.Testbed) -> None:
     a = testbed.host("r")
     dev = TunDevice.open_in(a, "tun0", addrs=["198.18.1.1/24"])
