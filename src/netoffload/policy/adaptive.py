@@ -30,7 +30,9 @@ keep moving ``m`` the same way while throughput rises by more than
 ``tolerance`` (5%), turn back when it drops by more. Each turn halves the step
 (down to ``min_step``), so ``m`` settles at the best split instead of swinging
 a whole step either side of it. A change inside the tolerance is noise, not
-evidence: ``m`` steps back toward 1 (the model), then probes the other side.
+evidence: ``m`` steps back toward 1 (the model); after ``probe_after`` quiet
+windows there it probes one step to the other side than last time (each probe
+costs throughput when the model is right).
 (Moving on through noise, it drifted to its bound on chance rises and lost
 15% against a fixed split near the model's.) A change of throughput by more than
 ``regime`` (the offered load or the host's share changed, not the split) starts
@@ -94,6 +96,7 @@ class Adaptive(Policy):
         min_step: float = 1.02,
         regime: float = 0.25,
         min_part: float = 0.15,
+        probe_after: int = 3,
     ) -> None:
         if period <= 0 or step <= 1.0 or not 0 < bounds[0] <= 1.0 <= bounds[1]:
             raise ConfigError("adaptive: need period > 0, step > 1, bounds lo <= 1 <= hi")
@@ -108,6 +111,8 @@ class Adaptive(Policy):
         self.min_step = min_step
         self.regime = regime
         self.min_part = min_part
+        self.probe_after = max(1, probe_after)
+        self._quiet = 0  # windows at the model without evidence since the last probe
         self._step = step  # the step now (halved at each turn)
         self.bounds = bounds
         self.tolerance = tolerance
@@ -280,9 +285,9 @@ class Adaptive(Policy):
         Only a change beyond ``tolerance`` is evidence: a rise keeps the
         direction, a drop turns back and halves the step. Without evidence (a
         change inside the noise) the ratio steps back toward the model's split,
-        and from there probes one step to the other side than last time — so on
-        a noisy machine it dithers around the model instead of drifting to a
-        bound on chance rises."""
+        and, after ``probe_after`` quiet windows there, probes one step to the
+        other side than last time — so on a noisy machine it stays near the model
+        instead of drifting to a bound on chance rises."""
         prev = self._prev_rate
         self._prev_rate = rate
         self.last_rate = rate
@@ -305,7 +310,13 @@ class Adaptive(Policy):
             r = self.ratio * self._step**back
             self.ratio = min(r, 1.0) if back > 0 else max(r, 1.0)
             self.direction = back  # the next probe: the other side
+            self._quiet = 0
             return
+        else:  # at the model, no evidence: probe only every probe_after windows
+            self._quiet += 1
+            if self._quiet < self.probe_after:
+                return
+            self._quiet = 0
         self.ratio = min(hi, max(lo, self.ratio * self._step**self.direction))
         if self.ratio in (lo, hi):  # at a bound: come back next time
             self.direction = -1 if self.ratio == hi else 1
