@@ -8,6 +8,8 @@ consecutive tasks for one device go over in one crossing. While a device works,
 the engine carries on with the software part. A failed trip is redone in
 software. Every packet leaves exactly once and in order (by ``ext.origin``),
 and every task keeps counters (offloaded, software, dropped, errors, bytes, time).
+Costs go to the load monitor (and feedback to the policy) only when the engine
+has devices, i.e. a choice to make; without, a batch costs only its counters.
 
 ``process(batch)`` runs one batch to the end. ``start(batch)`` and
 ``finish(pending)`` split it in two, so that a caller with more batches
@@ -242,7 +244,8 @@ class Engine:
         ``finish`` must be called on every ``Pending``, in the order they were
         started; in between, the host is free to start more batches (pipelining).
         """
-        self._pipeline_tick(bool(self._pending))
+        if self.devices:  # pipelining is host and devices working at once
+            self._pipeline_tick(bool(self._pending))
         self._snap = None
         n = len(batch)
         self.batches += 1
@@ -405,9 +408,10 @@ class Engine:
         self._soft_s += dt / 1e9
         if dead or before:
             self._count_drops(t, out, before)
-        self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
-        if self._observes():  # else a no-op: skip building the feedback
-            self.policy.observe(Feedback(t, SOFTWARE, nsel, nbytes, dt / 1e9, self.clock()))
+        if self.devices:  # costs and feedback only matter where there is a choice
+            self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
+            if self._observes():  # else a no-op: skip building the feedback
+                self.policy.observe(Feedback(t, SOFTWARE, nsel, nbytes, dt / 1e9, self.clock()))
         return out
 
     def _snapshot(self) -> LoadSnapshot:
