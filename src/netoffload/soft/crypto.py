@@ -58,6 +58,7 @@ from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
 from netoffload.soft.checksum import fill
+from netoffload.soft.digest import hmac_digest
 from netoffload.soft.replay import OK, REPLAY, ReplayWindow
 from netoffload.tasks import Task
 from netoffload.tunnel.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
@@ -608,7 +609,7 @@ class EncryptTask(SoftTask):
                 data: Any = mv[esp_abs[i] : icv_at[i]]
                 if sa.esn:
                     data = bytes(data) + hi[i]
-                mv[icv_at[i] : icv_at[i] + ICV_LEN] = hmac.digest(key, data, "sha256")[:ICV_LEN]
+                mv[icv_at[i] : icv_at[i] + ICV_LEN] = hmac_digest(key, data, "sha256")[:ICV_LEN]
         b.start[ix] = new_start
         b.length[ix] = l2 + H + P + ICV_LEN
         e.l3_off[ix] = l2
@@ -1098,7 +1099,7 @@ class DecryptTask(SoftTask):
                 data: Any = mv[esp_l[i] : icv_l[i]]
                 if sa.esn:
                     data = bytes(data) + hi[i]
-                want = hmac.digest(key, data, "sha256")[:ICV_LEN]
+                want = hmac_digest(key, data, "sha256")[:ICV_LEN]
                 if not hmac.compare_digest(want, mv[icv_l[i] : icv_l[i] + ICV_LEN]):
                     ok[i] = False
                     e.error[rows[i]] = Reason.BAD_ICV

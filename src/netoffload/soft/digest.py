@@ -48,6 +48,13 @@ U32 = NDArray[np.uint32]
 
 DIGEST_LEN = {"hmac-sha256": 32, "hmac-sha256-128": 16, "blake2s-128": 16, "crc32c": 4}
 
+try:  # HMAC in one C call: what hmac.digest calls after its Python-level checks
+    from _hashlib import hmac_digest as _c_hmac_digest
+
+    hmac_digest: Callable[[bytes, Any, str], bytes] = _c_hmac_digest
+except ImportError:  # pragma: no cover - a Python built without OpenSSL's HMAC
+    hmac_digest = hmac.digest
+
 try:  # hardware CRC32C when the C extension is there
     import google_crc32c as _gcrc
 
@@ -192,7 +199,7 @@ class DigestTask(SoftTask):
         mv = b.buf.data
         views = map(mv.__getitem__, map(slice, s.tolist(), (s + ln).tolist()))
         if self.algorithm in ("hmac-sha256", "hmac-sha256-128"):
-            outs = list(map(hmac.digest, repeat(self.key), views, repeat("sha256")))
+            outs = list(map(hmac_digest, repeat(self.key), views, repeat("sha256")))
             raw = np.frombuffer(b"".join(outs), np.uint8).reshape(n, 32)
             return raw[:, : self.dlen]
         if self.algorithm == "crc32c":
