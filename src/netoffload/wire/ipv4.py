@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
 
 from netoffload.wire import WireError
+
+
+@functools.lru_cache(maxsize=4096)
+def packed4(addr: str) -> bytes:
+    """The 4 bytes of an IPv4 address given as text (parsed once: packets of one
+    flow repeat their addresses). Raises ValueError for a bad address."""
+    return ipaddress.IPv4Address(addr).packed
+
 
 _H = struct.Struct("!BBHHHBBH4s4s")
 DF = 0x4000
@@ -86,8 +95,8 @@ class IPv4:
                 self.ttl,
                 self.proto,
                 0,
-                ipaddress.IPv4Address(self.src).packed,
-                ipaddress.IPv4Address(self.dst).packed,
+                packed4(self.src),
+                packed4(self.dst),
             )
             + self.options
         )
@@ -96,8 +105,4 @@ class IPv4:
         return bytes(h)
 
     def pseudo_header(self, l4_len: int) -> bytes:
-        return (
-            ipaddress.IPv4Address(self.src).packed
-            + ipaddress.IPv4Address(self.dst).packed
-            + struct.pack("!BBH", 0, self.proto, l4_len)
-        )
+        return packed4(self.src) + packed4(self.dst) + struct.pack("!BBH", 0, self.proto, l4_len)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
 
 from netoffload.wire import WireError
+
+
+@functools.lru_cache(maxsize=4096)
+def packed6(addr: str) -> bytes:
+    """The 16 bytes of an IPv6 address given as text (parsed once: packets of one
+    flow repeat their addresses). Raises ValueError for a bad address."""
+    return ipaddress.IPv6Address(addr).packed
+
 
 _H = struct.Struct("!IHBB16s16s")
 HOP_BY_HOP = 0
@@ -54,13 +63,9 @@ class IPv6:
             self.payload_length or payload_len,
             self.next_header,
             self.hop_limit,
-            ipaddress.IPv6Address(self.src).packed,
-            ipaddress.IPv6Address(self.dst).packed,
+            packed6(self.src),
+            packed6(self.dst),
         )
 
     def pseudo_header(self, l4_len: int, proto: int) -> bytes:
-        return (
-            ipaddress.IPv6Address(self.src).packed
-            + ipaddress.IPv6Address(self.dst).packed
-            + struct.pack("!IxxxB", l4_len, proto)
-        )
+        return packed6(self.src) + packed6(self.dst) + struct.pack("!IxxxB", l4_len, proto)
