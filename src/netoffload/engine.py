@@ -583,7 +583,6 @@ class Engine:
 
 #: per task, its bit as a numpy scalar (IntFlag operands are slow in numpy expressions)
 _BITS: dict[Task, np.uint16] = {t: np.uint16(t) for t in ALL_TASKS}
-_DROP = np.uint8(FilterVerdict.DROP)
 
 
 def _observes(p: Policy) -> bool:

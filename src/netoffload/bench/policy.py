@@ -400,16 +400,18 @@ def run(ctx: BenchContext) -> BenchResult:
             )
     sat = "saturating"
 
-    def paired(step: str, vs: tuple[str, ...]) -> float:
-        """Median over the rounds of Adaptive's throughput over the best of ``vs``
-        in the same round: neighbouring slices share the machine's mood, so the
-        pairs cancel the slow drift of other load that one sum over the step
-        does not (the saturated ratio moved by +-0.3 between runs)."""
-        per = [
+    def per_round(step: str, vs: tuple[str, ...]) -> list[float]:
+        """Per round, Adaptive's throughput over the best of ``vs`` in that round:
+        neighbouring slices share the machine's mood, so the pairs cancel the
+        slow drift of other load that one sum over the step does not (the
+        saturated ratio moved by +-0.3 between runs)."""
+        return [
             a.throughput / max(max(rounds[(step, v)][r].throughput for v in vs), 1e-9)
             for r, a in enumerate(rounds[(step, "adaptive")])
         ]
-        return float(np.median(per))
+
+    def paired(step: str, vs: tuple[str, ...]) -> float:
+        return float(np.median(per_round(step, vs)))
 
     ratios = [paired(s.label, ("never", "always")) for s in STEPS]
     light = STEPS[0].label
@@ -419,11 +421,8 @@ def run(ctx: BenchContext) -> BenchResult:
         "adaptive_light_p50_vs_never": res[(light, "adaptive")].quantile(50)
         / res[(light, "never")].quantile(50),
     }
-    per_round = [
-        round(a.throughput / max(n.throughput, 1e-9), 3)
-        for a, n in zip(rounds[(sat, "adaptive")], rounds[(sat, "never")], strict=True)
-    ]
-    notes.append(f"saturating, adaptive/never per round: {per_round}")
+    sat_rounds = [round(r, 3) for r in per_round(sat, ("never",))]
+    notes.append(f"saturating, adaptive/never per round: {sat_rounds}")
     series: dict[str, list[tuple[float, float]]] = {}
     for name in POLICIES:
         series[f"{name} kpps"] = [

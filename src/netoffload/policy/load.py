@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 from netoffload.tasks import Task
 
 SOFTWARE = -1  # path id of the software fallback; devices are 0, 1, ...
@@ -275,8 +273,8 @@ class _CostFit:
 
     # moments kept: 1, n, b, nn, nb, bb, t, nt, bt. ``record`` only queues the
     # run (it happens for every task of every batch); the queue is folded into
-    # the moments by numpy when it is long or an estimate is asked for, and
-    # the fit is solved then, for the keys recorded since.
+    # the moments when an estimate is asked for (or it grows long), and the fit
+    # is solved then, once per key recorded since.
     FOLD_AT = 1024
 
     def __init__(self, alpha: float) -> None:
@@ -299,28 +297,12 @@ class _CostFit:
     def _fold(self, key: Any, q: list[tuple[int, int, float]]) -> None:
         """Move the queued runs of ``key`` into its moments, oldest first: each
         run weighs ``alpha`` and fades by ``1 - alpha`` per later run (the very
-        first run of a key is taken whole)."""
+        first run of a key is taken whole); then solve its fit."""
         if not q:
             return
-        if len(q) < 16:  # a few runs (an estimate read every batch): plain floats
-            for packets, nbytes, seconds in q:
-                self._add(key, packets, nbytes, seconds)
-            q.clear()
-            self._solve_key(key)
-            return
-        arr = np.asarray(q, dtype=np.float64)
+        for packets, nbytes, seconds in q:
+            self._add(key, packets, nbytes, seconds)
         q.clear()
-        n, b, t = arr[:, 0], arr[:, 1], arr[:, 2]
-        v = np.stack((np.ones_like(n), n, b, n * n, n * b, b * b, t, n * t, b * t), axis=1)
-        old = self._st.get(key)
-        st0 = np.asarray(old) if old is not None else v[0]
-        if old is None:
-            v = v[1:]
-        a = self.alpha
-        k = len(v)
-        w = a * (1.0 - a) ** np.arange(k - 1, -1, -1, dtype=np.float64)
-        self._st[key] = ((1.0 - a) ** k * st0 + w @ v).tolist()
-        self._samples[key] = self._samples.get(key, 0) + len(arr)
         self._solve_key(key)
 
     def _solve_key(self, key: Any) -> None:
