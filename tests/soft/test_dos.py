@@ -240,3 +240,57 @@ def test_corrupt_input_never_raises(blobs: list[bytes]) -> None:
 def test_bad_config(doc: dict[str, object], msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
         parse_dos(doc)
+
+
+MANY4 = [f"198.18.{i // 7}.{i % 7 + 1}" for i in range(40)]
+MANY6 = [f"fd00:0:0:{i % 5}::{i + 1}" for i in range(12)]
+
+
+@st.composite
+def crowd(draw: st.DrawFn) -> list[P]:
+    """A batch from many sources, some of them sending a lot (bucket groups of every size)."""
+    hot = draw(st.lists(st.sampled_from(MANY4 + MANY6), min_size=1, max_size=4))
+    out = []
+    for _ in range(draw(st.integers(1, 200))):
+        src = (
+            draw(st.sampled_from(hot))
+            if draw(st.booleans())
+            else draw(st.sampled_from(MANY4 + MANY6))
+        )
+        v = 6 if ":" in src else 4
+        kind = draw(
+            st.sampled_from(
+                ["esp", "esp", "udp", "syn", "ack"] if v == 4 else ["udp", "syn", "ack"]
+            )
+        )
+        dst = draw(st.sampled_from(DST4 if v == 4 else DST6))
+        seq = draw(st.integers(1, 300))
+        spi = draw(st.sampled_from([0x100, 0x200, 0x300, 0x400]))
+        out.append(P(v, src, dst, kind, draw(st.sampled_from([1000, 1001])), seq, spi))
+    return out
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([0.0, 0.01, 0.5, 3.0]), crowd()), min_size=1, max_size=4),
+    st.sampled_from([(1000.0, 1000.0), (5.0, 3.0), (20.0, 6.5), (1.0, 1.0)]),
+    st.sampled_from([(2.0, 2.0), (1000.0, 1000.0)]),
+)
+def test_many_sources_match_reference(
+    batches: list[tuple[float, list[P]]], rb: tuple[float, float], sb: tuple[float, float]
+) -> None:
+    """Larger batches than ``test_matches_reference``: many sources and SAs, and
+    buckets that cover every packet of their source or run out part way."""
+    cfg = {
+        "rate": {"rate": rb[0], "burst": rb[1]},
+        "syn": {"rate": sb[0], "burst": sb[1]},
+        "replay": {"window": 64},
+    }
+    f = make_dos(cfg)
+    ref = Ref(rb[0], rb[1], sb[0], sb[1], 64, [])
+    now = 10.0
+    for dt, ps in batches:
+        now += dt
+        b = Batch.from_packets([p.build() for p in ps])
+        f.process(b, np.ones(len(ps), bool), now=now)
+        want = [ref.step(p, now) for p in ps]
+        assert b.ext.filter_reason.tolist() == want

@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from netoffload.errors import ConfigError
-from netoffload.soft.replay import OK, REPLAY, TOO_OLD, ReplayTable, ReplayWindow
+from netoffload.soft.replay import (
+    OK,
+    REPLAY,
+    TOO_OLD,
+    ReplayTable,
+    ReplayWindow,
+    in_batch_order,
+    sort_groups,
+)
 
 
 class RefWindow:
@@ -156,3 +165,53 @@ def test_table_huge_jumps_take_the_per_sa_path() -> None:
     pairs = [(1, 2**63 + 4), (1, 2**63 + 100), (2, 2**50 - 1)]
     got = t.check_and_update([p[0] for p in pairs], np.array([p[1] for p in pairs], np.uint64))
     assert got.tolist() == [ref[a].step(s) for a, s in pairs]
+
+
+@given(
+    st.lists(st.integers(0, 5), max_size=300) | st.lists(st.integers(-(2**63), 2**63 - 1)),
+    st.sampled_from([np.int64, np.uint64, np.uint16]),
+)
+def test_sort_groups_is_the_stable_argsort(vals: list[int], dtype: type) -> None:
+    keys: NDArray[np.integer] = np.array(vals, dtype=np.int64).astype(dtype)
+    want = np.argsort(keys, kind="stable")
+    order, newgrp = sort_groups(keys)
+    assert order.tolist() == want.tolist()
+    sk = keys[want]
+    assert newgrp.tolist() == [i == 0 or bool(sk[i] != sk[i - 1]) for i in range(len(sk))]
+    any_order, newgrp2 = sort_groups(keys, stable=False)
+    assert keys[any_order].tolist() == sk.tolist() and newgrp2.tolist() == newgrp.tolist()
+    assert in_batch_order(any_order, newgrp2).tolist() == want.tolist()
+
+
+@st.composite
+def sa_traffic(draw: st.DrawFn) -> tuple[int, list[list[tuple[int, int]]]]:
+    """Batches of (SA, sequence number): per SA mostly in order, some late, some repeated."""
+    size = draw(st.sampled_from([64, 1024]))
+    nsa = draw(st.integers(1, 20))
+    nxt = [draw(st.integers(1, 2**33)) for _ in range(nsa)]
+    batches = []
+    for _ in range(draw(st.integers(1, 4))):
+        batch = []
+        for _ in range(draw(st.integers(0, 400))):
+            a = draw(st.integers(0, nsa - 1))
+            nxt[a] += draw(st.sampled_from([1, 1, 1, 2, 0, -3, -size, 5 * size]))
+            nxt[a] = max(nxt[a], 0)
+            batch.append((a * 1000 - 7, nxt[a]))
+        batches.append(batch)
+    return size, batches
+
+
+@given(sa_traffic())
+def test_table_matches_reference_big_batches(case: tuple[int, list[list[tuple[int, int]]]]) -> None:
+    size, batches = case
+    t = ReplayTable(size)
+    refs: dict[int, RefWindow] = {}
+    for batch in batches:
+        got = t.check_and_update(
+            np.array([a for a, _ in batch], dtype=np.int64),
+            np.array([s for _, s in batch], dtype=np.uint64),
+        )
+        want = [refs.setdefault(a, RefWindow(size)).step(s) for a, s in batch]
+        assert got.tolist() == want
+    for sa, r in refs.items():
+        assert t.top(sa) == r.top

@@ -17,7 +17,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 from netoffload.batch import Batch, Reason, XFlag
-from netoffload.wire.parse import parse_batch
+from netoffload.wire.parse import _Reader, be_words, parse_batch
 
 ALL_REASONS = {int(r) for r in Reason}
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -217,3 +217,43 @@ def test_fuzz_never_raises_and_reason_is_set(
         src = raws[j % len(raws)]
         if c < len(src) and not want_eth[n0 + j] and not pkts[j % len(pkts)][2]:
             assert reason[n0 + j] != 0
+
+
+@given(
+    data=st.binary(max_size=40),
+    offs=st.lists(st.integers(-3, 45), max_size=20),
+    width=st.sampled_from([2, 4, 8]),
+    step=st.sampled_from([1, 2]),
+)
+def test_be_words_are_the_bytes_there(data: bytes, offs: list[int], width: int, step: int) -> None:
+    """Every word that lies inside the buffer is its bytes, big-endian (also for a
+    buffer that is a strided view or shorter than a word)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    buf = np.repeat(arr, step)[::step]  # step 2: the same bytes, not contiguous
+    got = be_words(buf, np.array(offs, dtype=np.int64), width)
+    assert got.dtype == np.uint64 and len(got) == len(offs)
+    for o, g in zip(offs, got.tolist(), strict=True):
+        if o >= 0 and o + width <= len(data):
+            assert g == int.from_bytes(data[o : o + width], "big")
+
+
+@given(
+    blobs=st.lists(st.binary(max_size=24), min_size=1, max_size=8),
+    offs=st.data(),
+    width=st.sampled_from([2, 4, 8]),
+)
+def test_reader_word_is_bounds_checked_bytes(
+    blobs: list[bytes], offs: st.DataObject, width: int
+) -> None:
+    """``_Reader.word``: each byte read as ``u8`` does (0 outside its packet)."""
+    b = Batch.from_packets(blobs)
+    n = len(blobs)
+    off = np.array(offs.draw(st.lists(st.integers(-10, 30), min_size=n, max_size=n)), np.int64)
+    ok = np.array(offs.draw(st.lists(st.booleans(), min_size=n, max_size=n)), np.bool_)
+    got = _Reader(b).word(off, ok, width).astype(np.uint64).tolist()  # 8 bytes: wrapped
+    for i, raw in enumerate(blobs):
+        want = 0
+        for j in range(width):
+            p = int(off[i]) + j
+            want = (want << 8) | (raw[p] if ok[i] and 0 <= p < len(raw) else 0)
+        assert got[i] == want

@@ -46,7 +46,7 @@ from netoffload.soft.lpm import LpmTable
 from netoffload.soft.rss import Toeplitz
 from netoffload.soft.rules import ClassifyConfig, Rule, load_classify, parse_classify
 from netoffload.tasks import Task
-from netoffload.wire.parse import parse_subset
+from netoffload.wire.parse import be_words, parse_subset
 
 I64 = NDArray[np.int64]
 U64 = NDArray[np.uint64]
@@ -123,36 +123,32 @@ def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
         v = buf.take(i, mode="clip").astype(np.int64)
         return v if every else np.where(m, v, 0)
 
-    def g(off: int, mask: Mask) -> I64:
-        return take(l3 + off, mask, allip and mask is ip)
-
     # addresses as 64-bit halves; IPv4 in the ::ffff:0:0/96 space
     src_hi = np.zeros(n, dtype=np.uint64)
     src_lo = np.zeros(n, dtype=np.uint64)
     dst_hi = np.zeros(n, dtype=np.uint64)
     dst_lo = np.zeros(n, dtype=np.uint64)
     if v4.any():
-        a4 = np.ascontiguousarray(buf.take(l3[:, None] + np.arange(12, 20), mode="clip"))
-        w = a4.view(">u4").astype(np.uint64)
-        src_lo = np.where(v4, _MAP4 | w[:, 0], src_lo)
-        dst_lo = np.where(v4, _MAP4 | w[:, 1], dst_lo)
+        w = be_words(buf, l3 + 12, 8)  # source address, destination address
+        src_lo = np.where(v4, _MAP4 | (w >> np.uint64(32)), src_lo)
+        dst_lo = np.where(v4, _MAP4 | (w & np.uint64(0xFFFFFFFF)), dst_lo)
     if v6.any():
         r6 = l3[v6]
-        a6 = np.ascontiguousarray(buf.take(r6[:, None] + np.arange(8, 40), mode="clip"))
-        w6 = a6.view(">u8").astype(np.uint64)
-        src_hi[v6], src_lo[v6], dst_hi[v6], dst_lo[v6] = w6[:, 0], w6[:, 1], w6[:, 2], w6[:, 3]
+        src_hi[v6], src_lo[v6] = be_words(buf, r6 + 8, 8), be_words(buf, r6 + 16, 8)
+        dst_hi[v6], dst_lo[v6] = be_words(buf, r6 + 24, 8), be_words(buf, r6 + 32, 8)
     src = _rows(src_hi, src_lo)
     dst = _rows(dst_hi, dst_lo)
-    b0 = g(0, ip)
-    b1 = g(1, ip)
+    # the first 8 bytes of the IP header (every IP packet has them)
+    h8 = be_words(buf, l3, 8)
+    b0 = (h8 >> np.uint64(56)).astype(np.int64)
+    b1 = ((h8 >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int64)
+    fw = (h8 & np.uint64(0xFFFF)).astype(np.int64)  # IPv4 flags and fragment offset
+    if not allip:
+        b0 = np.where(ip, b0, 0)
+        b1 = np.where(ip, b1, 0)
     dscp = np.where(v4, b1 >> 2, np.where(v6, (((b0 & 0xF) << 4) | (b1 >> 4)) >> 2, 0))
     proto = np.where(ip, e.l4_proto[idx].astype(np.int64), 0)
     # fragments
-    fw = (
-        (g(6, v4) << 8) | g(7, v4)
-        if not allip or not bool(v4.all())
-        else (g(6, ip) << 8) | g(7, ip)
-    )
     frag_off = np.where(v4, (fw & 0x1FFF) * 8, 0)
     more = v4 & ((fw & 0x2000) != 0)
     frag = v4 & ((fw & 0x3FFF) != 0)
@@ -176,8 +172,9 @@ def flow_keys(batch: Batch, idx: I64) -> FlowKeys:
     def u8(i: I64, m: Mask) -> I64:
         return take(i, m, all_ports and m is has_ports)
 
-    sport = np.where(has_ports, (u8(pi, has_ports) << 8) | u8(pi + 1, has_ports), -1)
-    dport = np.where(has_ports, (u8(pi + 2, has_ports) << 8) | u8(pi + 3, has_ports), -1)
+    pw = be_words(buf, pi, 4).astype(np.int64)  # source port, destination port
+    sport = np.where(has_ports, pw >> 16, -1)
+    dport = np.where(has_ports, pw & 0xFFFF, -1)
     tcp = has_ports & (proto == 6) & (l4avail >= 14)
     tcp_flags = u8(pi + 13, tcp)
     ip_len = np.where(ip, plen - l3o, 0)

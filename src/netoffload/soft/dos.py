@@ -47,9 +47,10 @@ from netoffload.batch import Batch, FilterVerdict, Mask, Reason
 from netoffload.soft import SoftTask, register
 from netoffload.soft.classify import FlowKeys, flow_keys, halves
 from netoffload.soft.lpm import LpmTable
-from netoffload.soft.replay import REPLAY, TOO_OLD, ReplayTable
+from netoffload.soft.replay import REPLAY, TOO_OLD, ReplayTable, in_batch_order, sort_groups
 from netoffload.soft.rules import Bucket, DosConfig, load_dos, parse_dos
 from netoffload.tasks import Task
+from netoffload.wire.parse import be_words
 
 U64 = NDArray[np.uint64]
 I64 = NDArray[np.int64]
@@ -151,16 +152,10 @@ class BucketTable(KeyTable):
         n = len(keys)
         if n == 0:
             return np.zeros(0, dtype=np.bool_)
-        # one stable sort gives the unique keys, each packet's group and its rank in it
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        newgrp = np.empty(n, dtype=np.bool_)
-        newgrp[0] = True
-        np.not_equal(sk[1:], sk[:-1], out=newgrp[1:])
+        # one sort gives the unique keys and each packet's group
+        order, newgrp = sort_groups(keys, stable=False)
         starts = np.flatnonzero(newgrp)
-        uk = sk[starts]
-        gid = np.cumsum(newgrp) - 1  # group of each sorted packet
-        rank_sorted = np.arange(n) - starts[gid]
+        uk = keys[order[starts]]
         pos, found = self.find(uk)
         if not found.all():
             missing = uk[~found]
@@ -172,6 +167,15 @@ class BucketTable(KeyTable):
         tok[found] = np.minimum(
             self.burst, self.tokens[fp] + self.rate * np.maximum(0.0, now - self.last[fp])
         )
+        # the packet of rank r (0-based, batch order) in its group gets a token if r + 1 <= tok
+        count = np.diff(starts, append=n).astype(np.float64)
+        if (count <= tok + 1e-9).all():  # enough for every packet: ranks do not matter
+            self.tokens[fp] = tok[found] - count[found]
+            self.last[fp] = now
+            return np.ones(n, dtype=np.bool_)
+        order = in_batch_order(order, newgrp)
+        gid = np.cumsum(newgrp) - 1  # group of each sorted packet
+        rank_sorted = np.arange(n) - starts[gid]
         ok_sorted = rank_sorted.astype(np.float64) + 1.0 <= tok[gid] + 1e-9
         used = np.bincount(gid[ok_sorted], minlength=len(uk)).astype(np.float64)
         self.tokens[fp] = tok[found] - used[found]
@@ -260,8 +264,7 @@ class DosFilter(SoftTask):
             drop(hit, Reason.DROP_LIST)
         if self.sources is not None and live.any():
             li = np.flatnonzero(live)
-            sub = k.src[li]
-            keys = source_keys(_sub(k, li, sub))
+            keys = source_keys(k)[li]
             ok = self.sources.take(keys, t)
             over = np.zeros(n, dtype=np.bool_)
             over[li[~ok]] = True
@@ -302,9 +305,9 @@ class DosFilter(SoftTask):
         c["pass"] += int((ip & (reason == 0)).sum())
         c["error"] += int(bad.sum())
         if (reason != 0).any():
-            vals, cnt = np.unique(reason[reason != 0], return_counts=True)
-            for v, m in zip(vals.tolist(), cnt.tolist(), strict=True):
-                self._count(Reason(v), m)
+            for v, m in enumerate(np.bincount(reason).tolist()):
+                if v and m:
+                    self._count(Reason(v), m)
         return batch
 
     def _replay(self, batch: Batch, k: FlowKeys, idx: I64, live: Mask, drop: Any) -> None:
@@ -324,12 +327,12 @@ class DosFilter(SoftTask):
         if cand.any():
             ci = np.flatnonzero(cand)
             o = off[ci]
-            hdr = np.ascontiguousarray(buf.take(o[:, None] + np.arange(8), mode="clip"))
-            w = hdr.view(">u4").astype(np.int64)  # (SPI, sequence number)
-            real = w[:, 0] != 0
+            w = be_words(buf, o, 8)  # SPI (high half), sequence number (low half)
+            spi = (w >> np.uint64(32)).astype(np.int64)
+            real = spi != 0
             ci = ci[real]
-            sa[ci] = (1 << 32) + w[real, 0]
-            seq[ci] = w[real, 1].astype(np.uint64)
+            sa[ci] = (1 << 32) + spi[real]
+            seq[ci] = w[real] & np.uint64(0xFFFFFFFF)
             has[ci] = True
         if not has.any():
             return

@@ -59,6 +59,48 @@ _SIX = np.uint64(6)
 _M63 = np.uint64(63)
 
 
+def sort_groups(
+    keys: NDArray[np.integer], stable: bool = True
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """An argsort of integer ``keys`` and where a new key starts in sorted order.
+
+    ``stable``: the order is ``np.argsort(keys, kind="stable")`` exactly, but
+    faster: the default (SIMD) argsort, then only equal keys put back in batch
+    order (``in_batch_order``). Not ``stable``: equal keys in any order.
+    """
+    n = len(keys)
+    order = np.argsort(keys).astype(np.int64, copy=False)
+    newgrp = np.ones(n, dtype=np.bool_)
+    if n > 1:
+        sk = keys[order]
+        np.not_equal(sk[1:], sk[:-1], out=newgrp[1:])
+    return (in_batch_order(order, newgrp) if stable else order), newgrp
+
+
+def in_batch_order(order: NDArray[np.int64], newgrp: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """The same groups (``newgrp``: a group starts) with each group's members in
+    ascending position: one sort of ``(group << 32) | position``."""
+    n = len(order)
+    if n < 2 or newgrp.all():
+        return order
+    if n > 0xFFFFFFFF:  # cannot pack: sort the positions of each group
+        grp = np.cumsum(newgrp)
+        return order[np.lexsort((order, grp))].astype(np.int64, copy=False)
+    comp = np.empty(n, dtype=np.uint64)
+    comp[0] = 0
+    np.cumsum(newgrp[1:], out=comp[1:])
+    comp <<= np.uint64(32)
+    comp |= order.astype(np.uint64)
+    comp.sort()
+    comp &= np.uint64(0xFFFFFFFF)
+    return comp.astype(np.int64)
+
+
+def stable_argsort(keys: NDArray[np.integer]) -> NDArray[np.int64]:
+    """``np.argsort(keys, kind="stable")`` for integer keys, by ``sort_groups``."""
+    return sort_groups(keys)[0]
+
+
 def _check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int):
         raise ConfigError(f"anti-replay window size must be an integer, got {size!r}")
@@ -110,7 +152,7 @@ class ReplayWindow:
         if not inwin.any():  # all in order or too old: nothing to look up
             return out
         # earlier duplicate inside the batch
-        order = np.argsort(seqs, kind="stable")
+        order = stable_argsort(seqs)
         s = seqs[order]
         dup_sorted = np.zeros(n, dtype=np.bool_)
         dup_sorted[1:] = s[1:] == s[:-1]
@@ -252,21 +294,17 @@ class ReplayTable:
         if n == 0:
             return out
         self._batch += 1
-        uniq, inv = np.unique(sa, return_inverse=True)
-        slot_of = self._slots(uniq)
-        slot = slot_of[inv.reshape(-1)]
+        # packets by SA, each SA's in batch order; slots ascend with SA ids
+        order, first = sort_groups(sa)
+        starts = np.flatnonzero(first)
+        slot_of = self._slots(sa[order[starts]])
         self.used[slot_of] = self._batch
-        order = np.argsort(slot, kind="stable")
-        ss = slot[order]
-        sq = q[order]
-        first = np.empty(n, dtype=np.bool_)
-        first[0] = True
-        np.not_equal(ss[1:], ss[:-1], out=first[1:])
         gid = np.cumsum(first) - 1
+        ss = slot_of[gid]
+        sq = q[order]
         top0 = self.tops[ss]
         # exclusive running maximum per SA, through one key: (group, seq - group base)
-        starts = np.flatnonzero(first)
-        base = np.minimum(np.minimum.reduceat(sq, starts), self.tops[ss[starts]])
+        base = np.minimum(np.minimum.reduceat(sq, starts), self.tops[slot_of])
         rel = sq - base[gid]
         rel_top0 = top0 - base[gid]
         span = int(max(rel.max(), rel_top0.max()))
@@ -290,7 +328,7 @@ class ReplayTable:
         v = np.zeros(n, dtype=np.uint8)
         v[old] = TOO_OLD
         if inwin.any():
-            o2 = np.argsort(key, kind="stable")
+            o2 = stable_argsort(key)
             k2 = key[o2]
             d2 = np.zeros(n, dtype=np.bool_)
             d2[1:] = k2[1:] == k2[:-1]
@@ -318,9 +356,10 @@ class ReplayTable:
         return v
 
     def _update(self, slots: NDArray[np.int64], q: U64) -> None:
+        """Accept numbers ``q`` of SAs ``slots`` (sorted)."""
         if len(q) == 0:
             return
-        uslot = np.unique(slots)
+        uslot = slots[np.concatenate(([True], slots[1:] != slots[:-1]))]
         old = self.tops[uslot].copy()
         np.maximum.at(self.tops, slots, q)
         new = self.tops[uslot]

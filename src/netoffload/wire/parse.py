@@ -17,11 +17,24 @@ from netoffload.wire.ethernet import ETH_LEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6
 from netoffload.wire.ipv6 import FRAGMENT, WALKABLE_EXT
 
 I64 = NDArray[np.int64]
+U64 = NDArray[np.uint64]
+U8 = NDArray[np.uint8]
 MAX_V6_EXT = 8
 
 
+def be_words(buf: U8, off: I64, width: int) -> U64:
+    """The big-endian ``width``-byte (2, 4 or 8) words at byte offsets ``off`` of
+    ``buf``: one gather through a view of every (unaligned) word. Offsets are
+    clipped into the buffer, so only words that lie inside it are meaningful."""
+    if not buf.flags.c_contiguous or len(buf) < width:
+        pad = np.zeros(max(width - len(buf), 0), dtype=np.uint8)
+        buf = np.concatenate([buf, pad])
+    words = np.ndarray((len(buf) - width + 1,), dtype=f">u{width}", buffer=buf, strides=(1,))
+    return words[np.clip(off, 0, len(buf) - width)].astype(np.uint64)
+
+
 class _Reader:
-    """Bounds-checked byte gathers at per-packet offsets."""
+    """Bounds-checked byte gathers at per-packet offsets (0 where out of bounds)."""
 
     def __init__(self, b: Batch) -> None:
         self.buf = b.buf
@@ -30,12 +43,38 @@ class _Reader:
 
     def u8(self, off: I64, ok: NDArray[np.bool_]) -> I64:
         inb = ok & (off >= 0) & (off < self.length)
+        if not inb.any() or not len(self.buf):
+            return np.zeros(len(off), np.int64)
         idx = np.where(inb, self.start + off, 0)
-        v = self.buf[idx].astype(np.int64) if len(self.buf) else np.zeros(len(off), np.int64)
-        return np.where(inb, v, 0)
+        return np.where(inb, self.buf[idx].astype(np.int64), 0)
 
     def u16(self, off: I64, ok: NDArray[np.bool_]) -> I64:
-        return (self.u8(off, ok) << 8) | self.u8(off + 1, ok)
+        return self.word(off, ok, 2)
+
+    def word(self, off: I64, ok: NDArray[np.bool_], width: int) -> I64:
+        """Big-endian ``width``-byte words, each byte bounds-checked (as ``u8``);
+        8-byte words wrap to negative values when the top bit is set."""
+        whole = ok & (off >= 0) & (off + width <= self.length)
+        out = np.zeros(len(off), np.int64)
+        if whole.any():
+            w = be_words(self.buf, np.where(whole, self.start + off, 0), width)
+            out = np.where(whole, w.astype(np.int64), 0)
+        part = ok & ~whole
+        if part.any():  # some bytes outside the packet: one at a time
+            pi = np.flatnonzero(part)
+            po, pok = off[pi], ok[pi]
+            v = np.zeros(len(pi), np.int64)
+            for j in range(width):
+                v = (v << 8) | self.u8_at(po + j, pok, pi)
+            out[pi] = v
+        return out
+
+    def u8_at(self, off: I64, ok: NDArray[np.bool_], rows: I64) -> I64:
+        """``u8`` for some packets ``rows`` only."""
+        inb = ok & (off >= 0) & (off < self.length[rows])
+        idx = np.where(inb, self.start[rows] + off, 0)
+        v = self.buf[idx].astype(np.int64) if len(self.buf) else np.zeros(len(off), np.int64)
+        return np.where(inb, v, 0)
 
     def fits(self, off: I64, need: int | I64) -> NDArray[np.bool_]:
         return np.asarray(off + need <= self.length)
@@ -74,7 +113,9 @@ def parse_batch(b: Batch, ethernet: bool | None = None) -> NDArray[np.uint16]:
     reason[not_ip] = Reason.NOT_IP
     ok &= ~not_ip
 
-    first = r.u8(l3, ok)
+    # the first 8 bytes of the IP header in one gather (bytes past the end read as 0)
+    h8 = r.word(l3, ok, 8)
+    first = (h8 >> 56) & 0xFF
     trunc = ok & ~r.fits(l3, 1)
     reason[trunc] = Reason.TRUNCATED
     ok &= ~trunc
@@ -93,24 +134,24 @@ def parse_batch(b: Batch, ethernet: bool | None = None) -> NDArray[np.uint16]:
     bad_ihl = v4 & ((ihl < 20) | ~r.fits(l3, ihl))
     reason[bad_ihl] = Reason.BAD_IHL
     v4 &= ~bad_ihl
-    tot4 = r.u16(l3 + 2, v4)
+    tot4 = np.where(v4, (h8 >> 32) & 0xFFFF, 0)
     bad_len = v4 & ((tot4 < ihl) | (l3 + tot4 > b.length))
     reason[bad_len] = Reason.BAD_IP_LENGTH
     v4 &= ~bad_len
     proto4 = r.u8(l3 + 9, v4)
-    frag4 = r.u16(l3 + 6, v4) & 0x3FFF  # MF or offset: a fragment
+    frag4 = np.where(v4, h8 & 0x3FFF, 0)  # MF or offset: a fragment
 
     # --- IPv6
     t6 = v6 & ~r.fits(l3, 40)
     reason[t6] = Reason.TRUNCATED
     v6 &= ~t6
-    plen6 = r.u16(l3 + 4, v6)
+    plen6 = np.where(v6, (h8 >> 16) & 0xFFFF, 0)
     bad6 = v6 & (l3 + 40 + plen6 > b.length)
     reason[bad6] = Reason.BAD_IP_LENGTH
     v6 &= ~bad6
-    nh = r.u8(l3 + 6, v6)
+    nh = np.where(v6, (h8 >> 8) & 0xFF, 0)
     off6 = l3 + 40
-    walking = v6 & np.isin(nh, WALKABLE_EXT)
+    walking = v6 & np.isin(nh, WALKABLE_EXT) if v6.any() else np.zeros(n, np.bool_)
     for _ in range(MAX_V6_EXT):
         if not walking.any():
             break
