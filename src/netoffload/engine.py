@@ -72,11 +72,16 @@ class TaskCounters:
         }
 
 
-@dataclass
 class Output:
     """What one ``Engine.process`` gives back: every packet, with its verdicts."""
 
-    batch: Batch
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+
+    def __repr__(self) -> str:
+        return f"Output({self.batch!r})"
 
     @property
     def alive(self) -> Mask:
@@ -200,6 +205,17 @@ class Engine:
         # per stage, looked up once: its software task and whether it settles
         self._tasks: dict[Task, SoftTask] = {t: soft[t] for t in self.stages}
         self._settles = frozenset(t for t in self.stages if soft[t].has_settle)
+        # per stage, for the path without devices: (task, its bit for the C stage
+        # or 0 where the stage must go through _soft, its process, its counters)
+        self._plain = tuple(
+            (
+                t,
+                0 if _native is None or t in self._settles else _INT[t],
+                self._tasks[t].process,
+                self.counters[t],
+            )
+            for t in self.stages
+        )
         self._observer: tuple[Policy | None, bool] = (None, False)
         self._snap: LoadSnapshot | None = None  # the load snapshot of this batch
         # tasks whose state must not fork (SoftTask.keeps_state): the one path
@@ -231,7 +247,56 @@ class Engine:
         otherwise come after this one's."""
         if self._pending:
             raise ConfigError("engine: finish the batches started before processing another")
+        if not self.devices:
+            return self._process_soft(batch)
         return self.finish(self.start(batch))
+
+    def _process_soft(self, batch: Batch) -> Output:
+        """``process`` without devices: every stage in software, straight through
+        (what ``start`` and ``finish`` would do, without their pipelining and
+        trip bookkeeping, which only devices need)."""
+        if self.monitor.device_up:  # the devices were taken away
+            self.monitor.set_devices((), ())
+        n = len(batch)
+        self.batches += 1
+        self.packets_in += n
+        # numbered, and no task handed to a device (finish clears it at the end)
+        if _native is None or not _native.enter(batch, self._next_origin):
+            _begin(batch, self._next_origin)
+            batch.ext.offload.fill(0)
+        self._next_origin += n
+        out = batch
+        for t, bit, process, c in self._plain:
+            if not len(out):
+                break
+            if bit:
+                # scan, task and mark in one C call (see _kernel.soft_stage)
+                r = _native.soft_stage(out, bit, _DROP_I, process)  # type: ignore[union-attr]
+                if r is None:
+                    continue  # no packet wants it
+                if r is not NotImplemented:
+                    if r[0] is not None:
+                        n_in = len(out)
+                        out, nwant, nbytes, dt, dead = r
+                        c.software += nwant
+                        c.bytes += nbytes
+                        c.soft_ns += dt
+                        if len(out) != n_in:
+                            refine_sub(out)
+                        if dead < 0:
+                            dead = _mark(out, t)
+                        if dead:
+                            self._count_drops(t, out, {})
+                        continue
+                    # dead packets: the stage counts their drops by reason
+                    _, want, nwant, nbytes, ndead = r
+                    out = self._soft(t, out, want, (nwant, nbytes, ndead))
+                    continue
+            want, nwant, nbytes, ndead = _scan(out, t)
+            if nwant:
+                out = self._soft(t, out, want, (nwant, nbytes, ndead))
+        self.packets_out += len(out)
+        return Output(out)
 
     @property
     def pending(self) -> int:

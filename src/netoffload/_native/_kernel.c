@@ -29,9 +29,21 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* Built with numpy's headers (the build hook defines NO_NUMPY when it finds
+ * them), a contiguous ndarray argument is read through its struct, in a few
+ * nanoseconds, instead of through the buffer protocol (~50 ns an array, which
+ * was most of what the engine's per-stage calls cost). Without them, or for any
+ * other object, the buffer protocol does it. */
+#ifdef NO_NUMPY
+#define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
+#define NPY_TARGET_VERSION NPY_1_22_API_VERSION
+#include <numpy/arrayobject.h>
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define NO_X86_AVX2 1
@@ -263,6 +275,23 @@ typedef struct {
 } Buf;
 
 static int get_buf(PyObject *obj, Buf *b, int writable, Py_ssize_t itemsize, const char *name) {
+#ifdef NO_NUMPY
+    if (PyArray_Check(obj)) {
+        PyArrayObject *a = (PyArrayObject *)obj;
+        if (PyArray_IS_C_CONTIGUOUS(a) && (!writable || PyArray_ISWRITEABLE(a))) {
+            if (PyArray_ITEMSIZE(a) != itemsize) {
+                PyErr_Format(PyExc_ValueError, "%s: items of %zd bytes, want %zd", name,
+                             (Py_ssize_t)PyArray_ITEMSIZE(a), itemsize);
+                return -1;
+            }
+            b->view.buf = PyArray_DATA(a);
+            b->view.len = PyArray_NBYTES(a);
+            b->view.itemsize = itemsize;
+            b->held = 0; /* nothing to release: the caller's reference keeps it */
+            return 0;
+        }
+    }
+#endif
     if (PyObject_GetBuffer(obj, &b->view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {
         return -1;
     }
@@ -1096,6 +1125,224 @@ fail:
     return NULL;
 }
 
+/* soft_stage(batch, bit, drop, process): one software stage of an engine with no
+ * devices, in one call (the engine's Python glue around a fast task cost as much
+ * as the checksum of 256 packets):
+ *
+ *   want = the packets of batch that want `bit`, have not had it and are alive
+ *   nwant == 0                      -> None (nothing to do)
+ *   some packet of batch is dead    -> (None, want, nwant, nbytes, ndead): the
+ *                                      engine runs the stage itself (it counts
+ *                                      drops by reason against the state before)
+ *   else out = process(batch, want), timed, then `mark` on out
+ *                                   -> (out, nwant, nbytes, dt_ns, ndead_after),
+ *                                      ndead_after -1 when out's arrays are not
+ *                                      ones this function reads (the engine marks)
+ *   arrays it cannot read in place  -> NotImplemented (the engine's Python path)
+ *
+ * Needs numpy's headers (the want mask is made here); without them it always
+ * answers NotImplemented. An exception raised by `process` propagates. */
+static PyObject *s_ext, *s_length, *s_tasks, *s_done, *s_error, *s_verdict;
+static PyObject *s_origin, *s_sub, *s_offload;
+
+static int intern_names(void) {
+    s_ext = PyUnicode_InternFromString("ext");
+    s_length = PyUnicode_InternFromString("length");
+    s_tasks = PyUnicode_InternFromString("tasks");
+    s_done = PyUnicode_InternFromString("done");
+    s_error = PyUnicode_InternFromString("error");
+    s_verdict = PyUnicode_InternFromString("filter_verdict");
+    s_origin = PyUnicode_InternFromString("origin");
+    s_sub = PyUnicode_InternFromString("sub");
+    s_offload = PyUnicode_InternFromString("offload");
+    return (s_ext && s_length && s_tasks && s_done && s_error && s_verdict && s_origin && s_sub &&
+            s_offload)
+               ? 0
+               : -1;
+}
+
+#ifdef NO_NUMPY
+/* the contiguous 1-D ndarray attribute `name` of `o` with n items of isz bytes
+ * (new reference), NULL without an exception when it is not one */
+static PyArrayObject *arr_attr(PyObject *o, PyObject *name, int isz, npy_intp n, int writable) {
+    PyObject *a = PyObject_GetAttr(o, name);
+    if (a == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!PyArray_Check(a)) goto no;
+    PyArrayObject *r = (PyArrayObject *)a;
+    if (PyArray_NDIM(r) != 1 || !PyArray_IS_C_CONTIGUOUS(r) || PyArray_ITEMSIZE(r) != isz ||
+        (n >= 0 && PyArray_DIM(r, 0) != n) || (writable && !PyArray_ISWRITEABLE(r)))
+        goto no;
+    return r;
+no:
+    Py_DECREF(a);
+    return NULL;
+}
+
+/* the four extension arrays of a batch the scan and the mark read */
+typedef struct {
+    PyArrayObject *tasks, *done, *error, *verdict;
+} ExtArrays;
+
+static void ext_release(ExtArrays *x) {
+    Py_XDECREF(x->tasks);
+    Py_XDECREF(x->done);
+    Py_XDECREF(x->error);
+    Py_XDECREF(x->verdict);
+    memset(x, 0, sizeof *x);
+}
+
+/* 0 and x filled, or -1 (x empty) when the batch's extension is not laid out
+ * as plain contiguous arrays of its length */
+static int ext_arrays(PyObject *batch, ExtArrays *x, npy_intp *n) {
+    memset(x, 0, sizeof *x);
+    PyObject *ext = PyObject_GetAttr(batch, s_ext);
+    if (ext == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    x->tasks = arr_attr(ext, s_tasks, 2, -1, 0);
+    if (x->tasks != NULL) {
+        npy_intp k = PyArray_DIM(x->tasks, 0);
+        x->done = arr_attr(ext, s_done, 2, k, 1);
+        x->error = arr_attr(ext, s_error, 2, k, 0);
+        x->verdict = arr_attr(ext, s_verdict, 1, k, 0);
+        *n = k;
+    }
+    Py_DECREF(ext);
+    if (!x->tasks || !x->done || !x->error || !x->verdict) {
+        ext_release(x);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock of time.perf_counter_ns */
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+#endif
+
+static PyObject *py_soft_stage(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "soft_stage(batch, bit, drop, process)");
+        return NULL;
+    }
+#ifndef NO_NUMPY
+    Py_RETURN_NOTIMPLEMENTED;
+#else
+    PyObject *batch = args[0], *process = args[3];
+    unsigned long bit = PyLong_AsUnsignedLong(args[1]);
+    unsigned long drop = PyLong_AsUnsignedLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    ExtArrays x;
+    npy_intp n = 0;
+    if (ext_arrays(batch, &x, &n) < 0) Py_RETURN_NOTIMPLEMENTED;
+    PyArrayObject *length = arr_attr(batch, s_length, 8, n, 0);
+    if (length == NULL) {
+        ext_release(&x);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyArrayObject *want = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_BOOL);
+    if (want == NULL) {
+        ext_release(&x);
+        Py_DECREF(length);
+        return NULL;
+    }
+    const uint16_t *tasks = PyArray_DATA(x.tasks), *done = PyArray_DATA(x.done);
+    const uint16_t *error = PyArray_DATA(x.error);
+    const uint8_t *verdict = PyArray_DATA(x.verdict);
+    const int64_t *len = PyArray_DATA(length);
+    uint8_t *w = PyArray_DATA(want);
+    const uint16_t m = (uint16_t)bit;
+    const uint8_t d = (uint8_t)drop;
+    Py_ssize_t nwant = 0, ndead = 0;
+    long long nbytes = 0;
+    for (npy_intp i = 0; i < n; i++) {
+        int dead = error[i] != 0 || verdict[i] == d;
+        int wi = !dead && (tasks[i] & m) && !(done[i] & m);
+        w[i] = (uint8_t)wi;
+        nwant += wi;
+        ndead += dead;
+        nbytes += wi ? len[i] : 0;
+    }
+    ext_release(&x);
+    Py_DECREF(length);
+    if (nwant == 0) {
+        Py_DECREF(want);
+        Py_RETURN_NONE;
+    }
+    if (ndead > 0) {
+        PyObject *r = Py_BuildValue("(OOnLn)", Py_None, (PyObject *)want, nwant, nbytes, ndead);
+        Py_DECREF(want);
+        return r;
+    }
+    int64_t t0 = now_ns();
+    PyObject *out = PyObject_CallFunctionObjArgs(process, batch, (PyObject *)want, NULL);
+    int64_t dt = now_ns() - t0;
+    Py_DECREF(want);
+    if (out == NULL) return NULL;
+    Py_ssize_t dead_after = -1;
+    npy_intp k = 0;
+    if (ext_arrays(out, &x, &k) == 0) {
+        const uint16_t *t2 = PyArray_DATA(x.tasks), *e2 = PyArray_DATA(x.error);
+        uint16_t *d2 = PyArray_DATA(x.done);
+        const uint8_t *v2 = PyArray_DATA(x.verdict);
+        dead_after = 0;
+        for (npy_intp i = 0; i < k; i++) {
+            d2[i] |= t2[i] & m;
+            dead_after += e2[i] != 0 || v2[i] == d;
+        }
+        ext_release(&x);
+    }
+    PyObject *r = Py_BuildValue("(NnLLn)", out, nwant, nbytes, (long long)dt, dead_after);
+    return r;
+#endif
+}
+
+/* enter(batch, base) -> bool: a batch entering an engine with no devices, in one
+ * call: ext.origin[i] = base + i, ext.sub[i] = 0, ext.offload[i] = 0. False
+ * (nothing written) when the extension is not plain contiguous arrays, or
+ * without numpy's headers: the engine then does it with numpy. */
+static PyObject *py_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "enter(batch, base)");
+        return NULL;
+    }
+    long long base = PyLong_AsLongLong(args[1]);
+    if (base == -1 && PyErr_Occurred()) return NULL;
+#ifndef NO_NUMPY
+    Py_RETURN_FALSE;
+#else
+    PyObject *ext = PyObject_GetAttr(args[0], s_ext);
+    if (ext == NULL) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    PyArrayObject *o = arr_attr(ext, s_origin, 8, -1, 1);
+    PyArrayObject *sb = o ? arr_attr(ext, s_sub, 8, PyArray_DIM(o, 0), 1) : NULL;
+    PyArrayObject *off = sb ? arr_attr(ext, s_offload, 2, PyArray_DIM(o, 0), 1) : NULL;
+    Py_DECREF(ext);
+    int ok = off != NULL;
+    if (ok) {
+        npy_intp n = PyArray_DIM(o, 0);
+        int64_t *origin = PyArray_DATA(o);
+        for (npy_intp i = 0; i < n; i++) origin[i] = (int64_t)(base + i);
+        memset(PyArray_DATA(sb), 0, (size_t)n * 8);
+        memset(PyArray_DATA(off), 0, (size_t)n * 2);
+    }
+    Py_XDECREF(o);
+    Py_XDECREF(sb);
+    Py_XDECREF(off);
+    return PyBool_FromLong(ok);
+#endif
+}
+
 static PyObject *py_simd(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -1136,6 +1383,11 @@ static PyMethodDef methods[] = {
      "want(tasks, done, error, verdict, length, bit, drop, out) -> (nwant, nbytes, ndead)"},
     {"mark", py_mark, METH_VARARGS, "mark(tasks, done, error, verdict, bit, drop) -> ndead"},
     {"begin", py_begin, METH_VARARGS, "begin(origin, sub, base): origin = base + i, sub = 0"},
+    {"enter", (PyCFunction)(void (*)(void))py_enter, METH_FASTCALL,
+     "enter(batch, base) -> bool: ext.origin = base + i, ext.sub = 0, ext.offload = 0"},
+    {"soft_stage", (PyCFunction)(void (*)(void))py_soft_stage, METH_FASTCALL,
+     "soft_stage(batch, bit, drop, process) -> None | (out, nwant, nbytes, dt_ns, ndead) | "
+     "(None, want, nwant, nbytes, ndead) | NotImplemented"},
     {"simd", py_simd, METH_NOARGS, "the sum loop in use: 'avx2' or 'c'"},
     {"set_simd", py_set_simd, METH_O, "use the SIMD loop when the CPU has it (tests)"},
     {NULL, NULL, 0, NULL},
@@ -1151,5 +1403,9 @@ PyMODINIT_FUNC PyInit__kernel(void) {
     __builtin_cpu_init();
     use_avx2 = __builtin_cpu_supports("avx2");
 #endif
+#ifdef NO_NUMPY
+    import_array();
+#endif
+    if (intern_names() < 0) return NULL;
     return PyModule_Create(&module);
 }
