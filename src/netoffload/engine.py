@@ -192,7 +192,7 @@ class Engine:
         self.devices = list(devices)
         self.monitor = monitor or LoadMonitor()
         self.clock = clock
-        self.counters: dict[Task, TaskCounters] = {t: TaskCounters() for t in self.stages}
+        self._counters: dict[Task, TaskCounters] = {t: TaskCounters() for t in self.stages}
         self.batches = 0
         self.packets_in = 0
         self.packets_out = 0
@@ -205,22 +205,32 @@ class Engine:
         # per stage, looked up once: its software task and whether it settles
         self._tasks: dict[Task, SoftTask] = {t: soft[t] for t in self.stages}
         self._settles = frozenset(t for t in self.stages if soft[t].has_settle)
-        # per stage, for the path without devices: (task, its bit for the C stage
-        # or 0 where the stage must go through _soft, its process, its counters)
-        self._plain = tuple(
-            (
-                t,
-                0 if _native is None or t in self._settles else _INT[t],
-                self._tasks[t].process,
-                self.counters[t],
-            )
-            for t in self.stages
+        # the path without devices, run by the C kernel (_kernel.soft_run): per
+        # stage its bit (0 where the stage must go through _soft) and process;
+        # the counts it adds (packets, bytes, ns per stage) wait in _acc until
+        # the counters are read
+        self._cplan: tuple[tuple[int, Callable[[Batch, Mask], Batch]], ...] = tuple(
+            (0 if t in self._settles else _INT[t], self._tasks[t].process) for t in self.stages
         )
+        self._acc = np.zeros(3 * len(self.stages), dtype=np.int64)
         self._observer: tuple[Policy | None, bool] = (None, False)
         self._snap: LoadSnapshot | None = None  # the load snapshot of this batch
         # tasks whose state must not fork (SoftTask.keeps_state): the one path
         # each is pinned to, chosen by the policy's first majority
         self._pins: dict[Task, int] = {}
+
+    @property
+    def counters(self) -> dict[Task, TaskCounters]:
+        """Per task: offloaded, software, dropped, errors, bytes, time."""
+        acc = self._acc
+        if acc.any():  # what the C path counted since the last read
+            v = acc.tolist()
+            acc.fill(0)
+            for i, c in enumerate(self._counters.values()):
+                c.software += v[3 * i]
+                c.bytes += v[3 * i + 1]
+                c.soft_ns += v[3 * i + 2]
+        return self._counters
 
     # ------------------------------------------------------------------ views
     def device_views(self) -> list[DeviceView]:
@@ -247,56 +257,59 @@ class Engine:
         otherwise come after this one's."""
         if self._pending:
             raise ConfigError("engine: finish the batches started before processing another")
-        if not self.devices:
-            return self._process_soft(batch)
-        return self.finish(self.start(batch))
-
-    def _process_soft(self, batch: Batch) -> Output:
-        """``process`` without devices: every stage in software, straight through
-        (what ``start`` and ``finish`` would do, without their pipelining and
-        trip bookkeeping, which only devices need)."""
+        if self.devices:
+            return self.finish(self.start(batch))
+        # without devices: every stage in software, straight through (what start
+        # and finish would do, without their pipelining and trip bookkeeping,
+        # which only devices need). The C kernel drives the stages; what it hands
+        # back (a stage that settles, dead packets to count by reason, a batch
+        # that changed size) is done here, and it goes on. (Inline, and len() of
+        # the arrays: a Python call or two here cost as much as the engine's work.)
         if self.monitor.device_up:  # the devices were taken away
             self.monitor.set_devices((), ())
-        n = len(batch)
+        n = len(batch.length)
         self.batches += 1
         self.packets_in += n
-        # numbered, and no task handed to a device (finish clears it at the end)
-        if _native is None or not _native.enter(batch, self._next_origin):
-            _begin(batch, self._next_origin)
-            batch.ext.offload.fill(0)
+        base = self._next_origin
         self._next_origin += n
-        out = batch
-        for t, bit, process, c in self._plain:
+        if _native is None:
+            r: object = NotImplemented
+        else:
+            r = _native.soft_run(batch, base, self._cplan, _DROP_I, self._acc, 0)
+        if r is NotImplemented:  # the Python path, every stage
+            _begin(batch, base)
+            batch.ext.offload.fill(0)
+            out = self._stages_from(batch, 0, len(self.stages))
+        else:
+            while type(r) is tuple:
+                out, i, n_in, dead = r
+                t = self.stages[i]
+                if n_in < 0:  # stage i is ours
+                    out = self._stages_from(out, i, i + 1)
+                else:  # stage i ran; what follows it is ours
+                    if len(out) != n_in:
+                        refine_sub(out)
+                    if dead < 0:
+                        dead = _mark(out, t)
+                    if dead:
+                        self._count_drops(t, out, {})
+                if i + 1 == len(self.stages):
+                    r = out
+                else:
+                    r = _native.soft_run(out, base, self._cplan, _DROP_I, self._acc, i + 1)  # type: ignore[union-attr]
+            out = r  # type: ignore[assignment]
+        self.packets_out += len(out.length)
+        return Output(out)
+
+    def _stages_from(self, out: Batch, lo: int, hi: int) -> Batch:
+        """Stages ``lo`` to ``hi`` (exclusive) in software, in Python."""
+        for t in self.stages[lo:hi]:
             if not len(out):
                 break
-            if bit:
-                # scan, task and mark in one C call (see _kernel.soft_stage)
-                r = _native.soft_stage(out, bit, _DROP_I, process)  # type: ignore[union-attr]
-                if r is None:
-                    continue  # no packet wants it
-                if r is not NotImplemented:
-                    if r[0] is not None:
-                        n_in = len(out)
-                        out, nwant, nbytes, dt, dead = r
-                        c.software += nwant
-                        c.bytes += nbytes
-                        c.soft_ns += dt
-                        if len(out) != n_in:
-                            refine_sub(out)
-                        if dead < 0:
-                            dead = _mark(out, t)
-                        if dead:
-                            self._count_drops(t, out, {})
-                        continue
-                    # dead packets: the stage counts their drops by reason
-                    _, want, nwant, nbytes, ndead = r
-                    out = self._soft(t, out, want, (nwant, nbytes, ndead))
-                    continue
             want, nwant, nbytes, ndead = _scan(out, t)
             if nwant:
                 out = self._soft(t, out, want, (nwant, nbytes, ndead))
-        self.packets_out += len(out)
-        return Output(out)
+        return out
 
     @property
     def pending(self) -> int:
@@ -448,7 +461,7 @@ class Engine:
     def _soft(self, t: Task, b: Batch, sel: Mask, pre: tuple[int, int, int] | None = None) -> Batch:
         """Run task ``t``'s software over the packets ``sel`` of ``b``. ``pre``:
         what ``_scan`` found for exactly this ``sel`` (packets, bytes, dead)."""
-        c = self.counters[t]
+        c = self._counters[t]
         n_in = len(b)
         if pre is None:
             nsel = _cnz(sel)
@@ -498,7 +511,7 @@ class Engine:
     def _count_drops(self, t: Task, b: Batch, before: dict[int, int]) -> None:
         """Charge to task ``t`` the packets that died since ``before`` was taken."""
         after = _dead_reasons(b)
-        c = self.counters[t]
+        c = self._counters[t]
         for r, k in after.items():
             inc = k - before.get(r, 0)
             if inc > 0:
@@ -591,7 +604,7 @@ class Engine:
             if self._pins.get(t) == k:
                 self._pins[t] = SOFTWARE  # its state goes on from what the host redoes
             n = int(((trip.ext.offload & t) != 0).sum())
-            self.counters[t].errors += n
+            self._counters[t].errors += n
             self.policy.observe(
                 Feedback(t, k, n, 0, 0.0, self.clock(), error=why or "device error")
             )
@@ -621,7 +634,7 @@ class Engine:
                     task.settle(out, (out.ext.tasks & _bit(t)) != 0)
             self.monitor.record_latency(trip.device, elapsed)
             for t, n, nbytes in trip.asked:
-                c = self.counters[t]
+                c = self._counters[t]
                 c.offloaded += n
                 c.bytes += nbytes
                 c.device_ns += int(elapsed * 1e9 / len(members))

@@ -6,7 +6,8 @@ does the Internet checksum (RFC 1071) over whole batches — one call per batch,
 never one per packet: range sums, the checksum task's verify mode, and
 segmentation with the payload summed while it is copied — and the engine's
 per-stage bookkeeping (which packets want a task, their bytes, how many are
-dead) in one pass instead of a handful of numpy calls.
+dead) in one pass instead of a handful of numpy calls; for an engine without
+devices, ``soft_run`` drives all its stages in one call.
 
 Everything here is optional: when the extension is missing (no compiler at
 install time, an unusual platform) or ``NETOFFLOAD_NATIVE=0`` is set in the
@@ -37,7 +38,16 @@ class Kernel(Protocol):
     def mark(self, *args: Any) -> int: ...
     def begin(self, origin: Any, sub: Any, base: int, /) -> None: ...
     def enter(self, batch: Any, base: int, /) -> bool: ...
-    def soft_stage(self, batch: Any, bit: int, drop: int, process: Any, /) -> Any: ...
+    def soft_run(
+        self,
+        batch: Any,
+        base: int,
+        plan: tuple[tuple[int, Any], ...],
+        drop: int,
+        acc: Any,
+        start: int,
+        /,
+    ) -> Any: ...
     def simd(self) -> str: ...
     def set_simd(self, on: bool, /) -> str: ...
 
