@@ -19,6 +19,7 @@ from netoffload.engine import Engine
 from netoffload.policy import Never
 from netoffload.soft import SoftLibrary, SoftTask
 from netoffload.tasks import Direction, Task
+from test_engine import Append as TagAppend
 
 kernel = _native.kernel
 needs_kernel = pytest.mark.skipif(
@@ -26,22 +27,16 @@ needs_kernel = pytest.mark.skipif(
 )
 
 
-class Append(SoftTask):
+class Append(TagAppend):
     """Appends a tag byte to each selected packet (in its tail room); packets
     whose first byte is 0xEE fail with BAD_CHECKSUM."""
 
-    def __init__(self, task: Task, tag: int) -> None:
-        self.task = task
-        self.tag = tag
-
     def process(self, batch: Batch, sel: Mask) -> Batch:
+        out = super().process(batch, sel)
         idx = np.flatnonzero(sel)
-        ends = batch.start[idx] + batch.length[idx]
-        batch.buf[ends] = self.tag
-        batch.length[idx] += 1
-        first = batch.buf[batch.start[idx]]
-        batch.ext.error[idx[first == 0xEE]] = Reason.BAD_CHECKSUM
-        return batch
+        first = out.buf[out.start[idx]]
+        out.ext.error[idx[first == 0xEE]] = Reason.BAD_CHECKSUM
+        return out
 
 
 class Police(SoftTask):
