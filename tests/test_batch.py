@@ -174,6 +174,23 @@ def test_ext_fields() -> None:
         Batch.alloc([-1])
 
 
+def test_ext_take_copy_concat_keep_fields_and_own_their_arrays() -> None:
+    e = Ext(4)
+    for k, name in enumerate(EXT_FIELDS):
+        getattr(e, name)[:] = np.arange(4) + k
+    parts = [e.take(np.array([3, 1])), e.take(np.array([True, False, False, True])), e.copy()]
+    parts.append(Ext.concat(parts))
+    for part, rows in zip(
+        parts, ([3, 1], [0, 3], [0, 1, 2, 3], [3, 1, 0, 3, 0, 1, 2, 3]), strict=True
+    ):
+        for name, spec in EXT_FIELDS.items():
+            a = getattr(part, name)
+            assert a.dtype == spec.dtype and a.shape == (len(rows),)
+            assert a.tolist() == getattr(e, name)[rows].tolist(), name
+        part.tasks[:] = 999  # never a view into e
+    assert e.tasks.tolist() == [0, 1, 2, 3]
+
+
 # ------------------------------------------------------------------ virtio_net_hdr
 VNET_VALUES = st.tuples(
     st.integers(0, 255),  # flags

@@ -408,9 +408,17 @@ def mark_by_device(e: Ext, rows: Mask, task: Task) -> None:
 def gso_segments(b: Batch, gso: Mask) -> None:
     """``ext.segs`` of the super-packets ``gso`` read: payload past ``hdr_len`` in ``gso_size``."""
     e = b.ext
-    size = np.maximum(e.gso_size.astype(np.int64), 1)
-    payload = np.maximum(b.length - e.hdr_len, 0)
-    e.segs[gso] = np.minimum((payload[gso] + size[gso] - 1) // size[gso], 65535)
+    size = e.gso_size.astype(np.int64)
+    np.maximum(size, 1, out=size)
+    payload = b.length - e.hdr_len
+    np.maximum(payload, 0, out=payload)
+    payload += size - 1
+    payload //= size
+    np.minimum(payload, 65535, out=payload)
+    if gso.all():  # the usual read of a TSO stream: no masking
+        e.segs[:] = payload
+    else:
+        e.segs[gso] = payload[gso]
 
 
 class KernelDevice(SyncDevice, WireDevice):
