@@ -377,15 +377,18 @@ def _print(console: Console, report: dict[str, Any], tx: Engine, rx: Engine) -> 
     t = Table(
         title=f"demo: policy {report['policy']}, {report['packets']} packets",
         box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
     )
-    cols = ("task", "offloaded", "software", "dropped", "errors", "bytes", "time", "split")
+    # fits 80 columns (a log, a pipe): "offloaded" is the device's count
+    cols = ("task", "device", "software", "dropped", "errors", "bytes", "time", "% device")
     for col in cols:
         t.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
     for name, eng in (("tx", tx), ("rx", rx)):
         for task, c in eng.counters.items():
             row = counter_row(task, c)
             done = c.offloaded + c.software
-            split = f"{100 * c.offloaded / done:.0f}% device" if done else "-"
+            split = f"{100 * c.offloaded / done:.0f}%" if done else "-"
             t.add_row(f"{name} {row[0]}", *row[1:], split)
         t.add_section()
     console.print(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -19,7 +20,8 @@ def run_bench(name: str, quick: bool, json_path: Path | None, console: Console) 
 
     res = bench.run(BenchContext(quick=quick, progress=progress))
     if res.rows:
-        t = Table(title=f"bench {name}")
+        # compact (no edges, one space between columns): rows fit a log's 80 columns
+        t = Table(title=f"bench {name}", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
         cols = list(res.rows[0])
         for c in cols:
             t.add_column(c)
