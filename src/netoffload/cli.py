@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from netoffload.errors import NetoffloadError
+from netoffload.tables import compact_table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,18 +90,19 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
         if "unavailable" in doc:
             console.print(f"[bold]{doc['device']}[/bold]: unavailable: {doc['unavailable']}")
             continue
-        t = Table(title=f"device {doc['device']}")
-        for col in (
-            "task",
-            "enabled",
-            "ip",
-            "max size",
-            "segments",
-            "algorithms",
-            "rules",
-            "features",
+        t = compact_table(f"device {doc['device']}")
+        # fixed columns never cut; lists (algorithms, features) wrap at their commas
+        for col, wrap in (
+            ("task", False),
+            ("on", False),
+            ("ip", False),
+            ("max size", False),
+            ("segs", False),
+            ("algorithms", True),
+            ("rules", False),
+            ("features", True),
         ):
-            t.add_column(col)
+            t.add_column(col, no_wrap=not wrap, overflow="fold")
         enabled = {str(x["task"]) for x in doc["enabled"]}  # type: ignore[attr-defined]
         for r in doc["records"]:  # type: ignore[attr-defined]
             t.add_row(
@@ -110,9 +111,9 @@ def cmd_caps(args: argparse.Namespace, console: Console) -> int:
                 ",".join(f"v{v}" for v in r["ip_versions"]),
                 str(r["max_offload_size"]),
                 f"{r['min_segments']}-{r['max_segments']}",
-                ",".join(r["algorithms"]) or "-",
+                ", ".join(r["algorithms"]) or "-",
                 str(r["max_rules"] or "-"),
-                ",".join(r["features"]) or "-",
+                ", ".join(r["features"]) or "-",
             )
         console.print(t)
     return 0
@@ -123,7 +124,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from netoffload.bench.runner import run_bench
 
     if not args.name:
-        t = Table(title="benchmarks")
+        t = compact_table("benchmarks")
         t.add_column("name")
         t.add_column("what")
         for b in benches().values():

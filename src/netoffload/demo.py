@@ -39,10 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from netoffload import soft
 from netoffload.batch import Batch
@@ -51,9 +49,9 @@ from netoffload.devices.emulated_nic import EmulatedNIC, get_profile
 from netoffload.devices.loopback import LoopbackPair
 from netoffload.engine import Engine
 from netoffload.errors import ConfigError
-from netoffload.pcapjob import counter_row
 from netoffload.policy import LoadMonitor, make_policy
 from netoffload.policy.load import PsutilSampler
+from netoffload.tables import counter_row, counter_table
 from netoffload.tasks import Direction, Task, stage_order
 from netoffload.testing.packets import synthetic_flows
 from netoffload.wire.parse import parse_batch
@@ -374,16 +372,9 @@ def _run(
 
 
 def _print(console: Console, report: dict[str, Any], tx: Engine, rx: Engine) -> None:
-    t = Table(
-        title=f"demo: policy {report['policy']}, {report['packets']} packets",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        padding=(0, 1, 0, 0),
+    t = counter_table(
+        f"demo: policy {report['policy']}, {report['packets']} packets", extra=("% device",)
     )
-    # fits 80 columns (a log, a pipe): "offloaded" is the device's count
-    cols = ("task", "device", "software", "dropped", "errors", "bytes", "time", "% device")
-    for col in cols:
-        t.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
     for name, eng in (("tx", tx), ("rx", rx)):
         for task, c in eng.counters.items():
             row = counter_row(task, c)

@@ -59,13 +59,13 @@ from typing import IO, Any, BinaryIO
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from netoffload.batch import Batch, CsumVerdict, FilterVerdict, GsoType, Reason
-from netoffload.engine import Engine, TaskCounters
+from netoffload.engine import Engine
 from netoffload.errors import CaptureError, ConfigError
 from netoffload.policy import make_policy
 from netoffload.soft import SoftLibrary, make_task
+from netoffload.tables import counter_row, counter_table
 from netoffload.tasks import Direction, Task, stage_order
 from netoffload.wire.parse import parse_batch
 from netoffload.wire.pcap import (
@@ -405,26 +405,12 @@ def run_pcap(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _fmt_ns(ns: int) -> str:
-    ms = ns / 1e6
-    return f"{ms:.1f}ms" if ms < 10 else f"{ms:,.0f}ms"
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= k:
-            return f"{n / k:.1f}{unit}"
-    return f"{n}B"
-
-
 def _summary(console: Console, job: _Job, seconds: float) -> None:
     d = "tx" if job.direction is Direction.TX else "rx"
-    t = Table(
-        title=f"pcap {d}: {job.records_in} records in, "
+    t = counter_table(
+        f"pcap {d}: {job.records_in} records in, "
         f"{job.written} written, {job.dropped} dropped ({seconds:.2f} s)"
     )
-    for col in ("task", "offloaded", "software", "dropped", "errors", "bytes", "time"):
-        t.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
     for task, c in job.engine.counters.items():
         t.add_row(*counter_row(task, c))
     console.print(t)
@@ -432,16 +418,3 @@ def _summary(console: Console, job: _Job, seconds: float) -> None:
         if c.reasons:
             why = ", ".join(f"{k}={v}" for k, v in sorted(c.reasons.items()))
             console.print(f"{task.kebab} dropped: {why}")
-
-
-def counter_row(task: Task, c: TaskCounters) -> list[str]:
-    """A task's counters as table cells: task, offloaded, software, dropped, errors, bytes, time."""
-    return [
-        task.kebab,
-        str(c.offloaded),
-        str(c.software),
-        str(c.dropped),
-        str(c.errors),
-        _fmt_bytes(c.bytes),
-        _fmt_ns(c.soft_ns + c.device_ns),
-    ]

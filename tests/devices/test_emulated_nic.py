@@ -17,15 +17,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netoffload.batch import Batch
+from netoffload.caps import Enabled
 from netoffload.devices import FaultInjector, SoftwareDevice
 from netoffload.devices.emulated_nic import PROFILES, EmulatedNIC
 from netoffload.devices.registry import devices
 from netoffload.engine import Engine
-from netoffload.errors import DeviceDown
+from netoffload.errors import CapabilityError, DeviceDown
 from netoffload.policy import Always, Failover, make_policy
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import Direction, Task
 from netoffload.testing.packets import tcp_packet, udp_packet
+from netoffload.tunnel.sa import AEAD_ALGORITHMS, ALGORITHMS, DIGEST_ALGORITHMS, parse_sa_doc
 from netoffload.wire.parse import parse_batch
 
 CSUM = replace(PROFILES["full"], tasks=Task.CHECKSUM)
@@ -82,6 +84,30 @@ def test_profiles_report_their_tasks_and_limits() -> None:
     full = EmulatedNIC("full", start=False, enable_all=False)
     assert Task.CHECKSUM in full.query().supported
     assert "emulated-nic" in devices() and "emulated-nic-crypto" in devices()
+
+
+def test_records_name_the_algorithms_and_modes_of_the_library_it_runs() -> None:
+    buf = EmulatedNIC("full", start=False, enable_all=False).query()
+    rec = buf.records
+    # every cipher listed is one an SA can be made with, and the other way round
+    for alg in rec[Task.ENCRYPT].algorithms:
+        ent: dict[str, object] = {"spi": 256, "algorithm": alg}
+        ent.update(src="198.18.0.1", dst="198.18.0.2")
+        if alg == "null":
+            ent.update(integrity="hmac-sha256-128", integrity_key="11" * 32)
+        else:
+            ent["key"] = "00" * (AEAD_ALGORITHMS[alg] + 4)
+        doc = {"sa": [ent]}
+        assert parse_sa_doc(doc).sas[0].algorithm == alg
+    assert set(rec[Task.ENCRYPT].algorithms) == set(ALGORITHMS) == set(rec[Task.DECRYPT].algorithms)
+    assert set(rec[Task.DIGEST].algorithms) == set(DIGEST_ALGORITHMS)
+    assert set(rec[Task.CHECKSUM].features) == {"fill", "verify", "partial"}
+    # enabling within them works; outside them fails naming device, task and limit
+    on = buf.enable(Enabled(Task.ENCRYPT, algorithms=("chacha20-poly1305",)))
+    assert on.enabled[Task.ENCRYPT].algorithms == ("chacha20-poly1305",)
+    with pytest.raises(CapabilityError, match="aes-cbc-128") as err:
+        buf.enable(Enabled(Task.ENCRYPT, algorithms=("aes-cbc-128",)))
+    assert err.value.device == buf.device and err.value.task == "encrypt"
 
 
 @settings(max_examples=15)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from netoffload.bench import BenchContext, BenchResult, get
+from netoffload.tables import compact_table
 
 
 def run_bench(name: str, quick: bool, json_path: Path | None, console: Console) -> BenchResult:
@@ -20,15 +19,14 @@ def run_bench(name: str, quick: bool, json_path: Path | None, console: Console) 
 
     res = bench.run(BenchContext(quick=quick, progress=progress))
     if res.rows:
-        # compact (no edges, one space between columns): rows fit a log's 80 columns
-        t = Table(title=f"bench {name}", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+        t = compact_table(f"bench {name}")
         cols = list(res.rows[0])
         for c in cols:
             t.add_column(c)
         for r in res.rows:
             t.add_row(*[_fmt(r.get(c)) for c in cols])
         console.print(t)
-    mt = Table(title=f"{name}: metrics")
+    mt = compact_table(f"{name}: metrics")
     mt.add_column("metric")
     mt.add_column("value", justify="right")
     mt.add_column("target")

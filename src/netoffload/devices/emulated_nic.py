@@ -69,6 +69,7 @@ from netoffload.devices.rings import (
     RingSpec,
     read_batch,
 )
+from netoffload.devices.software import library_record
 from netoffload.errors import BufferFormatError, ConfigError, DeviceDown, DeviceError
 from netoffload.policy.load import LoadMonitor
 from netoffload.soft import SoftLibrary
@@ -374,9 +375,7 @@ class EmulatedNIC(Device):
         recs: dict[Task, CapRecord] = {}
         for t in self.tasks.members():
             segs = p.max_segments if t & SEGMENTING else 1
-            recs[t] = CapRecord(
-                t, max_offload_size=p.max_offload_size, min_segments=1, max_segments=segs
-            )
+            recs[t] = library_record(t, segs, p.max_offload_size)
         return TaskOffloadBuffer(self.name, recs, {})
 
     # ------------------------------------------------------------ work

@@ -17,6 +17,7 @@ from netoffload.caps import CapRecord, TaskOffloadBuffer
 from netoffload.devices.base import Completion, SyncDevice
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import Task
+from netoffload.tunnel.sa import ALGORITHMS, DIGEST_ALGORITHMS
 
 
 def run_assigned(soft: SoftLibrary, batch: Batch, order: Iterable[Task]) -> Batch:
@@ -32,12 +33,32 @@ def run_assigned(soft: SoftLibrary, batch: Batch, order: Iterable[Task]) -> Batc
     return out
 
 
+def library_record(t: Task, max_segments: int = 1, max_offload_size: int = 65535) -> CapRecord:
+    """What a device that runs the software library does of task ``t``: its
+    algorithms (ciphers, digests) and checksum modes are the library's."""
+    algorithms: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    if t & (Task.ENCRYPT | Task.DECRYPT):
+        algorithms = ALGORITHMS
+    elif t is Task.DIGEST:
+        algorithms = DIGEST_ALGORITHMS
+    elif t is Task.CHECKSUM:
+        features = ("fill", "verify", "partial")
+    return CapRecord(
+        t,
+        max_offload_size=max_offload_size,
+        min_segments=1,
+        max_segments=max_segments,
+        algorithms=algorithms,
+        features=features,
+    )
+
+
 def default_records(tasks: Task, max_segments: int = 64) -> dict[Task, CapRecord]:
-    recs: dict[Task, CapRecord] = {}
-    for t in tasks.members():
-        segs = max_segments if t & (Task.TCP_SEGMENT | Task.UDP_SEGMENT) else 1
-        recs[t] = CapRecord(t, max_segments=segs, min_segments=1)
-    return recs
+    return {
+        t: library_record(t, max_segments if t & (Task.TCP_SEGMENT | Task.UDP_SEGMENT) else 1)
+        for t in tasks.members()
+    }
 
 
 class SoftwareDevice(SyncDevice):
