@@ -4,9 +4,11 @@ CRC32C on the RFC 3720 B.4 examples and a bit-by-bit reference."""
 
 from __future__ import annotations
 
+import hmac
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
@@ -14,7 +16,7 @@ from scapy.packet import Raw
 from netoffload.batch import Batch, Reason, XFlag
 from netoffload.errors import ConfigError
 from netoffload.soft import make_task
-from netoffload.soft.digest import DigestTask, crc32c, crc32c_batch
+from netoffload.soft.digest import DigestTask, PaddedHmac, crc32c, crc32c_batch, padded_hmac
 from netoffload.tasks import Task
 from netoffload.tunnel.sa import parse_sa_doc
 
@@ -249,3 +251,16 @@ def test_fuzz_verify_never_raises(blobs: list[bytes], alg: str) -> None:
     r = DigestTask(alg, b"k", mode="verify").process(b, np.ones(len(b), bool))
     assert len(r) == len(blobs)
     assert set(r.ext.error.tolist()) <= {0, Reason.BAD_DIGEST, Reason.TRUNCATED}
+
+
+@given(st.binary(max_size=200), st.binary(max_size=3000))
+@example(b"k" * 64, b"block-sized key: used as it is")
+@example(b"k" * 65, b"one byte over: hashed first")
+def test_padded_hmac_is_hmac_sha256(key: bytes, data: bytes) -> None:
+    """Keys shorter and longer than the block (hashed first), empty data, views."""
+    want = hmac.digest(key, data, "sha256")
+    h = PaddedHmac(key)
+    assert h(data) == want
+    assert h(memoryview(bytearray(data))) == want
+    assert h(data) == want  # the pad states are copied, never consumed
+    assert padded_hmac(key)(data) == want

@@ -58,7 +58,7 @@ from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
 from netoffload.soft.checksum import fill
-from netoffload.soft.digest import hmac_digest
+from netoffload.soft.digest import padded_hmac
 from netoffload.soft.replay import OK, REPLAY, ReplayWindow
 from netoffload.tasks import Task
 from netoffload.tunnel.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
@@ -601,7 +601,7 @@ class EncryptTask(SoftTask):
                 outs_v = map(mv.__getitem__, map(slice, s_l, (ct + P + ICV_LEN).tolist()))
                 collections.deque(map(aead.encrypt_into, nonces, ins, aads, outs_v), maxlen=0)
         else:
-            key = sa.integrity_key
+            hm = padded_hmac(sa.integrity_key)
             esp_abs = (head + esp).tolist()
             icv_at = (ct + P).tolist()
             hi = _be_bytes(seqs >> np.uint64(32), 4).view("V4").ravel().tolist()
@@ -609,7 +609,7 @@ class EncryptTask(SoftTask):
                 data: Any = mv[esp_abs[i] : icv_at[i]]
                 if sa.esn:
                     data = bytes(data) + hi[i]
-                mv[icv_at[i] : icv_at[i] + ICV_LEN] = hmac_digest(key, data, "sha256")[:ICV_LEN]
+                mv[icv_at[i] : icv_at[i] + ICV_LEN] = hm(data)[:ICV_LEN]
         b.start[ix] = new_start
         b.length[ix] = l2 + H + P + ICV_LEN
         e.l3_off[ix] = l2
@@ -1091,7 +1091,7 @@ class DecryptTask(SoftTask):
                         e.error[rows[i]] = Reason.BAD_ICV
                         self._restore(k, mv, nonces[j], aads[j], c0[j], c1[j])
         elif len(idx):
-            key = sa.integrity_key
+            hm = padded_hmac(sa.integrity_key)
             hi = _be_bytes(seqs >> np.uint64(32), 4).view("V4").ravel().tolist()
             esp_l = esp.tolist()
             icv_l = (ct + P).tolist()
@@ -1099,7 +1099,7 @@ class DecryptTask(SoftTask):
                 data: Any = mv[esp_l[i] : icv_l[i]]
                 if sa.esn:
                     data = bytes(data) + hi[i]
-                want = hmac_digest(key, data, "sha256")[:ICV_LEN]
+                want = hm(data)[:ICV_LEN]
                 if not hmac.compare_digest(want, mv[icv_l[i] : icv_l[i] + ICV_LEN]):
                     ok[i] = False
                     e.error[rows[i]] = Reason.BAD_ICV
