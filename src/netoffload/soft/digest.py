@@ -160,7 +160,14 @@ def digest_function(algorithm: str, key: bytes) -> Callable[[Any], bytes]:
         hm = padded_hmac(key)
         return lambda m: hm(m)[:16]
     if algorithm == "blake2s-128":
-        return lambda m: hashlib.blake2s(m, key=key, digest_size=16).digest()
+        keyed = hashlib.blake2s(key=key, digest_size=16)  # the key block hashed once
+
+        def blake(m: Any) -> bytes:
+            h = keyed.copy()
+            h.update(m)
+            return h.digest()
+
+        return blake
     if algorithm == "crc32c":
         return lambda m: crc32c(bytes(m)).to_bytes(4, "big")
     raise ConfigError(f"digest: unknown algorithm {algorithm!r}")
