@@ -1027,6 +1027,125 @@ fail:
  *   done[i] |= tasks[i] & bit for every packet; ndead as above. */
 enum { EW_TASKS, EW_DONE, EW_ERROR, EW_VERDICT, EW_LENGTH, EW_OUT, EW_N };
 
+/* The want scan and the mark of a stage, branch-free so that the compiler
+ * vectorises them, compiled twice on x86-64 (AVX2 picked at run time, as for
+ * the sums): over a batch of 1024 the SSE2 loops cost as much as the rest of a
+ * stage's bookkeeping. */
+typedef struct {
+    Py_ssize_t nwant, ndead;
+    long long nbytes;
+} ScanCount;
+
+static inline __attribute__((always_inline)) ScanCount
+want_scan_body(const uint16_t *tasks, const uint16_t *done, const uint16_t *error,
+               const uint8_t *verdict, const int64_t *len, Py_ssize_t n, uint16_t m, uint8_t d,
+               uint8_t *w) {
+    /* counts in 32 bits (a batch has far fewer packets) and the bytes in a
+     * second pass: widening every lane to 64 bits made the scan 40% slower */
+    uint32_t nw = 0, nd = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t dead = (uint8_t)((error[i] != 0) | (verdict[i] == d));
+        uint8_t wi = (uint8_t)((((tasks[i] & ~done[i]) & m) != 0) & (dead ^ 1));
+        w[i] = wi;
+        nw += wi;
+        nd += dead;
+    }
+    long long nb = 0;
+    if (nw == (uint32_t)n) {
+        for (Py_ssize_t i = 0; i < n; i++) nb += len[i];
+    } else if (nw) {
+        for (Py_ssize_t i = 0; i < n; i++) nb += len[i] & -(int64_t)w[i];
+    }
+    ScanCount c = {(Py_ssize_t)nw, (Py_ssize_t)nd, nb};
+    return c;
+}
+
+static inline __attribute__((always_inline)) Py_ssize_t
+mark_body(const uint16_t *tasks, uint16_t *done, const uint16_t *error, const uint8_t *verdict,
+          Py_ssize_t n, uint16_t m, uint8_t d) {
+    uint32_t nd = 0; /* 32 bits: see want_scan_body */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        done[i] |= tasks[i] & m;
+        nd += (error[i] != 0) | (verdict[i] == d);
+    }
+    return (Py_ssize_t)nd;
+}
+
+static inline __attribute__((always_inline)) void number_body(int64_t *origin, Py_ssize_t n,
+                                                              long long base) {
+    for (Py_ssize_t i = 0; i < n; i++) origin[i] = (int64_t)(base + i);
+}
+
+#define NO_SCAN_ARGS                                                                        \
+    const uint16_t *tasks, const uint16_t *done, const uint16_t *error, const uint8_t *verdict, \
+        const int64_t *len, Py_ssize_t n, uint16_t m, uint8_t d, uint8_t *w
+#define NO_MARK_ARGS                                                                    \
+    const uint16_t *tasks, uint16_t *done, const uint16_t *error, const uint8_t *verdict, \
+        Py_ssize_t n, uint16_t m, uint8_t d
+
+static ScanCount want_scan_c(NO_SCAN_ARGS) {
+    return want_scan_body(tasks, done, error, verdict, len, n, m, d, w);
+}
+static Py_ssize_t mark_c(NO_MARK_ARGS) { return mark_body(tasks, done, error, verdict, n, m, d); }
+static void number_c(int64_t *origin, Py_ssize_t n, long long base) { number_body(origin, n, base); }
+#if NO_X86_AVX2
+__attribute__((target("avx2"))) static ScanCount want_scan_avx2(NO_SCAN_ARGS) {
+    return want_scan_body(tasks, done, error, verdict, len, n, m, d, w);
+}
+__attribute__((target("avx2"))) static Py_ssize_t mark_avx2(NO_MARK_ARGS) {
+    return mark_body(tasks, done, error, verdict, n, m, d);
+}
+__attribute__((target("avx2"))) static void number_avx2(int64_t *origin, Py_ssize_t n,
+                                                        long long base) {
+    number_body(origin, n, base);
+}
+#endif
+
+/* the scan and the mark on raw arrays, AVX2 when there; in chunks of at most
+ * INT32_MAX packets so that the 32-bit counts stay exact */
+static ScanCount scan_raw(NO_SCAN_ARGS) {
+    ScanCount t = {0, 0, 0};
+    for (Py_ssize_t o = 0; o < n; o += INT32_MAX) {
+        Py_ssize_t k = n - o < INT32_MAX ? n - o : INT32_MAX;
+        ScanCount c;
+#if NO_X86_AVX2
+        if (use_avx2 && k >= 32)
+            c = want_scan_avx2(tasks + o, done + o, error + o, verdict + o, len + o, k, m, d, w + o);
+        else
+#endif
+            c = want_scan_c(tasks + o, done + o, error + o, verdict + o, len + o, k, m, d, w + o);
+        t.nwant += c.nwant;
+        t.ndead += c.ndead;
+        t.nbytes += c.nbytes;
+    }
+    return t;
+}
+
+static Py_ssize_t mark_raw(NO_MARK_ARGS) {
+    Py_ssize_t t = 0;
+    for (Py_ssize_t o = 0; o < n; o += INT32_MAX) {
+        Py_ssize_t k = n - o < INT32_MAX ? n - o : INT32_MAX;
+#if NO_X86_AVX2
+        if (use_avx2 && k >= 32)
+            t += mark_avx2(tasks + o, done + o, error + o, verdict + o, k, m, d);
+        else
+#endif
+            t += mark_c(tasks + o, done + o, error + o, verdict + o, k, m, d);
+    }
+    return t;
+}
+
+/* origin[i] = base + i */
+static void number_raw(int64_t *origin, Py_ssize_t n, long long base) {
+#if NO_X86_AVX2
+    if (use_avx2 && n >= 32) {
+        number_avx2(origin, n, base);
+        return;
+    }
+#endif
+    number_c(origin, n, base);
+}
+
 static PyObject *py_want(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *o[EW_N];
@@ -1050,18 +1169,9 @@ static PyObject *py_want(PyObject *self, PyObject *args) {
     uint8_t *out = b[EW_OUT].view.buf;
     const uint16_t m = (uint16_t)bit;
     const uint8_t d = (uint8_t)drop;
-    Py_ssize_t nwant = 0, ndead = 0;
-    long long nbytes = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int dead = error[i] != 0 || verdict[i] == d;
-        int w = !dead && (tasks[i] & m) && !(done[i] & m);
-        out[i] = (uint8_t)w;
-        nwant += w;
-        ndead += dead;
-        nbytes += w ? length[i] : 0;
-    }
+    ScanCount c = scan_raw(tasks, done, error, verdict, length, n, m, d, out);
     release(b, EW_N);
-    return Py_BuildValue("nLn", nwant, nbytes, ndead);
+    return Py_BuildValue("nLn", c.nwant, c.nbytes, c.ndead);
 fail:
     release(b, EW_N);
     return NULL;
@@ -1087,11 +1197,7 @@ static PyObject *py_mark(PyObject *self, PyObject *args) {
     const uint8_t *verdict = b[3].view.buf;
     const uint16_t m = (uint16_t)bit;
     const uint8_t d = (uint8_t)drop;
-    Py_ssize_t ndead = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        done[i] |= tasks[i] & m;
-        ndead += error[i] != 0 || verdict[i] == d;
-    }
+    Py_ssize_t ndead = mark_raw(tasks, done, error, verdict, n, m, d);
     release(b, 4);
     return PyLong_FromSsize_t(ndead);
 fail:
@@ -1114,10 +1220,8 @@ static PyObject *py_begin(PyObject *self, PyObject *args) {
     if (need_items(&b[1], 8, n, "sub") < 0) goto fail;
     int64_t *origin = b[0].view.buf;
     uint64_t *sub = b[1].view.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        origin[i] = (int64_t)(base + i);
-        sub[i] = 0;
-    }
+    number_raw(origin, n, base);
+    memset(sub, 0, (size_t)n * 8);
     release(b, 2);
     Py_RETURN_NONE;
 fail:
@@ -1251,90 +1355,13 @@ static PyArrayObject *want_array(npy_intp n) {
     return a;
 }
 
-/* The want scan and the mark of a stage, branch-free so that the compiler
- * vectorises them, compiled twice on x86-64 (AVX2 picked at run time, as for
- * the sums): over a batch of 1024 the SSE2 loops cost as much as the rest of a
- * stage's bookkeeping. */
-typedef struct {
-    Py_ssize_t nwant, ndead;
-    long long nbytes;
-} ScanCount;
-
-static inline __attribute__((always_inline)) ScanCount
-want_scan_body(const uint16_t *tasks, const uint16_t *done, const uint16_t *error,
-               const uint8_t *verdict, const int64_t *len, npy_intp n, uint16_t m, uint8_t d,
-               uint8_t *w) {
-    /* counts in 32 bits (a batch has far fewer packets) and the bytes in a
-     * second pass: widening every lane to 64 bits made the scan 40% slower */
-    uint32_t nw = 0, nd = 0;
-    for (npy_intp i = 0; i < n; i++) {
-        uint8_t dead = (uint8_t)((error[i] != 0) | (verdict[i] == d));
-        uint8_t wi = (uint8_t)((((tasks[i] & ~done[i]) & m) != 0) & (dead ^ 1));
-        w[i] = wi;
-        nw += wi;
-        nd += dead;
-    }
-    long long nb = 0;
-    if (nw == (uint32_t)n) {
-        for (npy_intp i = 0; i < n; i++) nb += len[i];
-    } else if (nw) {
-        for (npy_intp i = 0; i < n; i++) nb += len[i] & -(int64_t)w[i];
-    }
-    ScanCount c = {(Py_ssize_t)nw, (Py_ssize_t)nd, nb};
-    return c;
-}
-
-static inline __attribute__((always_inline)) Py_ssize_t
-mark_body(const uint16_t *tasks, uint16_t *done, const uint16_t *error, const uint8_t *verdict,
-          npy_intp n, uint16_t m, uint8_t d) {
-    uint32_t nd = 0; /* 32 bits: see want_scan_body */
-    for (npy_intp i = 0; i < n; i++) {
-        done[i] |= tasks[i] & m;
-        nd += (error[i] != 0) | (verdict[i] == d);
-    }
-    return (Py_ssize_t)nd;
-}
-
-static inline __attribute__((always_inline)) void number_body(int64_t *origin, npy_intp n,
-                                                              long long base) {
-    for (npy_intp i = 0; i < n; i++) origin[i] = (int64_t)(base + i);
-}
-
-#define NO_SCAN_ARGS                                                                        \
-    const uint16_t *tasks, const uint16_t *done, const uint16_t *error, const uint8_t *verdict, \
-        const int64_t *len, npy_intp n, uint16_t m, uint8_t d, uint8_t *w
-#define NO_MARK_ARGS                                                                    \
-    const uint16_t *tasks, uint16_t *done, const uint16_t *error, const uint8_t *verdict, \
-        npy_intp n, uint16_t m, uint8_t d
-
-static ScanCount want_scan_c(NO_SCAN_ARGS) {
-    return want_scan_body(tasks, done, error, verdict, len, n, m, d, w);
-}
-static Py_ssize_t mark_c(NO_MARK_ARGS) { return mark_body(tasks, done, error, verdict, n, m, d); }
-static void number_c(int64_t *origin, npy_intp n, long long base) { number_body(origin, n, base); }
-#if NO_X86_AVX2
-__attribute__((target("avx2"))) static ScanCount want_scan_avx2(NO_SCAN_ARGS) {
-    return want_scan_body(tasks, done, error, verdict, len, n, m, d, w);
-}
-__attribute__((target("avx2"))) static Py_ssize_t mark_avx2(NO_MARK_ARGS) {
-    return mark_body(tasks, done, error, verdict, n, m, d);
-}
-__attribute__((target("avx2"))) static void number_avx2(int64_t *origin, npy_intp n,
-                                                        long long base) {
-    number_body(origin, n, base);
-}
-#endif
-
 /* want[i] = packet i wants bit, has not had it and is alive; the counts */
 static ScanCount want_scan(const ExtArrays *x, const int64_t *len, npy_intp n, uint16_t m,
                            uint8_t d, uint8_t *w) {
     const uint16_t *tasks = PyArray_DATA(x->tasks), *done = PyArray_DATA(x->done);
     const uint16_t *error = PyArray_DATA(x->error);
     const uint8_t *verdict = PyArray_DATA(x->verdict);
-#if NO_X86_AVX2
-    if (use_avx2 && n >= 32) return want_scan_avx2(tasks, done, error, verdict, len, n, m, d, w);
-#endif
-    return want_scan_c(tasks, done, error, verdict, len, n, m, d, w);
+    return scan_raw(tasks, done, error, verdict, len, n, m, d, w);
 }
 
 /* mark bit done where asked; the number of dead packets */
@@ -1342,10 +1369,7 @@ static Py_ssize_t mark_done(const ExtArrays *x, npy_intp n, uint16_t m, uint8_t 
     const uint16_t *tasks = PyArray_DATA(x->tasks), *error = PyArray_DATA(x->error);
     uint16_t *done = PyArray_DATA(x->done);
     const uint8_t *verdict = PyArray_DATA(x->verdict);
-#if NO_X86_AVX2
-    if (use_avx2 && n >= 32) return mark_avx2(tasks, done, error, verdict, n, m, d);
-#endif
-    return mark_c(tasks, done, error, verdict, n, m, d);
+    return mark_raw(tasks, done, error, verdict, n, m, d);
 }
 
 /* origin = base + i, sub = offload = 0; 0, or -1 when not plain arrays */
@@ -1363,12 +1387,7 @@ static int enter_batch(PyObject *batch, long long base) {
     if (ok) {
         npy_intp n = PyArray_DIM(o, 0);
         int64_t *origin = PyArray_DATA(o);
-#if NO_X86_AVX2
-        if (use_avx2 && n >= 32)
-            number_avx2(origin, n, base);
-        else
-#endif
-            number_c(origin, n, base);
+        number_raw(origin, n, base);
         memset(PyArray_DATA(sb), 0, (size_t)n * 8);
         memset(PyArray_DATA(off), 0, (size_t)n * 2);
     }
