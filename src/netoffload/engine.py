@@ -40,7 +40,7 @@ from netoffload.batch import (
     merge_by_origin,
     refine_sub,
 )
-from netoffload.devices.base import Device
+from netoffload.devices.base import Device, DeviceLoad, offload_tally
 from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
 from netoffload.policy.load import SOFTWARE, LoadMonitor, LoadSnapshot
@@ -233,11 +233,14 @@ class Engine:
         return self._counters
 
     # ------------------------------------------------------------------ views
-    def device_views(self) -> list[DeviceView]:
-        views = []
-        for i, d in enumerate(self.devices):
-            views.append(DeviceView(i, d.name, d.query(), d.load().up))
-        return views
+    def device_views(self, loads: Sequence[DeviceLoad] | None = None) -> list[DeviceView]:
+        """What the policy sees of each device (``loads``: their ``load()``, if taken)."""
+        if loads is None:
+            loads = [d.load() for d in self.devices]
+        return [
+            DeviceView(i, d.name, d.query(), x.up)
+            for i, (d, x) in enumerate(zip(self.devices, loads, strict=True))
+        ]
 
     def report(self) -> dict[str, object]:
         return {
@@ -335,9 +338,10 @@ class Engine:
         else:
             views: list[DeviceView] = []
             if self.devices:
-                views = self.device_views()
+                loads = [d.load() for d in self.devices]  # once: a load may ask the OS
+                views = self.device_views(loads)
                 self.monitor.set_devices(
-                    tuple(d.load().occupancy for d in self.devices), tuple(v.up for v in views)
+                    tuple(x.occupancy for x in loads), tuple(v.up for v in views)
                 )
             elif self.monitor.device_up:  # the devices were taken away
                 self.monitor.set_devices((), ())
@@ -410,6 +414,8 @@ class Engine:
                 for k in np.unique(paths[paths >= 0]):
                     sel = paths == k
                     m = -1
+                    # every trip is the engine's to give away (the batch handed to it,
+                    # views of it, or a copy): the device may write its output into it
                     if sel.all():
                         trip, rest = rest, Batch.empty()
                     elif rest.stride > 0 and not trips and (m := _tail_start(sel)) > 0:
@@ -420,7 +426,7 @@ class Engine:
                     else:
                         trip, rest = rest.take(sel), rest.take(~sel)
                         want = want[~sel]
-                    tr = self._open_trip(int(k), trip, stages, si, views, owned=m > 0)
+                    tr = self._open_trip(int(k), trip, stages, si, views, owned=True)
                     trips.append(tr)
                     if m > 0:
                         ip = _InPlace(parent, m, rest, _arrays(rest), tr, _arrays(trip))
@@ -591,12 +597,8 @@ class Engine:
         except DeviceError as e:
             ticket = -1
             self._device_failed(k, trip, tasks, str(e))
-        off = trip.ext.offload
-        asked = []
-        for t in tasks.members():
-            sel = (off & t) != 0
-            asked.append((t, int(np.count_nonzero(sel)), int(trip.length[sel].sum())))
-        tr = _Trip(k, ticket, trip, tasks, tuple(stages[sj:]), t0, dead_before, tuple(asked))
+        asked = offload_tally(trip)
+        tr = _Trip(k, ticket, trip, tasks, tuple(stages[sj:]), t0, dead_before, asked)
         return tr
 
     def _device_failed(self, k: int, trip: Batch, tasks: Task, why: str) -> None:

@@ -51,9 +51,7 @@ class Task(enum.IntFlag):
 
     def members(self) -> Iterator[Task]:
         """The single tasks in this set, in id order."""
-        for t in ALL_TASKS:
-            if self & t:
-                yield t
+        return iter(members_of(int(self)))
 
     @classmethod
     def from_index(cls, index: int) -> Task:
@@ -123,6 +121,21 @@ TASK_INFO: dict[Task, TaskInfo] = {
 }
 
 ALL_TASKS: tuple[Task, ...] = tuple(Task(1 << i) for i in range(10))
+_MEMBERS: dict[int, tuple[Task, ...]] = {}
+
+
+def members_of(bits: int) -> tuple[Task, ...]:
+    """The single tasks of the set ``bits`` (an int or a Task), in id order; one
+    tuple per set, made once (IntFlag ``&`` costs about a microsecond a call, and
+    the engine and devices ask for the members of a few sets on every batch)."""
+    m = _MEMBERS.get(bits)
+    if m is None:
+        b = int(bits)
+        m = tuple(t for i, t in enumerate(ALL_TASKS) if b >> i & 1)
+        if len(_MEMBERS) < 4096:  # 1024 sets of the ten tasks (more: bits above them)
+            _MEMBERS[b] = m
+    return m
+
 
 #: The tasks that change packet counts (one packet in, several out, or the reverse).
 RESHAPING: Task = Task.TCP_SEGMENT | Task.UDP_SEGMENT | Task.TCP_ASSEMBLE | Task.UDP_ASSEMBLE

@@ -52,7 +52,7 @@ import numpy as np
 from netoffload import soft
 from netoffload.batch import Batch
 from netoffload.caps import CapRecord, TaskOffloadBuffer
-from netoffload.devices.base import Completion, Device, DeviceLoad
+from netoffload.devices.base import Completion, Device, DeviceLoad, OffloadTally, offload_tally
 from netoffload.devices.registry import register_device
 from netoffload.devices.rings import (
     BAD_ORDER_ARG,
@@ -147,11 +147,11 @@ class _Flight:
     batch: Batch
     packets: int
     nbytes: int
-    tasks: Task
+    tasks: int  # the set of tasks asked (a Task's bits)
     post_s: float  # host seconds spent copying in
     in_place: bool = False  # the output may be written into ``batch`` (submit_owned)
     #: per task asked: (task, packets, bytes), taken at submit (``batch`` may change)
-    per_task: tuple[tuple[Task, int, int], ...] = ()
+    per_task: OffloadTally = ()
 
 
 @dataclass
@@ -412,18 +412,13 @@ class EmulatedNIC(Device):
         post_s = (time.perf_counter_ns() - t0) / 1e9
         assert self._sq_bell is not None
         self._sq_bell.release()
-        asked = int(np.bitwise_or.reduce(batch.ext.offload)) if n else 0
-        per_task: list[tuple[Task, int, int]] = []
-        if self._monitor is not None:
-            off = batch.ext.offload
-            for t in Task(asked).members():
-                sel = (off & t) != 0
-                per_task.append((t, int(np.count_nonzero(sel)), int(batch.length[sel].sum())))
-        self._inflight[ticket] = _Flight(
-            batch, n, batch.nbytes, Task(asked), post_s, in_place, tuple(per_task)
-        )
+        tally = offload_tally(batch)
+        asked = 0
+        for t, _, _ in tally:
+            asked |= t
+        self._inflight[ticket] = _Flight(batch, n, batch.nbytes, asked, post_s, in_place, tally)
         self._queued += n
-        self._account(batch)
+        self._account(batch, tally)
         return ticket
 
     def poll(self, wait: bool = True) -> list[Completion]:
@@ -498,13 +493,14 @@ class EmulatedNIC(Device):
         if m is None:
             return
         k = self._index
-        inside = sum(task_ns[t.index] for t in fl.tasks.members())
+        inside = sum(task_ns[t.index] for t, _, _ in fl.per_task)
         scale = service_ns / inside if inside > 0 and service_ns > inside else 1.0
         m.record_queue_wait(k, wait_ns / 1e9)
         m.record_crossing(k, fl.packets, fl.nbytes, cross_s)
+        s = scale / 1e9
         for t, n, nb in fl.per_task:
             if n:
-                m.record_service(t, k, n, nb, task_ns[t.index] * scale / 1e9)
+                m.record_service(t, k, n, nb, task_ns[t.index] * s)
 
     def _go_down(self, why: str) -> list[Completion]:
         """Mark the device down; every in-flight batch fails back to the host as submitted."""

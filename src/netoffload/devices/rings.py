@@ -76,7 +76,7 @@ def _a8(x: int) -> int:
     return (x + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _ext_layout(n: int) -> tuple[tuple[str, np.dtype[Any], int, int], ...]:
     """(name, dtype, byte size, offset from the header's end) of each per-packet
     array of an ``n``-packet batch."""
@@ -92,6 +92,7 @@ def _ext_layout(n: int) -> tuple[tuple[str, np.dtype[Any], int, int], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def _arrays_end(n: int) -> int:
     """Where the packet buffer starts in the region of an ``n``-packet batch."""
     _, _, nbytes, off = _ext_layout(n)[-1]
@@ -111,9 +112,11 @@ class RegionViews:
     buf: NDArray[np.uint8]
 
 
-#: per region: its views by (n, buflen); a few layouts are kept (trips vary in size)
+#: per region: its views by (n, buflen). An adaptive split sends trips of a few
+#: dozen sizes around its balance point, and making the views of a layout costs
+#: about 25 us (two dozen slices and casts): keep that many, oldest out first.
 ViewCache = dict[tuple[int, int], RegionViews]
-_CACHE_LAYOUTS = 4
+_CACHE_LAYOUTS = 64
 
 
 def region_views(
@@ -132,7 +135,7 @@ def region_views(
     v = RegionViews(arrays, region[end : end + buflen])
     if cache is not None:
         if len(cache) >= _CACHE_LAYOUTS:
-            cache.clear()
+            del cache[next(iter(cache))]
         cache[key] = v
     return v
 

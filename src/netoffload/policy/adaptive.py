@@ -210,11 +210,10 @@ class Adaptive(Policy):
         _, d, fresh = best
         idx = np.flatnonzero(fresh)
         n = len(idx)
-        chain = Task(int(np.bitwise_or.reduce(e.tasks[idx] & ~e.done[idx]))) & (
-            d.buffer.enabled_tasks
-        )
-        chain |= task
-        avg = float(batch.length[idx].mean())
+        bits = int(np.bitwise_or.reduce(e.tasks[idx] & ~e.done[idx]))
+        chain = Task((bits & int(d.buffer.enabled_tasks)) | int(task))
+        ln = batch.length
+        avg = float(np.add.reduce(ln if n == len(ln) else ln[idx])) / n
         model = self.device_share(chain, d.index, avg, n, load)
         if model is None:
             k = n // 2 if n > 1 else n  # learn both paths

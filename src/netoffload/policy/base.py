@@ -76,7 +76,9 @@ class Policy(abc.ABC):
 
 
 def software_paths(n: int) -> Paths:
-    return np.full(n, SOFTWARE, dtype=np.int8)
+    out = np.empty(n, dtype=np.int8)
+    out.fill(SOFTWARE)  # (np.full is Python code around this: 4 vs 1 us)
+    return out
 
 
 class Never(Policy):

@@ -319,8 +319,16 @@ class _CostFit:
             return
         a = self.alpha
         k = 1.0 - a
-        for i, v in enumerate((1.0, n, b, n * n, n * b, b * b, t, n * t, b * t)):
-            st[i] = k * st[i] + a * v
+        an, ab = a * n, a * b  # (unrolled: a snapshot folds every key recorded since)
+        st[0] = k * st[0] + a
+        st[1] = k * st[1] + an
+        st[2] = k * st[2] + ab
+        st[3] = k * st[3] + an * n
+        st[4] = k * st[4] + an * b
+        st[5] = k * st[5] + ab * b
+        st[6] = k * st[6] + a * t
+        st[7] = k * st[7] + an * t
+        st[8] = k * st[8] + ab * t
         self._samples[key] += 1
 
     def estimates(self) -> dict[Any, CostEstimate]:
@@ -338,11 +346,16 @@ def _solve(st: list[float]) -> tuple[float, float, float]:
     tc = 1e-6 * _st / s1 if s1 else 0.0
     tp = 1e-6 * _st / sn if sn else 0.0
     tb = 1e-6 * _st / sb if sb else 0.0
-    m3 = ((s1, sn, sb), (sn, snn, snb), (sb, snb, sbb))
-    d3 = _det3(m3)
+    # the symmetric matrix ((s1 sn sb) (sn snn snb) (sb snb sbb)): its cofactors
+    c00 = snn * sbb - snb * snb
+    c01 = sn * sbb - snb * sb
+    c02 = sn * snb - snn * sb
+    d3 = s1 * c00 - sn * c01 + sb * c02
     if d3 > 1e-9 * s1 * snn * sbb:
-        r = (_st, snt, sbt)
-        c, pp, pb = (_det3(_col(m3, j, r)) / d3 for j in range(3))
+        # column j replaced by r = (_st, snt, sbt)
+        c = (_st * c00 - sn * (snt * sbb - snb * sbt) + sb * (snt * snb - snn * sbt)) / d3
+        pp = (s1 * (snt * sbb - snb * sbt) - _st * c01 + sb * (sn * sbt - snt * sb)) / d3
+        pb = (s1 * (snn * sbt - snt * snb) - sn * (sn * sbt - snt * sb) + _st * c02) / d3
         if c >= -tc and pp >= -tp and pb >= -tb:
             return max(c, 0.0), max(pp, 0.0), max(pb, 0.0)
     d = s1 * snn - sn * sn  # per_call + per_packet
@@ -351,29 +364,10 @@ def _solve(st: list[float]) -> tuple[float, float, float]:
         pp = (snt * s1 - _st * sn) / d
         if c >= -tc and pp >= -tp:
             return max(c, 0.0), max(pp, 0.0), 0.0
-    d = snn * sbb - snb * snb  # per_packet + per_byte
+    d = c00  # per_packet + per_byte
     if d > 1e-9 * snn * sbb:
         pp = (snt * sbb - sbt * snb) / d
         pb = (sbt * snn - snt * snb) / d
         if pp >= -tp and pb >= -tb:
             return 0.0, max(pp, 0.0), max(pb, 0.0)
     return 0.0, (snt / snn if snn else 0.0), 0.0
-
-
-def _det3(m: tuple[tuple[float, float, float], ...]) -> float:
-    return (
-        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-    )
-
-
-def _col(
-    m: tuple[tuple[float, float, float], ...], j: int, r: tuple[float, float, float]
-) -> tuple[tuple[float, float, float], ...]:
-    rows = []
-    for i in range(3):
-        row = list(m[i])
-        row[j] = r[i]
-        rows.append((row[0], row[1], row[2]))
-    return tuple(rows)
