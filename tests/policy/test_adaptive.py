@@ -263,3 +263,32 @@ def test_hill_climb_does_not_drift_on_noise() -> None:
         pol._climb(1000.0 * pol.ratio)
         seen.append(pol.ratio)
     assert seen == sorted(seen) and seen[-1] == pytest.approx(2.0)
+
+
+def test_pipelined_and_serial_modes_climb_apart() -> None:
+    """Pipelining and not are two models with two throughput measures: each mode
+    keeps its own ratio, and a window that sees the mode change is dropped
+    rather than compared across the two measures."""
+    from dataclasses import replace
+
+    pol = Adaptive(period=0.25, step=1.2, tolerance=0.01, regime=10.0)
+    base = snap(sw={C: 10e-6}, dev={C: 10e-6})
+    piped = replace(base, pipelined=True)
+
+    # pipelined: rising throughput (packets per second of wall time) moves the
+    # ratio up, window after window
+    pol.split(C, batch(10), want(10), [view()], piped)
+    pol.observe(Feedback(C, SOFTWARE, 0, 0, 0.0, 0.0))  # the first window opens
+    for i, r in enumerate((1000.0, 1200.0, 1500.0)):
+        pol.observe(Feedback(C, SOFTWARE, round(r * 0.3), 0, 0.0, 0.3 * (i + 1)))
+    assert pol.climbs == 3 and pol.ratio > 1.0
+    learnt = pol.ratio
+    # the backlog drains: the serial mode starts from the model, with its own climb
+    pol.split(C, batch(10), want(10), [view()], base)
+    assert pol.ratio == 1.0
+    # a window begun serial that ends pipelined is not used
+    pol.observe(Feedback(C, SOFTWARE, 10, 0, 1e-3, 10.0))
+    pol.split(C, batch(10), want(10), [view()], piped)
+    assert pol.ratio == learnt  # back to what the pipelined mode had learnt
+    pol.observe(Feedback(C, SOFTWARE, 10, 0, 1e-3, 10.4))
+    assert pol.climbs == 3 and pol.ratio == learnt

@@ -25,7 +25,8 @@ the cost of doing the chain in software. The model's ``k_dev`` is scaled by a
 ratio ``m`` that a hill-climb adjusts every ``period`` seconds (time from the
 feedback, never a clock of its own) on the observed throughput — task-packets
 per second of batch wall time (software time, or submit-to-complete time of the
-device trips, whichever is longer; while pipelining, of the window's time):
+device trips, whichever is longer; while pipelining, of the window's time;
+the two modes keep a ratio each, and a window ends unused when the mode changes):
 keep moving ``m`` the same way while throughput rises by more than
 ``tolerance`` (5%), turn back when it drops by more. Each turn halves the step
 (down to ``min_step``), so ``m`` settles at the best split instead of swinging
@@ -131,7 +132,8 @@ class Adaptive(Policy):
         self._last_probe: dict[tuple[int, int], float] = {}  # (device, path probed)
         self._trip_device = -1
         self._pipelined = False  # the last snapshot said the engine pipelines
-        self._win_pipelined = False  # ... and every one since the window began
+        #: the climb of the other mode (pipelined or not), kept while this one runs
+        self._other_climb: tuple[float, int, float, float | None, int] | None = None
         self.tally = Tally()
 
     # ------------------------------------------------------------ model
@@ -177,8 +179,8 @@ class Adaptive(Policy):
         load: LoadSnapshot,
     ) -> Paths:
         out = software_paths(len(batch))
-        self._pipelined = load.pipelined
-        self._win_pipelined &= load.pipelined
+        if load.pipelined != self._pipelined:
+            self._switch_mode(load.pipelined)
         if not want.any():
             return out
         ups = [d for d in devices if d.up]
@@ -257,7 +259,6 @@ class Adaptive(Policy):
             return
         if self._win_start is None:
             self._win_start = fb.now
-            self._win_pipelined = self._pipelined
         self._win_packets += fb.packets
         if fb.path == SOFTWARE:
             self._win_sw += fb.seconds
@@ -266,17 +267,31 @@ class Adaptive(Policy):
         if fb.now - self._win_start >= self.period:
             # pipelining (a backlog) all the window: host and device work on different
             # batches, trips overlap, and the throughput is the window's own
-            busy = (
-                fb.now - self._win_start
-                if self._win_pipelined
-                else max(self._win_sw, self._win_dev)
-            )
+            busy = fb.now - self._win_start if self._pipelined else max(self._win_sw, self._win_dev)
             if busy > 0:
                 self._climb(self._win_packets / busy)
-            self._win_start = fb.now
-            self._win_pipelined = self._pipelined
-            self._win_packets = 0
-            self._win_sw = self._win_dev = 0.0
+            self._restart_window(fb.now)
+
+    def _restart_window(self, now: float | None) -> None:
+        self._win_start = now
+        self._win_packets = 0
+        self._win_sw = self._win_dev = 0.0
+
+    def _switch_mode(self, pipelined: bool) -> None:
+        """The engine started or stopped pipelining. The two modes balance by
+        different models and measure throughput differently (wall time of the
+        window, or the paths' busy time), so each keeps its own climb: the
+        ratio learnt in one says nothing of the other, and a window that saw
+        both would compare the two measures (a jump that looked like a change of
+        regime and reset the climb every time the backlog came or went)."""
+        mine = (self.ratio, self.direction, self._step, self._prev_rate, self._quiet)
+        other = self._other_climb
+        if other is None:
+            other = (1.0, 1, self.step, None, 0)
+        self.ratio, self.direction, self._step, self._prev_rate, self._quiet = other
+        self._other_climb = mine
+        self._pipelined = pipelined
+        self._restart_window(None)
 
     def _climb(self, rate: float) -> None:
         """One hill-climbing step on the observed throughput ``rate``.
