@@ -555,3 +555,37 @@ def test_dos_filter_pin_moves_to_software_when_the_device_fails() -> None:
     # the first trip fails and is redone on the host; from then on the host
     # keeps the task (and its one bucket)
     assert c.errors == 30 and c.software == 90 and passed == 10
+
+
+class _ByOrigin(Always):
+    """Per packet, the path its origin was dealt (-1 software, 0 or 1 a device)."""
+
+    def __init__(self, deal: list[int]) -> None:
+        self.deal = np.array(deal, dtype=np.int8)
+
+    def split(self, task, batch, want, devices, load):  # type: ignore[no-untyped-def]
+        out = self.deal[batch.ext.origin % len(self.deal)].copy()
+        out[~want] = -1
+        return out
+
+
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.integers(-1, 1)), max_size=40))
+def test_two_devices_and_software_share_a_batch(pkts: list[tuple[bytes, int]]) -> None:
+    """Each packet goes the way it was dealt (software, device 0 or device 1) and
+    the batch comes back whole, in order, every task done once."""
+    soft = lib()
+    devs = [SoftwareDevice(soft, name=f"sw{i}") for i in range(2)]
+    for d in devs:
+        d.enable(Task.CHECKSUM, Task.ENCRYPT, Task.DIGEST)
+    deal = [k for _, k in pkts] or [0]
+    eng = Engine(
+        Direction.TX, Task.CHECKSUM | Task.ENCRYPT | Task.DIGEST, soft, _ByOrigin(deal), devs
+    )
+    b = Batch.from_packets([p for p, _ in pkts])
+    b.ext.tasks[:] = int(Task.CHECKSUM | Task.ENCRYPT | Task.DIGEST)
+    b.ext.l3_proto[:] = 4
+    out = eng.process(b).batch
+    assert out.packets() == [p + b"\xc5\xe7\xd1" for p, _ in pkts]
+    for i, d in enumerate(devs):
+        assert d.stats.packets == sum(1 for _, k in pkts if k == i)
+    assert eng.counters[Task.DIGEST].software == sum(1 for _, k in pkts if k < 0)

@@ -21,6 +21,7 @@ from netoffload.tasks import (
     TX_ORDER,
     Direction,
     Task,
+    members_of,
     stage_order,
 )
 
@@ -152,3 +153,13 @@ def test_linux_feature_names_are_the_kernels() -> None:
     for t in ALL_TASKS:
         for name in TASK_INFO[t].linux_features:
             assert name in kernel, f"{t.kebab}: {name!r} is not a kernel feature name"
+
+
+@given(st.integers(0, (1 << 16) - 1))
+def test_members_are_the_set_bits_in_id_order(bits: int) -> None:
+    # independent: the ids of the set bits below the ten tasks, one by one
+    expect = [i for i in range(len(ALL_TASKS)) if bits >> i & 1]
+    assert [t.index for t in Task(bits & 0x3FF).members()] == expect
+    assert [t.index for t in members_of(bits)] == expect
+    small = bits & 0x3FF
+    assert members_of(small) is members_of(small)  # made once per set of the ten

@@ -132,6 +132,18 @@ def _same(b: Batch, arrays: tuple[object, ...]) -> bool:
     return all(x is y for x, y in zip(_arrays(b), arrays, strict=True))
 
 
+def _devices_in(paths: np.ndarray, ndevices: int) -> tuple[int, ...]:
+    """The devices ``paths`` sends packets to, in index order."""
+    if not len(paths):
+        return ()
+    hi = int(paths.max())
+    if hi < 0:
+        return ()
+    if ndevices == 1 or int(np.where(paths < 0, hi, paths).min()) == hi:
+        return (hi,)
+    return tuple(np.unique(paths[paths >= 0]).tolist())
+
+
 def _tail_start(sel: Mask) -> int:
     """m when ``sel`` is exactly packets m..n-1 (0 < m < n), else -1."""
     n = len(sel)
@@ -404,14 +416,15 @@ class Engine:
                 snap = self._snapshot()
                 paths = np.asarray(self.policy.split(t, rest, want, views, snap), np.int8)
                 paths[~want] = SOFTWARE
-                # a device may only get what it can do
-                for v in views:
-                    sel = paths == v.index
-                    if sel.any():
-                        paths[sel & ~v.capable(t, rest)] = SOFTWARE
+                if _devices_in(paths, len(views)):
+                    # a device may only get what it can do
+                    for v in views:
+                        sel = paths == v.index
+                        if sel.any():
+                            paths[sel & ~v.capable(t, rest)] = SOFTWARE
                 if self.soft[t].keeps_state:
                     paths = self._pinned(t, rest, want, paths, views)
-                for k in np.unique(paths[paths >= 0]):
+                for k in _devices_in(paths, len(views)):
                     sel = paths == k
                     m = -1
                     # every trip is the engine's to give away (the batch handed to it,
@@ -422,10 +435,11 @@ class Engine:
                         # the device gets the last packets: views, no copy
                         parent = rest
                         trip, rest = parent.slice(m, len(parent)), parent.slice(0, m)
-                        want = want[:m]
+                        want, paths = want[:m], paths[:m]
                     else:
                         trip, rest = rest.take(sel), rest.take(~sel)
-                        want = want[~sel]
+                        # the next device's packets are counted in what is left
+                        want, paths = want[~sel], paths[~sel]
                     tr = self._open_trip(int(k), trip, stages, si, views, owned=True)
                     trips.append(tr)
                     if m > 0:
@@ -629,7 +643,8 @@ class Engine:
                 self._device_failed(trip.device, trip.batch, trip.tasks, str(e))
         if ok:
             elapsed = self.clock() - trip.t0
-            members = [t for t in self.stages if trip.tasks & t]  # in stage order
+            tb = int(trip.tasks)
+            members = [t for t in self.stages if tb & _INT[t]]  # in stage order
             for t in members:
                 task = self.soft[t]
                 if task.has_settle:

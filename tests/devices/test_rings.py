@@ -249,3 +249,24 @@ def test_read_into_refuses_a_packet_outside_its_slot_untouched() -> None:
     with pytest.raises(BufferFormatError):
         read_batch_into(region, dst)
     assert same(dst, keep)
+
+
+@given(
+    st.lists(st.integers(0, (1 << 10) - 1), min_size=0, max_size=64),
+    st.integers(0, 3),
+)
+def test_offload_tally_counts_packets_and_bytes_per_task(offload: list[int], same: int) -> None:
+    """``offload_tally`` against a count made packet by packet."""
+    from netoffload.devices.base import offload_tally
+
+    if same == 0 and offload:  # the fast path: every packet asks one set
+        offload = [offload[0]] * len(offload)
+    n = len(offload)
+    b = Batch.alloc([60 + 7 * i for i in range(n)])
+    b.ext.offload[:] = offload
+    expect = []
+    for t in ALL_TASKS:
+        rows = [i for i in range(n) if offload[i] & int(t)]
+        if rows:
+            expect.append((t, len(rows), sum(60 + 7 * i for i in rows)))
+    assert list(offload_tally(b)) == expect

@@ -633,18 +633,26 @@ def run_timed(
     each and adding the profile's busy-wait cost."""
     task_ns = [0] * len(ALL_TASKS)
     out = batch
+    cost = per_packet_s > 0 or per_byte_s > 0
     for t in order:
-        sel = ((out.ext.offload & t) != 0) & out.ext.alive()
+        bit = np.uint16(t)  # (an IntFlag operand costs numpy ~2 us an operation)
+        e = out.ext
+        sel = (e.offload & bit) != 0
+        if e.error.any() or e.filter_verdict.any():
+            sel &= e.alive()
         if not sel.any():
             continue
         t0 = time.perf_counter_ns()
-        n = int(sel.sum())
-        nbytes = int(out.length[sel].sum())
+        if cost:
+            n = int(np.count_nonzero(sel))
+            nbytes = int(np.add.reduce(out.length[sel]))
         out = lib[t].process(out, sel)
-        asked = (out.ext.offload & t) != 0
-        out.ext.done[asked] |= np.uint16(t)
-        out.ext.by_device[asked] |= np.uint16(t)
-        _busy_wait(per_packet_s * n + per_byte_s * nbytes)
+        e = out.ext
+        asked = (e.offload & bit) != 0
+        np.bitwise_or(e.done, bit, out=e.done, where=asked)
+        np.bitwise_or(e.by_device, bit, out=e.by_device, where=asked)
+        if cost:
+            _busy_wait(per_packet_s * n + per_byte_s * nbytes)
         task_ns[t.index] += time.perf_counter_ns() - t0
     return out, task_ns
 

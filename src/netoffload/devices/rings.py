@@ -482,14 +482,16 @@ class Rings:
         head = int(self.ctrl[CQ_HEAD])
         if head >= int(self.ctrl[CQ_TAIL]):
             return None
-        d = self.cq[head % self.spec.slots]
+        ticket, region_i, status, wait_ns, service_ns, task_ns = self.cq[
+            head % self.spec.slots
+        ].item()
         desc = CompletionDesc(
-            int(d["ticket"]),
-            int(d["region"]),
-            int(d["status"]),
-            int(d["wait_ns"]),
-            int(d["service_ns"]),
-            tuple(int(x) for x in d["task_ns"]),
+            int(ticket),
+            int(region_i),
+            int(status),
+            int(wait_ns),
+            int(service_ns),
+            tuple(task_ns.tolist()),
         )
         out: Batch | None = None
         if desc.status == 0:

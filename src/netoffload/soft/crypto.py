@@ -281,8 +281,11 @@ class EncryptTask(SoftTask):
         sa = e.sa[rows].astype(np.int64)
         known = (sa >= 0) & (sa < len(self.table))
         rows, sa = rows[known], sa[known]
-        for k in np.unique(sa).tolist():
-            r = rows[sa == k]
+        if not len(sa):
+            return
+        lo, hi = int(sa.min()), int(sa.max())
+        for k in (lo,) if lo == hi else np.unique(sa).tolist():  # (one SA: no sort)
+            r = rows if lo == hi else rows[sa == k]
             first = self.next_seq[k]
             n = min(len(r), max(self.table.sas[k].max_seq - first + 1, 0))
             e.seq[r[:n]] = np.arange(n, dtype=np.uint64) + np.uint64(first)
