@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from netoffload.bench import Bench, BenchContext, BenchResult, register
 from netoffload.devices import kernel_common as kc
 from netoffload.devices.tun import TunDevice
@@ -37,6 +39,7 @@ ADDR_A = "198.18.1.1"
 ADDR_B = "198.18.2.1"
 PORT = 5201
 OFFLOAD_BITS = kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6 | kc.TUN_F_TSO_ECN
+_U_CSUM = np.uint16(Task.CHECKSUM)  # (an IntFlag operand costs numpy ~2 us an operation)
 
 
 @dataclass
@@ -145,7 +148,7 @@ class ForwardTopology:
         if not n:
             return 0
         e = b.ext
-        todo = (e.done & Task.CHECKSUM) == 0
+        todo = (e.done & _U_CSUM) == 0
         if todo.any():
             b = self._verify.process(b, todo)
         gso = e.gso_size[(e.gso_type & 0x7F) != 0]

@@ -22,6 +22,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -253,30 +254,73 @@ def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
 
 # --- batches from reads ---------------------------------------------------------------
 class Arena:
-    """Reads land straight in slots of a persistent buffer; ``batch()`` copies them out once.
+    """Reads land straight in slots of a persistent buffer, handed to the batch without a copy.
 
     ``slot()`` gives the next writable region (``max_frame`` bytes after the
-    headroom) or None when the arena is full; ``commit(n)`` keeps ``n`` bytes.
+    headroom) or None when the arena is full; ``commit(n)`` keeps ``n`` bytes;
+    ``batch()`` makes the batch of what was read since ``reset()``.
+
+    The batch's buffer is a view of the buffer the reads landed in: no copy.
+    The next ``reset()`` reads into a buffer nobody holds a view of any more --
+    the same one when the last batch is gone (the usual receive loop: its pages
+    stay mapped and warm), another of a small pool when it is still held. When
+    every pooled buffer is held, reads go to a scratch buffer that ``batch()``
+    copies out of, so a held batch never changes under its holder. (A fresh
+    buffer for every batch costs more than the copy it saves: its pages fault
+    in, 94 against 15 us for 4 x 64 KB.)
     """
 
     HEADROOM = 64
     TAILROOM = 64
+    POOL = 4  # buffers handed to batches, at most
 
     def __init__(self, size: int = 4 << 20, max_frame: int = 65535 + 14) -> None:
         self.max_frame = max_frame
-        self.arena = np.empty(size, dtype=np.uint8)
-        self._mv = memoryview(self.arena.data)
+        self.size = size
+        self._pool: list[NDArray[np.uint8]] = []
+        self._mvs: list[memoryview] = []
+        self._scratch: tuple[NDArray[np.uint8], memoryview] | None = None
+        self._add()
+        # references to a buffer nobody else holds: the pool, its memoryview, the call
+        self._idle_refs = sys.getrefcount(self._pool[0])
+        self._cur = 0  # index in the pool, or -1: the scratch buffer (copied out)
+        self.arena = self._pool[0]
+        self._mv = self._mvs[0]
         self.starts: list[int] = []
         self.lens: list[int] = []
         self.off = 0
 
+    def _add(self) -> None:
+        a = np.empty(self.size, dtype=np.uint8)
+        self._pool.append(a)
+        self._mvs.append(memoryview(a.data))
+
     def __len__(self) -> int:
         return len(self.starts)
 
+    def _idle(self, i: int) -> bool:
+        return sys.getrefcount(self._pool[i]) <= self._idle_refs
+
     def reset(self) -> None:
+        """Start a new batch, in a buffer no earlier batch still holds."""
         self.starts.clear()
         self.lens.clear()
         self.off = 0
+        del self.arena  # (its own reference must not count as a holder)
+        cur = self._cur
+        if not (cur >= 0 and self._idle(cur)):
+            cur = next((i for i in range(len(self._pool)) if self._idle(i)), -1)
+            if cur < 0 and len(self._pool) < self.POOL:
+                self._add()
+                cur = len(self._pool) - 1
+        self._cur = cur
+        if cur >= 0:
+            self.arena, self._mv = self._pool[cur], self._mvs[cur]
+        else:
+            if self._scratch is None:
+                a = np.empty(self.size, dtype=np.uint8)
+                self._scratch = (a, memoryview(a.data))
+            self.arena, self._mv = self._scratch
 
     def slot(self) -> memoryview | None:
         s = self.off + self.HEADROOM
@@ -300,7 +344,9 @@ class Arena:
         slot_hi = np.empty(n, dtype=np.int64)
         slot_hi[:-1] = slot_lo[1:]
         slot_hi[-1] = self.off
-        return Batch(self.arena[: self.off].copy(), start, length, slot_lo, slot_hi, Ext(n), 0)
+        used = self.arena[: self.off]
+        buf = used if self._cur >= 0 else used.copy()
+        return Batch(buf, start, length, slot_lo, slot_hi, Ext(n), 0)
 
 
 # --- filter push-down -------------------------------------------------------------------
