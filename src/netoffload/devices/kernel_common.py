@@ -284,8 +284,7 @@ class Arena:
         # references to a buffer nobody else holds: the pool, its memoryview, the call
         self._idle_refs = sys.getrefcount(self._pool[0])
         self._cur = 0  # index in the pool, or -1: the scratch buffer (copied out)
-        self.arena = self._pool[0]
-        self._mv = self._mvs[0]
+        self._mv = self._mvs[0]  # (the buffer's own memoryview: no extra reference)
         self.starts: list[int] = []
         self.lens: list[int] = []
         self.off = 0
@@ -306,7 +305,6 @@ class Arena:
         self.starts.clear()
         self.lens.clear()
         self.off = 0
-        del self.arena  # (its own reference must not count as a holder)
         cur = self._cur
         if not (cur >= 0 and self._idle(cur)):
             cur = next((i for i in range(len(self._pool)) if self._idle(i)), -1)
@@ -315,16 +313,16 @@ class Arena:
                 cur = len(self._pool) - 1
         self._cur = cur
         if cur >= 0:
-            self.arena, self._mv = self._pool[cur], self._mvs[cur]
+            self._mv = self._mvs[cur]
         else:
             if self._scratch is None:
                 a = np.empty(self.size, dtype=np.uint8)
                 self._scratch = (a, memoryview(a.data))
-            self.arena, self._mv = self._scratch
+            self._mv = self._scratch[1]
 
     def slot(self) -> memoryview | None:
         s = self.off + self.HEADROOM
-        if s + self.max_frame + self.TAILROOM > len(self.arena):
+        if s + self.max_frame + self.TAILROOM > self.size:
             return None
         return self._mv[s : s + self.max_frame]
 
@@ -344,8 +342,11 @@ class Arena:
         slot_hi = np.empty(n, dtype=np.int64)
         slot_hi[:-1] = slot_lo[1:]
         slot_hi[-1] = self.off
-        used = self.arena[: self.off]
-        buf = used if self._cur >= 0 else used.copy()
+        if self._cur >= 0:
+            buf = self._pool[self._cur][: self.off]  # the batch holds it: no copy
+        else:
+            assert self._scratch is not None
+            buf = self._scratch[0][: self.off].copy()
         return Batch(buf, start, length, slot_lo, slot_hi, Ext(n), 0)
 
 
