@@ -23,6 +23,18 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _policy_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--policy",
+        metavar="SPEC",
+        help=f"offload policy: NAME[+failover][:key=value,...] (default: {default})",
+    )
+    p.add_argument(
+        "--policy-file", type=Path, metavar="FILE", help="the policy from a TOML/JSON file"
+    )
+    p.set_defaults(policy_default=default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="netoffload",
@@ -45,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--mss", type=int, help="segment size for tcp-segment/udp-segment")
     pc.add_argument("--sa", type=Path, metavar="FILE", help="security associations (keys, SPIs)")
     pc.add_argument("--rules", type=Path, metavar="FILE", help="classification / filter rules")
-    pc.add_argument("--policy", default="never", help="offload policy (default: never)")
+    _policy_args(pc, "never")
 
     d = sub.add_parser("demo", help="the main job on its embedded default, with a report")
-    d.add_argument("--policy", default="adaptive", help="offload policy (default: adaptive)")
+    _policy_args(d, "adaptive")
     d.add_argument(
         "--nic",
         default="crypto",

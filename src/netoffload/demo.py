@@ -49,7 +49,8 @@ from netoffload.devices.emulated_nic import EmulatedNIC, get_profile
 from netoffload.devices.loopback import LoopbackPair
 from netoffload.engine import Engine
 from netoffload.errors import ConfigError
-from netoffload.policy import LoadMonitor, make_policy
+from netoffload.policy import LoadMonitor
+from netoffload.policy.config import policy_from_namespace
 from netoffload.policy.load import PsutilSampler
 from netoffload.tables import counter_row, counter_table
 from netoffload.tasks import Direction, Task, stage_order
@@ -244,6 +245,7 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"--packets must be at least 1, not {n}")
     if bsize < 1:
         raise ConfigError(f"--batch must be at least 1, not {bsize}")
+    new_policy = policy_from_namespace(args, "adaptive")
     avail = soft.available()
     tx_tasks = Task(0)
     rx_tasks = Task(0)
@@ -274,8 +276,8 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             tx_opts = {t: DEMO_TASKS[t].tx_options(ctx) for t in tx_stages}
             tx_devs.append(stack.enter_context(_nic(nic_name, tx_opts, tx_stages, "tx")))
             rx_devs.append(stack.enter_context(_nic(nic_name, rx_opts, rx_stages, "rx")))
-        tx = Engine(Direction.TX, tx_tasks, tx_lib, make_policy(args.policy), tx_devs, _monitor())
-        rx = Engine(Direction.RX, rx_tasks, rx_lib, make_policy(args.policy), rx_devs, _monitor())
+        tx = Engine(Direction.TX, tx_tasks, tx_lib, new_policy(), tx_devs, _monitor())
+        rx = Engine(Direction.RX, rx_tasks, rx_lib, new_policy(), rx_devs, _monitor())
         return _run(args, console, n, bsize, ctx, tx, rx, pair, nic_name)
 
 
@@ -345,7 +347,7 @@ def _run(
     report: dict[str, Any] = {
         "packets": n,
         "batch": bsize,
-        "policy": args.policy,
+        "policy": tx.policy.name,
         "nic": nic_name,
         "devices": {"tx": [d.name for d in tx.devices], "rx": [d.name for d in rx.devices]},
         "tasks": {

@@ -63,7 +63,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from netoffload.batch import Batch, CsumVerdict, FilterVerdict, GsoType, Reason
 from netoffload.engine import Engine
 from netoffload.errors import CaptureError, ConfigError
-from netoffload.policy import make_policy
+from netoffload.policy.config import policy_from_namespace
 from netoffload.soft import SoftLibrary, make_task
 from netoffload.tables import counter_row, counter_table
 from netoffload.tasks import Direction, Task, stage_order
@@ -253,7 +253,7 @@ class _Job:
         self.stages = stage_order(direction, tasks)
         opts = {t: _hook(t).options(args, direction) for t in self.stages}
         lib = SoftLibrary({t: make_task(t, **opts[t]) for t in self.stages})
-        self.engine = Engine(direction, tasks, lib, make_policy(args.policy))
+        self.engine = Engine(direction, tasks, lib, policy_from_namespace(args, "never")())
         self.stack = stack
         self.writer: PcapWriter | None = None
         self.results: IO[str] | None = None
