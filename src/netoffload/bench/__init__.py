@@ -35,6 +35,7 @@ class BenchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # for plots
+    xticks: dict[float, str] = field(default_factory=dict)  # names of the series' x values
 
     def verdicts(self) -> dict[str, bool]:
         out = {}

@@ -38,7 +38,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -435,10 +435,16 @@ def run(ctx: BenchContext) -> BenchResult:
         + ", ".join(f"{st.label} {r:.3f}" for st, r in zip(STEPS, ratios, strict=True))
     )
     series: dict[str, list[tuple[float, float]]] = {}
-    for name in POLICIES:
-        series[f"{name} kpps"] = [
-            (float(i), res[(s.label, name)].throughput / 1e3) for i, s in enumerate(STEPS)
-        ]
+    panels: tuple[tuple[str, Callable[[StepResult], float]], ...] = (
+        ("throughput, kpps", lambda r: r.throughput / 1e3),
+        ("p99 latency, ms", lambda r: r.quantile(99) * 1e3),
+        ("host CPU, share of a core", lambda r: r.cpu),
+    )
+    for title, value in panels:
+        for name in POLICIES:
+            series[f"{title}|{name}"] = [
+                (float(i), value(res[(s.label, name)])) for i, s in enumerate(STEPS)
+            ]
     notes.append(
         f"steps (x = index): {', '.join(f'{i}={s.label}' for i, s in enumerate(STEPS))}; "
         f"software capacity {cap:,.0f} packets/s; host core {host_core}, NIC core {nic_core}"
@@ -453,6 +459,7 @@ def run(ctx: BenchContext) -> BenchResult:
         rows=rows,
         notes=notes,
         series=series,
+        xticks={float(i): s.label for i, s in enumerate(STEPS)},
     )
 
 

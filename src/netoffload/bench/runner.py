@@ -73,8 +73,14 @@ def _plot(name: str, res: BenchResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if res.series else 1, figsize=(11 if res.series else 7, 4))
-    ax0 = axes[0] if res.series else axes
+    # series "PANEL|label" share a panel of their own (other units); plain ones the bench's
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for label, pts in res.series.items():
+        panel, _, short = label.rpartition("|")
+        panels.setdefault(panel or name, {})[short] = pts
+    ncols = 1 + len(panels)
+    fig, axes = plt.subplots(1, ncols, figsize=(7 + 4.5 * len(panels), 4), squeeze=False)
+    ax0 = axes[0][0]
     keys = list(res.metrics)
     vals = [res.metrics[k] for k in keys]
     colors = []
@@ -89,13 +95,16 @@ def _plot(name: str, res: BenchResult, path: Path) -> None:
             ax0.plot([res.targets[k][1]] * 2, [i - 0.4, i + 0.4], "k--")
     ax0.set_title(f"{name}: metrics (dashed: target)")
     ax0.set_xscale("symlog", linthresh=1)
-    if res.series:
-        ax1 = axes[1]
-        for label, pts in res.series.items():
+    for ax, (panel, series) in zip(axes[0][1:], panels.items(), strict=True):
+        for label, pts in series.items():
             xs, ys = zip(*pts, strict=True) if pts else ((), ())
-            ax1.plot(xs, ys, marker="o", label=label)
-        ax1.legend()
-        ax1.set_title(name)
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.legend(fontsize="small")
+        ax.set_title(panel)
+        if res.xticks:
+            ax.set_xticks(
+                list(res.xticks), list(res.xticks.values()), rotation=30, fontsize="small"
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
