@@ -86,3 +86,16 @@ def test_classify_with_example_rules(tmp_path: Path) -> None:
     # ssh rule, telnet dropped by its rule, media rule (DSCP 46), LPM /24 beats /16, LPM /16
     assert [by_index[i]["class_id"] for i in range(5)] == [2, 99, 7, 4, 3]
     assert [r.data for r in read_capture(out)] == [pkts[0], *pkts[2:]]
+
+
+def test_example_policy_file_loads_and_runs_the_demo(tmp_path: Path) -> None:
+    from netoffload.policy import Adaptive, Failover
+    from netoffload.policy.config import load_policy_file
+
+    p = load_policy_file(EXAMPLES / "policy.toml")()
+    assert isinstance(p, Failover) and isinstance(p.inner, Adaptive)
+    assert p.inner.bounds == (0.75, 1.33) and p.max_backoff == 30.0
+    out = tmp_path / "r.json"
+    argv = ["demo", "--packets", "200", "--batch", "50", "--nic", "none", "--json", str(out)]
+    assert main([*argv, "--policy-file", str(EXAMPLES / "policy.toml")]) == 0
+    assert json.loads(out.read_text())["policy"] == "adaptive+failover"
