@@ -123,3 +123,14 @@ def test_bad_arguments(args: list[str], capsys: Any) -> None:
     assert main(["demo", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("netoffload: error:")
+
+
+def test_adaptive_demo_reports_why_per_task(tmp_path: Path, capsys: Any) -> None:
+    rc, rep = run_demo(tmp_path, "--policy", "adaptive", "--nic", "crypto")
+    assert rc == 0
+    for side in ("tx", "rx"):
+        why = rep[side]["policy"]["why"]
+        assert set(why) == set(rep["tasks"][side])  # every task's last split is explained
+        for w in why.values():
+            assert w["why"] and 0 <= w["to_device"] <= w["of"]
+    assert "why: the last split of each task" in capsys.readouterr().out

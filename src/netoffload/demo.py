@@ -34,7 +34,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,7 @@ from netoffload.errors import ConfigError
 from netoffload.policy import LoadMonitor
 from netoffload.policy.config import policy_from_namespace
 from netoffload.policy.load import PsutilSampler
-from netoffload.tables import counter_row, counter_table
+from netoffload.tables import compact_table, counter_row, counter_table
 from netoffload.tasks import Direction, Task, stage_order
 from netoffload.testing.packets import synthetic_flows
 from netoffload.wire.parse import parse_batch
@@ -278,7 +278,37 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
             rx_devs.append(stack.enter_context(_nic(nic_name, rx_opts, rx_stages, "rx")))
         tx = Engine(Direction.TX, tx_tasks, tx_lib, new_policy(), tx_devs, _monitor())
         rx = Engine(Direction.RX, rx_tasks, rx_lib, new_policy(), rx_devs, _monitor())
+        nic_cores: set[int] = set()
+        for eng in (tx, rx):  # the NICs report their own service time, queue wait, crossing
+            for k, dev in enumerate(eng.devices):
+                if isinstance(dev, EmulatedNIC):
+                    dev.attach(eng.monitor, k)
+                    if dev.core is not None:
+                        nic_cores.add(dev.core)
+        stack.enter_context(_off_cores(nic_cores))
         return _run(args, console, n, bsize, ctx, tx, rx, pair, nic_name)
+
+
+@contextlib.contextmanager
+def _off_cores(cores: set[int]) -> Iterator[None]:
+    """Keep this process off the NICs' cores while they run (a NIC polls its ring
+    on its core: a host thread scheduled there waits for it, about a millisecond
+    a batch here), when other cores are left; the affinity is restored after."""
+    try:
+        old = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        yield
+        return
+    rest = old - cores
+    if not cores or not rest or rest == old:
+        yield
+        return
+    os.sched_setaffinity(0, rest)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, old)
 
 
 def _monitor() -> LoadMonitor:
@@ -373,6 +403,35 @@ def _run(
     return 0 if intact == n else 1
 
 
+def _why_of(policy: object) -> dict[str, dict[str, object]]:
+    """The policy's (or, under failover, its inner policy's) reasons per task."""
+    for p in (policy, getattr(policy, "inner", None)):
+        describe = getattr(p, "describe", None)
+        why = describe().get("why") if describe is not None else None
+        if isinstance(why, dict) and why:
+            return why
+    return {}
+
+
+def _print_why(console: Console, tx: Engine, rx: Engine) -> None:
+    """Why the last split of each task went as it did: the model's costs per packet
+    (software, the device's own, the host's crossing) and the reason."""
+    rows = [(n, t, w) for n, e in (("tx", tx), ("rx", rx)) for t, w in _why_of(e.policy).items()]
+    if not rows:
+        return
+    t = compact_table("why: the last split of each task (costs in us a packet)")
+    for col in ("task", "to device", "sw", "device", "crossing", "why"):
+        t.add_column(col, no_wrap=col != "why", overflow="fold")
+    for side, task, w in rows:
+        t.add_row(
+            f"{side} {task}",
+            f"{w.get('to_device', 0)}/{w.get('of', 0)}",
+            *(str(w.get(k, "-")) for k in ("software_us", "device_us", "crossing_us")),
+            str(w.get("why", "")),
+        )
+    console.print(t)
+
+
 def _print(console: Console, report: dict[str, Any], tx: Engine, rx: Engine) -> None:
     t = counter_table(
         f"demo: policy {report['policy']}, {report['packets']} packets", extra=("% device",)
@@ -393,6 +452,7 @@ def _print(console: Console, report: dict[str, Any], tx: Engine, rx: Engine) -> 
         decisions = eng.policy.describe().get("decisions")
         if decisions:
             console.print(f"{name} policy {eng.policy.name} decisions: {decisions}")
+    _print_why(console, tx, rx)
     for name, eng in (("tx", tx), ("rx", rx)):
         for task, c in eng.counters.items():
             if c.reasons:

@@ -292,3 +292,26 @@ def test_pipelined_and_serial_modes_climb_apart() -> None:
     assert pol.ratio == learnt  # back to what the pipelined mode had learnt
     pol.observe(Feedback(C, SOFTWARE, 10, 0, 1e-3, 10.4))
     assert pol.climbs == 3 and pol.ratio == learnt
+
+
+def test_describe_says_why_each_split_went_as_it_did() -> None:
+    pol = Adaptive(probe_every=100.0)
+    # the crossing costs more than doing the task at home: all software, and why
+    s = snap(now=0.0, sw={C: 1e-6}, dev={C: 1e-6}, crossing=2e-6)
+    pol.split(C, batch(50), want(50), [view()], s)
+    w = pol.describe()["why"]["checksum"]  # type: ignore[index]
+    assert w["to_device"] == 0 and w["of"] == 50
+    assert w["why"] == "crossing costs more than software"
+    assert (w["software_us"], w["device_us"], w["crossing_us"]) == (1.0, 1.0, 2.0)
+    # equal costs: half each, to finish together
+    pol.split(C, batch(50), want(50), [view()], snap(sw={C: 10e-6}, dev={C: 10e-6}))
+    w = pol.describe()["why"]["checksum"]  # type: ignore[index]
+    assert (w["to_device"], w["why"]) == (25, "finish together")
+    # a device part under min_part goes home, and that is said
+    pol.split(C, batch(100), want(100), [view()], snap(sw={C: 1e-6}, dev={C: 10e-6}))
+    w = pol.describe()["why"]["checksum"]  # type: ignore[index]
+    assert w["to_device"] == 0 and "device part under 15%" in str(w["why"])
+    # a full device queue: no costs to show, the reason instead
+    pol.split(C, batch(10), want(10), [view()], snap(sw={C: 1e-6}, dev={C: 1e-6}, occupancy=1.0))
+    w = pol.describe()["why"]["checksum"]  # type: ignore[index]
+    assert w["why"] == "device queues full" and "software_us" not in w

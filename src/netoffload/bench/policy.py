@@ -374,7 +374,7 @@ def run(ctx: BenchContext) -> BenchResult:
             for name, eng in engines.items():
                 d = eng.policy.describe()
                 if name in ("threshold", "adaptive"):
-                    keep = {k: v for k, v in d.items() if k not in ("decisions", "split")}
+                    keep = {k: v for k, v in d.items() if k not in ("decisions", "split", "why")}
                     notes.append(f"{name}: {keep}")
     finally:
         if hog is not None:

@@ -124,6 +124,10 @@ class Adaptive(Policy):
         self.climbs = 0
         self.last_rate = 0.0
         self.last_split: dict[Task, tuple[int, int]] = {}  # task: (to device, fresh packets)
+        #: per task, why its last split went as it did (and the model's terms)
+        self.last_why: dict[Task, dict[str, object]] = {}
+        self._terms: tuple[float, float, float, float] | None = None
+        self._why = ""
         self._prev_rate: float | None = None
         self._win_start: float | None = None
         self._win_packets = 0
@@ -158,8 +162,11 @@ class Adaptive(Policy):
         f_sw /= avail
         cross = load.crossing.get(device)
         x = cross.marginal(avg_bytes) if cross is not None and cross.samples else 0.0
+        self._terms = (c_sw, c_dev, x, load.queue_wait_s.get(device, 0.0))
         if x >= c_sw or c_sw + c_dev <= 0:
+            self._why = "crossing costs more than software"
             return 0
+        self._why = "balance (pipelined)" if load.pipelined else "finish together"
         if load.pipelined:
             # host and device work on different batches: balance their busy time
             # per batch; the host's also has its work outside the tasks
@@ -191,23 +198,29 @@ class Adaptive(Policy):
             return out
         e = batch.ext
         best: tuple[float, DeviceView, Mask] | None = None
+        none = "no device is up" if not ups else ""
         for d in ups:
             occ = load.device_occupancy[d.index] if d.index < len(load.device_occupancy) else 0.0
             if occ >= 1.0:
+                none = none or "device queues full"
                 continue
             # packets whose chain started in software stay there
             fresh = (e.done & ~e.by_device & np.uint16(d.buffer.enabled_tasks)) == 0
             fresh &= want
             if not fresh.any():
+                none = none or "their chain started in software"
                 continue
             fresh &= d.capable(task, batch)
             if not fresh.any():
+                none = none or "no device can do them"
                 continue
             score = load.device_cost(task, d.index).per_packet_s  # cheapest device first
             if best is None or score < best[0]:
                 best = (score, d, fresh)
         if best is None:
             self.tally.count(task, out, want)
+            self._terms = None
+            self._explain(task, 0, int(np.count_nonzero(want)), none)
             return out
         _, d, fresh = best
         idx = np.flatnonzero(fresh)
@@ -216,31 +229,51 @@ class Adaptive(Policy):
         chain = Task((bits & int(d.buffer.enabled_tasks)) | int(task))
         ln = batch.length
         avg = float(np.add.reduce(ln if n == len(ln) else ln[idx])) / n
+        self._terms = None
         model = self.device_share(chain, d.index, avg, n, load)
         if model is None:
             k = n // 2 if n > 1 else n  # learn both paths
             self.tally.bump(task, "explore")
+            why = "learning both paths' costs"
         else:
+            why = self._why
             k = min(n, round(model * self.ratio))
             # a small part on one path saves less than its fixed costs (a run,
             # a crossing) and the jitter of one more path in the pipeline
-            if k < self.min_part * n:
-                k = 0
-            elif n - k < self.min_part * n:
-                k = n
+            if 0 < k < self.min_part * n:
+                k, why = 0, f"{why}; device part under {self.min_part:.0%}"
+            elif 0 < n - k < self.min_part * n:
+                k, why = n, f"{why}; software part under {self.min_part:.0%}"
             probe = max(1, math.ceil(self.probe_share * n))
             if k == 0 and self._probe_due(d.index, d.index, load.now):
                 k = probe
                 self.tally.bump(task, "probe_device")
+                why += "; probing the device"
             elif k == n and n > 1 and self._probe_due(d.index, SOFTWARE, load.now):
                 k = n - probe
                 self.tally.bump(task, "probe_software")
+                why += "; probing software"
+        self._explain(task, k, n, why, d.name)
         if k:  # the last k: the engine's merge of [software part, trip] is then in order
             out[idx[n - k :]] = d.index
         self._trip_device = d.index
         self.last_split[task] = (k, n)
         self.tally.count(task, out, want)
         return out
+
+    def _explain(self, task: Task, k: int, n: int, why: str, device: str = "") -> None:
+        """Keep why the last split of ``task`` went as it did (``describe()["why"]``)."""
+        rec: dict[str, object] = {"device": device, "to_device": k, "of": n, "why": why}
+        if self._terms is not None:
+            c_sw, c_dev, x, wait = self._terms
+            rec.update(
+                software_us=round(c_sw * 1e6, 3),
+                device_us=round(c_dev * 1e6, 3),
+                crossing_us=round(x * 1e6, 3),
+                queue_wait_us=round(wait * 1e6, 1),
+                ratio=round(self.ratio, 4),
+            )
+        self.last_why[task] = rec
 
     def _probe_due(self, device: int, path: int, now: float) -> bool:
         key = (device, path)
@@ -342,5 +375,6 @@ class Adaptive(Policy):
             "climbs": self.climbs,
             "throughput": round(self.last_rate, 1),
             "split": {t.kebab: {"device": k, "of": n} for t, (k, n) in self.last_split.items()},
+            "why": {t.kebab: dict(w) for t, w in self.last_why.items()},
             "decisions": self.tally.as_dict(),
         }
