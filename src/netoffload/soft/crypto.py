@@ -54,7 +54,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from numpy.typing import NDArray
 
-from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index
+from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index, l2_len
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
 from netoffload.soft.checksum import fill
@@ -139,15 +139,6 @@ def _ix(rows: I64) -> I64 | slice:
     if n and int(rows[-1]) - int(rows[0]) == n - 1:
         return slice(int(rows[0]), int(rows[0]) + n)
     return rows
-
-
-def _l2_len(b: Batch, rows: I64 | slice) -> I64:
-    e = b.ext
-    if not (e.xflags[rows] & XFlag.ETHERNET).any():
-        return np.zeros(len(e.xflags[rows]), np.int64)
-    eth = (e.xflags[rows] & XFlag.ETHERNET) != 0
-    parsed = (e.xflags[rows] & XFlag.PARSED) != 0
-    return np.where(eth, np.where(parsed, e.l3_off[rows], 14), 0).astype(np.int64)
 
 
 def _byte(b: Batch, pos: I64, ok: Mask) -> I64:
@@ -322,7 +313,7 @@ class EncryptTask(SoftTask):
             ix = _ix(rows)
         if len(rows) == 0:
             return batch
-        l2 = _l2_len(batch, ix)
+        l2 = l2_len(batch, ix)
         avail = batch.length[ix] - l2
         ver, iplen = _ip_lengths(batch, batch.start[ix] + l2, avail)
         notip = ver == 0
@@ -657,7 +648,7 @@ def esp_layout(
     """
     n = len(rows)
     reason = np.zeros(n, dtype=np.uint16)
-    l2 = _l2_len(b, rows)
+    l2 = l2_len(b, rows)
     start = b.start[rows]
     avail = b.length[rows] - l2
     ver, iplen = _ip_lengths(b, start + l2, avail)

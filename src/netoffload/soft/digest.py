@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index
+from netoffload.batch import Batch, Mask, Reason, gather_index, l2_len
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
 from netoffload.tasks import Task
@@ -173,13 +173,6 @@ def digest_function(algorithm: str, key: bytes) -> Callable[[Any], bytes]:
     raise ConfigError(f"digest: unknown algorithm {algorithm!r}")
 
 
-def _l2_len(b: Batch, rows: I64) -> I64:
-    e = b.ext
-    eth = (e.xflags[rows] & XFlag.ETHERNET) != 0
-    parsed = (e.xflags[rows] & XFlag.PARSED) != 0
-    return np.where(eth, np.where(parsed, e.l3_off[rows], 14), 0).astype(np.int64)
-
-
 class DigestTask(SoftTask):
     """Append (compute) or check and strip (verify) a digest trailer."""
 
@@ -259,7 +252,7 @@ class DigestTask(SoftTask):
             out.buf[gather_index(out.start, out.length)] = b.buf[gather_index(b.start, b.length)]
             out.ext = b.ext
             b = out
-        l2 = _l2_len(b, rows)
+        l2 = l2_len(b, rows)
         s = b.start[rows] + l2
         ln = b.length[rows] - l2
         dig = self._digests(b, s, ln)
@@ -270,7 +263,7 @@ class DigestTask(SoftTask):
     def _verify(self, b: Batch, rows: I64) -> Batch:
         d = self.dlen
         e = b.ext
-        l2 = _l2_len(b, rows)
+        l2 = l2_len(b, rows)
         ln = b.length[rows] - l2 - d
         short = ln < 0
         e.error[rows[short]] = Reason.TRUNCATED
