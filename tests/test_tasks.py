@@ -163,3 +163,52 @@ def test_members_are_the_set_bits_in_id_order(bits: int) -> None:
     assert [t.index for t in members_of(bits)] == expect
     small = bits & 0x3FF
     assert members_of(small) is members_of(small)  # made once per set of the ten
+
+
+def test_numpy_treats_the_enums_as_plain_ints() -> None:
+    """Same results and dtypes as the int values, and no EnumType.__getattr__ on
+    the way (the slow lookup of __array_ufunc__ that NUMPY_PLAIN avoids)."""
+    import enum
+
+    import numpy as np
+
+    from netoffload.batch import CsumVerdict, FilterVerdict, GsoType, Reason, VnetFlag, XFlag
+    from netoffload.soft.assemble import GroResult
+    from netoffload.soft.replay import ReplayVerdict
+
+    a = np.arange(64, dtype=np.uint16)
+    members = [
+        *ALL_TASKS,
+        *XFlag,
+        *VnetFlag,
+        *GsoType,
+        *CsumVerdict,
+        *FilterVerdict,
+        *Reason,
+        *ReplayVerdict,
+        *GroResult,
+    ]
+
+    def check() -> None:
+        for m in members:
+            v = int(m)
+            for got, want in ((a & m, a & v), (a == m, a == v), (a | m, a | v)):
+                assert np.array_equal(got, want)
+            assert (a == m).dtype == np.bool_
+
+    check()
+    orig = getattr(enum.EnumType, "__getattr__", None)
+    if orig is None:  # Python >= 3.12: no such hook, nothing slow to avoid
+        return
+    looked: list[str] = []
+
+    def spy(cls: type, name: str) -> object:
+        looked.append(name)
+        return orig(cls, name)
+
+    setattr(enum.EnumType, "__getattr__", spy)  # noqa: B010
+    try:
+        check()
+    finally:
+        setattr(enum.EnumType, "__getattr__", orig)  # noqa: B010
+    assert "__array_ufunc__" not in looked

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from netoffload._enum import NUMPY_PLAIN
 from netoffload.errors import BufferFormatError
 
 U8 = NDArray[np.uint8]
@@ -35,6 +36,8 @@ Mask = NDArray[np.bool_]
 
 class GsoType(enum.IntEnum):
     """virtio_net_hdr gso_type values (linux/virtio_net.h)."""
+
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
 
     NONE = 0
     TCPV4 = 1
@@ -47,6 +50,8 @@ class GsoType(enum.IntEnum):
 class VnetFlag(enum.IntFlag):
     """virtio_net_hdr flags."""
 
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
+
     NEEDS_CSUM = 1
     DATA_VALID = 2
     RSC_INFO = 4
@@ -54,6 +59,8 @@ class VnetFlag(enum.IntFlag):
 
 class XFlag(enum.IntFlag):
     """netoffload's own per-packet flags (not in virtio)."""
+
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
 
     FIXED_ID = 1  # keep the IPv4 ID constant across segments (SKB_GSO_TCP_FIXEDID)
     ETHERNET = 2  # the packet starts with an Ethernet header
@@ -65,6 +72,7 @@ class XFlag(enum.IntFlag):
 
 
 class CsumVerdict(enum.IntEnum):
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
     UNKNOWN = 0
     GOOD = 1
     BAD = 2
@@ -73,6 +81,7 @@ class CsumVerdict(enum.IntEnum):
 
 
 class FilterVerdict(enum.IntEnum):
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
     PASS = 0
     DROP = 1
     MARK = 2
@@ -85,6 +94,8 @@ class Reason(enum.IntEnum):
     assembly, 50-69 crypto and digest, 70-99 classification and DoS filtering,
     100-119 kernel devices, 120-139 emulated NIC and policies.
     """
+
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
 
     NONE = 0
     TRUNCATED = 1

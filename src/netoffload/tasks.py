@@ -10,6 +10,7 @@ import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from netoffload._enum import NUMPY_PLAIN
 from netoffload.errors import ConfigError
 
 
@@ -21,6 +22,8 @@ class Direction(enum.Flag):
 
 class Task(enum.IntFlag):
     """A task, or a set of tasks (bit flags). ``Task(0)`` is the empty set."""
+
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
 
     CHECKSUM = 1 << 0
     ENCRYPT = 1 << 1

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from netoffload._enum import NUMPY_PLAIN
 from netoffload.batch import (
     DEFAULT_TAILROOM,
     Batch,
@@ -105,6 +106,8 @@ _NEEDS_CSUM = np.uint8(int(VnetFlag.NEEDS_CSUM))
 
 class GroResult(enum.IntEnum):
     """What assembly did with one input packet (Linux's gro_result, made explicit)."""
+
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
 
     NORMAL = 0  # not for this task (other protocol, not selected): passed as it was
     HELD = 1  # first segment of an output super-packet that absorbed later ones

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
+from netoffload._enum import NUMPY_PLAIN
 from netoffload.errors import ConfigError
 
 U64 = NDArray[np.uint64]
@@ -45,6 +46,7 @@ MAX_WINDOW = 4096
 
 
 class ReplayVerdict(enum.IntEnum):
+    __array_ufunc__ = NUMPY_PLAIN  # numpy at int speed (see _enum)
     OK = 0
     REPLAY = 1
     TOO_OLD = 2
