@@ -315,3 +315,33 @@ def test_describe_says_why_each_split_went_as_it_did() -> None:
     pol.split(C, batch(10), want(10), [view()], snap(sw={C: 1e-6}, dev={C: 1e-6}, occupancy=1.0))
     w = pol.describe()["why"]["checksum"]  # type: ignore[index]
     assert w["why"] == "device queues full" and "software_us" not in w
+
+
+def test_a_small_home_part_goes_too_when_the_host_core_is_shared() -> None:
+    """With a competitor on the host's core, a software part under min_part / share
+    goes to the device as well (the host is away for whole time slices)."""
+    costs = {"sw": {C: 10e-6}, "dev": {C: 5e-6}}
+    # the host is ours: 10 / (10 + 5) = 2/3 to the device, a third stays
+    alone = Adaptive(probe_every=100.0)
+    assert ndev(alone.split(C, batch(90), want(90), [view()], snap(1.0, 0.5, 0.5, **costs))) == 60
+    # half the core is a hog's: software costs 20 us, the model keeps 20% (18 of 90)
+    # home, under 15% / 0.5 = 30%: all go, and that is said
+    shared = Adaptive(probe_every=100.0)
+    assert ndev(shared.split(C, batch(90), want(90), [view()], snap(1.0, 1.0, 0.5, **costs))) == 90
+    assert "software part under 30%" in str(shared.last_why[C]["why"])
+
+
+def test_software_probes_are_rarer_on_a_shared_host_core() -> None:
+    """All to the device, software probed every probe_every s -- every
+    probe_every / share s when a hog holds half the host's core."""
+
+    def probes(process_cpu: float) -> list[int]:
+        pol = Adaptive(probe_every=1.0, probe_share=0.1)
+        got = []
+        for i in range(9):
+            s = snap(i * 0.5, 1.0, process_cpu, sw={C: 100e-6}, dev={C: 1e-6})
+            got.append(100 - ndev(pol.split(C, batch(100), want(100), [view()], s)))
+        return got
+
+    assert probes(1.0) == [0, 0, 10, 0, 10, 0, 10, 0, 10]  # our core: once a second
+    assert probes(0.5) == [0, 0, 0, 0, 10, 0, 0, 0, 10]  # half of it: every 2 s

@@ -162,3 +162,22 @@ def test_fit_weighs_runs_exponentially_whenever_it_is_read(
         assert mon._fit._st[(C, SOFTWARE)] == pytest.approx(want, rel=1e-9)
     a, b = (mon.snapshot(0.0).cost[(C, SOFTWARE)] for mon in (m, ref))
     assert a.predict(100, 140000) == pytest.approx(b.predict(100, 140000), rel=1e-6)
+
+
+def test_queue_wait_of_a_free_device_is_its_idle_wait() -> None:
+    """Waits behind a backlog say nothing of a batch that finds the device free:
+    the snapshot gives the idle waits when the device's queue is empty."""
+    m = LoadMonitor()
+    for w in (2e-3, 2.1e-3, 1.9e-3):
+        m.record_queue_wait(0, w)  # behind other batches
+    for w in (20e-6, 30e-6, 25e-6):
+        m.record_queue_wait(0, w, idle=True)
+    m.set_devices((0.5,), (True,))
+    assert m.snapshot(0.0).queue_wait_s[0] == pytest.approx(2e-3)
+    m.set_devices((0.0,), (True,))
+    assert m.snapshot(0.0).queue_wait_s[0] == pytest.approx(25e-6)
+    # only one kind measured yet: that one, whatever the queue
+    only = LoadMonitor()
+    only.record_queue_wait(0, 1e-3)
+    only.set_devices((0.0,), (True,))
+    assert only.snapshot(0.0).queue_wait_s[0] == pytest.approx(1e-3)

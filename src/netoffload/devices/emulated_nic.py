@@ -152,6 +152,7 @@ class _Flight:
     in_place: bool = False  # the output may be written into ``batch`` (submit_owned)
     #: per task asked: (task, packets, bytes), taken at submit (``batch`` may change)
     per_task: OffloadTally = ()
+    ahead: int = 0  # batches in flight before this one when it was submitted
 
 
 @dataclass
@@ -416,7 +417,10 @@ class EmulatedNIC(Device):
         asked = 0
         for t, _, _ in tally:
             asked |= t
-        self._inflight[ticket] = _Flight(batch, n, batch.nbytes, asked, post_s, in_place, tally)
+        ahead = len(self._inflight)
+        self._inflight[ticket] = _Flight(
+            batch, n, batch.nbytes, asked, post_s, in_place, tally, ahead
+        )
         self._queued += n
         self._account(batch, tally)
         return ticket
@@ -495,7 +499,7 @@ class EmulatedNIC(Device):
         k = self._index
         inside = sum(task_ns[t.index] for t, _, _ in fl.per_task)
         scale = service_ns / inside if inside > 0 and service_ns > inside else 1.0
-        m.record_queue_wait(k, wait_ns / 1e9)
+        m.record_queue_wait(k, wait_ns / 1e9, idle=fl.ahead == 0)
         m.record_crossing(k, fl.packets, fl.nbytes, cross_s)
         s = scale / 1e9
         for t, n, nb in fl.per_task:

@@ -43,6 +43,10 @@ A part smaller than ``min_part`` of the packets (15%) goes with the rest
 instead: it would save less than its fixed costs (one more run, one more
 crossing) and it adds a second path's jitter to the pipeline — with a CPU hog
 on the host core, keeping 10% at home made the whole batch wait for the host.
+For the host's part the bar is ``min_part`` divided by the host's share of its
+core (up to half the batch): with a competitor on the core the host is away for
+whole time slices, and a software part the model balanced at 17% still cost 5%
+of throughput against sending everything.
 
 Packets keep their path within one engine pass: packets the engine is putting
 on a trip stay on that device (look-ahead), and packets whose chain started in
@@ -50,7 +54,8 @@ software stay in software, so a packet crosses to the device at most once per
 pass. Without measurements for a path the policy splits half and half to learn
 both; while one path gets nothing, a small share is sent to it every
 ``probe_every`` seconds so its cost estimate follows the load (e.g. a CPU hog
-that comes and goes).
+that comes and goes) — software every ``probe_every`` divided by the host's
+share of its core, since a probe there costs that much more.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ class Adaptive(Policy):
         #: per task, why its last split went as it did (and the model's terms)
         self.last_why: dict[Task, dict[str, object]] = {}
         self._terms: tuple[float, float, float, float] | None = None
+        self._avail = 1.0  # the host's share of its cores at the last model
         self._why = ""
         self._prev_rate: float | None = None
         self._win_start: float | None = None
@@ -157,7 +163,7 @@ class Adaptive(Policy):
             f_sw += sw.per_call_s
             f_dev += dv.per_call_s
         # the host core shared with others (a CPU hog): software runs slower than measured
-        avail = host_share(load)
+        avail = self._avail = host_share(load)
         c_sw /= avail
         f_sw /= avail
         cross = load.crossing.get(device)
@@ -240,16 +246,24 @@ class Adaptive(Policy):
             k = min(n, round(model * self.ratio))
             # a small part on one path saves less than its fixed costs (a run,
             # a crossing) and the jitter of one more path in the pipeline
+            # ... the more so for the host's part when others hold the host's core:
+            # it is then descheduled for whole time slices while the device waits
+            home = min(0.5, self.min_part / self._avail)
             if 0 < k < self.min_part * n:
                 k, why = 0, f"{why}; device part under {self.min_part:.0%}"
-            elif 0 < n - k < self.min_part * n:
-                k, why = n, f"{why}; software part under {self.min_part:.0%}"
+            elif 0 < n - k < home * n:
+                k, why = n, f"{why}; software part under {home:.0%}"
             probe = max(1, math.ceil(self.probe_share * n))
             if k == 0 and self._probe_due(d.index, d.index, load.now):
                 k = probe
                 self.tally.bump(task, "probe_device")
                 why += "; probing the device"
-            elif k == n and n > 1 and self._probe_due(d.index, SOFTWARE, load.now):
+            elif (
+                k == n
+                and n > 1
+                # a shared host core makes the software probe dearer: probe less often
+                and self._probe_due(d.index, SOFTWARE, load.now, self.probe_every / self._avail)
+            ):
                 k = n - probe
                 self.tally.bump(task, "probe_software")
                 why += "; probing software"
@@ -275,13 +289,13 @@ class Adaptive(Policy):
             )
         self.last_why[task] = rec
 
-    def _probe_due(self, device: int, path: int, now: float) -> bool:
+    def _probe_due(self, device: int, path: int, now: float, every: float = 0.0) -> bool:
         key = (device, path)
         last = self._last_probe.get(key)
         if last is None:
             self._last_probe[key] = now
             return False
-        if now - last >= self.probe_every:
+        if now - last >= (every or self.probe_every):
             self._last_probe[key] = now
             return True
         return False

@@ -64,7 +64,9 @@ class LoadSnapshot:
     service: Mapping[tuple[Task, int], CostEstimate] = field(default_factory=dict)
     #: host cost of crossing to a device (copy in and out), per device
     crossing: Mapping[int, CostEstimate] = field(default_factory=dict)
-    #: time a batch waits in a device's queue before the device takes it (recent median)
+    #: time a batch submitted now would wait before the device takes it (recent
+    #: median): behind other batches while the device has some, else the wait of a
+    #: batch that found the device idle (its doorbell and wake-up)
     queue_wait_s: Mapping[int, float] = field(default_factory=dict)
     #: the engine is pipelining: it starts this batch while earlier ones are still in
     #: flight, so host and device work on different batches at once
@@ -158,8 +160,8 @@ class LoadMonitor:
         self._last_sample: float | None = None
         self._service = _CostFit(alpha)
         self._cross = _CostFit(alpha)
-        self._qwait: dict[int, float] = {}
-        self._qwait_window: dict[int, deque[float]] = {}
+        self._qwait: dict[tuple[int, bool], float] = {}  # (path, idle): recent median
+        self._qwait_window: dict[tuple[int, bool], deque[float]] = {}
         self._lat_window: dict[int, deque[float]] = {}
         self._lat_len = latency_window
         self._fit = _CostFit(alpha)
@@ -209,15 +211,31 @@ class LoadMonitor:
         """Host time spent crossing to device ``path`` (copies in and out)."""
         self._cross.record(path, packets, nbytes, seconds)
 
-    def record_queue_wait(self, path: int, seconds: float) -> None:
-        """Time a batch waited before device ``path`` took it. The snapshot gives the
-        median of the last 16 (a wake-up delayed by a busy core is an outlier)."""
-        w = self._qwait_window.get(path)
+    def record_queue_wait(self, path: int, seconds: float, idle: bool = False) -> None:
+        """Time a batch waited before device ``path`` took it; ``idle``: it was
+        submitted while the device had nothing else (the wait is the doorbell's and
+        the wake-up's, not that of batches ahead). The snapshot gives the median of
+        the last 16 of the kind that applies (a delayed wake-up is an outlier):
+        behind others while the device has work queued, else idle -- a backlog's
+        waits say nothing of a batch that finds the device free."""
+        key = (path, idle)
+        w = self._qwait_window.get(key)
         if w is None:
-            w = self._qwait_window[path] = deque(maxlen=16)
+            w = self._qwait_window[key] = deque(maxlen=16)
         w.append(seconds)
         xs = sorted(w)
-        self._qwait[path] = xs[len(xs) // 2]
+        self._qwait[key] = xs[len(xs) // 2]
+
+    def _queue_waits(self) -> dict[int, float]:
+        out: dict[int, float] = {}
+        occ = self.device_occupancy
+        for path in {p for p, _ in self._qwait}:
+            busy = self._qwait.get((path, False))
+            idle = self._qwait.get((path, True))
+            empty = path < len(occ) and occ[path] <= 0.0
+            pick = idle if empty and idle is not None else busy
+            out[path] = pick if pick is not None else idle or 0.0
+        return out
 
     def record_host_other(self, seconds: float) -> None:
         """Host time of one pipelined batch outside the software tasks (the engine
@@ -261,7 +279,7 @@ class LoadMonitor:
             latency_s=dict(self._lat),
             service=self._service.estimates(),
             crossing={k: v for (k, v) in self._cross.estimates().items()},
-            queue_wait_s=dict(self._qwait),
+            queue_wait_s=self._queue_waits(),
             pipelined=self.pipelined,
             host_other_s=self._other_s,
         )
