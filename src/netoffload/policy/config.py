@@ -30,13 +30,11 @@ checked by building one policy up front.
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
+from netoffload.configfile import read_document
 from netoffload.errors import ConfigError
 from netoffload.policy.base import _REGISTRY, Policy, policy_names
 from netoffload.policy.failover import Failover
@@ -189,20 +187,7 @@ def policy_from_doc(doc: object, where: str = "policy file") -> PolicyFactory:
 
 def load_policy_file(path: str | Path) -> PolicyFactory:
     """Read a policy file (TOML if it ends in .toml, else JSON)."""
-    p = Path(path)
-    where = f"policy file {str(p)!r}"
-    try:
-        text = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read: {e.strerror or e}") from None
-    try:
-        doc: Any = (
-            tomllib.loads(text.decode("utf-8")) if p.suffix.lower() == ".toml" else json.loads(text)
-        )
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        fmt = "TOML" if p.suffix.lower() == ".toml" else "JSON"
-        raise ConfigError(f"{where}: not valid {fmt}: {e}") from None
-    return policy_from_doc(doc, where)
+    return policy_from_doc(read_document(path, "policy file"), f"policy file {str(path)!r}")
 
 
 def policy_from_args(spec: str | None, file: str | Path | None, default: str) -> PolicyFactory:

@@ -58,13 +58,12 @@ A bad entry raises ``ConfigError`` naming the file, the rule and the key.
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netoffload.configfile import read_document
 from netoffload.errors import ConfigError
 from netoffload.soft.lpm import Network, parse_prefix
 from netoffload.soft.replay import MAX_WINDOW, MIN_WINDOW
@@ -358,17 +357,7 @@ def parse_dos(d: object, where: str = "dos") -> DosConfig:
 def read_file(path: str | Path) -> dict[str, Any]:
     """The raw document of a rule file (TOML, or JSON when it ends in .json)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"rules file {str(p)!r}: {e.strerror or e}") from None
-    try:
-        if p.suffix.lower() == ".json":
-            doc = json.loads(raw.decode("utf-8"))
-        else:
-            doc = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"rules file {str(p)!r}: {e}") from None
+    doc = read_document(p, "rules file", default="toml")
     if not isinstance(doc, dict):
         raise ConfigError(f"rules file {str(p)!r}: the top level must be a table/object")
     _check_keys(doc, {"classify", "dos"}, f"rules file {str(p)!r}")

@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +62,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from netoffload.configfile import read_document
 from netoffload.errors import ConfigError
 
 AEAD_ALGORITHMS: dict[str, int] = {
@@ -245,23 +244,8 @@ class SATable:
 # --------------------------------------------------------------------- loading
 def load_sa_file(path: str | Path) -> SATable:
     """Read an SA file (TOML if it ends in .toml, else JSON)."""
-    p = Path(path)
-    try:
-        text = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"SA file {str(p)!r}: cannot read: {e.strerror or e}") from None
-    try:
-        if p.suffix.lower() == ".toml":
-            doc: Any = tomllib.loads(text.decode("utf-8"))
-        else:
-            doc = json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"SA file {str(p)!r}: not valid {_fmt_name(p)}: {e}") from None
-    return parse_sa_doc(doc, where=f"SA file {str(p)!r}")
-
-
-def _fmt_name(p: Path) -> str:
-    return "TOML" if p.suffix.lower() == ".toml" else "JSON"
+    where = f"SA file {str(Path(path))!r}"
+    return parse_sa_doc(read_document(path, "SA file"), where=where)
 
 
 def parse_sa_doc(doc: Any, where: str = "SA table") -> SATable:
