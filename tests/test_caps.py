@@ -178,7 +178,8 @@ def test_good_enable_and_disable() -> None:
 @given(buffers(), st.data())
 def test_capable_matches_reference(buf: TaskOffloadBuffer, data: st.DataObject) -> None:
     n = data.draw(st.integers(0, 20))
-    l3 = np.array(data.draw(st.lists(st.sampled_from([0, 4, 6]), min_size=n, max_size=n)), np.uint8)
+    l3v = st.one_of(st.sampled_from([0, 4, 6]), st.integers(0, 255))
+    l3 = np.array(data.draw(st.lists(l3v, min_size=n, max_size=n)), np.uint8)
     ln = np.array(data.draw(st.lists(st.integers(0, 1 << 20), min_size=n, max_size=n)), np.int64)
     for t in ALL_TASKS:
         got = buf.capable(t, l3, ln)
@@ -188,6 +189,15 @@ def test_capable_matches_reference(buf: TaskOffloadBuffer, data: st.DataObject) 
             for v, x in zip(l3, ln, strict=True)
         ]
         assert got.tolist() == want
+        # the same for wider integer types, values out of range included
+        wide = l3.astype(np.int64)
+        if n:
+            wide[0] = data.draw(st.sampled_from([-4, 256 + 4, 4]))
+        want_wide = [
+            en is not None and int(v) in en.ip_versions and int(x) <= en.max_offload_size
+            for v, x in zip(wide, ln, strict=True)
+        ]
+        assert buf.capable(t, wide, ln).tolist() == want_wide  # type: ignore[arg-type]
 
 
 def test_limits_of_the_binary_form() -> None:

@@ -245,15 +245,29 @@ class TaskOffloadBuffer:
         self, task: Task, l3_proto: NDArray[np.uint8], length: NDArray[np.int64]
     ) -> NDArray[np.bool_]:
         """Per packet: is ``task`` enabled here and the packet within its limits."""
-        en = self.enabled.get(task)
-        if en is None:
+        lim = self._limits.get(task)
+        if lim is None:
             return np.zeros(len(length), dtype=np.bool_)
-        vs = tuple(en.ip_versions)
-        ipv = l3_proto == vs[0] if vs else np.zeros(len(length), dtype=np.bool_)
-        for v in vs[1:]:
-            ipv |= l3_proto == v
-        ipv &= length <= en.max_offload_size
-        return np.asarray(ipv, dtype=np.bool_)
+        versions, max_size = lim
+        # a table lookup: one pass for any set of IP versions
+        if l3_proto.dtype == np.uint8:
+            ok = versions.take(l3_proto)
+        else:  # (another integer type: a value outside 0..255 is no version)
+            ok = versions.take(l3_proto, mode="clip") & (l3_proto >= 0) & (l3_proto <= 255)
+        ok &= length <= max_size
+        return ok
+
+    @functools.cached_property
+    def _limits(self) -> dict[Task, tuple[NDArray[np.bool_], int]]:
+        """Per enabled task: a table l3_proto -> version enabled, and the max size."""
+        out = {}
+        for t, en in self.enabled.items():
+            table = np.zeros(256, dtype=np.bool_)
+            for v in en.ip_versions:
+                if 0 <= v <= 255:
+                    table[v] = True
+            out[t] = (table, en.max_offload_size)
+        return out
 
     # ------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
