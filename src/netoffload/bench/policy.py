@@ -430,6 +430,9 @@ def run(ctx: BenchContext) -> BenchResult:
     sat_rounds = [round(r, 3) for r in per_round(sat, ("never",))]
     notes.append(f"saturating, adaptive/never per round: {sat_rounds}")
     notes.append(f"light, adaptive/never p50 per round: {[round(r, 3) for r in light_p50]}")
+    worst = STEPS[int(np.argmin(ratios))].label
+    worst_rounds = [round(r, 3) for r in per_round(worst, ("never", "always"))]
+    notes.append(f"{worst} (the lowest step), adaptive/best static per round: {worst_rounds}")
     notes.append(
         "adaptive/best static per step: "
         + ", ".join(f"{st.label} {r:.3f}" for st, r in zip(STEPS, ratios, strict=True))

@@ -153,6 +153,7 @@ class _Flight:
     #: per task asked: (task, packets, bytes), taken at submit (``batch`` may change)
     per_task: OffloadTally = ()
     ahead: int = 0  # batches in flight before this one when it was submitted
+    posted_at: float = 0.0  # time.perf_counter() at submit
 
 
 @dataclass
@@ -266,7 +267,9 @@ class EmulatedNIC(Device):
         self.nic = NicCounters()
         self._up = False
         self._ticket = 0
-        self._inflight: dict[int, _Flight] = {}
+        self._inflight: dict[int, _Flight] = {}  # in submission order
+        self._svc_per_packet = 0.0  # the NIC's recent service time a packet (moving average)
+        self._last_done = 0.0  # time.perf_counter() when the last completion was read
         self._queued = 0
         self._handle: _Handle | None = None
         self._rings: Rings | None = None
@@ -419,7 +422,7 @@ class EmulatedNIC(Device):
             asked |= t
         ahead = len(self._inflight)
         self._inflight[ticket] = _Flight(
-            batch, n, batch.nbytes, asked, post_s, in_place, tally, ahead
+            batch, n, batch.nbytes, asked, post_s, in_place, tally, ahead, t0 / 1e9
         )
         self._queued += n
         self._account(batch, tally)
@@ -436,7 +439,22 @@ class EmulatedNIC(Device):
         if got or not wait or not self._inflight:
             return got
         assert self._cq_bell is not None and self._handle is not None
-        spin_until = time.perf_counter() + self.host_spin_s
+        # the oldest batch in flight is not due for a while: sleep until just
+        # before it is (the doorbell wakes us at the first completion anyway), then
+        # spin -- spinning all that time costs a core that others may want (with a
+        # CPU hog on the host's core it was half the host's time per batch).
+        # Spin for long only when this is the one batch in flight (a caller waiting on
+        # its latency); with more queued behind it the NIC has work while we wake.
+        spin = self.host_spin_s if len(self._inflight) <= 1 else min(self.host_spin_s, 5e-5)
+        due = self._due_in()
+        if due > spin:
+            while self._cq_bell.acquire(False):  # stale rings of the doorbell
+                pass
+            got = self._reap_now()
+            if got or not self._inflight:
+                return got
+            self._cq_bell.acquire(timeout=due - spin)
+        spin_until = time.perf_counter() + spin
         while True:
             got = self._reap_now()
             if got or not self._inflight:
@@ -453,6 +471,16 @@ class EmulatedNIC(Device):
             if got:
                 return got
             self._cq_bell.acquire(timeout=0.02)
+
+    def _due_in(self) -> float:
+        """Seconds until the oldest batch in flight should complete: from when the
+        NIC could start it (its submit, or the completion before it) and the NIC's
+        recent service time per packet; 0 while that is unknown."""
+        if not self._inflight or self._svc_per_packet <= 0.0:
+            return 0.0
+        oldest = next(iter(self._inflight.values()))
+        start = max(oldest.posted_at, self._last_done)
+        return start + self._svc_per_packet * oldest.packets - time.perf_counter()
 
     def _reap_now(self) -> list[Completion]:
         out: list[Completion] = []
@@ -477,6 +505,11 @@ class EmulatedNIC(Device):
             self.nic.crossing_ns += int(cross * 1e9)
             if desc.status == STATUS_OK and batch is not None:
                 out.append(Completion(desc.ticket, batch, True, "", desc.service_ns))
+                if fl.packets:
+                    per = desc.service_ns / 1e9 / fl.packets
+                    old = self._svc_per_packet
+                    self._svc_per_packet = per if old <= 0.0 else 0.75 * old + 0.25 * per
+                self._last_done = time.perf_counter()
                 self._report(fl, desc.task_ns, desc.service_ns, desc.wait_ns, cross)
             else:
                 self.nic.failed += 1
