@@ -134,3 +134,14 @@ def test_adaptive_demo_reports_why_per_task(tmp_path: Path, capsys: Any) -> None
         for w in why.values():
             assert w["why"] and 0 <= w["to_device"] <= w["of"]
     assert "why: the last split of each task" in capsys.readouterr().out
+
+
+def test_large_batches_fit_the_nics_rings(tmp_path: Path) -> None:
+    """Batches of 1024 fit the emulated NICs' ring regions: nothing is refused
+    (a refusal is redone in software and counted as an error)."""
+    out = tmp_path / "r.json"
+    rc = main(["demo", "--packets", "3000", "--batch", "1024", "--json", str(out)])
+    rep = json.loads(out.read_text())
+    assert rc == 0 and rep["intact"] == rep["sent"] == 3000
+    for side in ("tx", "rx"):
+        assert all(c["errors"] == 0 for c in rep[side]["tasks"].values()), rep[side]["tasks"]

@@ -274,8 +274,8 @@ def run_demo(args: argparse.Namespace, console: Console) -> int:
         if nic_name != "none":
             # one emulated NIC per direction (each keyed like its side), on the other core
             tx_opts = {t: DEMO_TASKS[t].tx_options(ctx) for t in tx_stages}
-            tx_devs.append(stack.enter_context(_nic(nic_name, tx_opts, tx_stages, "tx")))
-            rx_devs.append(stack.enter_context(_nic(nic_name, rx_opts, rx_stages, "rx")))
+            tx_devs.append(stack.enter_context(_nic(nic_name, tx_opts, tx_stages, "tx", bsize)))
+            rx_devs.append(stack.enter_context(_nic(nic_name, rx_opts, rx_stages, "rx", bsize)))
         tx = Engine(Direction.TX, tx_tasks, tx_lib, new_policy(), tx_devs, _monitor())
         rx = Engine(Direction.RX, rx_tasks, rx_lib, new_policy(), rx_devs, _monitor())
         nic_cores: set[int] = set()
@@ -315,12 +315,30 @@ def _monitor() -> LoadMonitor:
     return LoadMonitor(sampler=PsutilSampler())
 
 
+#: bytes a demo packet may take in a NIC ring region (the largest frame, its room,
+#: its extension fields), with margin
+_REGION_BYTES_A_PACKET = 3072
+
+
 def _nic(
-    profile: str, options: dict[Task, dict[str, Any]], stages: Sequence[Task], side: str
+    profile: str,
+    options: dict[Task, dict[str, Any]],
+    stages: Sequence[Task],
+    side: str,
+    batch: int,
 ) -> EmulatedNIC:
+    """The NIC of one side, its ring regions large enough for a whole batch (a
+    batch larger than a region is refused and redone in software: every one of
+    them an error in the table)."""
     prof = get_profile(profile)
     opts = {t: o for t, o in options.items() if t & prof.tasks and t in stages}
-    return EmulatedNIC(prof, options=opts, name=f"nic-{profile}-{side}")
+    region = prof.region_bytes
+    while region < batch * _REGION_BYTES_A_PACKET:
+        region *= 2
+    slots = max(4, min(prof.slots, (64 << 20) // region))  # at most 64 MB of rings
+    return EmulatedNIC(
+        prof, options=opts, name=f"nic-{profile}-{side}", region_bytes=region, slots=slots
+    )
 
 
 def _run(
