@@ -426,6 +426,16 @@ class Engine:
                     paths = self._pinned(t, rest, want, paths, views)
                 for k in _devices_in(paths, len(views)):
                     sel = paths == k
+                    nsel = int(np.count_nonzero(sel))
+                    fit = self.devices[k].submit_limit(rest, sel)
+                    if fit < nsel:
+                        # more than the device takes at once: the first ones stay
+                        # home (the device's part stays the batch's tail)
+                        home = np.flatnonzero(sel)[: nsel - fit]
+                        sel[home] = False
+                        paths[home] = SOFTWARE
+                        if not fit:
+                            continue
                     m = -1
                     # every trip is the engine's to give away (the batch handed to it,
                     # views of it, or a copy): the device may write its output into it

@@ -339,3 +339,24 @@ def test_host_sleeps_while_a_queued_batch_is_far_from_done() -> None:
             assert all(d.complete(t).ok for t in tickets)
             got.append((time.process_time() - c0) / (time.perf_counter() - w0))
         assert min(got) < 0.5, got
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_a_batch_larger_than_a_ring_region_is_cut_to_fit(uniform: bool) -> None:
+    """The engine gives the NIC as many packets as one region holds and keeps the
+    rest in software: nothing refused, every packet checked once, in order."""
+    pkts = good_packets(120, seed=3)
+    with EmulatedNIC(CSUM, region_bytes=64 << 10, slots=4) as d:
+        broken = broken_batch(pkts)
+        b = Batch.from_packets([bytes(broken.packet(i)) for i in range(120)], uniform=uniform)
+        assert (b.stride > 0) == uniform
+        parse_batch(b)
+        b.ext.tasks[:] = Task.CHECKSUM
+        fit = d.submit_limit(b, np.ones(len(b), np.bool_))
+        assert 0 < fit < len(b)
+        eng = Engine(Direction.TX, Task.CHECKSUM, lib(), Always(), [d])
+        out = eng.process(b).batch
+        c = eng.counters[Task.CHECKSUM]
+        assert c.errors == 0 and d.stats.errors == 0
+        assert c.offloaded + c.software == len(pkts) and c.offloaded > 0
+        assert [bytes(out.packet(i)) for i in range(len(out))] == pkts

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netoffload.batch import EXT_FIELDS, Batch
+from netoffload.batch import EXT_FIELDS, Batch, Ext
 from netoffload.devices.rings import (
     STATUS_OK,
     RingFull,
@@ -270,3 +270,21 @@ def test_offload_tally_counts_packets_and_bytes_per_task(offload: list[int], sam
         if rows:
             expect.append((t, len(rows), sum(60 + 7 * i for i in rows)))
     assert list(offload_tally(b)) == expect
+
+
+@given(st.lists(st.integers(64, 3000), max_size=80), st.integers(4096, 1 << 17))
+def test_packets_that_fit_is_the_largest_tail_that_fits(sizes: list[int], region: int) -> None:
+    from netoffload.devices.rings import encoded_size, packets_that_fit
+
+    got = packets_that_fit(region, np.array(sizes, dtype=np.int64))
+    fits = [
+        k for k in range(len(sizes) + 1) if encoded_size(k, sum(sizes[len(sizes) - k :])) <= region
+    ]
+    assert got == max(fits)
+    # and the region really holds a batch of those slots
+    if got:
+        tail = sizes[len(sizes) - got :]
+        hi = np.cumsum(np.array(tail, dtype=np.int64))
+        lo = hi - np.array(tail, dtype=np.int64)
+        b = Batch(np.zeros(int(hi[-1]), np.uint8), lo.copy(), hi - lo, lo, hi, Ext(got), 0)
+        write_batch(np.zeros(region, np.uint8), b)  # (raises if it does not fit)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from netoffload.batch import Batch
+from netoffload.batch import Batch, Mask
 from netoffload.caps import Enabled, TaskOffloadBuffer
 from netoffload.errors import DeviceError
 from netoffload.tasks import Task, members_of
@@ -114,6 +114,13 @@ class Device(abc.ABC):
         Returns a ticket. Raises DeviceError if the device refuses the batch
         (then nothing was taken).
         """
+
+    def submit_limit(self, batch: Batch, sel: Mask) -> int:
+        """How many of the ``sel`` packets of ``batch``, counted from the last, the
+        device takes in one submit (a ring region's size, say); the engine keeps
+        the others in software rather than have the whole trip refused. By
+        default: all of them."""
+        return int(np.count_nonzero(sel))
 
     def submit_owned(self, batch: Batch, order: Sequence[Task]) -> int:
         """As ``submit``, but the caller gives ``batch`` away until completion: the

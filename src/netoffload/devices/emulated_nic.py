@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from netoffload import soft
-from netoffload.batch import Batch
+from netoffload.batch import Batch, Mask
 from netoffload.caps import CapRecord, TaskOffloadBuffer
 from netoffload.devices.base import Completion, Device, DeviceLoad, OffloadTally, offload_tally
 from netoffload.devices.registry import register_device
@@ -67,6 +67,7 @@ from netoffload.devices.rings import (
     RingFull,
     Rings,
     RingSpec,
+    packets_that_fit,
     read_batch,
 )
 from netoffload.devices.software import library_record
@@ -385,6 +386,10 @@ class EmulatedNIC(Device):
     # ------------------------------------------------------------ work
     def submit(self, batch: Batch, order: Sequence[Task]) -> int:
         return self._submit(batch, order, False)
+
+    def submit_limit(self, batch: Batch, sel: Mask) -> int:
+        """As many as one ring region holds (a batch larger than that is refused)."""
+        return packets_that_fit(self.profile.region_bytes, (batch.slot_hi - batch.slot_lo)[sel])
 
     def submit_owned(self, batch: Batch, order: Sequence[Task]) -> int:
         """``submit``; the completion is read straight into ``batch`` when the

@@ -104,6 +104,23 @@ def encoded_size(n: int, buflen: int) -> int:
     return _arrays_end(n) + _a8(buflen)
 
 
+def packets_that_fit(region_bytes: int, slot_bytes: NDArray[np.int64]) -> int:
+    """The most of the packets with these slot sizes, counted from the last, that
+    one region of ``region_bytes`` holds (as a batch of their slots)."""
+    n = len(slot_bytes)
+    if not n or encoded_size(n, int(slot_bytes.sum())) <= region_bytes:
+        return n
+    tail = np.cumsum(slot_bytes[::-1])  # buffer bytes of the last k packets, k = 1..n
+    lo, hi = 0, n  # encoded_size grows with k: the largest that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if encoded_size(mid, int(tail[mid - 1])) <= region_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 @dataclass
 class RegionViews:
     """Views of one region laid out for ``n`` packets and a ``buflen``-byte buffer."""
