@@ -67,6 +67,7 @@ from netoffload.devices.rings import (
     RingFull,
     Rings,
     RingSpec,
+    encoded_size,
     packets_that_fit,
     read_batch,
 )
@@ -389,7 +390,12 @@ class EmulatedNIC(Device):
 
     def submit_limit(self, batch: Batch, sel: Mask) -> int:
         """As many as one ring region holds (a batch larger than that is refused)."""
-        return packets_that_fit(self.profile.region_bytes, (batch.slot_hi - batch.slot_lo)[sel])
+        region = self.profile.region_bytes
+        if batch.stride > 0:  # uniform slots: the size of a trip is its count times the stride
+            n = int(np.count_nonzero(sel))
+            if encoded_size(n, n * batch.stride) <= region:
+                return n
+        return packets_that_fit(region, (batch.slot_hi - batch.slot_lo)[sel])
 
     def submit_owned(self, batch: Batch, order: Sequence[Task]) -> int:
         """``submit``; the completion is read straight into ``batch`` when the
