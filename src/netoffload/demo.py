@@ -327,9 +327,9 @@ def _nic(
     side: str,
     batch: int,
 ) -> EmulatedNIC:
-    """The NIC of one side, its ring regions large enough for a whole batch (a
-    batch larger than a region is refused and redone in software: every one of
-    them an error in the table)."""
+    """The NIC of one side, its ring regions large enough for a whole batch (the
+    engine gives a device only what one submit holds and keeps the rest in
+    software, so with small regions the NIC would get only part of the batch)."""
     prof = get_profile(profile)
     opts = {t: o for t, o in options.items() if t & prof.tasks and t in stages}
     region = prof.region_bytes

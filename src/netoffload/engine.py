@@ -45,7 +45,7 @@ from netoffload.errors import ConfigError, DeviceError
 from netoffload.policy.base import DeviceView, Feedback, Policy
 from netoffload.policy.load import SOFTWARE, LoadMonitor, LoadSnapshot
 from netoffload.soft import SoftLibrary, SoftTask
-from netoffload.tasks import ALL_TASKS, RESHAPING, Direction, Task, stage_order
+from netoffload.tasks import ALL_TASKS, RESHAPING, Direction, Task, bit16, stage_order
 
 
 @dataclass
@@ -416,7 +416,7 @@ class Engine:
                 snap = self._snapshot()
                 paths = np.asarray(self.policy.split(t, rest, want, views, snap), np.int8)
                 paths[~want] = SOFTWARE
-                if _devices_in(paths, len(views)):
+                if len(paths) and int(paths.max()) >= 0:
                     # a device may only get what it can do
                     for v in views:
                         sel = paths == v.index
@@ -450,7 +450,7 @@ class Engine:
                         trip, rest = rest.take(sel), rest.take(~sel)
                         # the next device's packets are counted in what is left
                         want, paths = want[~sel], paths[~sel]
-                    tr = self._open_trip(int(k), trip, stages, si, views, owned=True)
+                    tr = self._open_trip(int(k), trip, stages, si, views)
                     trips.append(tr)
                     if m > 0:
                         ip = _InPlace(parent, m, rest, _arrays(rest), tr, _arrays(trip))
@@ -508,7 +508,7 @@ class Engine:
         if not same:
             refine_sub(out)
         if t in self._settles:
-            task.settle(out, sel if same else (out.ext.tasks & _bit(t)) != 0)
+            task.settle(out, sel if same else (out.ext.tasks & bit16(t)) != 0)
         dead = _mark(out, t)
         c.software += nsel
         c.bytes += nbytes
@@ -574,11 +574,10 @@ class Engine:
         stages: Sequence[Task],
         si: int,
         views: list[DeviceView],
-        owned: bool = False,
     ) -> _Trip:
         """Submit ``trip`` to device ``k`` with the tasks from stage ``si`` on that
-        the policy also gives it. ``owned``: the device may write its output into
-        ``trip`` (a view the engine made for the purpose)."""
+        the policy also gives it. The trip is the engine's to give away, so the
+        device may write its output into it (``submit_owned``)."""
         t = stages[si]
         trip.ext.offload[:] = 0
         want = self._want(trip, t)
@@ -617,7 +616,7 @@ class Engine:
         dead_before = _dead_reasons(trip)
         t0 = self.clock()
         try:
-            ticket = dev.submit_owned(trip, self.stages) if owned else dev.submit(trip, self.stages)
+            ticket = dev.submit_owned(trip, self.stages)
         except DeviceError as e:
             ticket = -1
             self._device_failed(k, trip, tasks, str(e))
@@ -658,7 +657,7 @@ class Engine:
             for t in members:
                 task = self.soft[t]
                 if task.has_settle:
-                    task.settle(out, (out.ext.tasks & _bit(t)) != 0)
+                    task.settle(out, (out.ext.tasks & bit16(t)) != 0)
             self.monitor.record_latency(trip.device, elapsed)
             for t, n, nbytes in trip.asked:
                 c = self._counters[t]
@@ -686,18 +685,9 @@ class Engine:
         return out
 
 
-#: per task, its bit as a numpy scalar (IntFlag operands are slow in numpy expressions)
-_BITS: dict[Task, np.uint16] = {t: np.uint16(t) for t in ALL_TASKS}
-
-
 def _observes(p: Policy) -> bool:
     """Whether ``p.observe`` does anything (the base class's is a no-op)."""
     return type(p).observe is not Policy.observe or "observe" in getattr(p, "__dict__", ())
-
-
-def _bit(t: Task) -> np.uint16:
-    b = _BITS.get(t)
-    return np.uint16(t) if b is None else b
 
 
 def _reason_name(v: int) -> str:
@@ -742,7 +732,7 @@ def _scan(b: Batch, t: Task) -> tuple[Mask, int, int, int]:
             return want, nw, nb, nd
         except (ValueError, BufferError):  # not contiguous: numpy does it
             pass
-    bit = _bit(t)
+    bit = bit16(t)
     want = (e.tasks & bit) != 0
     want &= (e.done & bit) == 0
     dead = 0
@@ -763,7 +753,7 @@ def _mark(b: Batch, t: Task) -> int:
             return _native.mark(e.tasks, e.done, e.error, e.filter_verdict, _INT[t], _DROP_I)
         except (ValueError, BufferError):  # not contiguous: numpy does it
             pass
-    np.bitwise_or(e.done, e.tasks & _bit(t), out=e.done)
+    np.bitwise_or(e.done, e.tasks & bit16(t), out=e.done)
     if not _cnz(e.error) and not _cnz(e.filter_verdict):
         return 0
     return len(e.tasks) - _cnz(e.alive())

@@ -10,6 +10,8 @@ import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from netoffload._enum import NUMPY_PLAIN
 from netoffload.errors import ConfigError
 
@@ -125,6 +127,16 @@ TASK_INFO: dict[Task, TaskInfo] = {
 
 ALL_TASKS: tuple[Task, ...] = tuple(Task(1 << i) for i in range(10))
 _MEMBERS: dict[int, tuple[Task, ...]] = {}
+
+
+_U16: dict[int, np.uint16] = {int(t): np.uint16(t) for t in ALL_TASKS}
+
+
+def bit16(t: Task) -> np.uint16:
+    """The bits of ``t`` as a numpy uint16 scalar, the operand numpy is fastest with
+    (the ten single tasks made once)."""
+    b = _U16.get(t)
+    return np.uint16(t) if b is None else b
 
 
 def members_of(bits: int) -> tuple[Task, ...]:

@@ -20,7 +20,7 @@ import numpy as np
 from netoffload.batch import Batch, Mask
 from netoffload.caps import Enabled, TaskOffloadBuffer
 from netoffload.errors import DeviceError
-from netoffload.tasks import Task, members_of
+from netoffload.tasks import Task, bit16, members_of
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,6 @@ class WireDevice(Device):
 
 #: per task asked of a device: (task, packets, bytes)
 OffloadTally = tuple[tuple[Task, int, int], ...]
-_BIT16 = tuple(np.uint16(1 << i) for i in range(16))
 
 
 def offload_tally(batch: Batch) -> OffloadTally:
@@ -225,6 +224,6 @@ def offload_tally(batch: Batch) -> OffloadTally:
         return tuple((t, n, nb) for t in members_of(lo))
     out = []
     for t in members_of(int(np.bitwise_or.reduce(off))):
-        sel = (off & _BIT16[t.index]) != 0
+        sel = (off & bit16(t)) != 0
         out.append((t, int(np.count_nonzero(sel)), int(np.add.reduce(batch.length[sel]))))
     return tuple(out)

@@ -75,7 +75,7 @@ from netoffload.devices.software import library_record
 from netoffload.errors import BufferFormatError, ConfigError, DeviceDown, DeviceError
 from netoffload.policy.load import LoadMonitor
 from netoffload.soft import SoftLibrary
-from netoffload.tasks import ALL_TASKS, Task
+from netoffload.tasks import ALL_TASKS, Task, bit16
 
 ALL = Task(0)
 for _t in ALL_TASKS:
@@ -149,7 +149,6 @@ class _Flight:
     batch: Batch
     packets: int
     nbytes: int
-    tasks: int  # the set of tasks asked (a Task's bits)
     post_s: float  # host seconds spent copying in
     in_place: bool = False  # the output may be written into ``batch`` (submit_owned)
     #: per task asked: (task, packets, bytes), taken at submit (``batch`` may change)
@@ -428,12 +427,9 @@ class EmulatedNIC(Device):
         assert self._sq_bell is not None
         self._sq_bell.release()
         tally = offload_tally(batch)
-        asked = 0
-        for t, _, _ in tally:
-            asked |= t
         ahead = len(self._inflight)
         self._inflight[ticket] = _Flight(
-            batch, n, batch.nbytes, asked, post_s, in_place, tally, ahead, t0 / 1e9
+            batch, n, batch.nbytes, post_s, in_place, tally, ahead, t0 / 1e9
         )
         self._queued += n
         self._account(batch, tally)
@@ -683,7 +679,7 @@ def run_timed(
     out = batch
     cost = per_packet_s > 0 or per_byte_s > 0
     for t in order:
-        bit = np.uint16(t)  # (an IntFlag operand costs numpy ~2 us an operation)
+        bit = bit16(t)
         e = out.ext
         sel = (e.offload & bit) != 0
         if e.error.any() or e.filter_verdict.any():

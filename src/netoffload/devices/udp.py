@@ -39,12 +39,12 @@ from netoffload.caps import CapRecord, Enabled, TaskOffloadBuffer
 from netoffload.devices import kernel_common as kc
 from netoffload.devices.registry import register_device
 from netoffload.errors import ConfigError, DeviceDown, DeviceError
-from netoffload.tasks import Task
+from netoffload.tasks import Task, bit16
 
 #: UDP_MAX_SEGMENTS of the kernel (64 before Linux 6.8, 128 since); we stay within 64.
 MAX_SEGMENTS = 64
 MAX_PAYLOAD = 65507
-_U_USO = np.uint16(Task.UDP_SEGMENT)  # (an IntFlag operand costs numpy ~2 us an operation)
+_U_USO = bit16(Task.UDP_SEGMENT)
 _GRO_CMSG = socket.CMSG_SPACE(4)
 _GONE = (errno.EBADF, errno.ENOTSOCK)
 _PATH = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.ENETDOWN, errno.EPERM)

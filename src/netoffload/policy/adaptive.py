@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,6 +87,14 @@ def host_share(load: LoadSnapshot, busy: float = 0.9, floor: float = 0.5) -> flo
     if load.host_cpu < busy or load.process_cpu <= 0:
         return 1.0
     return min(1.0, max(floor, load.process_cpu / load.host_cpu))
+
+
+class Model(NamedTuple):
+    """What the cost model says of one split."""
+
+    k: int  # packets to the device (before the hill-climbed ratio)
+    why: str
+    terms: tuple[float, float, float, float]  # costs a packet: software, device, crossing; wait
 
 
 class Adaptive(Policy):
@@ -131,9 +140,6 @@ class Adaptive(Policy):
         self.last_split: dict[Task, tuple[int, int]] = {}  # task: (to device, fresh packets)
         #: per task, why its last split went as it did (and the model's terms)
         self.last_why: dict[Task, dict[str, object]] = {}
-        self._terms: tuple[float, float, float, float] | None = None
-        self._avail = 1.0  # the host's share of its cores at the last model
-        self._why = ""
         self._prev_rate: float | None = None
         self._win_start: float | None = None
         self._win_packets = 0
@@ -148,10 +154,17 @@ class Adaptive(Policy):
 
     # ------------------------------------------------------------ model
     def device_share(
-        self, chain: Task, device: int, avg_bytes: float, n: int, load: LoadSnapshot
-    ) -> int | None:
-        """Packets of ``n`` the model sends to ``device`` (before the ratio), or
-        None when a path has not been measured yet."""
+        self,
+        chain: Task,
+        device: int,
+        avg_bytes: float,
+        n: int,
+        load: LoadSnapshot,
+        avail: float | None = None,
+    ) -> Model | None:
+        """Packets of ``n`` the model sends to ``device`` (before the ratio), with
+        why and the costs it used, or None when a path has not been measured yet.
+        ``avail``: ``host_share(load)`` if the caller has it."""
         c_sw = c_dev = f_sw = f_dev = 0.0
         for t in chain.members():
             sw = load.estimate(t, SOFTWARE)
@@ -163,24 +176,25 @@ class Adaptive(Policy):
             f_sw += sw.per_call_s
             f_dev += dv.per_call_s
         # the host core shared with others (a CPU hog): software runs slower than measured
-        avail = self._avail = host_share(load)
+        if avail is None:
+            avail = host_share(load)
         c_sw /= avail
         f_sw /= avail
         cross = load.crossing.get(device)
         x = cross.marginal(avg_bytes) if cross is not None and cross.samples else 0.0
-        self._terms = (c_sw, c_dev, x, load.queue_wait_s.get(device, 0.0))
+        wait = load.queue_wait_s.get(device, 0.0)
+        terms = (c_sw, c_dev, x, wait)
         if x >= c_sw or c_sw + c_dev <= 0:
-            self._why = "crossing costs more than software"
-            return 0
-        self._why = "balance (pipelined)" if load.pipelined else "finish together"
+            return Model(0, "crossing costs more than software", terms)
         if load.pipelined:
             # host and device work on different batches: balance their busy time
             # per batch; the host's also has its work outside the tasks
             k = (load.host_other_s + f_sw + c_sw * n - f_dev) / (c_sw + c_dev)
+            why = "balance (pipelined)"
         else:
-            wait = load.queue_wait_s.get(device, 0.0)
             k = (f_sw + c_sw * n - wait - f_dev) / (c_sw + c_dev)
-        return round(min(max(k, 0.0), float(n)))
+            why = "finish together"
+        return Model(round(min(max(k, 0.0), float(n))), why, terms)
 
     # ------------------------------------------------------------ split
     def split(
@@ -225,7 +239,6 @@ class Adaptive(Policy):
                 best = (score, d, fresh)
         if best is None:
             self.tally.count(task, out, want)
-            self._terms = None
             self._explain(task, 0, int(np.count_nonzero(want)), none)
             return out
         _, d, fresh = best
@@ -235,20 +248,21 @@ class Adaptive(Policy):
         chain = Task((bits & int(d.buffer.enabled_tasks)) | int(task))
         ln = batch.length
         avg = float(np.add.reduce(ln if n == len(ln) else ln[idx])) / n
-        self._terms = None
-        model = self.device_share(chain, d.index, avg, n, load)
+        avail = host_share(load)
+        model = self.device_share(chain, d.index, avg, n, load, avail)
+        terms = None
         if model is None:
             k = n // 2 if n > 1 else n  # learn both paths
             self.tally.bump(task, "explore")
             why = "learning both paths' costs"
         else:
-            why = self._why
-            k = min(n, round(model * self.ratio))
+            why, terms = model.why, model.terms
+            k = min(n, round(model.k * self.ratio))
             # a small part on one path saves less than its fixed costs (a run,
             # a crossing) and the jitter of one more path in the pipeline
             # ... the more so for the host's part when others hold the host's core:
             # it is then descheduled for whole time slices while the device waits
-            home = min(0.5, self.min_part / self._avail)
+            home = min(0.5, self.min_part / avail)
             if 0 < k < self.min_part * n:
                 k, why = 0, f"{why}; device part under {self.min_part:.0%}"
             elif 0 < n - k < home * n:
@@ -262,12 +276,12 @@ class Adaptive(Policy):
                 k == n
                 and n > 1
                 # a shared host core makes the software probe dearer: probe less often
-                and self._probe_due(d.index, SOFTWARE, load.now, self.probe_every / self._avail)
+                and self._probe_due(d.index, SOFTWARE, load.now, self.probe_every / avail)
             ):
                 k = n - probe
                 self.tally.bump(task, "probe_software")
                 why += "; probing software"
-        self._explain(task, k, n, why, d.name)
+        self._explain(task, k, n, why, d.name, terms)
         if k:  # the last k: the engine's merge of [software part, trip] is then in order
             out[idx[n - k :]] = d.index
         self._trip_device = d.index
@@ -275,11 +289,20 @@ class Adaptive(Policy):
         self.tally.count(task, out, want)
         return out
 
-    def _explain(self, task: Task, k: int, n: int, why: str, device: str = "") -> None:
-        """Keep why the last split of ``task`` went as it did (``describe()["why"]``)."""
+    def _explain(
+        self,
+        task: Task,
+        k: int,
+        n: int,
+        why: str,
+        device: str = "",
+        terms: tuple[float, float, float, float] | None = None,
+    ) -> None:
+        """Keep why the last split of ``task`` went as it did (``describe()["why"]``),
+        with the model's ``terms`` (software, device, crossing, queue wait) if any."""
         rec: dict[str, object] = {"device": device, "to_device": k, "of": n, "why": why}
-        if self._terms is not None:
-            c_sw, c_dev, x, wait = self._terms
+        if terms is not None:
+            c_sw, c_dev, x, wait = terms
             rec.update(
                 software_us=round(c_sw * 1e6, 3),
                 device_us=round(c_dev * 1e6, 3),

@@ -41,10 +41,9 @@ from netoffload.policy.failover import Failover
 
 PolicyFactory = Callable[[], Policy]
 FAILOVER = "+failover"
-_FAILOVER_KEYS = ("backoff", "max_backoff")
 
 
-def _parameters(factory: Callable[..., Policy], what: str) -> dict[str, inspect.Parameter]:
+def _parameters(factory: Callable[..., Policy]) -> dict[str, inspect.Parameter]:
     """The keyword parameters of ``factory`` that have defaults (what may be set)."""
     try:
         sig = inspect.signature(factory)
@@ -103,7 +102,7 @@ def _value(raw: object, default: object, where: str) -> object:
 def _bind(
     factory: Callable[..., Policy], params: Mapping[str, object], what: str, where: str
 ) -> dict[str, object]:
-    allowed = _parameters(factory, what)
+    allowed = _parameters(factory)
     out: dict[str, object] = {}
     for k, raw in params.items():
         p = allowed.get(k)
@@ -129,7 +128,7 @@ def policy_factory(
     if base.endswith(FAILOVER):
         base = base[: -len(FAILOVER)]
         failover = failover or True
-        for k in _FAILOVER_KEYS:  # the wrapper's own parameters
+        for k in _parameters(Failover):  # the wrapper's own parameters
             if k in params:
                 fo[k] = params.pop(k)
     if isinstance(failover, Mapping):

@@ -233,8 +233,8 @@ class LoadMonitor:
             busy = self._qwait.get((path, False))
             idle = self._qwait.get((path, True))
             empty = path < len(occ) and occ[path] <= 0.0
-            pick = idle if empty and idle is not None else busy
-            out[path] = pick if pick is not None else idle or 0.0
+            want, other = (idle, busy) if empty else (busy, idle)  # the kind that applies
+            out[path] = want if want is not None else other or 0.0  # else the one measured
         return out
 
     def record_host_other(self, seconds: float) -> None:
