@@ -226,9 +226,9 @@ def test_encrypt_split_between_host_and_device_never_repeats_a_sequence_number()
     import os
     import struct
 
+    from netoffload.sa import parse_sa_doc
     from netoffload.soft import make_task
     from netoffload.testing.packets import synthetic_flows
-    from netoffload.tunnel.sa import parse_sa_doc
     from netoffload.wire.parse import parse_batch
 
     doc = {
@@ -361,9 +361,9 @@ def test_encrypt_after_segmentation_on_one_device_trip_never_repeats_a_sequence_
     import struct
 
     from netoffload.batch import GsoType
+    from netoffload.sa import parse_sa_doc
     from netoffload.soft import make_task
     from netoffload.testing.packets import tcp_packet
-    from netoffload.tunnel.sa import parse_sa_doc
     from netoffload.wire.parse import parse_batch
 
     key = os.urandom(20).hex()
@@ -430,8 +430,8 @@ def _esp_pair(window: int) -> tuple[object, SoftLibrary, SoftLibrary, SoftLibrar
     libraries (host, device) that decrypt it, each with its own task instance."""
     import os
 
+    from netoffload.sa import parse_sa_doc
     from netoffload.soft import make_task
-    from netoffload.tunnel.sa import parse_sa_doc
 
     doc = {
         "sa": [

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 from netoffload.cli import main
+from netoffload.sa import load_sa_file
 from netoffload.soft.rules import load_classify, parse_dos, read_file
 from netoffload.testing.packets import synthetic_flows
-from netoffload.tunnel.sa import load_sa_file
 from netoffload.wire.pcap import PcapWriter, read_capture
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -70,7 +70,7 @@ class DemoContext:
         """Two ESP SAs (AES-GCM-128, fresh keys): index 0 for IPv4 inner packets, 1 for IPv6,
         and a [digest] table (HMAC-SHA-256-128)."""
         if self._sas is None:
-            from netoffload.tunnel.sa import parse_sa_doc
+            from netoffload.sa import parse_sa_doc
 
             def sa(spi: int, src: str, dst: str) -> dict[str, Any]:
                 return {

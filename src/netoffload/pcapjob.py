@@ -112,7 +112,7 @@ def _checksum_options(args: argparse.Namespace, d: Direction) -> dict[str, Any]:
 
 def _sa_table(args: argparse.Namespace, task: Task) -> Any:
     """The SA file of ``--sa``, loaded once per command."""
-    from netoffload.tunnel.sa import load_sa_file
+    from netoffload.sa import load_sa_file
 
     table = getattr(args, "_sa_table", None)
     if table is None:

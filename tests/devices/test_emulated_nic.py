@@ -24,10 +24,10 @@ from netoffload.devices.registry import devices
 from netoffload.engine import Engine
 from netoffload.errors import CapabilityError, DeviceDown
 from netoffload.policy import Always, Failover, make_policy
+from netoffload.sa import AEAD_ALGORITHMS, ALGORITHMS, DIGEST_ALGORITHMS, parse_sa_doc
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import Direction, Task
 from netoffload.testing.packets import tcp_packet, udp_packet
-from netoffload.tunnel.sa import AEAD_ALGORITHMS, ALGORITHMS, DIGEST_ALGORITHMS, parse_sa_doc
 from netoffload.wire.parse import parse_batch
 
 CSUM = replace(PROFILES["full"], tasks=Task.CHECKSUM)

@@ -240,8 +240,8 @@ def test_kernel_accepts_our_esp_in_udp_over_ipv6(
     """ESP in UDP over IPv6 from the encrypt task reaches a UDP socket on port
     4500: the kernel checked its UDP checksum. The same datagram with checksum 0
     (what RFC 3948 allows over IPv4 only) is dropped (RFC 8200 8.1)."""
+    from netoffload.sa import SATable, SecurityAssociation
     from netoffload.soft.crypto import EncryptTask
-    from netoffload.tunnel.sa import SATable, SecurityAssociation
 
     a, _b, dev = routed
     rx = a.socket(socket.AF_INET6, socket.SOCK_DGRAM)

@@ -24,11 +24,11 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from netoffload.batch import Batch, Reason, XFlag
+from netoffload.sa import SATable, load_sa_file
+from netoffload.sa import SecurityAssociation as OurSA
 from netoffload.soft import make_task
 from netoffload.soft.crypto import DecryptTask, EncryptTask, esp_mask
 from netoffload.tasks import Task
-from netoffload.tunnel.sa import SATable, load_sa_file
-from netoffload.tunnel.sa import SecurityAssociation as OurSA
 
 KEYS = {
     "aes-gcm-128": bytes(range(16)) + b"\xca\xfe\xba\xbe",

@@ -15,10 +15,10 @@ from scapy.packet import Raw
 
 from netoffload.batch import Batch, Reason, XFlag
 from netoffload.errors import ConfigError
+from netoffload.sa import parse_sa_doc
 from netoffload.soft import make_task
 from netoffload.soft.digest import DigestTask, PaddedHmac, crc32c, crc32c_batch, padded_hmac
 from netoffload.tasks import Task
-from netoffload.tunnel.sa import parse_sa_doc
 
 # ----------------------------------------------------------- reference BLAKE2s
 _IV = [

@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from netoffload.batch import Batch
 from netoffload.bench import Bench, BenchContext, BenchResult, register
+from netoffload.sa import SATable, SecurityAssociation
 from netoffload.soft.crypto import DecryptTask, EncryptTask
 from netoffload.testing.packets import udp_packet
-from netoffload.tunnel.sa import SATable, SecurityAssociation
 
 N_PACKETS = 1024
 SIZE = 1400

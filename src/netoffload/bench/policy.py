@@ -49,10 +49,10 @@ from netoffload.bench import Bench, BenchContext, BenchResult, register
 from netoffload.devices.emulated_nic import PROFILES, EmulatedNIC, main_hidden
 from netoffload.engine import Engine, Pending
 from netoffload.policy import Adaptive, Always, LoadMonitor, Never, Policy, PsutilSampler, Threshold
+from netoffload.sa import SATable, SecurityAssociation
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import Direction, Task
 from netoffload.testing.packets import udp_packet
-from netoffload.tunnel.sa import SATable, SecurityAssociation
 from netoffload.wire.parse import parse_batch
 
 TASKS = Task.CHECKSUM | Task.ENCRYPT | Task.DIGEST

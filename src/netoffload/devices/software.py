@@ -15,9 +15,9 @@ import numpy as np
 from netoffload.batch import Batch
 from netoffload.caps import CapRecord, TaskOffloadBuffer
 from netoffload.devices.base import Completion, SyncDevice
+from netoffload.sa import ALGORITHMS, DIGEST_ALGORITHMS
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import Task
-from netoffload.tunnel.sa import ALGORITHMS, DIGEST_ALGORITHMS
 
 
 def run_assigned(soft: SoftLibrary, batch: Batch, order: Iterable[Task]) -> Batch:

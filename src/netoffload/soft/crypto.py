@@ -10,7 +10,7 @@ and Linux drops it, the checksum is computed once the packet is complete),
 SPI, sequence number and IV into the head room, padding / pad length / next
 header (4 or 41) into the tail room, and encrypts in place:
 AES-GCM (RFC 4106) or ChaCha20-Poly1305 (RFC 7634), or ESP NULL encryption with
-HMAC-SHA-256-128 integrity (RFC 4868). Nonce and AAD: see ``tunnel.sa``.
+HMAC-SHA-256-128 integrity (RFC 4868). Nonce and AAD: see ``netoffload.sa``.
 
 ``DecryptTask`` (Task.DECRYPT): finds the ESP header after the outer IP (and
 UDP, when a port is 4500 or an SA's encapsulation port), looks the SA up by
@@ -56,12 +56,12 @@ from numpy.typing import NDArray
 
 from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index, l2_len
 from netoffload.errors import ConfigError
+from netoffload.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
 from netoffload.soft import SoftTask, register
 from netoffload.soft.checksum import fill
 from netoffload.soft.digest import padded_hmac
 from netoffload.soft.replay import OK, REPLAY, ReplayWindow
 from netoffload.tasks import Task
-from netoffload.tunnel.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
 from netoffload.wire.esp import IPPROTO_ESP, IPPROTO_UDP, NAT_T_PORT, NH_IPV4, NH_IPV6
 
 I64 = NDArray[np.int64]

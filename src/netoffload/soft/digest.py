@@ -39,9 +39,9 @@ from numpy.typing import NDArray
 
 from netoffload.batch import Batch, Mask, Reason, gather_index, l2_len
 from netoffload.errors import ConfigError
+from netoffload.sa import DIGEST_ALGORITHMS, SATable, load_sa_file
 from netoffload.soft import SoftTask, register
 from netoffload.tasks import Task
-from netoffload.tunnel.sa import DIGEST_ALGORITHMS, SATable, load_sa_file
 
 I64 = NDArray[np.int64]
 U32 = NDArray[np.uint32]

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netoffload.errors import ConfigError
-from netoffload.tunnel.sa import SATable, SecurityAssociation, load_sa_file, parse_sa_doc
+from netoffload.sa import SATable, SecurityAssociation, load_sa_file, parse_sa_doc
 
 KEY20 = "00112233445566778899aabbccddeeff" + "01020304"
 KEY36 = "00" * 32 + "01020304"
