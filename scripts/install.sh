@@ -12,6 +12,11 @@ need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+# the tunnel's peers and tools: wireguard-go (the interop peer of the demo and
+# tests), wireguard-tools (`wg`, which works on a netoffload interface), iperf3
+command -v wireguard-go >/dev/null 2>&1 || need_apt+=(wireguard-go)
+command -v wg >/dev/null 2>&1 || need_apt+=(wireguard-tools)
+command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
 # tshark: the tests decrypt our ESP captures with it (standard ESP tooling)
 [ -n "$extras" ] && { command -v tshark >/dev/null 2>&1 || need_apt+=(tshark); }
 

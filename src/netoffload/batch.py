@@ -129,6 +129,12 @@ class Reason(enum.IntEnum):
     REPLAY = 55
     TOO_OLD = 56
     SEQ_EXHAUSTED = 57
+    # WireGuard transport (tunnel/datapath.py)
+    STAGED = 58  # no session key yet: handed to the protocol core, sent after the handshake
+    KEEPALIVE = 59  # an authenticated keepalive (empty payload): consumed, not delivered
+    NO_ENDPOINT = 60  # the peer has no known endpoint to send to
+    HANDSHAKE = 61  # a handshake message: handed to the protocol core
+    BAD_MAC1 = 62
     # classification and DoS
     RULE_DROP = 70
     RATE_LIMIT = 71
@@ -136,6 +142,12 @@ class Reason(enum.IntEnum):
     DROP_LIST = 73
     BAD_SIZE = 74
     BAD_FRAGMENT = 75
+    NO_PEER = 76  # transmit: no peer's AllowedIPs hold the destination
+    BAD_SOURCE = 77  # receive: the inner source is not in the sending peer's AllowedIPs
+    UNKNOWN_INDEX = 78  # receive: no session has this receiver index
+    BAD_MESSAGE = 79  # receive: not a WireGuard message (type / length)
+    HANDSHAKE_RATE = 80  # receive: the source sent handshakes over its rate
+    COOKIE_NEEDED = 81  # receive: under load, a handshake without a valid mac2 (cookie sent)
     # kernel devices
     KERNEL_DROP = 100
     # emulated NIC, policies

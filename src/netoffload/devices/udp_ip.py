@@ -1,0 +1,279 @@
+"""A UDP socket that carries IP packets: the UDP device in the form the engine's tasks expect.
+
+``UdpDevice`` moves bare UDP payloads (the socket owns the IP and UDP headers).
+The engine's tasks work on IP packets, so at this device's boundary, and only
+here, the outer headers are made and read, as the virtio header is at the TUN:
+
+- ``send``: every live packet is an IPv4 or IPv6 packet with a UDP header; its
+  destination address and port say where the payload goes (source address and
+  port are the socket's). Consecutive packets to one destination with one
+  payload size (the last may be shorter) leave in one ``sendmsg`` with a
+  ``UDP_SEGMENT`` control message, their payloads as the iovecs (no copy): the
+  ``udp-segment`` task done by the kernel, up to 64 segments a send. Without
+  the capability, or after the kernel refused it twice with ``EIO``, one
+  ``sendto`` a datagram.
+- ``recv``: datagrams (``UDP_GRO`` coalesced ones carry their segment size:
+  the ``udp-assemble`` task done by the kernel) are split into one IP packet per
+  datagram with an outer header built from the source address and port and the
+  socket's own port (destination address left 0: the socket's). One gather
+  copy for the whole batch.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+import time
+from typing import Any
+
+import numpy as np
+
+from netoffload.batch import Batch, Reason, gather_index
+from netoffload.devices import kernel_common as kc
+from netoffload.devices.udp import MAX_PAYLOAD, MAX_SEGMENTS, Addr, UdpDevice
+from netoffload.errors import DeviceDown
+
+OUTER4 = 28
+OUTER6 = 48
+
+
+def _packed(addr: Any) -> tuple[bytes, int]:
+    """An address tuple from recvmsg as (packed IP, version); v4-mapped v6 -> IPv4."""
+    ip = ipaddress.ip_address(str(addr[0]).split("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.packed, ip.version
+
+
+class UdpIpDevice(UdpDevice):
+    """A UDP socket whose batches are outer IP/UDP packets (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, **kw: Any) -> None:
+        super().__init__(sock, None, **kw)
+        self.local_port = int(sock.getsockname()[1])
+        self.dual = sock.family == socket.AF_INET6
+        self._src_cache: dict[Any, tuple[bytes, int]] = {}
+
+    @classmethod
+    def bind_here(
+        cls, port: int = 0, *, fwmark: int | None = None, reuseport: bool = False, **kw: Any
+    ) -> UdpIpDevice:
+        """A dual-stack socket on ``port`` (0: any) in the current network namespace."""
+        try:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            any_addr: tuple[Any, ...] = ("::", port)
+        except OSError:  # no IPv6 in this namespace / kernel
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            any_addr = ("0.0.0.0", port)
+        try:
+            if reuseport:
+                s.setsockopt(socket.SOL_SOCKET, kc.SO_REUSEPORT, 1)
+            if fwmark:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.bind(any_addr)
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        return cls(s, **kw)
+
+    def set_fwmark(self, mark: int) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+
+    # ------------------------------------------------------------------ send
+    def _dest(self, packed: bytes, port: int) -> Addr:
+        if len(packed) == 4:
+            ip = str(ipaddress.IPv4Address(packed))
+            return (f"::ffff:{ip}", port) if self.dual else (ip, port)
+        return (str(ipaddress.IPv6Address(packed)), port)
+
+    def send(self, batch: Batch, dest: Addr | None = None) -> int:
+        """Send each live packet's UDP payload to its header's destination; returns how many went."""
+        self._check()
+        n = len(batch)
+        if not n:
+            return 0
+        e = batch.ext
+        live = np.flatnonzero(e.alive())
+        if not len(live):
+            return 0
+        st = batch.start[live]
+        ver = batch.buf[st] >> 4
+        v6 = ver == 6
+        hdr = np.where(v6, OUTER6, OUTER4).astype(np.int64)
+        bad = (ver != 4) & ~v6
+        bad |= batch.length[live] < hdr
+        if bad.any():
+            e.error[live[bad]] = Reason.NOT_IP
+            keep = ~bad
+            live, st, v6, hdr = live[keep], st[keep], v6[keep], hdr[keep]
+        # destination key per packet: 16 address bytes (IPv4 in the last 4) + port
+        key = np.zeros((len(live), 18), dtype=np.uint8)
+        if (~v6).any():
+            key[~v6, 12:16] = batch.buf[st[~v6][:, None] + 16 + np.arange(4)]
+        if v6.any():
+            key[v6, 0:16] = batch.buf[st[v6][:, None] + 24 + np.arange(16)]
+        key[:, 16:18] = batch.buf[(st + hdr - 6)[:, None] + np.arange(2)]
+        plen = batch.length[live] - hdr
+        pstart = st + hdr
+        # runs: same destination and size as the run's first, the last may be shorter
+        same = np.zeros(len(live), dtype=np.bool_)
+        if len(live) > 1:
+            same[1:] = (key[1:] == key[:-1]).all(axis=1) & (plen[1:] <= plen[:-1])
+        mv = memoryview(batch.buf.data)
+        sent = 0
+        i = 0
+        m = len(live)
+        keys = key.tobytes()
+        pls = plen.tolist()
+        pss = pstart.tolist()
+        sixes = v6.tolist()
+        sames = same.tolist()
+        while i < m:
+            j = i + 1
+            size = pls[i]
+            total = size
+            while (
+                j < m
+                and sames[j]
+                and pls[j - 1] == size
+                and j - i < MAX_SEGMENTS
+                and total + pls[j] <= MAX_PAYLOAD
+                and self.uso
+            ):
+                total += pls[j]
+                j += 1
+            k = keys[i * 18 : i * 18 + 18]
+            packed = k[12:16] if not sixes[i] else k[0:16]
+            to = self._dest(packed, int.from_bytes(k[16:18], "big"))
+            iov = [mv[pss[x] : pss[x] + pls[x]] for x in range(i, j)]
+            if self._send_run(iov, size, to):
+                sent += j - i
+            else:
+                e.error[live[i:j]] = Reason.DEVICE_ERROR
+            i = j
+        return sent
+
+    def _send_run(self, iov: list[memoryview], size: int, to: Addr) -> bool:
+        deadline = 0.0
+        while True:
+            try:
+                if len(iov) == 1:
+                    self.sock.sendto(iov[0], to)
+                    self.udp.sends += 1
+                    self.udp.datagrams_out += 1
+                else:
+                    cmsg = [(kc.SOL_UDP, kc.UDP_SEGMENT, struct.pack("H", size))]
+                    self.sock.sendmsg(iov, cmsg, 0, to)
+                    self.udp.sends += 1
+                    self.udp.gso_sends += 1
+                    self.udp.datagrams_out += len(iov)
+                return True
+            except BlockingIOError:
+                if not deadline:
+                    deadline = time.monotonic() + self.io_timeout
+                if not self._wait_writable(deadline):
+                    return False
+            except InterruptedError:
+                continue
+            except OSError as err:
+                if err.errno in self.GONE:
+                    raise DeviceDown(f"{self.name}: {err.strerror}") from None
+                self.udp.note(err)
+                if err.errno == errno.EIO and len(iov) > 1:
+                    self.udp.eio += 1
+                    self._drop_uso()
+                    return all(self._send_run([v], size, to) for v in iov)
+                return False
+
+    # ------------------------------------------------------------------ recv
+    def recv(self, max_packets: int = 1024) -> Batch:
+        """Waiting datagrams, one outer IP/UDP packet each (GRO'd ones split)."""
+        raw = super().recv(max_packets)
+        n = len(raw)
+        if not n:
+            return raw
+        g = raw.ext.gso_size.astype(np.int64)
+        ln = raw.length
+        seg = np.where((g > 0) & (ln > g), g, np.maximum(ln, 1))
+        k = np.where(ln > 0, (ln + seg - 1) // seg, 1)
+        total = int(k.sum())
+        parent = np.repeat(np.arange(n), k)
+        first = np.cumsum(k) - k
+        j = np.arange(total) - np.repeat(first, k)
+        off = j * seg[parent]
+        plen = np.minimum(seg[parent], ln[parent] - off)
+        plen = np.maximum(plen, 0)
+        cache = self._src_cache
+        srcs: list[tuple[bytes, int]] = []
+        ports = np.zeros(n, dtype=np.int64)
+        for i, a in enumerate(self.last_sources):
+            p = cache.get(a[0])
+            if p is None:
+                p = _packed(a)
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[a[0]] = p
+            srcs.append(p)
+            ports[i] = int(a[1])
+        is6 = np.array([v == 6 for _, v in srcs], dtype=np.bool_)
+        hdr_p = np.where(is6, OUTER6, OUTER4)
+        hdr = hdr_p[parent]
+        out = Batch.alloc(hdr + plen, headroom=0, tailroom=0, uniform=False)
+        # payloads
+        src_idx = gather_index(raw.start[parent] + off, plen)
+        dst_idx = gather_index(out.start + hdr, plen)
+        out.buf[dst_idx] = raw.buf[src_idx]
+        st = out.start
+        tot = hdr + plen
+        udp_len = plen + 8
+        six = is6[parent]
+        four = ~six
+        b = out.buf
+        if four.any():
+            s4 = st[four]
+            b[s4] = 0x45
+            b[s4 + 2] = (tot[four] >> 8) & 0xFF
+            b[s4 + 3] = tot[four] & 0xFF
+            b[s4 + 8] = 64
+            b[s4 + 9] = 17
+            a4 = np.frombuffer(
+                b"".join(srcs[p][0] if not is6[p] else b"\0" * 4 for p in range(n)), np.uint8
+            ).reshape(n, 4)
+            b[s4[:, None] + 12 + np.arange(4)] = a4[parent[four]]
+        if six.any():
+            s6 = st[six]
+            b[s6] = 0x60
+            b[s6 + 4] = (udp_len[six] >> 8) & 0xFF
+            b[s6 + 5] = udp_len[six] & 0xFF
+            b[s6 + 6] = 17
+            b[s6 + 7] = 64
+            a6 = np.frombuffer(
+                b"".join(srcs[p][0] if is6[p] else b"\0" * 16 for p in range(n)), np.uint8
+            ).reshape(n, 16)
+            b[s6[:, None] + 8 + np.arange(16)] = a6[parent[six]]
+        u = st + hdr - 8
+        sp = ports[parent]
+        b[u] = (sp >> 8) & 0xFF
+        b[u + 1] = sp & 0xFF
+        b[u + 2] = (self.local_port >> 8) & 0xFF
+        b[u + 3] = self.local_port & 0xFF
+        b[u + 4] = (udp_len >> 8) & 0xFF
+        b[u + 5] = udp_len & 0xFF
+        e = out.ext
+        e.l3_off[:] = 0
+        e.l4_off[:] = hdr - 8
+        e.hdr_len[:] = hdr
+        e.l3_proto[:] = np.where(six, 6, 4)
+        e.l4_proto[:] = 17
+        e.segs[:] = 1
+        e.done[:] = raw.ext.done[parent]
+        e.by_device[:] = raw.ext.by_device[parent]
+        e.csum_verdict[:] = raw.ext.csum_verdict[parent]
+        self.last_gro = int(np.count_nonzero(k > 1))
+        return out

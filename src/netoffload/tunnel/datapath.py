@@ -1,0 +1,733 @@
+"""The WireGuard data path as engine tasks: what each of the ten tasks does in the tunnel.
+
+Transmit (TUN read -> UDP send), one engine, stages in this order:
+
+- ``classify`` (``WgRoute``): cryptokey routing. The inner destination is looked
+  up by longest prefix over every peer's AllowedIPs; ``ext.class_id`` becomes
+  the peer's slot. No peer: ``Reason.NO_PEER``.
+- ``tcp-segment`` / ``udp-segment``: the library's tasks cut GSO super-packets
+  (from the TUN's virtio_net_hdr) to MTU-sized inner packets.
+- ``checksum``: the library's fill completes partial checksums.
+- ``encrypt`` (``WgEncrypt``): ``prepare`` (host, in packet order, before any
+  split) takes each peer's current sending keypair and reserves its counters for
+  the peer's packets in one step; a peer without a usable keypair gets its packets
+  staged in the protocol core (``Reason.STAGED``: they are sent once the
+  handshake it starts completes). ``process`` pads each plaintext to a multiple
+  of 16, seals it with ChaCha20-Poly1305 in place (nonce: 32 zero bits and the
+  64-bit little-endian counter, no associated data) and puts the outer IP/UDP
+  header for the peer's endpoint and the 16-byte transport header in front: the
+  packet leaves the stage as the outer datagram, an IP packet, which the UDP
+  device turns into ``UDP_SEGMENT`` sends per destination.
+
+Receive (UDP recv -> TUN write):
+
+- ``udp-assemble`` is the kernel's (``UDP_GRO``); the UDP device splits the
+  coalesced datagrams back into IP packets, one per WireGuard message.
+- ``digest`` (``WgMac``): for handshake messages, mac1 verified (bad:
+  ``Reason.BAD_MAC1``) and mac2 checked against the current cookie secret; the
+  result goes to ``ext.class_id`` (1: mac2 valid, 0: not).
+- ``dos-filter`` (``WgFilter``): type and exact length; for transport messages an
+  unknown receiver index (``UNKNOWN_INDEX``) and the replay pre-check (no state
+  change: ``REPLAY``); for handshake messages the per-source rate limit
+  (``HANDSHAKE_RATE``) and, under load, the cookie demand (``COOKIE_NEEDED``,
+  a cookie reply is sent). Surviving handshake messages leave the engine with
+  ``Reason.HANDSHAKE`` for the protocol core.
+- ``decrypt`` (``WgDecrypt``): opens the message in place; keepalives are
+  consumed (``Reason.KEEPALIVE``); ``settle`` updates the replay window, only
+  for packets that authenticated.
+- ``classify`` (``WgSource``): the inner source must lie in the AllowedIPs of
+  the peer the session belongs to (``BAD_SOURCE``).
+- ``checksum`` (verify), ``tcp-assemble``, ``udp-assemble`` (GRO into
+  super-packets for the TUN write): the library's tasks.
+
+Sans-IO like the rest of ``soft/``: time is set by the caller (``Datapath.now``)
+and outgoing protocol messages collect in ``Datapath.actions``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from netoffload.batch import Batch, Mask, Reason, gather_index
+from netoffload.soft import SoftTask
+from netoffload.soft.lpm import NO_MATCH, LpmTable
+from netoffload.tasks import Task, bit16
+from netoffload.wire.parse import parse_batch
+
+I64 = NDArray[np.int64]
+U8 = NDArray[np.uint8]
+
+MSG_INITIATION = 1
+MSG_RESPONSE = 2
+MSG_COOKIE = 3
+MSG_DATA = 4
+_HANDSHAKE_LEN = {MSG_INITIATION: 148, MSG_RESPONSE: 92, MSG_COOKIE: 64}
+DATA_HEADER = 16
+TAG = 16
+#: outer IPv4 + UDP, IPv6 + UDP header bytes
+OUTER4 = 28
+OUTER6 = 48
+#: headroom / tailroom a batch needs for encryption in place
+HEADROOM = OUTER6 + DATA_HEADER
+TAILROOM = 15 + TAG
+
+_U_CSUM = bit16(Task.CHECKSUM)
+_U_TSO = bit16(Task.TCP_SEGMENT)
+_U_USO = bit16(Task.UDP_SEGMENT)
+_U_TGRO = bit16(Task.TCP_ASSEMBLE)
+_U_UGRO = bit16(Task.UDP_ASSEMBLE)
+_U_DEC = bit16(Task.DECRYPT)
+_U_CLS = bit16(Task.CLASSIFY)
+_U_DIG = bit16(Task.DIGEST)
+
+
+class _Keypair(TypingProtocol):
+    """What the data path needs of a session keypair (tunnel.peer.Keypair)."""
+
+    local_index: int
+    remote_index: int
+    send_aead: Any
+    recv_aead: Any
+    replay: Any
+
+    def reserve(self, n: int, now: float) -> int | None: ...
+
+
+class _Peer(TypingProtocol):
+    public_key: bytes
+    endpoint: tuple[str, int] | None
+    allowed_ips: Any
+
+    def send_keypair(self, now: float) -> Any: ...
+
+
+@dataclass
+class Sessions:
+    """Slots the extension refers to: ``ext.class_id`` is a peer slot, ``ext.sa`` a
+    keypair slot. Slots are plain ints, made once per peer / keypair."""
+
+    peers: list[Any] = field(default_factory=list)
+    keypairs: dict[int, Any] = field(default_factory=dict)
+    kp_owner: dict[int, int] = field(default_factory=dict)  # keypair slot -> peer slot
+    _kp_slot: dict[int, int] = field(default_factory=dict)  # id(keypair) -> slot
+    _next_kp: int = 0
+
+    def peer_slot(self, peer: Any) -> int:
+        for i, p in enumerate(self.peers):
+            if p is peer:
+                return i
+        for i, p in enumerate(self.peers):
+            if p is None:
+                self.peers[i] = peer
+                return i
+        self.peers.append(peer)
+        return len(self.peers) - 1
+
+    def drop_peer(self, peer: Any) -> None:
+        for i, p in enumerate(self.peers):
+            if p is peer:
+                self.peers[i] = None
+                for k in [k for k, o in self.kp_owner.items() if o == i]:
+                    self._forget(k)
+
+    def keypair_slot(self, kp: Any, peer_slot: int) -> int:
+        s = self._kp_slot.get(id(kp))
+        if s is not None and self.keypairs.get(s) is kp:
+            return s
+        s = self._next_kp
+        self._next_kp = (self._next_kp + 1) & 0x7FFFFFFF
+        self.keypairs[s] = kp
+        self.kp_owner[s] = peer_slot
+        self._kp_slot[id(kp)] = s
+        if len(self.keypairs) > 4096:  # old sessions: forget the oldest slots
+            for old in list(self.keypairs)[:1024]:
+                self._forget(old)
+        return s
+
+    def _forget(self, s: int) -> None:
+        kp = self.keypairs.pop(s, None)
+        self.kp_owner.pop(s, None)
+        if kp is not None:
+            self._kp_slot.pop(id(kp), None)
+
+
+class Datapath:
+    """State the WireGuard tasks share: the protocol core, slots, the clock of the
+    current batch and the protocol actions the tasks produced."""
+
+    def __init__(self, protocol: Any, listen_port: int = 0) -> None:
+        self.protocol = protocol
+        self.listen_port = listen_port
+        self.sessions = Sessions()
+        self.now = 0.0
+        self.under_load = False
+        self.actions: list[Any] = []
+        self._lpm = LpmTable([])
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Refresh peer slots and the AllowedIPs table from the protocol's peers."""
+        live = list(self.protocol.peers.values())
+        for p in list(self.sessions.peers):
+            if p is not None and not any(p is q for q in live):
+                self.sessions.drop_peer(p)
+        entries: list[tuple[Any, int]] = []
+        for p in live:
+            slot = self.sessions.peer_slot(p)
+            for net in p.allowed_ips:
+                entries.append((ipaddress.ip_network(net, strict=False), slot))
+        self._lpm = LpmTable(entries)
+
+    def lookup(self, rows: U8, is_v4: Mask) -> I64:
+        return self._lpm.lookup(rows, is_v4)
+
+    def take_actions(self) -> list[Any]:
+        a, self.actions = self.actions, []
+        return a
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def addr_rows(b: Batch, sel: Mask, which: str) -> tuple[U8, Mask, Mask]:
+    """(n_sel, 16) address rows (IPv4 mapped) of the inner IP header, an "is IPv4" mask
+    and an "ok" mask (IP version 4 or 6, long enough)."""
+    idx = np.flatnonzero(sel)
+    st = b.start[idx]
+    ln = b.length[idx]
+    ver = np.where(ln > 0, b.buf[np.minimum(st, len(b.buf) - 1)] >> 4, 0)
+    v4 = ver == 4
+    v6 = ver == 6
+    ok = (v4 & (ln >= 20)) | (v6 & (ln >= 40))
+    rows = np.zeros((len(idx), 16), dtype=np.uint8)
+    off4 = 16 if which == "dst" else 12
+    off6 = 24 if which == "dst" else 8
+    m4 = v4 & ok
+    if m4.any():
+        pos = st[m4][:, None] + off4 + np.arange(4)
+        rows[m4, 10] = 0xFF
+        rows[m4, 11] = 0xFF
+        rows[m4, 12:16] = b.buf[pos]
+    m6 = v6 & ok
+    if m6.any():
+        pos = st[m6][:, None] + off6 + np.arange(16)
+        rows[m6] = b.buf[pos]
+    return rows, v4, ok
+
+
+def _le32(b: Batch, pos: I64) -> NDArray[np.uint32]:
+    p = pos[:, None] + np.arange(4)
+    return np.ascontiguousarray(b.buf[p]).view("<u4").reshape(-1)
+
+
+def _le64(b: Batch, pos: I64) -> NDArray[np.uint64]:
+    p = pos[:, None] + np.arange(8)
+    return np.ascontiguousarray(b.buf[p]).view("<u8").reshape(-1)
+
+
+def outer_len(b: Batch, idx: I64) -> I64:
+    """Bytes of the outer IP + UDP header of received datagrams (the UDP device builds it)."""
+    ver = b.buf[b.start[idx]] >> 4
+    return np.where(ver == 6, OUTER6, OUTER4).astype(np.int64)
+
+
+def outer_source(b: Batch, i: int) -> tuple[str, int]:
+    """The outer source address and port of received datagram ``i``."""
+    s = int(b.start[i])
+    raw = bytes(b.buf[s : s + OUTER6])
+    if raw[0] >> 4 == 6:
+        return str(ipaddress.IPv6Address(raw[8:24])), int.from_bytes(raw[40:42], "big")
+    return str(ipaddress.IPv4Address(raw[12:16])), int.from_bytes(raw[20:22], "big")
+
+
+def inner_ip_length(b: Batch, idx: I64) -> I64:
+    """Total length from each (decrypted) inner IP header; -1 where it is not IP."""
+    st = b.start[idx]
+    ln = b.length[idx]
+    out = np.full(len(idx), -1, dtype=np.int64)
+    has = ln >= 20
+    ver = np.zeros(len(idx), dtype=np.int64)
+    ver[has] = b.buf[st[has]] >> 4
+    v4 = has & (ver == 4)
+    v6 = (ln >= 40) & (ver == 6)
+    if v4.any():
+        p = st[v4]
+        out[v4] = (b.buf[p + 2].astype(np.int64) << 8) | b.buf[p + 3]
+    if v6.any():
+        p = st[v6]
+        out[v6] = ((b.buf[p + 4].astype(np.int64) << 8) | b.buf[p + 5]) + 40
+    return out
+
+
+# --------------------------------------------------------------------------- transmit
+
+
+class WgRoute(SoftTask):
+    """Transmit ``classify``: cryptokey routing, inner destination -> peer slot."""
+
+    task = Task.CLASSIFY
+
+    def __init__(self, dp: Datapath) -> None:
+        self.dp = dp
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        rows, v4, ok = addr_rows(batch, sel, "dst")
+        slot = self.dp.lookup(rows, v4)
+        idx = np.flatnonzero(sel)
+        e = batch.ext
+        e.class_id[idx] = np.where(ok, slot, NO_MATCH)
+        bad = idx[~ok]
+        e.error[bad] = Reason.NOT_IP
+        none = idx[ok & (slot == NO_MATCH)]
+        e.error[none] = Reason.NO_PEER
+        return batch
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab, "what": "cryptokey routing (LPM over AllowedIPs)"}
+
+
+class WgEncrypt(SoftTask):
+    """Transmit ``encrypt``: WireGuard transport messages, sealed in batch memory."""
+
+    task = Task.ENCRYPT
+
+    def __init__(self, dp: Datapath) -> None:
+        self.dp = dp
+        self.sent_bytes: dict[int, int] = {}  # peer slot -> inner bytes sealed (this batch)
+
+    def prepare(self, batch: Batch, sel: Mask) -> None:
+        """Per peer, in packet order: a sending keypair and its counters (ext.sa, ext.seq)."""
+        e = batch.ext
+        todo = sel & (e.sa < 0) & (e.error == 0)
+        idx = np.flatnonzero(todo)
+        if not len(idx):
+            return
+        dp = self.dp
+        peers = e.class_id[idx]
+        for ps in np.unique(peers).tolist():
+            rows = idx[peers == ps]
+            peer = dp.sessions.peers[ps] if 0 <= ps < len(dp.sessions.peers) else None
+            if peer is None:
+                e.error[rows] = Reason.NO_PEER
+                continue
+            kp = peer.send_keypair(dp.now)
+            first = kp.reserve(len(rows), dp.now) if kp is not None else None
+            if kp is None or first is None or peer.endpoint is None:
+                if kp is not None and first is not None:
+                    pass  # cannot happen: endpoint None handled below
+                if peer.endpoint is None and kp is not None:
+                    e.error[rows] = Reason.NO_ENDPOINT
+                    continue
+                for r in rows.tolist():
+                    s = int(batch.start[r])
+                    pkt = bytes(batch.buf[s : s + int(batch.length[r])])
+                    dp.actions.extend(dp.protocol.stage(peer, pkt, dp.now))
+                e.error[rows] = Reason.STAGED
+                continue
+            e.sa[rows] = dp.sessions.keypair_slot(kp, ps)
+            e.seq[rows] = np.arange(first, first + len(rows), dtype=np.uint64)
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        e = batch.ext
+        go = sel & (e.sa >= 0) & (e.error == 0)
+        if not go.any():
+            return batch
+        dp = self.dp
+        idx = np.flatnonzero(go)
+        n = len(batch)
+        plen = batch.length.copy()
+        pad = (-plen) & 15
+        outer = np.zeros(n, dtype=np.int64)
+        fam6 = np.zeros(n, dtype=np.bool_)
+        # outer family per peer endpoint
+        kps = e.sa[idx]
+        ends: dict[int, tuple[bytes, int, bool]] = {}
+        for s in np.unique(kps).tolist():
+            ps = dp.sessions.kp_owner[s]
+            ep = dp.sessions.peers[ps].endpoint
+            a = ipaddress.ip_address(ep[0])
+            ends[s] = (a.packed, int(ep[1]), a.version == 6)
+        six = np.array([ends[s][2] for s in kps.tolist()], dtype=np.bool_)
+        fam6[idx] = six
+        outer[idx] = np.where(six, OUTER6, OUTER4)
+        new_len = batch.length.copy()
+        new_len[idx] = outer[idx] + DATA_HEADER + plen[idx] + pad[idx] + TAG
+        out = Batch.alloc(new_len, headroom=0, tailroom=0, uniform=False)
+        out.ext = batch.ext
+        # copy: sealed packets' plaintext after their headers, others as they are
+        dst_off = np.zeros(n, dtype=np.int64)
+        dst_off[idx] = outer[idx] + DATA_HEADER
+        src = gather_index(batch.start, batch.length)
+        dst = gather_index(out.start + dst_off, batch.length)
+        out.buf[dst] = batch.buf[src]
+        st = out.start[idx]
+        o = outer[idx]
+        ln = new_len[idx]
+        # WireGuard transport header: type 4, receiver index, counter (little endian)
+        h = st + o
+        out.buf[h] = MSG_DATA
+        recv_idx = np.array(
+            [dp.sessions.keypairs[s].remote_index for s in kps.tolist()], dtype="<u4"
+        )
+        out.buf[h[:, None] + 4 + np.arange(4)] = recv_idx.view(np.uint8).reshape(-1, 4)
+        ctr = e.seq[idx].astype("<u8")
+        out.buf[h[:, None] + 8 + np.arange(8)] = ctr.view(np.uint8).reshape(-1, 8)
+        # outer IP/UDP headers
+        udp_len = ln - o + 8
+        for s, (packed, port, v6) in ends.items():
+            m = kps == s
+            rs = st[m]
+            if v6:
+                out.buf[rs] = 0x60
+                pl = udp_len[m]
+                out.buf[rs + 4] = (pl >> 8) & 0xFF
+                out.buf[rs + 5] = pl & 0xFF
+                out.buf[rs + 6] = 17
+                out.buf[rs + 7] = 64
+                out.buf[rs[:, None] + 24 + np.arange(16)] = np.frombuffer(packed, np.uint8)
+                u = rs + 40
+            else:
+                tot = ln[m]
+                out.buf[rs] = 0x45
+                out.buf[rs + 2] = (tot >> 8) & 0xFF
+                out.buf[rs + 3] = tot & 0xFF
+                out.buf[rs + 8] = 64
+                out.buf[rs + 9] = 17
+                out.buf[rs[:, None] + 16 + np.arange(4)] = np.frombuffer(packed, np.uint8)
+                u = rs + 20
+            ul = udp_len[m]
+            out.buf[u] = (dp.listen_port >> 8) & 0xFF
+            out.buf[u + 1] = dp.listen_port & 0xFF
+            out.buf[u + 2] = (port >> 8) & 0xFF
+            out.buf[u + 3] = port & 0xFF
+            out.buf[u + 4] = (ul >> 8) & 0xFF
+            out.buf[u + 5] = ul & 0xFF
+        # seal in place: one AEAD call a packet
+        mv = memoryview(out.buf.data)
+        body = (st + o + DATA_HEADER).tolist()
+        clen = (plen[idx] + pad[idx]).tolist()
+        nonce = bytearray(12)
+        nmv = memoryview(nonce)
+        seqs = e.seq[idx].tolist()
+        sent: dict[int, int] = {}
+        for j, s in enumerate(kps.tolist()):
+            aead = dp.sessions.keypairs[s].send_aead
+            nmv[4:12] = seqs[j].to_bytes(8, "little")
+            p0 = body[j]
+            c = clen[j]
+            aead.encrypt_into(nonce, mv[p0 : p0 + c], b"", mv[p0 : p0 + c + TAG])
+            sent[s] = sent.get(s, 0) + c
+        self.sent_bytes = sent
+        # the extension now describes the outer datagram
+        e.l3_off[idx] = 0
+        e.l4_off[idx] = o - 8
+        e.hdr_len[idx] = o
+        e.l3_proto[idx] = np.where(six, 6, 4)
+        e.l4_proto[idx] = 17
+        e.vflags[idx] = 0
+        e.gso_type[idx] = 0
+        e.gso_size[idx] = 0
+        e.csum_start[idx] = 0
+        e.csum_offset[idx] = 0
+        return out
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab, "format": "wireguard transport, chacha20-poly1305"}
+
+
+# --------------------------------------------------------------------------- receive
+
+
+class WgMac(SoftTask):
+    """Receive ``digest``: mac1 (and mac2) of handshake messages, in batches."""
+
+    task = Task.DIGEST
+
+    def __init__(self, dp: Datapath) -> None:
+        self.dp = dp
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        idx = np.flatnonzero(sel)
+        if not len(idx):
+            return batch
+        e = batch.ext
+        ol = outer_len(batch, idx)
+        checker = self.dp.protocol.cookie_checker
+        for j, i in enumerate(idx.tolist()):
+            s = int(batch.start[i]) + int(ol[j])
+            msg = bytes(batch.buf[s : int(batch.start[i]) + int(batch.length[i])])
+            if not checker.check_mac1(msg):
+                e.error[i] = Reason.BAD_MAC1
+                continue
+            src = outer_source(batch, i)
+            e.class_id[i] = 1 if checker.check_mac2(msg, src, self.dp.now) else 0
+        return batch
+
+
+class WgFilter(SoftTask):
+    """Receive ``dos-filter``: before any per-peer state is touched or any decryption."""
+
+    task = Task.DOS_FILTER
+
+    def __init__(self, dp: Datapath, handshake_rate: float = 20.0, burst: int = 5) -> None:
+        self.dp = dp
+        self.rate = handshake_rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # source ip -> (tokens, time)
+        self.max_sources = 4096
+
+    def _allow(self, ip: str, now: float) -> bool:
+        tokens, t = self._buckets.get(ip, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - t) * self.rate)
+        ok = tokens >= 1.0
+        if ok:
+            tokens -= 1.0
+        if len(self._buckets) >= self.max_sources and ip not in self._buckets:
+            # bounded memory: drop the buckets that are full again
+            full = [
+                k
+                for k, (tk, tt) in self._buckets.items()
+                if tk + (now - tt) * self.rate >= self.burst
+            ]
+            for k in full:
+                del self._buckets[k]
+            if len(self._buckets) >= self.max_sources:
+                return False
+        self._buckets[ip] = (tokens, now)
+        return ok
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        idx = np.flatnonzero(sel)
+        if not len(idx):
+            return batch
+        e = batch.ext
+        dp = self.dp
+        ol = outer_len(batch, idx)
+        body = batch.start[idx] + ol
+        blen = batch.length[idx] - ol
+        has4 = blen >= 4
+        typ = np.zeros(len(idx), dtype=np.int64)
+        zero3 = np.zeros(len(idx), dtype=np.bool_)
+        if has4.any():
+            b4 = batch.buf[body[has4][:, None] + np.arange(4)]
+            typ[has4] = b4[:, 0]
+            zero3[has4] = (b4[:, 1:] == 0).all(axis=1)
+        data = zero3 & (typ == MSG_DATA) & (blen >= DATA_HEADER + TAG)
+        hs = np.zeros(len(idx), dtype=np.bool_)
+        for t, want in _HANDSHAKE_LEN.items():
+            hs |= zero3 & (typ == t) & (blen == want)
+        bad = ~(data | hs)
+        e.error[idx[bad]] = Reason.BAD_MESSAGE
+        # transport data: receiver index known, counter not replayed (no state change)
+        d = np.flatnonzero(data)
+        if len(d):
+            rix = _le32(batch, body[d] + 4)
+            ctr = _le64(batch, body[d] + 8)
+            kslot = np.full(len(d), -1, dtype=np.int64)
+            pslot = np.full(len(d), -1, dtype=np.int64)
+            for r in np.unique(rix).tolist():
+                found = dp.protocol.lookup(int(r))
+                m = rix == r
+                if found is None:
+                    continue
+                peer, kp = found
+                ps = dp.sessions.peer_slot(peer)
+                kslot[m] = dp.sessions.keypair_slot(kp, ps)
+                pslot[m] = ps
+                ok = kp.replay.check_many(ctr[m])
+                rows = idx[d[m]]
+                e.error[rows[~ok]] = Reason.REPLAY
+            rows = idx[d]
+            unk = kslot < 0
+            e.error[rows[unk]] = Reason.UNKNOWN_INDEX
+            e.sa[rows] = kslot
+            e.seq[rows] = ctr
+            e.class_id[rows] = pslot
+            # the stages after decrypt are asked for there, from the inner packet
+        h = np.flatnonzero(hs)
+        for j in h.tolist():
+            i = int(idx[j])
+            if e.error[i]:
+                continue
+            src = outer_source(batch, i)
+            if dp.under_load and e.class_id[i] != 1 and int(typ[j]) != MSG_COOKIE:
+                s = int(body[j])
+                msg = bytes(batch.buf[s : s + int(blen[j])])
+                dp.actions.extend(dp.protocol.cookie_reply(msg, src, dp.now))
+                e.error[i] = Reason.COOKIE_NEEDED
+                continue
+            if int(typ[j]) != MSG_COOKIE and not self._allow(src[0], dp.now):
+                e.error[i] = Reason.HANDSHAKE_RATE
+                continue
+            e.error[i] = Reason.HANDSHAKE  # leaves the engine for the protocol core
+        return batch
+
+    def describe(self) -> dict[str, object]:
+        return {"task": self.task.kebab, "handshake_rate": self.rate, "burst": self.burst}
+
+
+class WgDecrypt(SoftTask):
+    """Receive ``decrypt``: opens transport messages in place; replay window in ``settle``."""
+
+    task = Task.DECRYPT
+
+    def __init__(self, dp: Datapath) -> None:
+        self.dp = dp
+        #: (keypair slot, counter) of authenticated packets waiting for settle
+        self.authenticated: list[tuple[int, int, int]] = []
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        e = batch.ext
+        go = sel & (e.sa >= 0) & (e.error == 0)
+        idx = np.flatnonzero(go)
+        if not len(idx):
+            return batch
+        dp = self.dp
+        ol = outer_len(batch, idx)
+        st = batch.start[idx]
+        body = (st + ol + DATA_HEADER).tolist()
+        clen = (batch.length[idx] - ol - DATA_HEADER).tolist()
+        kps = e.sa[idx].tolist()
+        seqs = e.seq[idx].tolist()
+        mv = memoryview(batch.buf.data)
+        nonce = bytearray(12)
+        nmv = memoryview(nonce)
+        ok = np.zeros(len(idx), dtype=np.bool_)
+        for j in range(len(idx)):
+            kp = dp.sessions.keypairs.get(kps[j])
+            if kp is None:
+                continue
+            nmv[4:12] = seqs[j].to_bytes(8, "little")
+            p0 = body[j]
+            c = clen[j]
+            try:
+                kp.recv_aead.decrypt_into(nonce, mv[p0 : p0 + c], b"", mv[p0 : p0 + c - TAG])
+            except Exception:  # InvalidTag (or a keypair zeroed under us)
+                continue
+            ok[j] = True
+        e.error[idx[~ok]] = Reason.BAD_ICV
+        good = idx[ok]
+        # the packet becomes the inner packet: strip outer, transport header, padding, tag
+        batch.start[good] += ol[ok] + DATA_HEADER
+        batch.length[good] -= ol[ok] + DATA_HEADER + TAG
+        ipl = inner_ip_length(batch, good)
+        empty = batch.length[good] == 0
+        e.error[good[empty]] = Reason.KEEPALIVE
+        badlen = ~empty & ((ipl < 0) | (ipl > batch.length[good]))
+        e.error[good[badlen]] = Reason.BAD_IP_LENGTH
+        fine = ~empty & ~badlen
+        batch.length[good[fine]] = ipl[fine]
+        inner = good[fine]
+        if len(inner):
+            sub = batch.take(inner)
+            reason = parse_batch(sub, ethernet=False)
+            for f in ("l3_off", "l4_off", "hdr_len", "l3_proto", "l4_proto", "xflags"):
+                getattr(e, f)[inner] = getattr(sub.ext, f)
+            # what the later stages do depends on the inner packet
+            tcp = (reason == 0) & (sub.ext.l4_proto == 6)
+            udp = (reason == 0) & (sub.ext.l4_proto == 17)
+            want = np.full(len(inner), _U_CLS, dtype=np.uint16)
+            want |= np.where(tcp | udp, _U_CSUM, 0).astype(np.uint16)
+            want |= np.where(tcp, _U_TGRO, 0).astype(np.uint16)
+            want |= np.where(udp, _U_UGRO, 0).astype(np.uint16)
+            e.tasks[inner] |= want
+            e.gso_type[inner] = 0
+            e.gso_size[inner] = 0
+            e.vflags[inner] = 0
+        return batch
+
+    def settle(self, batch: Batch, sel: Mask) -> None:
+        """The replay window moves only for packets that authenticated."""
+        e = batch.ext
+        done = sel & (e.sa >= 0) & ((e.error == 0) | (e.error == Reason.KEEPALIVE))
+        idx = np.flatnonzero(done)
+        kps = e.sa[idx].tolist()
+        seqs = e.seq[idx].tolist()
+        keys = self.dp.sessions.keypairs
+        for j, i in enumerate(idx.tolist()):
+            kp = keys.get(kps[j])
+            if kp is None or not kp.replay.update(seqs[j]):
+                e.error[i] = Reason.REPLAY
+
+
+class WgSource(SoftTask):
+    """Receive ``classify``: the inner source must lie in the sending peer's AllowedIPs."""
+
+    task = Task.CLASSIFY
+
+    def __init__(self, dp: Datapath) -> None:
+        self.dp = dp
+
+    def process(self, batch: Batch, sel: Mask) -> Batch:
+        rows, v4, ok = addr_rows(batch, sel, "src")
+        slot = self.dp.lookup(rows, v4)
+        idx = np.flatnonzero(sel)
+        e = batch.ext
+        owner = e.class_id[idx]
+        bad = ~ok | (slot != owner)
+        e.error[idx[bad & (e.error[idx] == 0)]] = Reason.BAD_SOURCE
+        return batch
+
+
+# --------------------------------------------------------------------------- wants
+
+
+def tx_wants(b: Batch) -> None:
+    """What each packet read from the TUN asks of the transmit engine."""
+    e = b.ext
+    gt = e.gso_type & 0x7F
+    tcp = (gt == 1) | (gt == 4)
+    udp = gt == 5
+    w = np.full(len(b), int(Task.CLASSIFY | Task.ENCRYPT), dtype=np.uint16)
+    w |= np.where(tcp & (e.gso_size > 0), _U_TSO, 0).astype(np.uint16)
+    w |= np.where(udp & (e.gso_size > 0), _U_USO, 0).astype(np.uint16)
+    w |= np.where((e.vflags & 1) != 0, _U_CSUM, 0).astype(np.uint16)
+    e.tasks[:] = w
+    # the TUN read marks receive-side results (it is the kernel's rx view); start clean
+    e.done[:] = 0
+    e.by_device[:] = 0
+    e.sa[:] = -1
+
+
+def rx_wants(b: Batch) -> None:
+    """What each datagram asks of the receive engine (decrypt adds the inner stages)."""
+    e = b.ext
+    e.tasks[:] = int(Task.DOS_FILTER | Task.DECRYPT | Task.DIGEST)
+    e.done[:] = 0
+    e.by_device[:] = 0
+    e.sa[:] = -1
+    e.class_id[:] = -1
+    # only handshake messages want the digest; cheap pre-look at the type byte
+    idx = np.arange(len(b))
+    if len(idx):
+        ol = outer_len(b, idx)
+        has = b.length > ol
+        typ = np.zeros(len(b), dtype=np.int64)
+        typ[has] = b.buf[b.start[has] + ol[has]]
+        hs = (typ >= 1) & (typ <= 3)
+        e.tasks[~hs] &= ~_U_DIG
+        e.tasks[hs] &= ~_U_DEC
+
+
+RX_ORDER: tuple[Task, ...] = (
+    Task.DIGEST,
+    Task.DOS_FILTER,
+    Task.DECRYPT,
+    Task.CLASSIFY,
+    Task.CHECKSUM,
+    Task.TCP_ASSEMBLE,
+    Task.UDP_ASSEMBLE,
+)
+TX_ORDER: tuple[Task, ...] = (
+    Task.CLASSIFY,
+    Task.TCP_SEGMENT,
+    Task.UDP_SEGMENT,
+    Task.CHECKSUM,
+    Task.ENCRYPT,
+)
