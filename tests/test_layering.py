@@ -3,9 +3,11 @@
 ``tunnel/`` is the application: nothing below it imports it, only its front ends
 (``cli.py``, ``demo.py``, ``bench/tunnel*.py``) do. ``devices/`` does not import
 ``testing/``; ``wire/``, ``soft/`` and ``policy/`` import neither ``devices/`` nor
-``testing/``. Every module under src/netoffload is parsed with ``ast`` (nothing is
-imported); an import counts wherever it stands (module level, inside a function,
-under ``TYPE_CHECKING``), relative imports are resolved against the package, and a
+``testing/``; ``netns.py`` (the namespace primitives) sits below both.
+
+Every module under src/netoffload is parsed with ``ast`` (nothing is imported);
+an import counts wherever it stands (module level, inside a function, under
+``TYPE_CHECKING``), relative imports are resolved against the package, and a
 string constant that names a netoffload module (``importlib.import_module`` or a
 plugin list) counts as an import of that module.
 """
@@ -75,9 +77,10 @@ RULES: list[tuple[tuple[str, ...], str, tuple[str, ...]]] = [
             *("netoffload.cli", "netoffload.demo", "netoffload.bench.tunnel*"),
         ),
     ),
+    (("netoffload.devices", "netoffload.devices.*"), "netoffload.testing", ()),
     *(
         ((f"netoffload.{low}", f"netoffload.{low}.*"), f"netoffload.{high}", ())
-        for low in ("wire", "soft", "policy")
+        for low in ("wire", "soft", "policy", "netns")
         for high in ("devices", "testing")
     ),
 ]
@@ -130,6 +133,11 @@ def test_layering(path: Path) -> None:
         ("netoffload.wire.esp", False, "from netoffload.devices import tun"),
         ("netoffload.policy.base", False, "from ..testing.netns import Testbed"),
         ("netoffload.soft", True, "from netoffload import testing"),
+        ("netoffload.devices.tun", False, "from netoffload.testing.netns import Netns"),
+        ("netoffload.devices.udp", False, "def f():\n    from ..testing import netns\n"),
+        ("netoffload.devices", True, "from netoffload.testing import netns"),
+        ("netoffload.netns", False, "from netoffload.devices import kernel_common"),
+        ("netoffload.netns", False, "from .testing.netns import Testbed"),
     ],
 )
 def test_checker_catches(module: str, is_package: bool, source: str) -> None:
@@ -147,6 +155,9 @@ def test_checker_catches(module: str, is_package: bool, source: str) -> None:
         ("netoffload.soft.crypto", "from netoffload.sa import x"),
         ("netoffload.soft.crypto", "from netoffload.tunnelx import x"),
         ("netoffload.devices.tun", "from netoffload.netns import Netns"),
+        ("netoffload.devices.tun", "from ..netns import Netns"),
+        ("netoffload.testing.netns", "from netoffload.devices import kernel_common"),
+        ("netoffload.testing.netns", "from netoffload.netns import Netns"),
         ("netoffload.engine", "'''netoffload.tunnel is the application'''"),
     ],
 )

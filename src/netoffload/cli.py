@@ -79,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_caps(args: argparse.Namespace, console: Console) -> int:
-    from netoffload.devices.registry import devices, get_device
+    from netoffload.devices.registry import devices, get_device, set_probe_bed
     from netoffload.errors import DeviceError
+    from netoffload.testing.netns import Testbed
 
+    set_probe_bed(Testbed)  # kernel devices are probed in throwaway namespaces
     names = args.device or sorted(devices())
     entries = [get_device(n) for n in names]
     docs: list[dict[str, object]] = []

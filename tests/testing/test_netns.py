@@ -165,3 +165,15 @@ def test_check_address_never_lets_other_ranges_through(text: str) -> None:
     # compare within the address family (subnet_of raises across families)
     allowed = ipaddress.ip_network("198.18.0.0/15" if iface.version == 4 else "fd00::/8")
     assert iface.network.subnet_of(allowed)  # type: ignore[arg-type]
+
+
+def test_namespace_primitives_are_those_of_netoffload_netns() -> None:
+    """testing.netns re-exports the primitives the devices use (one Netns class, one
+    registry of our namespaces), and its hosts are such namespaces."""
+    import netoffload.netns as base
+
+    for name in ("Netns", "NsProcess", "check_address", "is_project_netns", "available"):
+        assert getattr(netns, name) is getattr(base, name)
+    for name in ("prefix", "cleanup_all", "cleanup_stale", "NETNS_DIR", "ALLOWED_NETS"):
+        assert getattr(netns, name) is getattr(base, name)
+    assert issubclass(netns.Host, base.Netns)

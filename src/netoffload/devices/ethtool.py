@@ -5,7 +5,7 @@ Reads the kernel's string set of feature names (``ETH_SS_FEATURES`` via
 (``ETHTOOL_GFEATURES``) and sets them (``ETHTOOL_SFEATURES``).
 
 Safety: every call names a namespace created by this process's testbed
-(``testing.netns``); anything else -- the root namespace, someone else's
+(``netoffload.netns``); anything else -- the root namespace, someone else's
 namespace, a name we did not create -- is refused with ``ConfigError`` before
 any ioctl is made. Nothing outside our own namespaces is ever read or changed.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from netoffload.devices import kernel_common as kc
 from netoffload.errors import ConfigError, DeviceError
+from netoffload.netns import Netns, is_project_netns
 
 _SOCKADDR_PAD = 40
 
@@ -43,8 +44,6 @@ class Feature:
 
 
 def _guard(ns: object, ifname: str) -> str:
-    from netoffload.testing.netns import Netns, is_project_netns
-
     if not isinstance(ns, Netns) or not is_project_netns(ns.name):
         raise ConfigError(
             f"ethtool: refusing {ifname!r}: only interfaces inside namespaces this "
@@ -71,8 +70,6 @@ class Ethtool:
         self._names: list[str] | None = None
 
     def _sock(self) -> socket.socket:
-        from netoffload.testing.netns import Netns
-
         assert isinstance(self.ns, Netns)
         return self.ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
 

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,11 +34,10 @@ from numpy.typing import NDArray
 from netoffload.batch import Batch, Ext, FilterVerdict, Mask, Reason
 from netoffload.caps import CapRecord, TaskOffloadBuffer
 from netoffload.devices.base import Completion, DeviceLoad, SyncDevice, WireDevice
+from netoffload.devices.registry import ProbeBed, probe_bed
 from netoffload.errors import DeviceDown, DeviceError
+from netoffload.netns import Netns, check_address
 from netoffload.tasks import Task
-
-if TYPE_CHECKING:
-    from netoffload.testing.netns import Testbed
 
 # --- TUN/TAP ----------------------------------------------------------------
 TUN_PATH = "/dev/net/tun"
@@ -154,6 +153,42 @@ def tun_open(
     return fd, actual
 
 
+def tun_open_in(
+    ns: Netns,
+    ifname: str = "tun0",
+    *,
+    tap: bool = False,
+    vnet_hdr: bool = True,
+    multi_queue: bool = False,
+    nonblock: bool = True,
+    up: bool = True,
+    addrs: Sequence[str] = (),
+    mtu: int | None = None,
+) -> tuple[int, str]:
+    """Create (or attach another queue to) a TUN/TAP inside our namespace ``ns``.
+
+    Returns ``(fd, ifname)``; the caller owns and closes the fd. The interface
+    disappears with the namespace. Addresses must be in the test ranges.
+    """
+    for a in addrs:
+        check_address(a)
+    with ns.entered():
+        fd, name = tun_open(
+            ifname, tap=tap, vnet_hdr=vnet_hdr, multi_queue=multi_queue, nonblock=nonblock
+        )
+    try:
+        if mtu is not None:
+            ns.ip("link", "set", name, "mtu", str(mtu))
+        for a in addrs:
+            ns.add_address(name, a)
+        if up:
+            ns.ip("link", "set", name, "up")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
 def tun_features(fd: int) -> int:
     """TUNGETFEATURES: the IFF_* flags this kernel's TUN supports."""
     out = fcntl.ioctl(fd, TUNGETFEATURES, struct.pack("I", 0))
@@ -235,21 +270,6 @@ def sock_filter_works(sock: socket.socket) -> bool:
 
 #: The ``dos-filter`` record of a device that runs cBPF programs in the kernel.
 CBPF_FILTER = CapRecord(Task.DOS_FILTER, max_rules=4096, features=("cbpf",))
-
-
-# --- namespaces ---------------------------------------------------------------------
-CLONE_NEWNET = 0x40000000
-_libc: ctypes.CDLL | None = None
-
-
-def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
-    """setns(2) for the calling thread (Python 3.11 has no os.setns)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
 
 
 # --- batches from reads ---------------------------------------------------------------
@@ -722,20 +742,19 @@ def open_group(workers: int, open_one: Callable[[], D]) -> list[D]:
 
 
 def throwaway_device(
-    kind: str, unavailable: Callable[[], str | None], build: Callable[[Testbed], D]
+    kind: str, unavailable: Callable[[], str | None], build: Callable[[ProbeBed], D]
 ) -> D:
-    """The device ``caps --device <kind>`` probes, in a Testbed its ``close()`` removes.
+    """The device ``caps --device <kind>`` probes, in throwaway namespaces its ``close()`` removes.
 
     ``unavailable()`` says why this machine can have none (DeviceError);
-    ``build(tb)`` makes the device, owning ``tb``. It is queried before it is
-    returned; if anything fails, the Testbed is closed.
+    ``build(bed)`` makes the device, owning ``bed`` (from the factory given to
+    ``registry.set_probe_bed``: ``netoffload.testing.netns.Testbed``). It is
+    queried before it is returned; if anything fails, the bed is closed.
     """
-    from netoffload.testing import netns
-
     reason = unavailable()
     if reason:
         raise DeviceError(f"{kind}: {reason}")
-    tb = netns.Testbed()
+    tb = probe_bed(kind)
     try:
         dev = build(tb)
         dev.query()

@@ -38,9 +38,10 @@ from netoffload.batch import (
 )
 from netoffload.caps import CapRecord, TaskOffloadBuffer
 from netoffload.devices import kernel_common as kc
-from netoffload.devices.registry import register_device
+from netoffload.devices.registry import ProbeBed, register_device
 from netoffload.devices.tun import GSO_MAX_SEGS, TX_TASKS, prepare_tx, rx_csum_results
 from netoffload.errors import ConfigError, DeviceError
+from netoffload.netns import Netns, available, is_project_netns
 from netoffload.tasks import Task
 from netoffload.wire.parse import parse_batch
 
@@ -98,8 +99,6 @@ class PacketDevice(kc.SocketDevice):
         ignore_outgoing: bool = True,
         **kw: Any,
     ) -> PacketDevice:
-        from netoffload.testing.netns import Netns, is_project_netns
-
         if not isinstance(ns, Netns) or not is_project_netns(ns.name):
             raise ConfigError(
                 f"packet socket on {ifname!r}: only interfaces in namespaces this process created"
@@ -226,14 +225,13 @@ class PacketDevice(kc.SocketDevice):
 
 def _probe_factory() -> PacketDevice:
     """``caps --device packet``: a veth pair in throwaway namespaces, removed on close()."""
-    from netoffload.testing import netns
 
-    def build(tb: netns.Testbed) -> PacketDevice:
+    def build(tb: ProbeBed) -> PacketDevice:
         a, b = tb.host("capsa"), tb.host("capsb")
         tb.link(a, b)
         return PacketDevice.open(a, "veth0", owns=tb)
 
-    return kc.throwaway_device("packet", netns.available, build)
+    return kc.throwaway_device("packet", available, build)
 
 
 register_device(

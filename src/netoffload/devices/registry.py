@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from netoffload.devices.base import Device
-from netoffload.errors import ConfigError
+from netoffload.errors import ConfigError, DeviceError
+from netoffload.netns import Netns
 from netoffload.plugins import ModuleSet
 
 
@@ -35,6 +37,38 @@ _PLUGINS = ModuleSet(_MODULES)
 
 def register_device(name: str, factory: Callable[[], Device], summary: str) -> None:
     _DEVICES[name] = DeviceEntry(name, factory, summary)
+
+
+class ProbeBed(Protocol):
+    """Throwaway namespaces a kernel device is probed in (``caps --device tun``);
+    ``close()`` removes them with all they hold. ``netoffload.testing.netns.Testbed``
+    is one."""
+
+    def host(self, tag: str = ...) -> Netns: ...
+
+    def link(self, a: Netns, b: Netns) -> object: ...
+
+    def close(self) -> None: ...
+
+
+_probe_bed: Callable[[], ProbeBed] | None = None
+
+
+def set_probe_bed(factory: Callable[[], ProbeBed]) -> None:
+    """Give the kernel devices' probe factories their namespaces (devices do not import
+    ``testing/``: importing ``netoffload.testing.netns`` sets its ``Testbed`` here)."""
+    global _probe_bed
+    _probe_bed = factory
+
+
+def probe_bed(kind: str) -> ProbeBed:
+    """A new ``ProbeBed`` from the factory set by ``set_probe_bed``."""
+    if _probe_bed is None:
+        raise DeviceError(
+            f"{kind}: no namespaces to probe in (nothing called "
+            "devices.registry.set_probe_bed; importing netoffload.testing.netns does)"
+        )
+    return _probe_bed()
 
 
 def _load() -> None:

@@ -57,6 +57,7 @@ from netoffload.caps import CapRecord, TaskOffloadBuffer
 from netoffload.devices import kernel_common as kc
 from netoffload.devices.registry import register_device
 from netoffload.errors import ConfigError, DeviceDown, DeviceError
+from netoffload.netns import Netns, available
 from netoffload.tasks import Direction, Task, bit16
 from netoffload.wire.parse import parse_batch
 
@@ -295,15 +296,13 @@ class TunDevice(kc.ProbedDevice):
         mtu: int | None = None,
         **kw: object,
     ) -> TunDevice:
-        """A TUN with ``queues`` queues inside a project namespace (``testing.netns.Netns``)."""
-        from netoffload.testing.netns import Netns
-
+        """A TUN with ``queues`` queues inside a project namespace (``netoffload.netns.Netns``)."""
         if not isinstance(ns, Netns):
-            raise ConfigError("TunDevice.open_in needs a netoffload.testing.netns.Netns")
+            raise ConfigError("TunDevice.open_in needs a netoffload.netns.Netns")
         fds: list[int] = []
         try:
-            fd, name = ns.open_tun(
-                ifname, tap=tap, multi_queue=queues > 1, addrs=addrs, mtu=mtu, up=False
+            fd, name = kc.tun_open_in(
+                ns, ifname, tap=tap, multi_queue=queues > 1, addrs=addrs, mtu=mtu, up=False
             )
             fds.append(fd)
             for _ in range(queues - 1):
@@ -567,12 +566,18 @@ def rx_csum_results(b: Batch, rows: Mask) -> None:
     e.csum_verdict[partial] = CsumVerdict.PARTIAL
 
 
+def _unavailable() -> str | None:
+    """Why no TUN can be made here (no namespaces, no /dev/net/tun), or None."""
+    reason = available()
+    if reason is None and not os.path.exists(kc.TUN_PATH):
+        reason = f"no {kc.TUN_PATH}"
+    return reason
+
+
 def _probe_factory() -> TunDevice:
     """``caps --device tun``: a throwaway namespace and TUN, removed on close()."""
-    from netoffload.testing import netns
-
     return kc.throwaway_device(
-        "tun", netns.tun_available, lambda tb: TunDevice.open_in(tb.host("caps"), "tun0", owns=tb)
+        "tun", _unavailable, lambda tb: TunDevice.open_in(tb.host("caps"), "tun0", owns=tb)
     )
 
 

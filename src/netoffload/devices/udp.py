@@ -37,8 +37,9 @@ import numpy as np
 from netoffload.batch import Batch, CsumVerdict, Reason
 from netoffload.caps import CapRecord, Enabled, TaskOffloadBuffer
 from netoffload.devices import kernel_common as kc
-from netoffload.devices.registry import register_device
+from netoffload.devices.registry import ProbeBed, register_device
 from netoffload.errors import ConfigError, DeviceDown, DeviceError
+from netoffload.netns import Netns, available, check_address
 from netoffload.tasks import Task, bit16
 
 #: UDP_MAX_SEGMENTS of the kernel (64 before Linux 6.8, 128 since); we stay within 64.
@@ -125,17 +126,15 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
         proto: int = 0,
         **kw: Any,
     ) -> UdpDevice:
-        """A UDP socket made inside project namespace ``ns`` (a ``testing.netns.Netns``)."""
-        from netoffload.testing.netns import Netns, check_address
-
+        """A UDP socket made inside project namespace ``ns`` (a ``netoffload.netns.Netns``)."""
         fam = family or (socket.AF_INET6 if ":" in str(bind[0]) else socket.AF_INET)
         for addr in (bind, peer):
             if addr is not None and addr[0] not in ("", "0.0.0.0", "::"):
                 check_address(str(addr[0]))
         if ns is None:
-            raise ConfigError("UdpDevice.open needs a project namespace (testing.netns.Netns)")
+            raise ConfigError("UdpDevice.open needs a project namespace (netoffload.netns.Netns)")
         if not isinstance(ns, Netns):
-            raise ConfigError("UdpDevice.open: ns must be a testing.netns.Netns")
+            raise ConfigError("UdpDevice.open: ns must be a netoffload.netns.Netns")
         s = ns.socket(fam, socket.SOCK_DGRAM, proto)
         try:
             if reuseport:
@@ -366,14 +365,13 @@ def _fmt(addr: Any) -> str:
 
 def _probe_factory() -> UdpDevice:
     """``caps --device udp``: a socket in a throwaway namespace, removed on close()."""
-    from netoffload.testing import netns
 
-    def build(tb: netns.Testbed) -> UdpDevice:
+    def build(tb: ProbeBed) -> UdpDevice:
         ns = tb.host("caps")
         ns.add_address("lo", "198.18.0.1/24")
         return UdpDevice.open(ns, ("198.18.0.1", 0), owns=tb)
 
-    return kc.throwaway_device("udp", netns.available, build)
+    return kc.throwaway_device("udp", available, build)
 
 
 register_device(
