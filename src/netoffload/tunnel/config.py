@@ -181,19 +181,21 @@ def _items(value: str) -> list[str]:
 
 
 def _port(text: str, lo: int) -> int | None:
-    if not _DIGITS_RE.fullmatch(text) or len(text) > 5:
-        return None
-    n = int(text)
-    return n if lo <= n <= 65535 else None
+    n = _uint(text, 16)
+    return n if n is not None and n >= lo else None
 
 
 def _uint(text: str, bits: int, allow_hex: bool = False) -> int | None:
+    """A decimal (or 0x-hex) number below 2**bits, else None (no sign, no spaces)."""
     if _DIGITS_RE.fullmatch(text):
-        n = int(text)
+        digits, base = text.lstrip("0"), 10
     elif allow_hex and _HEX_RE.fullmatch(text):
-        n = int(text[2:], 16)
+        digits, base = text[2:].lstrip("0"), 16
     else:
         return None
+    if len(digits) > 20:  # also keeps int() under its digit limit
+        return None
+    n = int(digits or "0", base)
     return n if n < (1 << bits) else None
 
 
@@ -294,7 +296,7 @@ class _PeerDraft:
         self.public_key: bytes | None = None
         self.public_key_line = line
         self.preshared_key: bytes | None = None
-        self.allowed_ips: list[IPNetwork] = []
+        self.allowed_ips: list[tuple[IPNetwork, int]] = []
         self.endpoint: tuple[str, int] | None = None
         self.keepalive = 0
         self.seen: dict[str, int] = {}
@@ -447,11 +449,17 @@ def parse_config(
             elif key == "allowedips":
                 for item in _items(value):
                     try:
-                        peer.allowed_ips.append(parse_network(item))
+                        net = parse_network(item)
                     except ValueError:
                         raise where.error(
                             number, k, f"{_show(item)} is not an IP address[/prefix]"
                         ) from None
+                    if "/" in item and parse_interface(item).ip != net.network_address:
+                        warnings.append(
+                            f"{where.source}:{number}: AllowedIPs: {item} has host bits set; "
+                            f"taken as {net}"
+                        )
+                    peer.allowed_ips.append((net, number))
             elif key == "endpoint":
                 try:
                     peer.endpoint = parse_endpoint(value, resolve)
@@ -507,8 +515,10 @@ def parse_config(
         )
     own = public_key_of(private_key)
     done: dict[bytes, int] = {}
-    out_peers: list[PeerConfig] = []
-    for peer in peers:
+    # an allowed IP belongs to one peer: a later peer takes it (as wg and the kernel do)
+    owner: dict[IPNetwork, tuple[int, int]] = {}  # network -> (peer index, line)
+    nets: list[list[IPNetwork]] = []
+    for index, peer in enumerate(peers):
         if peer.public_key is None:
             raise where.error(peer.line, "[Peer]", "PublicKey missing")
         if peer.public_key == own:
@@ -522,15 +532,31 @@ def parse_config(
                 f"duplicate peer (first at line {done[peer.public_key]})",
             )
         done[peer.public_key] = peer.public_key_line
-        out_peers.append(
-            PeerConfig(
-                public_key=peer.public_key,
-                preshared_key=peer.preshared_key,
-                allowed_ips=tuple(peer.allowed_ips),
-                endpoint=peer.endpoint,
-                persistent_keepalive=peer.keepalive,
-            )
+        mine: list[IPNetwork] = []
+        for net, line in peer.allowed_ips:
+            if net in mine:
+                continue
+            if net in owner:
+                other, other_line = owner[net]
+                nets[other].remove(net)
+                warnings.append(
+                    f"{where.source}:{line}: AllowedIPs: {net} is also given to the peer at "
+                    f"line {peers[other].line} (line {other_line}); this later peer gets it"
+                )
+            owner[net] = (index, line)
+            mine.append(net)
+        nets.append(mine)
+    out_peers = [
+        PeerConfig(
+            public_key=peer.public_key,
+            preshared_key=peer.preshared_key,
+            allowed_ips=tuple(mine),
+            endpoint=peer.endpoint,
+            persistent_keepalive=peer.keepalive,
         )
+        for peer, mine in zip(peers, nets, strict=True)
+        if peer.public_key is not None
+    ]
     return TunnelConfig(
         interface=InterfaceConfig(
             name=name,
