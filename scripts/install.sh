@@ -17,6 +17,7 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v wireguard-go >/dev/null 2>&1 || need_apt+=(wireguard-go)
 command -v wg >/dev/null 2>&1 || need_apt+=(wireguard-tools)
 command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
+command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 # tshark: the tests decrypt our ESP captures with it (standard ESP tooling)
 [ -n "$extras" ] && { command -v tshark >/dev/null 2>&1 || need_apt+=(tshark); }
 

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=int, default=256, help="packets per batch")
     d.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
 
+    from netoffload.tunnel.commands import add_parsers
+
+    add_parsers(sub, _policy_args)
+
     b = sub.add_parser("bench", help="benchmarks (ratios measured side by side)")
     b.add_argument("name", nargs="?", help="benchmark name; omit to list them")
     b.add_argument("--quick", action="store_true", help="finish within a minute on 2 cores")
@@ -161,7 +165,33 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return run_demo(args, console)
 
 
-COMMANDS = {"caps": cmd_caps, "pcap": cmd_pcap, "demo": cmd_demo, "bench": cmd_bench}
+def cmd_up(args: argparse.Namespace, console: Console) -> int:
+    from netoffload.tunnel.commands import cmd_up as run
+
+    return run(args, console)
+
+
+def cmd_down(args: argparse.Namespace, console: Console) -> int:
+    from netoffload.tunnel.commands import cmd_down as run
+
+    return run(args, console)
+
+
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from netoffload.tunnel.commands import cmd_show as run
+
+    return run(args, console)
+
+
+COMMANDS = {
+    "caps": cmd_caps,
+    "pcap": cmd_pcap,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+    "up": cmd_up,
+    "down": cmd_down,
+    "show": cmd_show,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

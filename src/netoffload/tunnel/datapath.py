@@ -168,6 +168,8 @@ class Datapath:
         self.now = 0.0
         self.under_load = False
         self.actions: list[Any] = []
+        #: datagrams the tasks want sent as they are (cookie replies): (destination, bytes)
+        self.outbox: list[tuple[tuple[str, int], bytes]] = []
         self._lpm = LpmTable([])
         self.rebuild()
 
@@ -334,6 +336,7 @@ class WgEncrypt(SoftTask):
             e.seq[rows] = np.arange(first, first + len(rows), dtype=np.uint64)
 
     def process(self, batch: Batch, sel: Mask) -> Batch:
+        self.prepare(batch, sel)  # (the engine runs it only before a split; idempotent)
         e = batch.ext
         go = sel & (e.sa >= 0) & (e.error == 0)
         if not go.any():
@@ -559,7 +562,9 @@ class WgFilter(SoftTask):
             if dp.under_load and e.class_id[i] != 1 and int(typ[j]) != MSG_COOKIE:
                 s = int(body[j])
                 msg = bytes(batch.buf[s : s + int(blen[j])])
-                dp.actions.extend(dp.protocol.cookie_reply(msg, src, dp.now))
+                sender = int.from_bytes(msg[4:8], "little")
+                reply = dp.protocol.cookie_checker.make_reply(msg, sender, src, dp.now)
+                dp.outbox.append((src, reply))
                 e.error[i] = Reason.COOKIE_NEEDED
                 continue
             if int(typ[j]) != MSG_COOKIE and not self._allow(src[0], dp.now):

@@ -1,0 +1,598 @@
+"""The running tunnel: a TUN, a UDP socket, two engines, the protocol core and the UAPI.
+
+``Tunnel.from_config(cfg)`` builds it; ``start()`` creates the interface (named
+after the configuration) in the current network namespace with its addresses,
+MTU and routes, binds the UDP socket and the UAPI socket; ``run()`` serves
+until stopped; ``close()`` removes everything it made. One thread moves packets
+(``run``); the UAPI server's thread changes configuration under ``lock``.
+
+Transmit: TUN read (GSO super-packets through the virtio header) -> the
+transmit engine (tunnel/datapath.py) -> the UDP device (UDP_SEGMENT sends).
+Receive: UDP read (UDP_GRO) -> the receive engine -> handshake messages to the
+protocol core, data to the TUN (GSO super-packets again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from netoffload.batch import Batch, CsumVerdict, Reason, VnetFlag
+from netoffload.devices import kernel_common as kc
+from netoffload.devices.tun import TunDevice
+from netoffload.devices.udp_ip import UdpIpDevice
+from netoffload.engine import Engine
+from netoffload.errors import ConfigError, DeviceDown, NetoffloadError
+from netoffload.policy.config import policy_from_args
+from netoffload.soft import SoftLibrary, make_task
+from netoffload.tasks import Direction, Task
+from netoffload.tunnel import datapath as dpm
+from netoffload.tunnel.config import TunnelConfig
+from netoffload.tunnel.protocol import Flush, Protocol, SendDatagram
+from netoffload.tunnel.uapi import (
+    PeerUpdate,
+    SetRequest,
+    UapiError,
+    UapiPeer,
+    UapiServer,
+    UapiState,
+)
+
+STATE_DIR = Path("/run/netoffload")
+DEFAULT_MTU = 1420
+DEFAULT_PORT = 51820
+#: handshake messages a second above which the interface is "under load"
+UNDER_LOAD_RATE = 200.0
+TX_BATCH = 256
+RX_BATCH = 512
+TUN_OFFLOADS = kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6 | kc.TUN_F_TSO_ECN
+
+
+def _zero_key(k: bytes | None) -> bool:
+    return k is None or k == bytes(32)
+
+
+class Tunnel:
+    """One WireGuard-compatible interface served by this process."""
+
+    def __init__(
+        self,
+        cfg: TunnelConfig,
+        *,
+        policy: str | None = None,
+        policy_file: str | Path | None = None,
+        force_under_load: bool = False,
+        manage_interface: bool = True,
+        sock_dir: str = "/var/run/wireguard",
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.interface.name
+        self.force_under_load = force_under_load
+        self.manage_interface = manage_interface
+        self.sock_dir = sock_dir
+        self.log = log or (lambda _m: None)
+        self.lock = threading.RLock()
+        now = time.time()
+        self.protocol = Protocol(cfg.interface.private_key, now)
+        for p in cfg.peers:
+            self.protocol.add_peer(
+                p.public_key,
+                preshared_key=p.preshared_key,
+                endpoint=p.endpoint,
+                persistent_keepalive=p.persistent_keepalive,
+                allowed_ips=tuple(p.allowed_ips),
+            )
+        self.listen_port = cfg.interface.listen_port or 0
+        self.fwmark = cfg.interface.fwmark or 0
+        self.mtu = cfg.interface.mtu or DEFAULT_MTU
+        off = cfg.offload
+        spec = policy if policy is not None else off.policy
+        pfile = policy_file if policy_file is not None else off.policy_file
+        self._policy_factory = policy_from_args(spec, pfile, "adaptive")
+        self.dp = dpm.Datapath(self.protocol)
+        self.tun: TunDevice | None = None
+        self.udp: UdpIpDevice | None = None
+        self.uapi: UapiServer | None = None
+        self.made: Any = None
+        self.tx_engine = self._engine(Direction.TX)
+        self.rx_engine = self._engine(Direction.RX)
+        self._stop_r, self._stop_w = os.pipe()
+        os.set_blocking(self._stop_r, False)
+        self._stopping = False
+        self._hs_times: list[float] = []
+        self._load_until = 0.0
+        self.stats: dict[str, int] = {
+            "tx_packets": 0,
+            "rx_packets": 0,
+            "tx_bytes": 0,
+            "rx_bytes": 0,
+            "handshakes_in": 0,
+            "handshakes_out": 0,
+            "keepalives_in": 0,
+        }
+        self.started = 0.0
+        self._status_at = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: TunnelConfig | str | Path, **kw: Any) -> Tunnel:
+        if not isinstance(cfg, TunnelConfig):
+            from netoffload.tunnel.config import load_config
+
+            cfg = load_config(cfg)
+        return cls(cfg, **kw)
+
+    # ------------------------------------------------------------------ engines
+    def _engine(self, direction: Direction) -> Engine:
+        dp = self.dp
+        if direction is Direction.TX:
+            lib = SoftLibrary(
+                {
+                    Task.CLASSIFY: dpm.WgRoute(dp),
+                    Task.TCP_SEGMENT: make_task(Task.TCP_SEGMENT),
+                    Task.UDP_SEGMENT: make_task(Task.UDP_SEGMENT),
+                    Task.CHECKSUM: make_task(Task.CHECKSUM, mode="fill"),
+                    Task.ENCRYPT: dpm.WgEncrypt(dp),
+                }
+            )
+            order = dpm.TX_ORDER
+        else:
+            lib = SoftLibrary(
+                {
+                    Task.DIGEST: dpm.WgMac(dp),
+                    Task.DOS_FILTER: dpm.WgFilter(dp),
+                    Task.DECRYPT: dpm.WgDecrypt(dp),
+                    Task.CLASSIFY: dpm.WgSource(dp),
+                    Task.CHECKSUM: make_task(Task.CHECKSUM, mode="verify"),
+                    Task.TCP_ASSEMBLE: make_task(Task.TCP_ASSEMBLE),
+                    Task.UDP_ASSEMBLE: make_task(Task.UDP_ASSEMBLE),
+                }
+            )
+            order = dpm.RX_ORDER
+        tasks = Task(0)
+        for t in order:
+            tasks |= t
+        return Engine(direction, tasks, lib, self._policy_factory(), order=order)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Create the interface, sockets and UAPI; on any failure undo and raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        name = self.name
+        try:
+            socket.if_nametoindex(name)
+            exists = True
+        except OSError:
+            exists = False
+        if exists:
+            raise ConfigError(f"interface {name} already exists (is it up already?)")
+        # UAPI first: a live socket means another process serves this name
+        self.uapi = UapiServer(name, self, sock_dir=self.sock_dir)
+        self.lock = self.uapi.lock
+        try:
+            fd, actual = kc.tun_open(name, vnet_hdr=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create interface {name}: {e.strerror}") from None
+        self.tun = TunDevice([fd], actual, direction=Direction.TX)
+        caps = kc.tun_probe_offloads(fd)
+        bits = TUN_OFFLOADS
+        if caps.get("uso"):
+            bits |= kc.TUN_F_USO4 | kc.TUN_F_USO6
+        try:
+            self.tun.set_offload(bits)
+        except NetoffloadError:
+            self.tun.set_offload(kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6)
+        self.udp = UdpIpDevice.bind_here(
+            self.listen_port, fwmark=self.fwmark or None, name=f"udp:{name}"
+        )
+        self.listen_port = self.udp.local_port
+        self.dp.listen_port = self.listen_port
+        if self.manage_interface:
+            self._configure_interface()
+        self.uapi.start()
+        self.started = time.time()
+        self._write_state()
+
+    def _configure_interface(self) -> None:
+        from netoffload.tunnel import iface
+
+        ic = self.cfg.interface
+        plan = iface.plan(
+            self.name,
+            [str(a) for a in ic.addresses],
+            ic.mtu,
+            [[str(n) for n in p.allowed_ips] for p in self.cfg.peers],
+            table=ic.table,
+            fwmark=ic.fwmark,
+        )
+        self.mtu = plan.mtu
+        if plan.fwmark and not self.fwmark:
+            self.fwmark = plan.fwmark
+            assert self.udp is not None
+            self.udp.set_fwmark(self.fwmark)
+        self.made = iface.apply(plan)
+
+    def _write_state(self) -> None:
+        with contextlib.suppress(OSError):
+            STATE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+            rec = {
+                "pid": os.getpid(),
+                "name": self.name,
+                "made": self.made.to_json() if self.made is not None else None,
+                "socket": str(Path(self.sock_dir) / f"{self.name}.sock"),
+            }
+            p = STATE_DIR / f"{self.name}.json"
+            p.write_text(json.dumps(rec))
+            p.chmod(0o600)
+
+    def stop(self) -> None:
+        """Ask ``run`` to return (safe from a signal handler or another thread)."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"x")
+
+    def close(self) -> None:
+        """Remove everything this tunnel made (idempotent)."""
+        if self.uapi is not None:
+            with contextlib.suppress(Exception):
+                self.uapi.close()
+            self.uapi = None
+        if self.made is not None:
+            from netoffload.tunnel import iface
+
+            with contextlib.suppress(Exception):
+                iface.undo(self.made)
+            self.made = None
+        for dev in (self.udp, self.tun):
+            if dev is not None:
+                with contextlib.suppress(Exception):
+                    dev.close()
+        self.udp = None
+        self.tun = None
+        for p in (STATE_DIR / f"{self.name}.json", STATE_DIR / f"{self.name}.status.json"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        for fd in (self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._stop_r = self._stop_w = -1
+
+    def __enter__(self) -> Tunnel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ loop
+    def run(self, ready: Callable[[], None] | None = None, until: float | None = None) -> None:
+        """Move packets until ``stop()`` (or monotonic time ``until``)."""
+        assert self.tun is not None and self.udp is not None
+        tfd = self.tun.fds[0]
+        ufd = self.udp.sock.fileno()
+        if ready is not None:
+            ready()
+        while not self._stopping:
+            now = time.time()
+            if until is not None and time.monotonic() >= until:
+                break
+            with self.lock:
+                self._handle(self.protocol.tick(now))
+                deadline = self.protocol.next_deadline()
+            timeout = min(max(deadline - time.time(), 0.0), 0.5)
+            try:
+                r, _, _ = select.select([tfd, ufd, self._stop_r], [], [], timeout)
+            except InterruptedError:
+                continue
+            except (OSError, ValueError) as e:
+                raise DeviceDown(f"{self.name}: {e}") from None
+            if self._stop_r in r:
+                break
+            if ufd in r:
+                self.receive()
+            if tfd in r:
+                self.transmit()
+            if time.monotonic() - self._status_at > 1.0:
+                self._status_at = time.monotonic()
+                self.write_status()
+
+    def transmit(self, batch: Batch | None = None) -> int:
+        """One transmit batch: TUN read (or ``batch``) -> engine -> UDP send."""
+        assert self.tun is not None and self.udp is not None
+        b = batch if batch is not None else self.tun.recv(TX_BATCH)
+        if not len(b):
+            return 0
+        dpm.tx_wants(b)
+        with self.lock:
+            now = time.time()
+            self.dp.now = now
+            out = self.tx_engine.process(b).batch
+            e = out.ext
+            live = e.alive()
+            sent = self.udp.send(out)
+            self.stats["tx_packets"] += sent
+            enc = self.tx_engine.soft[Task.ENCRYPT]
+            per_slot = getattr(enc, "sent_bytes", {})
+            for s, nbytes in per_slot.items():
+                owner = self.dp.sessions.kp_owner.get(s)
+                peer = self.dp.sessions.peers[owner] if owner is not None else None
+                if peer is not None:
+                    self.stats["tx_bytes"] += nbytes
+                    self._handle(self.protocol.data_sent(peer, now, nbytes + 32, False))
+            enc.sent_bytes = {}  # type: ignore[attr-defined]
+            self._handle(self.dp.take_actions())
+            del live
+        return len(b)
+
+    def receive(self) -> int:
+        """One receive batch: UDP read -> engine -> handshakes to the core, data to the TUN."""
+        assert self.tun is not None and self.udp is not None
+        b = self.udp.recv(RX_BATCH)
+        n = len(b)
+        if not n:
+            return 0
+        dpm.rx_wants(b)
+        src_of = [dpm.outer_source(b, i) for i in range(n)] if n <= 4 else None
+        b_start = b.start.copy()
+        b_len = b.length.copy()
+        with self.lock:
+            now = time.time()
+            self.dp.now = now
+            self.dp.under_load = self._under_load(now, b)
+            base = self.rx_engine._next_origin
+            out = self.rx_engine.process(b).batch
+            e = out.ext
+            # handshake messages: to the protocol core
+            hs = np.flatnonzero(e.error == Reason.HANDSHAKE)
+            for i in hs.tolist():
+                k = int(e.origin[i]) - base
+                src = src_of[k] if src_of is not None else _source_at(b, b_start, k)
+                s = int(b_start[k])
+                ol = dpm.OUTER6 if b.buf[s] >> 4 == 6 else dpm.OUTER4
+                msg = bytes(b.buf[s + ol : s + int(b_len[k])])
+                self.stats["handshakes_in"] += 1
+                self._handle(self.protocol.handle_handshake(msg, src, now, False))
+            # data: to the TUN; authenticated packets drive timers and roaming
+            auth = (e.sa >= 0) & ((e.error == 0) | (e.error == Reason.KEEPALIVE))
+            idx = np.flatnonzero(auth)
+            if len(idx):
+                slots = e.sa[idx]
+                for s in np.unique(slots).tolist():
+                    rows = idx[slots == s]
+                    kp = self.dp.sessions.keypairs.get(s)
+                    owner = self.dp.sessions.kp_owner.get(s)
+                    peer = self.dp.sessions.peers[owner] if owner is not None else None
+                    if kp is None or peer is None:
+                        continue
+                    last = int(e.origin[rows[-1]]) - base
+                    src = src_of[last] if src_of is not None else _source_at(b, b_start, last)
+                    nbytes = int(out.length[rows].sum()) + 32 * len(rows)
+                    ka = bool((e.error[rows] == Reason.KEEPALIVE).all())
+                    self.stats["keepalives_in"] += int((e.error[rows] == Reason.KEEPALIVE).sum())
+                    self.stats["rx_bytes"] += nbytes
+                    self._handle(self.protocol.data_received(peer, kp, src, now, nbytes, ka))
+            live = e.alive()
+            if live.any():
+                # authenticated by the AEAD and checked (or merged by us): the kernel need not
+                good = live & (e.csum_verdict == CsumVerdict.GOOD) & (e.vflags == 0)
+                e.vflags[good] = VnetFlag.DATA_VALID
+                self.stats["rx_packets"] += self.tun.send(out)
+            for dest, data in self.dp.outbox:
+                self._send_raw(dest, data)
+            self.dp.outbox.clear()
+            self._handle(self.dp.take_actions())
+        return n
+
+    def _under_load(self, now: float, b: Batch) -> bool:
+        if self.force_under_load:
+            return True
+        # handshake messages in this batch (type byte 1..3 after the outer header)
+        st = b.start
+        ol = np.where(b.buf[st] >> 4 == 6, dpm.OUTER6, dpm.OUTER4)
+        has = b.length > ol
+        typ = np.zeros(len(b), dtype=np.int64)
+        typ[has] = b.buf[st[has] + ol[has]]
+        k = int(np.count_nonzero((typ >= 1) & (typ <= 3)))
+        if k:
+            self._hs_times.append(now)
+            self._hs_times.extend([now] * (k - 1))
+            cut = now - 1.0
+            while self._hs_times and self._hs_times[0] < cut:
+                self._hs_times.pop(0)
+            if len(self._hs_times) > 4096:
+                del self._hs_times[: len(self._hs_times) - 4096]
+            if len(self._hs_times) >= UNDER_LOAD_RATE:
+                self._load_until = now + 1.0
+        return now < self._load_until
+
+    # ------------------------------------------------------------------ actions
+    def _send_raw(self, dest: tuple[str, int], data: bytes) -> None:
+        assert self.udp is not None
+        to = self.udp._dest(ipaddress.ip_address(dest[0]).packed, int(dest[1]))
+        try:
+            self.udp.sock.sendto(data, to)
+        except OSError as e:
+            self.udp.udp.note(e)
+
+    def _handle(self, actions: list[Any]) -> None:
+        for a in actions:
+            if isinstance(a, SendDatagram):
+                if data_is_handshake(a.data):
+                    self.stats["handshakes_out"] += 1
+                self._send_raw(a.dest, a.data)
+            elif isinstance(a, Flush):
+                if a.packets:
+                    self._flush(a.packets)
+
+    def _flush(self, packets: list[bytes]) -> None:
+        b = Batch.from_packets(packets, headroom=dpm.HEADROOM, tailroom=dpm.TAILROOM)
+        self.transmit(b)
+
+    # ------------------------------------------------------------------ UAPI
+    def uapi_get(self) -> UapiState:
+        peers = []
+        for p in self.protocol.peers.values():
+            peers.append(
+                UapiPeer(
+                    public_key=p.public_key,
+                    preshared_key=None if _zero_key(p.preshared_key) else p.preshared_key,
+                    endpoint=p.endpoint,
+                    last_handshake=p.last_handshake,
+                    tx_bytes=p.tx_bytes,
+                    rx_bytes=p.rx_bytes,
+                    persistent_keepalive=p.persistent_keepalive,
+                    allowed_ips=tuple(p.allowed_ips),
+                )
+            )
+        return UapiState(
+            private_key=self.protocol.private_key,
+            listen_port=self.listen_port,
+            fwmark=self.fwmark,
+            peers=tuple(peers),
+        )
+
+    def uapi_set(self, req: SetRequest) -> None:
+        now = time.time()
+        if req.private_key is not None:
+            if _zero_key(req.private_key):
+                raise UapiError(message="removing the private key is not supported")
+            self.protocol.set_private_key(req.private_key, now)
+        if req.listen_port is not None and req.listen_port != self.listen_port:
+            self._rebind(req.listen_port)
+        if req.fwmark is not None:
+            self.fwmark = req.fwmark
+            if self.udp is not None:
+                self.udp.set_fwmark(req.fwmark)
+        if req.replace_peers:
+            keep = {u.public_key for u in req.peers if not u.remove}
+            for pk in list(self.protocol.peers):
+                if pk not in keep:
+                    self.protocol.remove_peer(pk)
+        for u in req.peers:
+            self._apply_peer(u, now)
+        self.dp.rebuild()
+
+    def _apply_peer(self, u: PeerUpdate, now: float) -> None:
+        peer = self.protocol.peers.get(u.public_key)
+        if u.remove:
+            if peer is not None:
+                self.protocol.remove_peer(u.public_key)
+            return
+        if peer is None:
+            if u.update_only:
+                return
+            peer = self.protocol.add_peer(u.public_key)
+        if u.preshared_key is not None:
+            peer.preshared_key = bytes(32) if _zero_key(u.preshared_key) else u.preshared_key
+        if u.endpoint is not None:
+            peer.endpoint = u.endpoint
+        if u.persistent_keepalive is not None:
+            peer.persistent_keepalive = u.persistent_keepalive
+            if u.persistent_keepalive:
+                self._handle(self.protocol.data_sent(peer, now, 0, True))
+        if u.replace_allowed_ips:
+            peer.allowed_ips = list(u.allowed_ips)
+        elif u.allowed_ips:
+            # an allowed IP belongs to one peer: take it from any other
+            for other in self.protocol.peers.values():
+                if other is not peer:
+                    other.allowed_ips = [n for n in other.allowed_ips if n not in u.allowed_ips]
+            peer.allowed_ips = list(peer.allowed_ips) + [
+                n for n in u.allowed_ips if n not in peer.allowed_ips
+            ]
+
+    def _rebind(self, port: int) -> None:
+        old = self.udp
+        try:
+            new = UdpIpDevice.bind_here(port, fwmark=self.fwmark or None, name=f"udp:{self.name}")
+        except OSError as e:
+            raise UapiError(e.errno or 98, f"listen-port {port}: {e.strerror}") from None
+        self.udp = new
+        self.listen_port = new.local_port
+        self.dp.listen_port = self.listen_port
+        if old is not None:
+            old.close()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        """What ``netoffload show --json`` prints: peers, counters, drops, the policy."""
+        from netoffload.tunnel.keys import b64_encode
+
+        def engine(en: Engine) -> dict[str, Any]:
+            tasks = {t.kebab: c.as_dict() for t, c in en.counters.items()}
+            pol = en.policy
+            describe = getattr(pol, "describe", None)
+            return {
+                "tasks": tasks,
+                "policy": describe() if callable(describe) else type(pol).__name__,
+            }
+
+        peers = []
+        now = time.time()
+        for p in self.protocol.peers.values():
+            peers.append(
+                {
+                    "public_key": b64_encode(p.public_key),
+                    "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else None,
+                    "allowed_ips": [str(n) for n in p.allowed_ips],
+                    "latest_handshake": p.last_handshake,
+                    "handshake_age_s": (now - p.last_handshake) if p.last_handshake else None,
+                    "rx_bytes": p.rx_bytes,
+                    "tx_bytes": p.tx_bytes,
+                    "persistent_keepalive": p.persistent_keepalive,
+                }
+            )
+        devs: dict[str, Any] = {}
+        if self.tun is not None:
+            devs["tun"] = self.tun.counters()
+        if self.udp is not None:
+            devs["udp"] = self.udp.counters()
+        return {
+            "interface": self.name,
+            "public_key": b64_encode(self.protocol.public_key),
+            "listen_port": self.listen_port,
+            "fwmark": self.fwmark,
+            "pid": os.getpid(),
+            "uptime_s": now - self.started if self.started else 0.0,
+            "peers": peers,
+            "transmit": engine(self.tx_engine),
+            "receive": engine(self.rx_engine),
+            "devices": devs,
+            "protocol": {k: v for k, v in self.protocol.drops.items() if v},
+            "stats": dict(self.stats),
+        }
+
+    def write_status(self) -> None:
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            p = STATE_DIR / f"{self.name}.status.json"
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(), default=str))
+            os.replace(tmp, p)
+
+
+def _source_at(b: Batch, starts: Any, i: int) -> tuple[str, int]:
+    s = int(starts[i])
+    raw = bytes(b.buf[s : s + dpm.OUTER6])
+    if raw[0] >> 4 == 6:
+        return str(ipaddress.IPv6Address(raw[8:24])), int.from_bytes(raw[40:42], "big")
+    return str(ipaddress.IPv4Address(raw[12:16])), int.from_bytes(raw[20:22], "big")
+
+
+def data_is_handshake(data: bytes) -> bool:
+    return len(data) >= 4 and data[0] in (1, 2) and data[1:4] == b"\0\0\0"
