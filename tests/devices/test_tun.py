@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import random
 import select
@@ -29,7 +30,7 @@ from netoffload.devices import kernel_common as kc
 from netoffload.devices.ethtool import Ethtool
 from netoffload.devices.tun import TunDevice
 from netoffload.engine import Engine
-from netoffload.errors import DeviceDown
+from netoffload.errors import ConfigError, DeviceDown
 from netoffload.policy.base import Always
 from netoffload.soft import SoftLibrary
 from netoffload.tasks import TX_ORDER, Direction, Task
@@ -714,3 +715,71 @@ def test_uso_offload_hands_up_udp_super_packets(testbed: netns.Testbed) -> None:
         assert e.by_device[i] & Task.UDP_ASSEMBLE
     finally:
         dev.close()
+
+
+# ------------------------------------------------ open: the current namespace
+def _tun_info(ns: netns.Netns, ifname: str) -> dict[str, Any]:
+    """What the kernel says of the interface (iproute2's reading of its netlink answer)."""
+    link = json.loads(ns.ip("-d", "-j", "link", "show", "dev", ifname))[0]
+    assert link["linkinfo"]["info_kind"] == "tun"
+    return dict(link["linkinfo"]["info_data"])
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("queues", [1, 3])
+def test_open_creates_a_vnet_hdr_tun_where_it_is_called(
+    testbed: netns.Testbed, queues: int
+) -> None:
+    h = testbed.host("o")
+    name = f"nof{os.getpid() % 100000}"
+    dev = h.run(TunDevice.open, name, queues=queues)
+    try:
+        info = _tun_info(h, name)
+        assert info["type"] == "tun" and info["vnet_hdr"] and not info["pi"]
+        assert info["multi_queue"] == (queues > 1) and not info["persist"]
+        if queues > 1:
+            assert info["numqueues"] == queues
+        assert len(dev.fds) == queues and dev.ifname == name and dev.netns is None
+        assert name not in {n for _, n in socket.if_nameindex()}  # not in this thread's ns
+        # it carries traffic: routed into the TUN inside h, read from every queue
+        h.ip("addr", "add", "198.18.7.1/24", "dev", name)
+        h.ip("link", "set", name, "up")
+        s = h.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for port in range(21000, 21020):
+            s.sendto(b"o", ("198.18.7.2", port))
+        s.close()
+        n, end = 0, time.monotonic() + 2
+        while n < 20 and time.monotonic() < end:
+            dev.wait_readable(0.1)
+            for q in range(queues):
+                n += sum(1 for p in dev.recv(queue=q).packets() if p[9] == 17)
+        assert n == 20
+    finally:
+        dev.close()
+    assert h.ip("link", "show", "dev", name, check=False) == ""  # gone with its fds
+
+
+@pytest.mark.kernel
+def test_open_never_attaches_to_an_existing_interface(testbed: netns.Testbed) -> None:
+    h = testbed.host("x")
+    testbed.link(h, testbed.host("y"))
+    first = h.run(TunDevice.open, "tunx", queues=2)
+    try:
+        for existing in ("tunx", "lo", "veth0"):
+            with pytest.raises(ConfigError, match=f"^interface {existing} already exists$"):
+                h.run(TunDevice.open, existing)
+        assert _tun_info(h, "tunx")["numqueues"] == 2  # the first one is untouched
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "a:b", "a b", ".", ".."])
+def test_open_refuses_names_the_kernel_would(name: str) -> None:
+    with pytest.raises(ConfigError, match="interface name"):
+        TunDevice.open(name)
+
+
+@pytest.mark.parametrize("queues", [0, 257])
+def test_open_refuses_queue_counts_the_kernel_would(queues: int) -> None:
+    with pytest.raises(ConfigError, match="queues"):
+        TunDevice.open("tunq", queues=queues)

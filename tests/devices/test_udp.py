@@ -6,6 +6,7 @@ import errno
 import select
 import socket
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -321,3 +322,85 @@ def test_eagain_forever_gives_up_after_io_timeout(
         assert dev.udp.tx_dropped == 3
     finally:
         dev.close()
+
+
+# ------------------------------------------- open_here: the current namespace
+@pytest.mark.kernel
+@pytest.mark.parametrize("v", [4, 6])
+def test_open_here_binds_where_it_is_called(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns], v: int
+) -> None:
+    _tb, a, b = two_hosts
+    mine, theirs = (A4, B4) if v == 4 else (A6, B6)
+    fam = socket.AF_INET if v == 4 else socket.AF_INET6
+    dev = a.run(UdpDevice.open_here, (mine, 0), fwmark=0x5A17)
+    peer = b.socket(fam, socket.SOCK_DGRAM)
+    try:
+        # the kernel's own answers: the address exists only in a, the mark is set
+        here = dev.sock.getsockname()
+        assert here[0] == mine
+        assert dev.sock.getsockopt(socket.SOL_SOCKET, kc.SO_MARK) == 0x5A17
+        peer.bind((theirs, 0))
+        peer.sendto(b"from b", (mine, here[1]))
+        got = Batch.empty()
+        end = time.monotonic() + 2
+        while not len(got) and time.monotonic() < end:
+            dev.wait_readable(0.1)
+            got = dev.recv()
+        assert got.packets() == [b"from b"]
+        assert dev.last_sources[0][:2] == peer.getsockname()[:2]
+        assert dev.send(Batch.from_packets([b"from a"]), peer.getsockname()[:2]) == 1
+        assert _recv_all(peer, 1) == [b"from a"]
+    finally:
+        dev.close()
+        peer.close()
+
+
+@pytest.mark.kernel
+def test_open_here_has_no_test_range_check(testbed: netns.Testbed) -> None:
+    from netoffload.errors import ConfigError
+
+    h = testbed.host("here")  # its own loopback: bound to, nothing sent
+    with pytest.raises(ConfigError, match="outside"):
+        UdpDevice.open(h, ("127.0.0.1", 0))
+    dev = h.run(UdpDevice.open_here, ("127.0.0.1", 0))
+    try:
+        assert dev.sock.getsockname()[0] == "127.0.0.1"
+        assert dev.sock.getsockopt(socket.SOL_SOCKET, kc.SO_MARK) == 0  # no fwmark: none set
+    finally:
+        dev.close()
+
+
+@pytest.mark.kernel
+def test_open_here_reuseport_and_bind_errors(testbed: netns.Testbed) -> None:
+    from netoffload.errors import ConfigError
+
+    h = testbed.host("rp")
+    one = h.run(UdpDevice.open_here, ("", 0), reuseport=True)
+    port = one.sock.getsockname()[1]
+    two = h.run(UdpDevice.open_here, ("", port), reuseport=True)
+    try:
+        with pytest.raises(ConfigError, match=f"^UDP bind :{port}: .*in use"):
+            h.run(UdpDevice.open_here, ("", port))
+        with pytest.raises(ConfigError, match=r"^UDP bind 198\.18\.200\.1:0: "):
+            h.run(UdpDevice.open_here, ("198.18.200.1", 0))  # no such address in h
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.parametrize(
+    ("bind", "kw", "match"),
+    [
+        (("localhost", 0), {}, "not an IP address"),
+        (("198.18.0.1", 0), {"fwmark": -1}, "fwmark"),
+        (("198.18.0.1", 0), {"fwmark": 1 << 32}, "fwmark"),
+    ],
+)
+def test_open_here_refuses_bad_arguments_before_any_socket(
+    bind: tuple[str, int], kw: dict[str, Any], match: str
+) -> None:
+    from netoffload.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        UdpDevice.open_here(bind, **kw)

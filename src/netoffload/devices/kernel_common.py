@@ -59,6 +59,7 @@ IFF_ATTACH_QUEUE = 0x0200
 IFF_DETACH_QUEUE = 0x0400
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_TUN_EXCL = 0x8000  # create only: EBUSY if the name exists
 
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
@@ -88,6 +89,7 @@ UDP_GRO = 104
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
 SO_REUSEPORT = 15
+SO_MARK = 36
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_VNET_HDR = 15
@@ -131,10 +133,13 @@ def tun_open(
     multi_queue: bool = False,
     nonblock: bool = True,
     vnet_hdr_len: int = 10,
+    exclusive: bool = False,
 ) -> tuple[int, str]:
     """Open /dev/net/tun and attach/create ``name``; returns (fd, actual name).
 
     The interface is created in the network namespace of the calling thread.
+    ``exclusive``: create only (IFF_TUN_EXCL); an existing ``name`` of any kind
+    is EBUSY instead of being attached to.
     """
     fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC | (os.O_NONBLOCK if nonblock else 0))
     try:
@@ -143,6 +148,8 @@ def tun_open(
             flags |= IFF_VNET_HDR
         if multi_queue:
             flags |= IFF_MULTI_QUEUE
+        if exclusive:
+            flags |= IFF_TUN_EXCL
         out = fcntl.ioctl(fd, TUNSETIFF, ifreq(name, flags))
         actual = out[:IFNAMSIZ].split(b"\0", 1)[0].decode()
         if vnet_hdr:

@@ -251,8 +251,9 @@ class FrameReader:
 class TunDevice(kc.ProbedDevice):
     """A TUN (or TAP) interface, one fd per queue, as an offload device.
 
-    Build it with ``TunDevice.open_in(netns, "tun0")`` (a project namespace)
-    or from fds you opened yourself. ``tap=True`` for Ethernet frames.
+    Build it with ``TunDevice.open("wg0")`` (created in the current namespace:
+    the tunnel), ``TunDevice.open_in(netns, "tun0")`` (a project namespace) or
+    from fds you opened yourself. ``tap=True`` for Ethernet frames.
     """
 
     GONE = _GONE
@@ -314,6 +315,40 @@ class TunDevice(kc.ProbedDevice):
                 os.close(f)
             raise
         return cls(fds, name, tap=tap, netns=ns, **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def open(cls, name: str, *, queues: int = 1, tap: bool = False, **kw: object) -> TunDevice:
+        """Create TUN (or TAP) ``name`` with ``queues`` queues in the current namespace.
+
+        What the tunnel (``netoffload up``) runs on: the interface is made in
+        whatever network namespace the calling thread is in, with a virtio_net_hdr
+        on every frame (IFF_VNET_HDR) and IFF_MULTI_QUEUE when ``queues > 1``. It
+        is created, never attached to: an interface of that name (ours or not, of
+        any kind) is a ``ConfigError``. It is left down, without addresses; it
+        goes away when the device is closed. ``kw`` as for the constructor.
+        """
+        _check_ifname(name)
+        if not 1 <= queues <= MAX_QUEUES:
+            raise ConfigError(f"TUN {name}: {queues} queues (1..{MAX_QUEUES})")
+        fds: list[int] = []
+        try:
+            try:
+                fd, actual = kc.tun_open(name, tap=tap, multi_queue=queues > 1, exclusive=True)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise ConfigError(f"interface {name} already exists") from None
+                raise DeviceError(f"TUN {name}: {e.strerror}") from None
+            fds.append(fd)
+            for _ in range(queues - 1):
+                try:
+                    fds.append(kc.tun_open(actual, tap=tap, multi_queue=True)[0])
+                except OSError as e:
+                    raise DeviceError(f"TUN {actual}: queue {len(fds)}: {e.strerror}") from None
+        except BaseException:
+            for f in fds:
+                os.close(f)
+            raise
+        return cls(fds, actual, tap=tap, **kw)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ caps
     def probe(self) -> TaskOffloadBuffer:
@@ -556,6 +591,24 @@ class TunDevice(kc.ProbedDevice):
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+#: The kernel's limit of queues on one TUN (MAX_TAP_QUEUES).
+MAX_QUEUES = 256
+
+
+def _check_ifname(name: str) -> None:
+    """What the kernel takes as an interface name (dev_valid_name): 1..15 bytes, no
+    '/', ':' or white space, not '.' or '..'."""
+    raw = name.encode()
+    if (
+        not 0 < len(raw) < kc.IFNAMSIZ
+        or name in (".", "..")
+        or any(c in "/:" or c.isspace() for c in name)
+    ):
+        raise ConfigError(
+            f"interface name {name!r}: 1..15 bytes, no '/', ':' or spaces, not '.' or '..'"
+        )
 
 
 def rx_csum_results(b: Batch, rows: Mask) -> None:

@@ -25,6 +25,7 @@ Several workers: ``UdpDevice.reuseport_group`` binds N sockets with
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import struct
 import time
@@ -142,6 +143,54 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             s.bind(bind)
+        except BaseException:
+            s.close()
+            raise
+        return cls(s, peer, **kw)
+
+    @classmethod
+    def open_here(
+        cls,
+        bind: Addr,
+        *,
+        reuseport: bool = False,
+        fwmark: int | None = None,
+        peer: Addr | None = None,
+        family: int | None = None,
+        **kw: Any,
+    ) -> UdpDevice:
+        """A UDP socket bound to ``bind`` in the current network namespace.
+
+        What the tunnel (``netoffload up``) sends and receives on: any address
+        the user configured, with no test-range check (that is ``open``'s, for
+        the project's namespaces). ``fwmark`` sets SO_MARK (needs
+        CAP_NET_ADMIN); a bind that fails (port in use, address not here) is a
+        ``ConfigError`` naming the address.
+        """
+        if fwmark is not None and not 0 <= fwmark <= 0xFFFFFFFF:
+            raise ConfigError(f"fwmark {fwmark}: 0..0xffffffff")
+        if bind[0] != "":
+            try:  # an address, never a name to look up
+                ipaddress.ip_address(str(bind[0]))
+            except ValueError:
+                raise ConfigError(f"UDP bind {_fmt(bind)}: not an IP address") from None
+        fam = family or (socket.AF_INET6 if ":" in str(bind[0]) else socket.AF_INET)
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            try:
+                if reuseport:
+                    s.setsockopt(socket.SOL_SOCKET, kc.SO_REUSEPORT, 1)
+                if fwmark is not None:
+                    s.setsockopt(socket.SOL_SOCKET, kc.SO_MARK, fwmark)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            except OSError as e:
+                raise DeviceError(f"UDP socket for {_fmt(bind)}: {e.strerror}") from None
+            try:
+                s.bind(bind)
+            except (OSError, OverflowError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise ConfigError(f"UDP bind {_fmt(bind)}: {why}") from None
         except BaseException:
             s.close()
             raise
