@@ -229,10 +229,10 @@ _made = st.builds(
 )
 
 
-@given(_made, st.integers(1, 2**22), st.text(max_size=20))
-def test_record_json_round_trip(made: Made, pid: int, config: str) -> None:
+@given(_made, st.integers(1, 2**22), st.text(max_size=20), st.none() | st.integers(0, 2**62))
+def test_record_json_round_trip(made: Made, pid: int, config: str, started: int | None) -> None:
     assert Made.from_json(made.to_json()) == made
-    state = State(pid, config, made, "/var/run/wireguard/x.sock")
+    state = State(pid, config, made, "/var/run/wireguard/x.sock", started)
     assert State.from_json(state.to_json()) == state
     # through the standard library's JSON (no private encoding)
     assert Made.from_dict(json.loads(made.to_json())) == made
@@ -615,3 +615,5 @@ def test_endpoint_mtu_v6(tun_ok: None, testbed: netns.Testbed) -> None:
     assert h.run(iface.endpoint_mtu, "[fd00::2]") == 1350
     assert h.run(iface.endpoint_mtu, "198.18.0.2") is None  # no route
     assert h.run(iface.default_route_mtu) is None
+    with pytest.raises(ConfigError, match=r"endpoint 'vpn\.example\.com': not an IP address"):
+        h.run(iface.endpoint_mtu, "vpn.example.com")

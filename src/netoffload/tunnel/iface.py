@@ -424,12 +424,15 @@ def _step_from_dict(data: Any, what: str) -> Step:
 
 @dataclass
 class State:
-    """What ``up`` leaves for ``down``: the daemon, its configuration, the record, the socket."""
+    """What ``up`` leaves for ``down``: the daemon (pid, and its start time so that a reused
+    pid is not taken for it: ``daemon.start_time``), its configuration, the record, the UAPI
+    socket."""
 
     pid: int
     config: str
     made: Made
     socket: str
+    started: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -438,6 +441,7 @@ class State:
                 "config": self.config,
                 "socket": self.socket,
                 "made": self.made.to_dict(),
+                "started": self.started,
             },
             sort_keys=True,
             indent=1,
@@ -454,8 +458,9 @@ class State:
         pid = _typed(data, "pid", int, what)
         config = _typed(data, "config", str, what)
         sock = _typed(data, "socket", str, what)
+        started = _typed(data, "started", (int, type(None)), what) if "started" in data else None
         made = Made.from_dict(data.get("made"), f"{what}: made")
-        return cls(pid, config, made, sock)
+        return cls(pid, config, made, sock, started)
 
 
 def state_path(ifname: str, run_dir: str = RUN_DIR) -> str:
@@ -575,7 +580,10 @@ def _mtu_of_route(ipr: Any, msg: Any) -> int | None:
 def endpoint_mtu(address: str) -> int | None:
     """The MTU of the route to ``address`` (its ``mtu`` metric, else its device's), as wg-quick
     reads it from ``ip route get``; None when there is no route."""
-    ip = ipaddress.ip_address(address.strip("[]"))
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        raise ConfigError(f"endpoint {address!r}: not an IP address (resolve it first)") from None
     with _iproute() as ipr:
         try:
             got = ipr.route("get", dst=str(ip), family=_af(ip.version))
