@@ -283,6 +283,15 @@ def test_state_file(tmp_path: Path) -> None:
         iface.read_state("wg0", run)
     with pytest.raises(ConfigError, match="interface name"):
         iface.state_path("../etc/passwd", run)
+    bad = json.loads(state.to_json())
+    del bad["made"]["ifname"]
+    Path(run, "wg0.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match=r"wg0\.json: made: 'ifname' missing$"):
+        iface.read_state("wg0", run)
+    bad["made"]["ifname"], bad["made"]["steps"][0]["address"] = "wg0", "198.18.5.1/99"
+    Path(run, "wg0.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match=r"wg0\.json: made: steps\[0\]: .*198\.18\.5\.1/99"):
+        iface.read_state("wg0", run)
     Path(run, "wg1.json").write_text("{")
     with pytest.raises(ConfigError, match=r"wg1\.json: not valid JSON"):
         iface.read_state("wg1", run)
@@ -452,6 +461,13 @@ def test_live_allowed_ips_changes(tun_host: tuple[netns.Netns, str]) -> None:
     assert h.run(iface.del_route, made, "::/0") is True
     assert not any(isinstance(s, Rule) for s in made.steps)
     assert _ipj(h, "-6", "rule") == before["rule6"]
+    # a prefix the main table routes through another device: refused, the record unchanged
+    h.ip("-4", "route", "add", "198.18.50.0/24", "via", "198.18.0.2")
+    steps = list(made.steps)
+    with pytest.raises(ConfigError, match=r"add route 198\.18\.50\.0/24 table main: File exists"):
+        h.run(iface.add_route, made, "198.18.50.0/24")
+    assert made.steps == steps
+    h.ip("-4", "route", "del", "198.18.50.0/24", "via", "198.18.0.2")
     assert h.run(iface.del_route, made, "198.18.6.0/24") is True
     assert h.run(iface.del_route, made, "198.18.6.0/24") is False
     assert not any(r["dst"] == "198.18.6.0/24" for r in _ipj(h, "route"))

@@ -351,13 +351,15 @@ class Made:
         """Read a record back; anything malformed is a ConfigError naming ``what`` and key."""
         if not isinstance(data, dict):
             raise ConfigError(f"{what}: not an object")
+        raw_ifname = _typed(data, "ifname", str, what)
+        ifindex = _typed(data, "ifindex", int, what)
+        raw_table = _typed(data, "table", (str, int), what)
+        raw_fwmark = _typed(data, "fwmark", (int, type(None)), what)
+        raw_steps = _typed(data, "steps", list, what)
         try:
-            ifname = check_ifname(_typed(data, "ifname", str, what))
-            ifindex = _typed(data, "ifindex", int, what)
-            raw_table = data.get("table")
-            table = parse_table(raw_table if isinstance(raw_table, (str, int)) else "?")
-            fwmark = _parse_fwmark(_typed(data, "fwmark", (int, type(None)), what))
-            raw_steps = _typed(data, "steps", list, what)
+            ifname = check_ifname(raw_ifname)
+            table = parse_table(raw_table)
+            fwmark = _parse_fwmark(raw_fwmark)
         except ConfigError as e:
             raise ConfigError(f"{what}: {e}") from None
         steps = [_step_from_dict(s, f"{what}: steps[{i}]") for i, s in enumerate(raw_steps)]
@@ -684,8 +686,8 @@ def _route_args(index: int, route: Route) -> dict[str, Any]:
     }
 
 
-def _make(ipr: Any, index: int, ifname: str, table: Table, step: Step) -> Step | None:
-    """Make one step; returns what to record (None: nothing was made)."""
+def _make(ipr: Any, index: int, table: Table, step: Step, made: list[Step]) -> None:
+    """Make one step, appending to ``made`` what is to be undone (nothing if it was there)."""
     if isinstance(step, Address):
         iface = ipaddress.ip_interface(step.address)
         ipr.addr(
@@ -695,23 +697,27 @@ def _make(ipr: Any, index: int, ifname: str, table: Table, step: Step) -> Step |
             prefixlen=iface.network.prefixlen,
             family=_af(iface.version),
         )
-        return step
-    if isinstance(step, Link):
-        raise AssertionError("links are made by apply")
-    if isinstance(step, Route):
+        made.append(step)
+    elif isinstance(step, Link):
+        link = ipr.get_links(index)[0]
+        # recorded first: a half-done change is put back too
+        made.append(Link(step.mtu, int(link.get_attr("IFLA_MTU")), bool(link["flags"] & IFF_UP)))
+        ipr.link("set", index=index, mtu=step.mtu, state="up")
+    elif isinstance(step, Route):
         net = ipaddress.ip_network(step.dst)
         if table == "auto" and step.table == TABLE_MAIN and _covered(ipr, index, net):
-            return None
+            return
         try:
             ipr.route("add", **_route_args(index, step))
         except Exception as e:
             if _netlink_errno(e) == errno.EEXIST and _has_route(ipr, index, net, step.table):
-                return None  # there already, through this interface: not ours to remove
+                return  # there already, through this interface: not ours to remove
             raise
-        return step
-    made_rule = dataclasses.replace(step, priority=_default_rule_priority(ipr, step.family))
-    ipr.rule("add", **_rule_args(made_rule))
-    return made_rule
+        made.append(step)
+    else:
+        rule = dataclasses.replace(step, priority=_default_rule_priority(ipr, step.family))
+        ipr.rule("add", **_rule_args(rule))
+        made.append(rule)
 
 
 def apply(p: Plan) -> Made:
@@ -725,16 +731,7 @@ def apply(p: Plan) -> Made:
         step: Step | None = None
         try:
             for step in p.steps:
-                if isinstance(step, Link):
-                    links = ipr.get_links(index)
-                    was_mtu = int(links[0].get_attr("IFLA_MTU"))
-                    was_up = bool(links[0]["flags"] & IFF_UP)
-                    made.steps.append(Link(step.mtu, was_mtu, was_up))
-                    ipr.link("set", index=index, mtu=step.mtu, state="up")
-                    continue
-                got = _make(ipr, index, p.ifname, p.table, step)
-                if got is not None:
-                    made.steps.append(got)
+                _make(ipr, index, p.table, step, made.steps)
         except BaseException as e:
             what = step.describe() if step is not None else "start"
             problems = _undo(ipr, made)
@@ -805,6 +802,7 @@ def add_route(made: Made, prefix: str) -> int | None:
     net = parse_prefix(prefix)
     if made.table == "off":
         return made.fwmark
+    fwmark = made.fwmark
     with _iproute() as ipr:
         index = _ifindex(ipr, made.ifname)
         if index != made.ifindex:
@@ -824,17 +822,15 @@ def add_route(made: Made, prefix: str) -> int | None:
             if any(_same_step(step, s) for s in made.steps):
                 continue
             try:
-                got = _make(ipr, index, made.ifname, made.table, step)
+                _make(ipr, index, made.table, step, new)
             except Exception as e:
                 problems = _undo(ipr, made, new)
-                made.steps = [s for s in made.steps if not any(s is n for n in new)]
+                made.fwmark = fwmark
                 tail = f" (undo: {'; '.join(problems)})" if problems else ""
                 raise ConfigError(
                     f"{made.ifname}: {step.describe()}: {_describe_error(e)}{tail}"
                 ) from e
-            if got is not None:
-                new.append(got)
-                made.steps.append(got)
+        made.steps += new
     return made.fwmark
 
 
