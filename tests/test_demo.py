@@ -128,6 +128,9 @@ def test_bad_arguments(args: list[str], capsys: Any) -> None:
 def test_adaptive_demo_reports_why_per_task(tmp_path: Path, capsys: Any) -> None:
     rc, rep = run_demo(tmp_path, "--policy", "adaptive", "--nic", "crypto")
     assert rc == 0
+    assert rep["nic"] == "crypto"  # --nic names the profile; each side's NIC is named by it
+    for side in ("tx", "rx"):
+        assert f"emulated-nic:crypto/{side}" in rep["devices"][side]
     for side in ("tx", "rx"):
         why = rep[side]["policy"]["why"]
         assert set(why) == set(rep["tasks"][side])  # every task's last split is explained

@@ -121,10 +121,10 @@ def test_rx_checksum_verdicts_match_scapy(tmp_path: Path) -> None:
     assert [r["index"] for r in rows] == list(range(len(pk)))
     for p, r in zip(pk, rows, strict=True):
         if p is nock or p is arp:
-            assert r["csum"] == "none" and r["delivered"]
+            assert r["checksum"] == "none" and r["delivered"]
             continue
         want = "good" if scapy_says_good(bytes(p)) else "bad"
-        assert r["csum"] == want
+        assert r["checksum"] == want
         assert r["delivered"] == (want == "good")
         assert r["error"] == (None if want == "good" else "bad_checksum")
     # only the delivered packets are written, unchanged
@@ -231,7 +231,7 @@ def test_padded_short_frames(tmp_path: Path) -> None:
         run("pcap", "--rx", "checksum", str(out), str(tmp_path / "o2.pcap"), "--results", str(res))
         == 0
     )
-    assert [r["csum"] for r in read_results(res)] == ["good", "good"]
+    assert [r["checksum"] for r in read_results(res)] == ["good", "good"]
 
 
 @settings(max_examples=40)

@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from netoffload import soft
 from netoffload.batch import Batch
 from netoffload.devices.base import Device
-from netoffload.devices.emulated_nic import EmulatedNIC, get_profile
+from netoffload.devices.emulated_nic import EmulatedNIC, device_name, get_profile
 from netoffload.devices.loopback import LoopbackPair
 from netoffload.engine import Engine
 from netoffload.errors import ConfigError
@@ -337,7 +337,7 @@ def _nic(
         region *= 2
     slots = max(4, min(prof.slots, (64 << 20) // region))  # at most 64 MB of rings
     return EmulatedNIC(
-        prof, options=opts, name=f"nic-{profile}-{side}", region_bytes=region, slots=slots
+        prof, options=opts, name=device_name(profile, side), region_bytes=region, slots=slots
     )
 
 

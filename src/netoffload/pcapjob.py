@@ -13,8 +13,10 @@ holds one link type); failed or dropped packets are not written but appear in
 the results. ``--results`` writes one JSON object per output packet::
 
     {"index": 0, "length": 54, "delivered": true, "tasks": ["checksum"],
-     "csum": "good", "class_id": null, "rss_hash": 0, "filter": "pass",
-     "filter_reason": "none", "error": null}
+     "checksum": "good", "class_id": null, "rss_hash": 0, "dos-filter": "pass",
+     "dos-filter-reason": "none", "error": null}
+
+A task's verdict is under the task's own name (``checksum``, ``dos-filter``).
 
 ``index`` is the 0-based number of the input record the packet came from
 (several lines share it when a task splits a packet); ``gso`` (type, size,
@@ -218,11 +220,11 @@ def _result_lines(
             "length": int(out.length[i]),
             "delivered": bool(alive[i]),
             "tasks": [t.kebab for t in Task(int(e.done[i])).members()],
-            "csum": _enum_name(CsumVerdict, int(e.csum_verdict[i])),
+            Task.CHECKSUM.kebab: _enum_name(CsumVerdict, int(e.csum_verdict[i])),
             "class_id": None if int(e.class_id[i]) < 0 else int(e.class_id[i]),
             "rss_hash": int(e.rss_hash[i]),
-            "filter": _enum_name(FilterVerdict, int(e.filter_verdict[i])),
-            "filter_reason": _enum_name(Reason, int(e.filter_reason[i])),
+            Task.DOS_FILTER.kebab: _enum_name(FilterVerdict, int(e.filter_verdict[i])),
+            f"{Task.DOS_FILTER.kebab}-reason": _enum_name(Reason, int(e.filter_reason[i])),
             "error": None if err == 0 else _enum_name(Reason, err),
         }
         if int(e.sa[i]) >= 0:  # ESP: the SA index (file order) and sequence number

@@ -83,7 +83,10 @@ def test_profiles_report_their_tasks_and_limits() -> None:
     )
     full = EmulatedNIC("full", start=False, enable_all=False)
     assert Task.CHECKSUM in full.query().supported
-    assert "emulated-nic" in devices() and "emulated-nic-crypto" in devices()
+    # one name per NIC: the device and its profile, in the registry, caps and instances
+    assert crypto.name == "emulated-nic:crypto" and full.name == "emulated-nic:full"
+    assert {n for n in devices() if "nic" in n} == {"emulated-nic:full", "emulated-nic:crypto"}
+    assert buf.device == crypto.name
 
 
 def test_records_name_the_algorithms_and_modes_of_the_library_it_runs() -> None:

@@ -82,8 +82,8 @@ def test_classify_results(tmp_path: Path) -> None:
     assert rc == 0
     r = _results(res)
     assert [x["class_id"] for x in r] == [1, 2, 5, 9]
-    assert [x["filter"] for x in r] == ["pass", "drop", "pass", "pass"]
-    assert r[1]["filter_reason"] == "rule_drop" and r[1]["delivered"] is False
+    assert [x["dos-filter"] for x in r] == ["pass", "drop", "pass", "pass"]
+    assert r[1]["dos-filter-reason"] == "rule_drop" and r[1]["delivered"] is False
     assert r[2]["rss_hash"] == 0x51CCC178
     assert len(list(PcapReader(str(out)))) == 3
 
@@ -124,7 +124,7 @@ def test_dos_filter_results_use_capture_time(tmp_path: Path) -> None:
         == 0
     )
     r = _results(res)
-    assert [x["filter_reason"] for x in r] == [
+    assert [x["dos-filter-reason"] for x in r] == [
         "none",
         "none",
         "rate_limit",

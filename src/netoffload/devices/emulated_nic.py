@@ -121,6 +121,16 @@ PROFILES: dict[str, NicProfile] = {
 }
 
 
+#: The device's name; with a profile, ``emulated-nic:crypto`` (the registry's
+#: and ``caps``' name); an instance of one side, ``emulated-nic:crypto/tx``.
+DEVICE = "emulated-nic"
+
+
+def device_name(profile: str, side: str | None = None) -> str:
+    """``emulated-nic:<profile>``, or ``emulated-nic:<profile>/<side>`` for one side's NIC."""
+    return f"{DEVICE}:{profile}" + (f"/{side}" if side else "")
+
+
 def get_profile(name: str) -> NicProfile:
     p = PROFILES.get(name)
     if p is None:
@@ -253,7 +263,7 @@ class EmulatedNIC(Device):
         if fail_every < 0 or die_at < 0:
             raise ConfigError("fail_every and die_at must be >= 0")
         self.profile = prof
-        self.name = name or f"emulated-nic-{prof.name}"
+        self.name = name or device_name(prof.name)
         self.options = {t: dict(o) for t, o in (options or {}).items()}
         self.library = library
         self.tasks, self.usable = self._library_tasks(prof.tasks)
@@ -789,7 +799,9 @@ def _crypto() -> Device:
     return EmulatedNIC("crypto")
 
 
-register_device("emulated-nic", _full, "SmartNIC in its own process on its own core (all tasks)")
 register_device(
-    "emulated-nic-crypto", _crypto, "lookaside crypto card in its own process (encrypt, digest)"
+    device_name("full"), _full, "SmartNIC in its own process on its own core (all tasks)"
+)
+register_device(
+    device_name("crypto"), _crypto, "lookaside crypto card in its own process (encrypt, digest)"
 )
