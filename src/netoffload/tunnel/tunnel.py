@@ -314,8 +314,10 @@ class Tunnel:
 
     def transmit(self, batch: Batch | None = None) -> int:
         """One transmit batch: TUN read (or ``batch``) -> engine -> UDP send."""
-        assert self.tun is not None and self.udp is not None
-        b = batch if batch is not None else self.tun.recv(TX_BATCH)
+        if batch is None:
+            assert self.tun is not None
+            batch = self.tun.recv(TX_BATCH)
+        b = batch
         if not len(b):
             return 0
         dpm.tx_wants(b)
@@ -325,7 +327,7 @@ class Tunnel:
             out = self.tx_engine.process(b).batch
             e = out.ext
             live = e.alive()
-            sent = self.udp.send(out)
+            sent = self.send_outer(out)
             self.stats["tx_packets"] += sent
             enc = self.tx_engine.soft[Task.ENCRYPT]
             per_slot = getattr(enc, "sent_bytes", {})
@@ -340,10 +342,13 @@ class Tunnel:
             del live
         return len(b)
 
-    def receive(self) -> int:
-        """One receive batch: UDP read -> engine -> handshakes to the core, data to the TUN."""
-        assert self.tun is not None and self.udp is not None
-        b = self.udp.recv(RX_BATCH)
+    def receive(self, batch: Batch | None = None) -> int:
+        """One receive batch: UDP read (or ``batch``: outer datagrams as the UDP device
+        reads them) -> engine -> handshakes to the core, data to the TUN."""
+        if batch is None:
+            assert self.udp is not None
+            batch = self.udp.recv(RX_BATCH)
+        b = batch
         n = len(b)
         if not n:
             return 0
@@ -392,12 +397,24 @@ class Tunnel:
                 # authenticated by the AEAD and checked (or merged by us): the kernel need not
                 good = live & (e.csum_verdict == CsumVerdict.GOOD) & (e.vflags == 0)
                 e.vflags[good] = VnetFlag.DATA_VALID
-                self.stats["rx_packets"] += self.tun.send(out)
+                self.stats["rx_packets"] += self.write_inner(out)
             for dest, data in self.dp.outbox:
                 self._send_raw(dest, data)
             self.dp.outbox.clear()
             self._handle(self.dp.take_actions())
         return n
+
+    # the two ends (seams: tunnel/loop.py joins two tunnels in one process through these
+    # and ``_send_raw``)
+    def send_outer(self, out: Batch) -> int:
+        """Send the transmit engine's outer datagrams; returns how many went."""
+        assert self.udp is not None
+        return self.udp.send(out)
+
+    def write_inner(self, out: Batch) -> int:
+        """Write the receive engine's inner packets to the TUN; returns how many it took."""
+        assert self.tun is not None
+        return self.tun.send(out)
 
     def _under_load(self, now: float, b: Batch) -> bool:
         if self.force_under_load:
