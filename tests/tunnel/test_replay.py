@@ -1,0 +1,93 @@
+"""tunnel/replay against a plain reference model (a set and a maximum)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netoffload.errors import ConfigError
+from netoffload.tunnel.replay import WINDOW_SIZE, ReplayWindow
+from netoffload.tunnel.timers import REJECT_AFTER_MESSAGES
+
+
+class Model:
+    """Every accepted counter remembered; accept iff valid, unseen, and not size or
+    more below the highest accepted."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.seen: set[int] = set()
+
+    def check(self, c: int) -> bool:
+        if not 0 <= c < REJECT_AFTER_MESSAGES or c in self.seen:
+            return False
+        return not self.seen or c > max(self.seen) or max(self.seen) - c < self.size
+
+    def update(self, c: int) -> bool:
+        ok = self.check(c)
+        if ok:
+            self.seen.add(c)
+        return ok
+
+
+def counters(base: int) -> st.SearchStrategy[int]:
+    return st.one_of(
+        st.integers(0, 300),
+        st.integers(0, 3 * WINDOW_SIZE),
+        st.integers(base - 100, base + 100).filter(lambda x: x >= 0),
+        st.sampled_from([REJECT_AFTER_MESSAGES - 1, REJECT_AFTER_MESSAGES, 2**64 - 1]),
+    )
+
+
+@pytest.mark.parametrize("size", [64, 200, WINDOW_SIZE])
+@given(data=st.data())
+def test_against_model(size: int, data: st.DataObject) -> None:
+    w, m = ReplayWindow(size), Model(size)
+    base = data.draw(st.sampled_from([0, size, 2**40]))
+    for _ in range(data.draw(st.integers(1, 120))):
+        op = data.draw(st.sampled_from(["update", "check", "many"]))
+        if op == "many":
+            batch = data.draw(st.lists(counters(base), max_size=12))
+            arr = np.array(batch, dtype=np.uint64)
+            got = w.check_many(arr)
+            firsts = [batch.index(c) == i for i, c in enumerate(batch)]
+            want = [m.check(c) and f for c, f in zip(batch, firsts, strict=True)]
+            assert got.tolist() == want, (batch, w)
+        else:
+            c = data.draw(counters(base))
+            before = (w.top, w.check(c))
+            assert w.check(c) == m.check(c), (c, w)
+            if op == "update":
+                assert w.update(c) == m.update(c), (c, w)
+            else:
+                assert (w.top, w.check(c)) == before  # check changes nothing
+
+
+def test_check_many_changes_nothing_and_update_many_in_order() -> None:
+    w = ReplayWindow()
+    arr = np.array([5, 3, 5, 9, 3, 0], dtype=np.uint64)
+    assert w.check_many(arr).tolist() == [True, True, False, True, False, True]
+    assert w.top == 0 and w.check(5)
+    assert w.update_many(arr).tolist() == [True, True, False, True, False, True]
+    assert w.check_many(arr).tolist() == [False] * 6
+    assert w.check_many(np.zeros(0, dtype=np.uint64)).tolist() == []
+
+
+def test_window_edges() -> None:
+    w = ReplayWindow(64)
+    assert w.update(0) and not w.update(0)
+    assert w.update(1000)
+    assert not w.check(1000 - 64) and w.check(1000 - 63)
+    assert w.update(1000 + 64 * 5)  # a jump past the whole window clears it
+    assert w.check(1000 + 64 * 5 - 1)
+    assert not w.update(REJECT_AFTER_MESSAGES)
+    assert w.update(REJECT_AFTER_MESSAGES - 1)
+    assert not w.check(-1)
+
+
+def test_bad_size() -> None:
+    for bad in (0, 63, 1 << 17, True, 1.5):
+        with pytest.raises(ConfigError):
+            ReplayWindow(bad)  # type: ignore[arg-type]
