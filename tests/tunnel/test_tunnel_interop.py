@@ -495,3 +495,50 @@ def test_sigterm_leaves_nothing_behind(tmp_path: Path) -> None:
         assert p.name not in p.b.ip("route", "show", "table", "all")
         assert not os.path.exists(f"/var/run/wireguard/{p.name}.sock")
         assert not os.path.exists(f"/run/netoffload/{p.name}.json")
+
+
+def _cli(h: netns.Netns, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", h.name, sys.executable, "-m", "netoffload", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_up_detached_then_down_and_down_after_sigkill(tmp_path: Path) -> None:
+    with pair(tmp_path, start=False) as p:
+        r = _cli(p.b, "up", str(p.conf))
+        assert r.returncode == 0, r.stderr
+        assert _has_link(p.b, p.name)
+        assert _ping(p.a, US_V4)
+        r = _cli(p.b, "down", p.name)
+        assert r.returncode == 0, r.stderr
+        assert not _has_link(p.b, p.name)
+        assert not os.path.exists(f"/var/run/wireguard/{p.name}.sock")
+        assert not os.path.exists(f"/run/netoffload/{p.name}.json")
+        # a killed process: down still removes what it made
+        r = _cli(p.b, "up", str(p.conf))
+        assert r.returncode == 0, r.stderr
+        pid = json.loads(Path(f"/run/netoffload/{p.name}.json").read_text())["pid"]
+        os.kill(int(pid), 9)
+        time.sleep(0.3)
+        r = _cli(p.b, "down", str(p.conf))
+        assert r.returncode == 0, r.stderr
+        assert not _has_link(p.b, p.name)
+        assert p.name not in p.b.ip("route", "show", "table", "all")
+        assert not os.path.exists(f"/var/run/wireguard/{p.name}.sock")
+        # down on something that is not ours: one line, exit 2
+        r = _cli(p.b, "down", "nosuchif0")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_is_one_line_naming_file_line_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "wgbad.conf"
+    bad.write_text("[Interface]\nPrivateKey = notbase64!\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "netoffload", "up", str(bad)], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert len(line.splitlines()) == 1 and "wgbad.conf:2" in line and "PrivateKey" in line
