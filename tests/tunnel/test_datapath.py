@@ -51,12 +51,12 @@ def _pair() -> tuple[Tunnel, Tunnel]:
     # handshake in process: a initiates, b answers, a confirms with a keepalive
     peer_b = a.protocol.peers[pb]
     acts = a.protocol.stage(peer_b, b"", NOW)
-    init = [x for x in acts if isinstance(x, SendDatagram)][0]
-    resp = [
+    init = next(x for x in acts if isinstance(x, SendDatagram))
+    resp = next(
         x
         for x in b.protocol.handle_handshake(init.data, A_EP, NOW, False)
         if isinstance(x, SendDatagram)
-    ][0]
+    )
     a.protocol.handle_handshake(resp.data, B_EP, NOW, False)
     for x in a.protocol.send_keepalive(peer_b, NOW):
         if isinstance(x, SendDatagram) and x.data[0] == 4:

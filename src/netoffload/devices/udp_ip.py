@@ -93,7 +93,7 @@ class UdpIpDevice(UdpDevice):
         return (str(ipaddress.IPv6Address(packed)), port)
 
     def send(self, batch: Batch, dest: Addr | None = None) -> int:
-        """Send each live packet's UDP payload to its header's destination; returns how many went."""
+        """Send each live packet's UDP payload to its header's destination; returns how many."""
         self._check()
         n = len(batch)
         if not n:

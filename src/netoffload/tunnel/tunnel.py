@@ -453,9 +453,8 @@ class Tunnel:
                 if data_is_handshake(a.data):
                     self.stats["handshakes_out"] += 1
                 self._send_raw(a.dest, a.data)
-            elif isinstance(a, Flush):
-                if a.packets:
-                    self._flush(a.packets)
+            elif isinstance(a, Flush) and a.packets:
+                self._flush(a.packets)
 
     def _flush(self, packets: list[bytes]) -> None:
         b = Batch.from_packets(packets, headroom=dpm.HEADROOM, tailroom=dpm.TAILROOM)
