@@ -144,8 +144,6 @@ class Handshake:
 
     state: InitiatorState
     local_index: int
-    #: when this attempt (the first initiation of it) began
-    started: float
 
 
 class Peer:

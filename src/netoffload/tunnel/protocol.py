@@ -386,17 +386,15 @@ class Protocol:
     def _start_handshake(self, peer: Peer, now: float, *, retry: bool) -> list[Action]:
         """Send an initiation unless one went out less than REKEY_TIMEOUT ago."""
         t = peer.timers
-        if not retry:
+        if not retry:  # new packets (or a rekey): the attempt starts over
             t.handshake_attempts = 0
-            if peer.handshake is not None:  # new packets: the attempt starts over
-                peer.handshake.started = now
+            t.attempt_started = now
         if now - t.last_sent_handshake < REKEY_TIMEOUT:
             if retry:
                 t.retransmit_handshake = t.last_sent_handshake + REKEY_TIMEOUT + jitter(self._rng)
             return []
         if peer.endpoint is None:
             return self._drop(NO_ENDPOINT)
-        started = peer.handshake.started if (retry and peer.handshake is not None) else now
         made = noise.create_initiation(self.private_key, peer.public_key, 0, now)
         if made is None:  # a peer key of small order: no handshake can ever succeed
             return self._drop(DECRYPT_FAILED)
@@ -406,7 +404,7 @@ class Protocol:
         state = noise.InitiatorState(
             state.chain, state.hash, state.ephemeral_private, state.remote_static, index
         )
-        peer.handshake = Handshake(state, index, started)
+        peer.handshake = Handshake(state, index)
         if old is not None:
             self._sync_indices(peer)
         wire = Initiation(
@@ -671,9 +669,7 @@ class Protocol:
             return []
         if t.retransmit_handshake <= now:
             t.retransmit_handshake = NEVER
-            hs = peer.handshake
-            started = hs.started if hs is not None else now
-            if hs is None or now - started >= REKEY_ATTEMPT_TIME:
+            if now - t.attempt_started >= REKEY_ATTEMPT_TIME:
                 return self._give_up(peer, now)
             t.handshake_attempts += 1
             return self._start_handshake(peer, now, retry=True)

@@ -57,6 +57,8 @@ class PeerTimers:
     need_another_keepalive: bool = False
     #: retransmissions of the current handshake attempt
     handshake_attempts: int = 0
+    #: when the current attempt began (new packets or a rekey start one; retries do not)
+    attempt_started: float = -NEVER
     #: the one initiation sent on receive for an old session was sent
     sent_last_minute_handshake: bool = False
     #: when the last initiation was sent (no new one within REKEY_TIMEOUT)
