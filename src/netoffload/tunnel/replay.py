@@ -50,6 +50,7 @@ class ReplayWindow:
 
     def check(self, counter: int) -> bool:
         """``counter`` would be accepted now (no state change)."""
+        counter = int(counter)  # (a numpy integer would not shift a wide bitmap)
         if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
         if counter > self.top:
@@ -60,6 +61,7 @@ class ReplayWindow:
     def update(self, counter: int) -> bool:
         """Accept and record ``counter``; False (nothing recorded) if it is a replay,
         too old, or out of range."""
+        counter = int(counter)
         if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
         top = self.top
