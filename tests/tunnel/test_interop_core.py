@@ -25,7 +25,7 @@ from netoffload.testing import netns, wggo
 from netoffload.testing.netns import Netns
 from netoffload.tunnel import keys
 from netoffload.tunnel.peer import Peer
-from netoffload.tunnel.protocol import COOKIE_NEEDED, HandshakeDone, Protocol
+from netoffload.tunnel.protocol import COOKIE_NEEDED, HandshakeDone, Protocol, SendDatagram
 from netoffload.wire.wireguard import INITIATION_LEN
 
 from .wg_helpers import Driver, echo, echo_reply_to, parse_echo
@@ -64,7 +64,11 @@ def _answer(peer: Peer, pkt: bytes) -> bytes | None:
 
 @contextlib.contextmanager
 def bed(
-    *, psk: bool = False, outer_v6: bool = False, we_know_endpoint: bool = True
+    *,
+    psk: bool = False,
+    outer_v6: bool = False,
+    we_know_endpoint: bool = True,
+    keepalive: int = 0,
 ) -> Iterator[Bed]:
     with netns.Testbed() as tb, contextlib.ExitStack() as stack:
         a, b = tb.host("wg"), tb.host("us")
@@ -98,6 +102,7 @@ def bed(
             preshared_key=shared,
             endpoint=(wg_addr, WG_PORT) if we_know_endpoint else None,
             allowed_ips=[f"{WG_V4}/32", f"{WG_V6}/128"],
+            persistent_keepalive=keepalive,
         )
         driver = stack.enter_context(Driver(proto, sock, handler=_answer))
         try:
@@ -209,6 +214,28 @@ def test_cookie_reply_under_load(wg_ok: None) -> None:
         _ping(t.wg_host, US_V4, count=3, deadline=25)
         kinds = [k for k, _ in t.driver.handshakes]
         assert kinds.count("init") >= 2, kinds
+        inits = [m for m in t.driver.handshake_bytes if m[0] == 1]
+        assert inits[0][-16:] == bytes(16)  # no cookie yet: mac2 zero
+        assert inits[-1][-16:] != bytes(16)  # the retry carries mac2 from our cookie
         assert t.proto.drops[COOKIE_NEEDED] >= 1, t.proto.drops
         assert not t.driver.errors, t.driver.errors
         _check_dump(t)
+
+
+def test_persistent_keepalive_starts_a_session(wg_ok: None) -> None:
+    """With no traffic at all, our persistent keepalive makes a handshake and encrypted
+    keepalives that wireguard-go authenticates (it counts only what authenticates)."""
+    with bed(keepalive=1) as t:
+        assert t.driver.wait_for(lambda: len(_keepalives_sent(t)) >= 3, timeout=10)
+        assert [k for k, _ in t.driver.handshakes][:1] == ["resp"]
+        assert not t.driver.errors, t.driver.errors
+        _check_dump(t)
+        assert t.wg.dump().peers[t.proto.public_key].rx_bytes >= INITIATION_LEN + 3 * 32
+
+
+def _keepalives_sent(t: Bed) -> list[object]:
+    return [
+        a
+        for a in t.driver.actions
+        if isinstance(a, SendDatagram) and a.data[0] == 4 and len(a.data) == 32
+    ]

@@ -125,6 +125,7 @@ class Driver:
     actions: list[Action] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     handshakes: list[tuple[str, tuple[str, int]]] = field(default_factory=list)
+    handshake_bytes: list[bytes] = field(default_factory=list)
     data_in: int = 0
     data_out: int = 0
     replays: int = 0
@@ -164,6 +165,7 @@ class Driver:
         t = wg_type(data)
         if t in (MSG_INITIATION, MSG_RESPONSE, MSG_COOKIE):
             self.handshakes.append(({1: "init", 2: "resp", 3: "cookie"}[t], src))
+            self.handshake_bytes.append(data)
             self.do(self.proto.handle_handshake(data, src, now, self.under_load))
             return
         if t != MSG_DATA:
