@@ -150,3 +150,21 @@ def test_fixed_ephemeral_is_deterministic() -> None:
     b = noise.create_initiation(si, keys.public_from_private(sr), 3, 9.0, ephemeral_private=eph)
     assert a is not None and b is not None and a[0] == b[0]
     assert a[0].ephemeral == keys.public_from_private(eph)
+
+
+def test_precomputed_static_static_and_unknown_static() -> None:
+    si, sr = _pair()
+    pi, pr = keys.public_from_private(si), keys.public_from_private(sr)
+    ss = noise.dh(si, pr)
+    assert ss is not None and ss == noise.dh(sr, pi)
+    eph = keys.generate_private()
+    a = noise.create_initiation(si, pr, 1, 2.0, ephemeral_private=eph)
+    b = noise.create_initiation(
+        si, pr, 1, 2.0, ephemeral_private=eph, static_public=pi, static_static=ss
+    )
+    assert a is not None and b is not None and a[0] == b[0]
+    init = a[0]
+    known = noise.consume_initiation(sr, init, static_static={pi: ss}.get)
+    assert isinstance(known, noise.ResponderState) and known == noise.consume_initiation(sr, init)
+    unknown = noise.consume_initiation(sr, init, static_static={}.get)
+    assert unknown == noise.UnknownStatic(pi)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -144,6 +145,13 @@ class InitiatorState:
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownStatic:
+    """An initiation that authenticated up to a static key we have no peer for."""
+
+    remote_static: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ResponderState:
     """What the responder learns from a valid initiation."""
 
@@ -162,18 +170,22 @@ def create_initiation(
     now: float,
     *,
     ephemeral_private: bytes | None = None,
+    static_public: bytes | None = None,
+    static_static: bytes | None = None,
 ) -> tuple[Initiation, InitiatorState] | None:
     """An initiation to ``remote_static`` (MACs zero) and the state to keep.
 
-    None if the remote static key is of small order (no handshake possible)."""
-    static_public = keys.public_from_private(static_private)
+    ``static_public`` and ``static_static`` (DH of the two static keys) may be
+    passed precomputed. None if the remote static key is of small order."""
+    if static_public is None:
+        static_public = keys.public_from_private(static_private)
     eph = ephemeral_private if ephemeral_private is not None else keys.generate_private()
     eph_pub = keys.public_from_private(eph)
     h = hash_(INITIAL_HASH, remote_static)
     c = kdf1(INITIAL_CHAIN, eph_pub)
     h = hash_(h, eph_pub)
     es = dh(eph, remote_static)
-    ss = dh(static_private, remote_static)
+    ss = static_static if static_static is not None else dh(static_private, remote_static)
     if es is None or ss is None:
         return None
     c, k = kdf2(c, es)
@@ -186,12 +198,21 @@ def create_initiation(
     return msg, InitiatorState(c, h, eph, remote_static, sender)
 
 
-def consume_initiation(static_private: bytes, msg: Initiation) -> ResponderState | None:
+def consume_initiation(
+    static_private: bytes,
+    msg: Initiation,
+    *,
+    static_public: bytes | None = None,
+    static_static: Callable[[bytes], bytes | None] | None = None,
+) -> ResponderState | UnknownStatic | None:
     """Decrypt and authenticate an initiation (MACs already checked); None if it fails.
 
-    The caller must still check that ``remote_static`` is a known peer and that
-    the timestamp is newer than the last one seen from it."""
-    static_public = keys.public_from_private(static_private)
+    With ``static_static`` (the initiator's static key -> the precomputed DH of
+    the static keys, None for a key that is no peer of ours), an unknown key
+    costs no second DH: the answer is ``UnknownStatic``. The caller must still
+    check that the timestamp is newer than the last one seen from the peer."""
+    if static_public is None:
+        static_public = keys.public_from_private(static_private)
     h = hash_(INITIAL_HASH, static_public)
     c = kdf1(INITIAL_CHAIN, msg.ephemeral)
     h = hash_(h, msg.ephemeral)
@@ -203,7 +224,12 @@ def consume_initiation(static_private: bytes, msg: Initiation) -> ResponderState
     if remote_static is None:
         return None
     h = hash_(h, msg.encrypted_static)
-    ss = dh(static_private, remote_static)
+    if static_static is not None:
+        ss = static_static(remote_static)
+        if ss is None:
+            return UnknownStatic(remote_static)
+    else:
+        ss = dh(static_private, remote_static)
     if ss is None:
         return None
     c, k = kdf2(c, ss)

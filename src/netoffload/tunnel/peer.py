@@ -185,6 +185,9 @@ class Peer:
         self.last_initiation = float("-inf")
         #: local indices this peer owns in the protocol's index table
         self.indices: set[int] = set()
+        #: DH(our static private key, this peer's public key), and for which private key
+        self.static_static: bytes | None = None
+        self.static_static_for = b""
 
     def __repr__(self) -> str:
         import base64

@@ -319,6 +319,18 @@ class Protocol:
             peer.last_timestamp = b""
             self._sync_indices(peer)
 
+    def _static_static(self, peer: Peer) -> bytes | None:
+        """DH of our static key and the peer's, made once per key pair (None: the
+        peer's key has small order)."""
+        if peer.static_static_for != self.private_key:
+            peer.static_static = noise.dh(self.private_key, peer.public_key)
+            peer.static_static_for = self.private_key
+        return peer.static_static
+
+    def _ss_of_key(self, public_key: bytes) -> bytes | None:
+        peer = self.peers.get(public_key)
+        return self._static_static(peer) if peer is not None else None
+
     # ---------------------------------------------------------- indices
     def _new_index(self, peer: Peer) -> int:
         while True:
@@ -395,7 +407,14 @@ class Protocol:
             return []
         if peer.endpoint is None:
             return self._drop(NO_ENDPOINT)
-        made = noise.create_initiation(self.private_key, peer.public_key, 0, now)
+        made = noise.create_initiation(
+            self.private_key,
+            peer.public_key,
+            0,
+            now,
+            static_public=self.public_key,
+            static_static=self._static_static(peer),
+        )
         if made is None:  # a peer key of small order: no handshake can ever succeed
             return self._drop(DECRYPT_FAILED)
         old = peer.handshake
@@ -453,12 +472,14 @@ class Protocol:
 
     def _initiation(self, data: bytes, src: tuple[str, int], now: float) -> list[Action]:
         msg = Initiation.parse(data)
-        st = noise.consume_initiation(self.private_key, msg)
+        st = noise.consume_initiation(
+            self.private_key, msg, static_public=self.public_key, static_static=self._ss_of_key
+        )
         if st is None:
             return self._drop(DECRYPT_FAILED)
-        peer = self.peers.get(st.remote_static)
-        if peer is None:
+        if isinstance(st, noise.UnknownStatic):
             return self._drop(UNKNOWN_PEER)
+        peer = self.peers[st.remote_static]
         if st.timestamp <= peer.last_timestamp:
             return self._drop(REPLAYED_TIMESTAMP)
         if now - peer.last_initiation <= HANDSHAKE_INITIATION_RATE:
