@@ -12,6 +12,7 @@ implementation. ``wg show dump`` is read back at the end.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 import socket
@@ -26,6 +27,7 @@ from netoffload.testing.netns import Netns
 from netoffload.tunnel import keys
 from netoffload.tunnel.peer import Peer
 from netoffload.tunnel.protocol import COOKIE_NEEDED, HandshakeDone, Protocol, SendDatagram
+from netoffload.tunnel.timers import REKEY_AFTER_TIME
 from netoffload.wire.wireguard import INITIATION_LEN
 
 from .wg_helpers import Driver, echo, echo_reply_to, parse_echo
@@ -239,3 +241,51 @@ def _keepalives_sent(t: Bed) -> list[object]:
         for a in t.driver.actions
         if isinstance(a, SendDatagram) and a.data[0] == 4 and len(a.data) == 32
     ]
+
+
+def test_we_rekey_after_time_while_traffic_flows(wg_ok: None) -> None:
+    """Our clock jumps past REKEY_AFTER_TIME: the next packet we send goes under the
+    old session and starts a new handshake; wireguard-go moves to the new session
+    (its `next`, confirmed by our data) and traffic goes on both ways."""
+    with bed() as t:
+        _we_ping(t, US_V4, WG_V4, 1)
+        first = t.peer.current
+        assert first is not None
+        with t.driver.lock:
+            t.driver.clock_offset = REKEY_AFTER_TIME + 1
+        _we_ping(t, US_V4, WG_V4, 2)
+        _we_ping(t, US_V6, WG_V6, 3)
+        assert t.driver.wait_for(lambda: t.peer.current is not first, 10)
+        assert [k for k, _ in t.driver.handshakes].count("resp") == 2
+        assert t.peer.previous is first
+        _we_ping(t, US_V4, WG_V4, 4)  # and the new session carries traffic
+        _ping(t.wg_host, US_V4)
+        assert not t.driver.errors, t.driver.errors
+
+
+def test_wireguard_go_restarts_we_rotate_as_responder(wg_ok: None) -> None:
+    """A new wireguard-go with the same key initiates while we still hold the old
+    session: the new one waits in `next` until its data confirms it."""
+    with bed(we_know_endpoint=False) as t:
+        _ping(t.wg_host, US_V4)
+        first = t.peer.current
+        assert first is not None and not first.initiator
+        their_sk = base64.b64decode(t.wg.wg("show", t.wg.name, "private-key").strip())
+        t.wg.stop()
+        with wggo.WireguardGo(
+            t.wg_host,
+            private_key=their_sk,
+            listen_port=WG_PORT,
+            addresses=[f"{WG_V4}/24", f"{WG_V6}/64"],
+        ) as wg2:
+            wg2.set_peer(
+                t.proto.public_key,
+                allowed_ips=[f"{US_V4}/32", f"{US_V6}/128"],
+                endpoint=("198.18.0.2", US_PORT),
+            )
+            _ping(t.wg_host, US_V6)
+            with t.driver.lock:
+                assert t.peer.current is not first and t.peer.previous is first
+                assert t.peer.next is None
+            _we_ping(t, US_V4, WG_V4, 5)
+            assert not t.driver.errors, t.driver.errors

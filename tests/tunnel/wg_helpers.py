@@ -126,6 +126,8 @@ class Driver:
     errors: list[str] = field(default_factory=list)
     handshakes: list[tuple[str, tuple[str, int]]] = field(default_factory=list)
     handshake_bytes: list[bytes] = field(default_factory=list)
+    #: added to the wall clock for every time given to the core (to age sessions)
+    clock_offset: float = 0.0
     data_in: int = 0
     data_out: int = 0
     replays: int = 0
@@ -145,23 +147,26 @@ class Driver:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def clock(self) -> float:
+        return time.time() + self.clock_offset
+
     # -------------------------------------------------------------- loop
     def _run(self) -> None:
         while not self._stop.is_set():
             with self.lock:
-                wait = self.proto.next_deadline() - time.time()
+                wait = self.proto.next_deadline() - self.clock()
             r, _, _ = select.select([self.sock], [], [], min(0.05, max(0.0, wait)))
             try:
                 with self.lock:
                     if r:
                         data, src = self.sock.recvfrom(65535)
                         self._datagram(data, (src[0], src[1]))
-                    self.do(self.proto.tick(time.time()))
+                    self.do(self.proto.tick(self.clock()))
             except Exception as e:  # keep going, but make the test see it
                 self.errors.append(f"{type(e).__name__}: {e}")
 
     def _datagram(self, data: bytes, src: tuple[str, int]) -> None:
-        now = time.time()
+        now = self.clock()
         t = wg_type(data)
         if t in (MSG_INITIATION, MSG_RESPONSE, MSG_COOKIE):
             self.handshakes.append(({1: "init", 2: "resp", 3: "cookie"}[t], src))
@@ -196,7 +201,7 @@ class Driver:
     def send(self, peer: Peer, packet: bytes) -> None:
         """Encrypt and send an inner packet (staging it when no session can)."""
         with self.lock:
-            now = time.time()
+            now = self.clock()
             kp = peer.send_keypair(now)
             counter = kp.reserve(1, now) if kp is not None else None
             if kp is None or counter is None or peer.endpoint is None:

@@ -259,7 +259,11 @@ class Protocol:
         persistent_keepalive: int = 0,
         allowed_ips: Iterable[object] = (),
     ) -> Peer:
-        """Add (or return, updated, the existing) peer with this public key."""
+        """Add the peer with this public key and return it.
+
+        An existing peer is reconfigured, as by ``wg set`` with every field given:
+        preshared key, allowed IPs and keepalive are replaced (the endpoint only when
+        one is given); its sessions stay. Raises ConfigError for bad values."""
         pk = keys.check_key(public_key, "peer public key")
         if pk == self.public_key:
             raise ConfigError("peer public key is the interface's own public key")
@@ -316,7 +320,6 @@ class Protocol:
                 if kp is not None:
                     kp.send_counter = REJECT_AFTER_MESSAGES
             peer.timers.last_sent_handshake = -NEVER
-            peer.last_timestamp = b""
             self._sync_indices(peer)
 
     def _static_static(self, peer: Peer) -> bytes | None:
