@@ -67,6 +67,7 @@ _MODULES = (
     "netoffload.bench.forward",
     "netoffload.bench.udp_gso",
     "netoffload.bench.policy",
+    "netoffload.bench.tunnel",
 )
 _PLUGINS = ModuleSet(_MODULES)
 
