@@ -399,11 +399,19 @@ class Protocol:
 
     # ------------------------------------------------------- handshakes
     def _start_handshake(self, peer: Peer, now: float, *, retry: bool) -> list[Action]:
-        """Send an initiation unless one went out less than REKEY_TIMEOUT ago."""
+        """Send an initiation unless one went out less than REKEY_TIMEOUT ago.
+
+        While an attempt is under way (a retransmission is armed), new packets only
+        restart the attempt's clock: the next initiation goes when the jittered
+        retransmission timer says. (Sending at once, REKEY_TIMEOUT after the last,
+        would keep two peers that initiate at the same moment in lock step: each
+        answers the other's initiation, which voids its own.)"""
         t = peer.timers
         if not retry:  # new packets (or a rekey): the attempt starts over
             t.handshake_attempts = 0
             t.attempt_started = now
+            if t.retransmit_handshake != NEVER:
+                return []
         if now - t.last_sent_handshake < REKEY_TIMEOUT:
             if retry:
                 t.retransmit_handshake = t.last_sent_handshake + REKEY_TIMEOUT + jitter(self._rng)
