@@ -55,6 +55,10 @@ class UdpIpDevice(UdpDevice):
         self.local_port = int(sock.getsockname()[1])
         self.dual = sock.family == socket.AF_INET6
         self._src_cache: dict[Any, tuple[bytes, int]] = {}
+        #: datagrams the kernel segmented (sent in UDP_SEGMENT sends) / coalesced
+        #: (received in UDP_GRO super-datagrams): the outer udp-segment/-assemble
+        self.gso_datagrams_out = 0
+        self.gro_datagrams_in = 0
 
     @classmethod
     def bind_here(
@@ -173,6 +177,7 @@ class UdpIpDevice(UdpDevice):
                     self.udp.sends += 1
                     self.udp.gso_sends += 1
                     self.udp.datagrams_out += len(iov)
+                    self.gso_datagrams_out += len(iov)
                 return True
             except BlockingIOError:
                 if not deadline:
@@ -276,4 +281,13 @@ class UdpIpDevice(UdpDevice):
         e.by_device[:] = raw.ext.by_device[parent]
         e.csum_verdict[:] = raw.ext.csum_verdict[parent]
         self.last_gro = int(np.count_nonzero(k > 1))
+        if self.last_gro:
+            self.gro_datagrams_in += int(k[k > 1].sum())
         return out
+
+    def counters(self) -> dict[str, object]:
+        return {
+            **super().counters(),
+            "gso_datagrams_out": self.gso_datagrams_out,
+            "gro_datagrams_in": self.gro_datagrams_in,
+        }

@@ -38,6 +38,12 @@ def add_parsers(sub: Any, policy_args: Any) -> None:
         action="store_true",
         help="answer every handshake without a valid mac2 with a cookie (testing)",
     )
+    u.add_argument(
+        "--nic",
+        choices=("none", "crypto"),
+        default=None,
+        help="emulated crypto NIC for encrypt/decrypt (default: the file's [Offload] Nic, none)",
+    )
     policy_args(u, "adaptive")
     d = sub.add_parser("down", help="remove a tunnel made by `up`")
     d.add_argument("target", metavar="IFACE|CONFIG", help="interface name or its wg-quick file")
@@ -68,9 +74,12 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     _need_root("up")
     policy = getattr(args, "policy", None)
     pfile = getattr(args, "policy_file", None)
+    nic = getattr(args, "nic", None)
 
     def build() -> Tunnel:
-        return Tunnel(cfg, policy=policy, policy_file=pfile, force_under_load=args.under_load)
+        return Tunnel(
+            cfg, policy=policy, policy_file=pfile, force_under_load=args.under_load, nic=nic
+        )
 
     if args.foreground:
         tun = build()
@@ -237,6 +246,9 @@ def render(doc: dict[str, Any], console: Console) -> None:
                 reasons,
             )
         console.print(t)
+        for dev in (doc.get("offload") or {}).get(side) or []:
+            tasks = ", ".join(dev.get("tasks", []))
+            console.print(f"  device {dev.get('device')}: {tasks} -- {dev.get('how', '')}")
         pol = eng.get("policy")
         if isinstance(pol, dict):
             why = pol.get("why")

@@ -107,16 +107,29 @@ class _Peer(TypingProtocol):
     def send_keypair(self, now: float) -> Any: ...
 
 
+class SessionListener(TypingProtocol):
+    """Told about keypair slots as the host uses them (e.g. the emulated NIC's key
+    table, tunnel/nic.py): a slot handed to a packet, a slot forgotten."""
+
+    def keypair_used(self, slot: int, kp: Any, peer: Any) -> None: ...
+
+    def keypair_forgotten(self, slot: int) -> None: ...
+
+
 @dataclass
 class Sessions:
     """Slots the extension refers to: ``ext.class_id`` is a peer slot, ``ext.sa`` a
-    keypair slot. Slots are plain ints, made once per peer / keypair."""
+    keypair slot. Slots are plain ints, made once per peer / keypair.
+
+    ``listener`` (optional) hears of every slot ``keypair_slot`` hands out, before
+    the packets carrying it go anywhere, and of every slot forgotten."""
 
     peers: list[Any] = field(default_factory=list)
     keypairs: dict[int, Any] = field(default_factory=dict)
     kp_owner: dict[int, int] = field(default_factory=dict)  # keypair slot -> peer slot
     _kp_slot: dict[int, int] = field(default_factory=dict)  # id(keypair) -> slot
     _next_kp: int = 0
+    listener: SessionListener | None = None
 
     def peer_slot(self, peer: Any) -> int:
         for i, p in enumerate(self.peers):
@@ -138,16 +151,19 @@ class Sessions:
 
     def keypair_slot(self, kp: Any, peer_slot: int) -> int:
         s = self._kp_slot.get(id(kp))
-        if s is not None and self.keypairs.get(s) is kp:
-            return s
-        s = self._next_kp
-        self._next_kp = (self._next_kp + 1) & 0x7FFFFFFF
-        self.keypairs[s] = kp
-        self.kp_owner[s] = peer_slot
-        self._kp_slot[id(kp)] = s
-        if len(self.keypairs) > 4096:  # old sessions: forget the oldest slots
-            for old in list(self.keypairs)[:1024]:
-                self._forget(old)
+        if s is None or self.keypairs.get(s) is not kp:
+            s = self._next_kp
+            self._next_kp = (self._next_kp + 1) & 0x7FFFFFFF
+            self.keypairs[s] = kp
+            self.kp_owner[s] = peer_slot
+            self._kp_slot[id(kp)] = s
+            if len(self.keypairs) > 4096:  # old sessions: forget the oldest slots
+                for old in list(self.keypairs)[:1024]:
+                    self._forget(old)
+        if self.listener is not None:
+            ps = self.kp_owner.get(s, peer_slot)
+            peer = self.peers[ps] if 0 <= ps < len(self.peers) else None
+            self.listener.keypair_used(s, kp, peer)
         return s
 
     def _forget(self, s: int) -> None:
@@ -155,6 +171,8 @@ class Sessions:
         self.kp_owner.pop(s, None)
         if kp is not None:
             self._kp_slot.pop(id(kp), None)
+            if self.listener is not None:
+                self.listener.keypair_forgotten(s)
 
 
 class Datapath:
@@ -301,7 +319,9 @@ class WgEncrypt(SoftTask):
 
     def __init__(self, dp: Datapath) -> None:
         self.dp = dp
-        self.sent_bytes: dict[int, int] = {}  # peer slot -> inner bytes sealed (this batch)
+        #: keypair slot -> padded plaintext bytes of the packets given counters (in
+        #: ``prepare``: what gets sealed, by software or a device); the caller resets it
+        self.sent_bytes: dict[int, int] = {}
 
     def prepare(self, batch: Batch, sel: Mask) -> None:
         """Per peer, in packet order: a sending keypair and its counters (ext.sa, ext.seq)."""
@@ -332,8 +352,13 @@ class WgEncrypt(SoftTask):
                     dp.actions.extend(dp.protocol.stage(peer, pkt, dp.now))
                 e.error[rows] = Reason.STAGED
                 continue
-            e.sa[rows] = dp.sessions.keypair_slot(kp, ps)
+            slot = dp.sessions.keypair_slot(kp, ps)
+            e.sa[rows] = slot
             e.seq[rows] = np.arange(first, first + len(rows), dtype=np.uint64)
+            # counted here, where the counters are taken: whichever path seals them
+            plen = batch.length[rows]
+            sealed = int(np.add.reduce(plen + ((-plen) & 15)))
+            self.sent_bytes[slot] = self.sent_bytes.get(slot, 0) + sealed
 
     def process(self, batch: Batch, sel: Mask) -> Batch:
         self.prepare(batch, sel)  # (the engine runs it only before a split; idempotent)
@@ -418,15 +443,12 @@ class WgEncrypt(SoftTask):
         nonce = bytearray(12)
         nmv = memoryview(nonce)
         seqs = e.seq[idx].tolist()
-        sent: dict[int, int] = {}
         for j, s in enumerate(kps.tolist()):
             aead = dp.sessions.keypairs[s].send_aead
             nmv[4:12] = seqs[j].to_bytes(8, "little")
             p0 = body[j]
             c = clen[j]
             aead.encrypt_into(nonce, mv[p0 : p0 + c], b"", mv[p0 : p0 + c + TAG])
-            sent[s] = sent.get(s, 0) + c
-        self.sent_bytes = sent
         # the extension now describes the outer datagram
         e.l3_off[idx] = 0
         e.l4_off[idx] = o - 8

@@ -35,10 +35,12 @@ from netoffload.devices.udp_ip import UdpIpDevice
 from netoffload.engine import Engine
 from netoffload.errors import ConfigError, DeviceDown, NetoffloadError
 from netoffload.policy.config import policy_from_args
+from netoffload.policy.load import LoadMonitor, PsutilSampler
 from netoffload.soft import SoftLibrary, make_task
 from netoffload.tasks import Direction, Task
 from netoffload.tunnel import datapath as dpm
 from netoffload.tunnel.config import TunnelConfig
+from netoffload.tunnel.offload import TunnelOffload, outer_rows
 from netoffload.tunnel.protocol import Flush, Protocol, SendDatagram
 from netoffload.tunnel.uapi import (
     PeerUpdate,
@@ -76,6 +78,7 @@ class Tunnel:
         manage_interface: bool = True,
         sock_dir: str = "/var/run/wireguard",
         log: Callable[[str], None] | None = None,
+        nic: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.interface.name
@@ -106,8 +109,15 @@ class Tunnel:
         self.udp: UdpIpDevice | None = None
         self.uapi: UapiServer | None = None
         self.made: Any = None
-        self.tx_engine = self._engine(Direction.TX)
-        self.rx_engine = self._engine(Direction.RX)
+        # the engines' devices (TUN checksum; the emulated crypto NIC with nic=crypto)
+        self.offload = TunnelOffload(nic if nic is not None else off.nic, self.name, self.dp)
+        try:
+            self.tx_engine = self._engine(Direction.TX)
+            self.rx_engine = self._engine(Direction.RX)
+        except BaseException:
+            self.offload.close()
+            raise
+        self.offload.attach(self.tx_engine, self.rx_engine)
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_r, False)
         self._stopping = False
@@ -163,7 +173,10 @@ class Tunnel:
         tasks = Task(0)
         for t in order:
             tasks |= t
-        return Engine(direction, tasks, lib, self._policy_factory(), order=order)
+        off = self.offload
+        devices = off.tx_devices if direction is Direction.TX else off.rx_devices
+        monitor = LoadMonitor(sampler=PsutilSampler()) if devices else None
+        return Engine(direction, tasks, lib, self._policy_factory(), devices, monitor, order=order)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -250,6 +263,7 @@ class Tunnel:
 
     def close(self) -> None:
         """Remove everything this tunnel made (idempotent)."""
+        self.offload.close()  # the NIC processes and their key table
         if self.uapi is not None:
             with contextlib.suppress(Exception):
                 self.uapi.close()
@@ -579,6 +593,12 @@ class Tunnel:
             devs["tun"] = self.tun.counters()
         if self.udp is not None:
             devs["udp"] = self.udp.counters()
+        devs.update(self.offload.counters())
+        transmit, receive = engine(self.tx_engine), engine(self.rx_engine)
+        # the outer UDP tasks the kernel does at the socket (not engine stages)
+        tx_outer, rx_outer = outer_rows(self.udp)
+        transmit["tasks"].update(tx_outer)
+        receive["tasks"].update(rx_outer)
         return {
             "interface": self.name,
             "public_key": b64_encode(self.protocol.public_key),
@@ -587,8 +607,9 @@ class Tunnel:
             "pid": os.getpid(),
             "uptime_s": now - self.started if self.started else 0.0,
             "peers": peers,
-            "transmit": engine(self.tx_engine),
-            "receive": engine(self.rx_engine),
+            "transmit": transmit,
+            "receive": receive,
+            "offload": self.offload.describe(),
             "devices": devs,
             "protocol": {k: v for k, v in self.protocol.drops.items() if v},
             "stats": dict(self.stats),
