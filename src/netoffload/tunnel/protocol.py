@@ -18,6 +18,26 @@ session; ``tick`` when ``next_deadline()`` has passed. Every call takes ``now``
 (wall-clock seconds, as ``time.time()``): nothing here reads a clock or a
 socket.
 
+How a data path uses it (tests/tunnel/wg_helpers.py has a minimal one)::
+
+    # receive a datagram from src
+    t = message_type(d)
+    if t in (1, 2, 3): act(proto.handle_handshake(d, src, now, under_load))
+    elif t == 4:
+        peer, kp = proto.lookup(receiver, now)          # None: drop (unknown index)
+        kp.replay.check(counter) / check_many(...)       # cheap pre-check, no change
+        counter, plain = kp.open(d)                      # None: drop (forged)
+        kp.replay.update(counter)                        # False: drop (replay)
+        act(proto.data_received(peer, kp, src, now, len(d), keepalive=not plain))
+        # plain carries zero padding: the inner IP header's length says where it ends
+    # send an inner packet to peer
+    kp = peer.send_keypair(now); first = kp.reserve(n, now) if kp else None
+    if first is None: act(proto.stage(peer, packet, now))
+    else:
+        send kp.seal(first + i, p_i) to peer.endpoint for each packet i
+        act(proto.data_sent(peer, now, nbytes, keepalive=False))
+    # and: act(proto.tick(now)) whenever now >= proto.next_deadline()
+
 The order of checks on a handshake message (as the whitepaper's 5.3 and the
 reference implementations have it): exact type and length, mac1 (cheap, needs
 our public key only), then, only under load, mac2 (else a cookie reply and
