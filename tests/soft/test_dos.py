@@ -105,16 +105,7 @@ class Ref:
             and not self._take(self.dst, p.dst, now, self.srate, self.sburst)
         ):
             return Reason.SYN_FLOOD
-        if p.kind == "esp":
-            top = self.top.get(p.spi, 0)
-            seen = self.seen.setdefault(p.spi, set())
-            if p.seq > top:
-                self.top[p.spi] = p.seq
-            elif top - p.seq >= self.window:
-                return Reason.TOO_OLD
-            elif p.seq in seen:
-                return Reason.REPLAY
-            seen.add(p.seq)
+        # ESP: no decrypt task, so no authenticated window: the pre-check passes it
         if p.kind == "ack":
             self.est.add(flow)
         return 0
@@ -208,17 +199,22 @@ def test_size_and_fragment_rules() -> None:
 
 
 def test_sa_from_extension() -> None:
+    """Windows by ``ext.sa`` move only with ``record`` (authenticated numbers);
+    the filter itself judges each packet against them and changes nothing."""
     f = make_dos({"replay": {"window": 64}})
     b = Batch.from_packets([udp_packet()] * 5)
     b.ext.sa[:] = [1, 1, 2, 1, -1]
     b.ext.seq[:] = [7, 7, 7, 200, 7]
     f.process(b, np.ones(5, bool), now=0.0)
-    assert b.ext.filter_reason.tolist() == [0, Reason.REPLAY, 0, 0, 0]
-    b = Batch.from_packets([udp_packet()])
-    b.ext.sa[:] = [1]
-    b.ext.seq[:] = [100]
-    f.process(b, np.ones(1, bool), now=0.0)
-    assert b.ext.filter_reason.tolist() == [Reason.TOO_OLD]
+    assert b.ext.filter_reason.tolist() == [0] * 5  # nothing authenticated yet
+    f.record(np.array([1, 2, 1]), np.array([7, 7, 100], np.uint64))  # type: ignore[attr-defined]
+    want = [Reason.TOO_OLD, Reason.REPLAY, Reason.REPLAY, 0, 0]
+    for _ in range(2):  # the same twice: the filter recorded nothing
+        b = Batch.from_packets([udp_packet()] * 5)
+        b.ext.sa[:] = [1, 1, 2, 1, 3]
+        b.ext.seq[:] = [7, 100, 7, 101, 7]
+        f.process(b, np.ones(5, bool), now=0.0)
+        assert b.ext.filter_reason.tolist() == want
 
 
 @given(st.lists(st.binary(max_size=70), min_size=1, max_size=30))
@@ -292,3 +288,102 @@ def test_many_sources_match_reference(
     """Larger batches than ``test_matches_reference``: many sources and SAs, and
     buckets that cover every packet of their source or run out part way."""
     _against_reference(batches, rb, sb, [], now=10.0)
+
+
+# ------------------------------------------------ anti-replay: no state before authentication
+def _esp_rx(esn: bool = False, seq_start: int = 1) -> tuple[list[bytes], list[bytes], object]:
+    """Six inner packets, what EncryptTask makes of them under one SA (scapy checks
+    that format in tests/soft/test_crypto.py), and a receive engine that runs the
+    DoS filter (replay pre-check on) before the decrypt task."""
+    from netoffload.engine import Engine
+    from netoffload.policy import Never
+    from netoffload.sa import parse_sa_doc
+    from netoffload.soft import SoftLibrary
+    from netoffload.tasks import Direction
+
+    doc = {
+        "sa": [
+            {
+                "name": "a-to-b",
+                "spi": 0x4004,
+                "algorithm": "aes-gcm-128",
+                "key": (bytes(range(16)) + b"salt").hex(),
+                "src": "198.18.0.1",
+                "dst": "198.19.0.1",
+                "replay_window": 64,
+                "esn": esn,
+                "seq_start": seq_start,
+            }
+        ]
+    }
+    sas = parse_sa_doc(doc)
+    inner = [udp_packet(src="198.18.1.1", dst="198.19.1.1", sport=1000 + i) for i in range(6)]
+    b = Batch.from_packets(inner)
+    b.ext.sa[:] = 0
+    wire = make_task(Task.ENCRYPT, sas=sas).process(b, np.ones(6, bool)).packets()
+    lib = SoftLibrary(
+        {
+            Task.DOS_FILTER: make_dos({"replay": {"window": 64}}),
+            Task.DECRYPT: make_task(Task.DECRYPT, sas=sas),
+        }
+    )
+    eng = Engine(Direction.RX, Task.DOS_FILTER | Task.DECRYPT, lib, Never())
+    return inner, wire, eng
+
+
+def _rx(eng: object, pkts: list[bytes]) -> Batch:
+    b = Batch.from_packets(pkts)
+    b.ext.tasks[:] = int(Task.DOS_FILTER | Task.DECRYPT)
+    return eng.process(b).batch  # type: ignore[attr-defined, no-any-return]
+
+
+def _forge(genuine: bytes, seq: int, src: str) -> bytes:
+    """The genuine datagram with another sequence number and source, and its ICV
+    altered: an attacker without the key."""
+    p = bytearray(genuine)
+    p[24:28] = seq.to_bytes(4, "big")
+    p[-1] ^= 0x5A
+    return bytes(IPv4(src, "198.19.0.1", 50).emit(len(p) - 20)) + bytes(p[20:])
+
+
+def test_forged_high_sequence_number_leaves_genuine_traffic_untouched() -> None:
+    """One unauthenticated ESP packet with sequence 0xfffffff0 (from any address)
+    must not move a window: the genuine 3, 4, 5 that follow are delivered."""
+    inner, wire, eng = _esp_rx()
+    out = _rx(eng, wire[:2])
+    assert out.ext.alive().all() and out.packets() == inner[:2]
+    forged = _forge(wire[5], 0xFFFFFFF0, "203.0.113.9")
+    out = _rx(eng, [forged])
+    assert out.ext.error.tolist() == [Reason.BAD_ICV]  # decryption refuses it
+    assert out.ext.filter_reason.tolist() == [0]  # the pre-check had nothing against it
+    out = _rx(eng, wire[2:5])
+    assert out.ext.filter_reason.tolist() == [0, 0, 0]
+    assert out.ext.alive().all() and out.packets() == inner[2:5]
+    # an authenticated number replayed: the pre-check drops it before decryption
+    out = _rx(eng, [wire[3]])
+    assert out.ext.filter_reason.tolist() == [Reason.REPLAY]
+
+
+def test_forged_packets_in_the_same_batch_do_not_shadow_genuine_ones() -> None:
+    inner, wire, eng = _esp_rx()
+    forged = [_forge(wire[i], i + 1, "198.18.7.7") for i in range(6)]
+    out = _rx(eng, [forged[0], wire[0], forged[1], wire[1], forged[5], wire[5]])
+    assert out.ext.error.tolist() == [Reason.BAD_ICV, 0] * 3
+    assert out.ext.filter_reason.tolist() == [0] * 6
+    assert out.take(out.ext.alive()).packets() == [inner[0], inner[1], inner[5]]
+
+
+def test_replay_pre_check_with_extended_sequence_numbers_across_the_wrap() -> None:
+    """ESN: the low halves go fffffffd, fffffffe, ffffffff, 0, 1, 2; the pre-check infers
+    the high half (RFC 4303 A2.2) from the authenticated window, as decryption does."""
+    inner, wire, eng = _esp_rx(esn=True, seq_start=2**32 - 3)
+    lows = [int.from_bytes(w[24:28], "big") for w in wire]
+    assert lows == [2**32 - 3, 2**32 - 2, 2**32 - 1, 0, 1, 2]
+    out = _rx(eng, wire[:3])
+    assert out.ext.alive().all()
+    out = _rx(eng, wire[3:])
+    assert out.ext.filter_reason.tolist() == [0, 0, 0]
+    assert out.ext.alive().all() and out.packets() == inner[3:]
+    assert out.ext.seq.tolist() == [2**32, 2**32 + 1, 2**32 + 2]
+    out = _rx(eng, [wire[4], wire[1]])  # seen after and before the wrap
+    assert out.ext.filter_reason.tolist() == [Reason.REPLAY, Reason.REPLAY]

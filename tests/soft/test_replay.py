@@ -215,3 +215,28 @@ def test_table_matches_reference_big_batches(case: tuple[int, list[list[tuple[in
         assert got.tolist() == want
     for sa, r in refs.items():
         assert t.top(sa) == r.top
+
+
+@given(seq_batches(), st.data())
+def test_table_precheck_judges_each_alone_and_changes_nothing(
+    case: tuple[int, list[list[int]]], data: st.DataObject
+) -> None:
+    """``ReplayTable.precheck`` is ``RefWindow.peek`` per SA; only ``record`` moves
+    the windows (an unknown SA is not created by a pre-check)."""
+    size, batches = case
+    t = ReplayTable(size)
+    refs: dict[int, RefWindow] = {}
+    for batch in batches:
+        sas = [data.draw(st.integers(0, 3)) for _ in batch]
+        q = np.array(batch, dtype=np.uint64)
+        a = np.array(sas, dtype=np.int64)
+        before = (t.ids.copy(), t.tops.copy(), t.bits.copy())
+        got = t.precheck(a, q)
+        assert got.tolist() == [
+            refs[x].peek(s) if x in refs else OK for x, s in zip(sas, batch, strict=True)
+        ]
+        assert all((x == y).all() for x, y in zip(before, (t.ids, t.tops, t.bits), strict=True))
+        rec = t.record(a, q)
+        assert rec.tolist() == [
+            refs.setdefault(x, RefWindow(size)).step(s) for x, s in zip(sas, batch, strict=True)
+        ]

@@ -49,6 +49,11 @@ class SoftTask(abc.ABC):
         date from the packets' results, and packets may still be failed here. A
         device trip ends with a task that has this step."""
 
+    def bind(self, library: SoftLibrary) -> None:
+        """Called when the task joins ``library`` (and again when another task
+        does): a task that reads another's host state finds it here (the DoS
+        filter's replay pre-check reads the decrypt task's authenticated windows)."""
+
     @property
     def has_settle(self) -> bool:
         """Whether this task has a host-side ``settle`` step."""
@@ -108,6 +113,11 @@ class SoftLibrary:
 
     def __init__(self, tasks: Mapping[Task, SoftTask] | None = None) -> None:
         self._tasks: dict[Task, SoftTask] = dict(tasks or {})
+        self._bind()
+
+    def _bind(self) -> None:
+        for st in self._tasks.values():
+            st.bind(self)
 
     @classmethod
     def build(
@@ -127,6 +137,7 @@ class SoftLibrary:
 
     def add(self, st: SoftTask) -> None:
         self._tasks[st.task] = st
+        self._bind()
 
     @property
     def tasks(self) -> Task:

@@ -60,7 +60,7 @@ from netoffload.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
 from netoffload.soft import SoftTask, register
 from netoffload.soft.checksum import fill
 from netoffload.soft.digest import padded_hmac
-from netoffload.soft.replay import OK, REPLAY, ReplayWindow
+from netoffload.soft.replay import OK, REPLAY, TOO_OLD, ReplayWindow
 from netoffload.tasks import Task
 from netoffload.wire.esp import IPPROTO_ESP, IPPROTO_UDP, NAT_T_PORT, NH_IPV4, NH_IPV6
 
@@ -769,6 +769,34 @@ class DecryptTask(SoftTask):
             e.seq[r] = q
             e.xflags[r] |= _ON_HOST
 
+    def replay_precheck(self, batch: Batch, rows: I64) -> U8:
+        """Anti-replay verdicts (``ReplayVerdict`` values) of packets ``rows``
+        against the host's windows as they stand, each on its own, changing
+        nothing: for a filter that runs before decryption (the DoS filter's
+        pre-check). Only ESP packets of a known SA with a window can fail;
+        sequence numbers are inferred as ``prepare`` does (ESN included)."""
+        out = np.zeros(len(rows), np.uint8)
+        if len(rows) == 0:
+            return out
+        _, esp_off, end, is_esp, _ = esp_layout(batch, rows, self.ports)
+        keep = np.flatnonzero(is_esp & (end - esp_off >= 8))
+        if len(keep) == 0:
+            return out
+        ok = np.ones(len(keep), np.bool_)
+        pos = batch.start[rows[keep]] + esp_off[keep]
+        sa = self.table.lookup(_u32(batch, pos, ok)).astype(np.int64)
+        lo = _u32(batch, pos + 4, ok)
+        for k in np.unique(sa[sa >= 0]).tolist():
+            w = self.windows[k]
+            if w is None:
+                continue
+            g = sa == k
+            seqs, bad = self._infer_seq(k, lo[g])
+            v = w.precheck(seqs)
+            v[bad] = TOO_OLD
+            out[keep[g]] = v
+        return out
+
     def settle(self, batch: Batch, sel: Mask) -> None:
         """After a path decrypted ``sel`` packets that ``prepare`` checked: the
         authenticated ones move the host's window, in the order given; one that the
@@ -1004,7 +1032,8 @@ class DecryptTask(SoftTask):
             hi = np.where(lo >= Tl - W + 1, Th, Th + 1)
         else:
             Bl = (Tl - W + 1) % (1 << 32)
-            hi = np.where(lo >= Bl, Th - 1, Th)
+            # the window reaches back into the previous epoch, if there is one
+            hi = np.where((lo >= Bl) & (Th > 0), Th - 1, Th)
         bad = (hi < 0) | (hi >= 1 << 32)
         hi = np.where(bad, 0, hi)
         return (hi.astype(np.uint64) << np.uint64(32)) | lo_u, bad

@@ -14,10 +14,15 @@ Checks, in this order; the first that fails drops the packet
 5. SYN flood: TCP SYNs (without ACK) whose flow is not established spend a
    token of their *destination's* bucket → ``SYN_FLOOD``. A flow (5-tuple)
    becomes established when one of its TCP packets with ACK and without SYN passes.
-6. anti-replay: packets of a security association — ``ext.sa`` >= 0 with
-   ``ext.seq``, or else ESP (protocol 50, or UDP port 4500 with a non-zero
-   SPI) keyed by SPI with the header's 32-bit sequence number — go through a
-   sliding window per SA (``netoffload.soft.replay``) → ``REPLAY`` / ``TOO_OLD``.
+6. anti-replay pre-check → ``REPLAY`` / ``TOO_OLD``. The filter runs before
+   decryption, so it cannot tell a genuine packet from a forged one: it only
+   reads windows that authenticated packets moved, each packet on its own, and
+   changes nothing (RFC 4303 3.4.3). ESP packets are judged against the host
+   windows of the decrypt task of the same ``SoftLibrary`` (``bind``; its SPIs,
+   encapsulation ports and ESN inference); without a decrypt task there is no
+   authenticated state and ESP passes (the decrypt task still checks). Packets
+   with ``ext.sa`` >= 0 and ``ext.seq`` (64-bit) are judged against the
+   filter's own windows, which only ``record`` (authenticated numbers) moves.
 
 Packets dropped by an earlier check spend no tokens and do not move windows.
 Packets that fail to parse get ``ext.error``; non-IP frames pass untouched.
@@ -38,19 +43,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from netoffload.batch import Batch, FilterVerdict, Mask, Reason
-from netoffload.soft import SoftTask, register
+from netoffload.soft import SoftLibrary, SoftTask, register
 from netoffload.soft.classify import FlowKeys, flow_keys, halves
 from netoffload.soft.lpm import LpmTable
 from netoffload.soft.replay import REPLAY, TOO_OLD, ReplayTable, in_batch_order, sort_groups
 from netoffload.soft.rules import Bucket, DosConfig, load_dos, parse_dos
 from netoffload.tasks import Task
-from netoffload.wire.parse import be_words
 
 U64 = NDArray[np.uint64]
 I64 = NDArray[np.int64]
@@ -61,6 +65,15 @@ _LOW63 = np.uint64((1 << 63) - 1)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 TCP_SYN = 0x02
 TCP_ACK = 0x10
+
+
+@runtime_checkable
+class ReplayOracle(Protocol):
+    """Where authenticated anti-replay state lives (the decrypt task)."""
+
+    def replay_precheck(self, batch: Batch, rows: I64) -> NDArray[np.uint8]:
+        """Verdicts of packets ``rows`` against the windows as they stand; no change."""
+        ...
 
 
 def source_keys(k: FlowKeys) -> U64:
@@ -213,10 +226,26 @@ class DosFilter(SoftTask):
         self.drop_src = LpmTable((p, 0) for p in cfg.drop_src) if cfg.drop_src else None
         self.drop_dst = LpmTable((p, 0) for p in cfg.drop_dst) if cfg.drop_dst else None
         self.replay = ReplayTable(cfg.replay_window) if cfg.replay_window else None
+        #: the authenticated ESP windows (the decrypt task of the library), if any
+        self.esp_replay: ReplayOracle | None = None
         self.counters: dict[str, int] = {"packets": 0, "pass": 0, "error": 0}
 
     def set_time(self, now: float) -> None:
         self.now = float(now)
+
+    def bind(self, library: SoftLibrary) -> None:
+        """The ESP replay pre-check reads the windows of the library's decrypt task."""
+        self.esp_replay = None
+        if Task.DECRYPT in library:
+            dec = library[Task.DECRYPT]
+            if isinstance(dec, ReplayOracle):
+                self.esp_replay = dec
+
+    def record(self, sas: NDArray[np.integer[Any]] | list[int], seqs: NDArray[np.uint64]) -> None:
+        """Authenticated (sa, seq) pairs (``ext.sa`` / ``ext.seq`` numbering) move the
+        filter's own windows; nothing else does."""
+        if self.replay is not None:
+            self.replay.record(np.asarray(sas, np.int64), np.asarray(seqs, np.uint64))
 
     def _count(self, reason: Reason, n: int) -> None:
         if n:
@@ -311,39 +340,22 @@ class DosFilter(SoftTask):
         return batch
 
     def _replay(self, batch: Batch, k: FlowKeys, idx: I64, live: Mask, drop: Any) -> None:
+        """The anti-replay pre-check (changes nothing; see the module docstring)."""
         assert self.replay is not None
         e = batch.ext
         n = len(idx)
         sa = e.sa[idx].astype(np.int64)
-        seq = e.seq[idx].copy()
         has = live & (sa >= 0)
-        buf = batch.buf
-        # ESP by SPI (protocol 50, or ESP-in-UDP on port 4500 with a non-zero SPI)
-        esp = live & ~has & (k.proto == 50) & (k.l4_avail >= 8)
-        nat = live & ~has & (k.proto == 17) & k.has_ports & (k.l4_avail >= 16)
-        nat &= (k.sport == 4500) | (k.dport == 4500)
-        off = np.where(esp, k.l4_off, np.where(nat, k.l4_off + 8, 0))
-        cand = esp | nat
-        if cand.any():
-            ci = np.flatnonzero(cand)
-            o = off[ci]
-            w = be_words(buf, o, 8)  # SPI (high half), sequence number (low half)
-            spi = (w >> np.uint64(32)).astype(np.int64)
-            real = spi != 0
-            ci = ci[real]
-            sa[ci] = (1 << 32) + spi[real]
-            seq[ci] = w[real] & np.uint64(0xFFFFFFFF)
-            has[ci] = True
-        if not has.any():
-            return
-        hi = np.flatnonzero(has)
-        v = self.replay.check_and_update(sa[hi], seq[hi])
-        rp = np.zeros(n, dtype=np.bool_)
-        old = np.zeros(n, dtype=np.bool_)
-        rp[hi[v == REPLAY]] = True
-        old[hi[v == TOO_OLD]] = True
-        drop(rp, Reason.REPLAY)
-        drop(old, Reason.TOO_OLD)
+        v = np.zeros(n, dtype=np.uint8)
+        if has.any():
+            hi = np.flatnonzero(has)
+            v[hi] = self.replay.precheck(sa[hi], e.seq[idx[hi]])
+        esp = live & ~has & ((k.proto == 50) | ((k.proto == 17) & k.has_ports))
+        if self.esp_replay is not None and esp.any():
+            ei = np.flatnonzero(esp)
+            v[ei] = self.esp_replay.replay_precheck(batch, idx[ei])
+        drop(v == REPLAY, Reason.REPLAY)
+        drop(v == TOO_OLD, Reason.TOO_OLD)
 
     def describe(self) -> dict[str, object]:
         return {

@@ -20,8 +20,11 @@ replay when the bitmap had it or an earlier packet of the batch carried the same
 number (that earlier one was then accepted or itself a replay).
 
 For ESP, where the window may only move after the ICV has been checked, use
-``check`` before authentication and ``update`` with the authenticated numbers
-afterwards; ``check_and_update`` does both at once (DoS filtering).
+``precheck`` before authentication (it changes nothing, and judges each number
+on its own, so a forged packet cannot shadow the genuine one) and ``update``
+with the authenticated numbers afterwards. ``check_and_update`` does both at
+once: only for numbers that are already authenticated. ``ReplayTable`` has the
+same two sides for many SAs: ``precheck`` and ``record``.
 
 Sans-IO: no clock, no I/O. Sequence numbers are 64-bit (ESN); 32-bit numbers
 work unchanged.
@@ -285,8 +288,46 @@ class ReplayTable:
             pos = np.searchsorted(self.ids, uniq)
         return np.asarray(pos, dtype=np.int64)
 
+    def precheck(self, sas: NDArray[np.integer] | Iterable[int], seqs: U64) -> U8:
+        """Verdicts against the windows as they stand, each (sa, seq) on its own,
+        changing nothing (no SA is created either: an unknown SA's numbers are OK).
+        The check before authentication; see ``ReplayWindow.precheck``."""
+        sa = np.asarray(sas, dtype=np.int64).reshape(-1)
+        q = np.asarray(seqs, dtype=np.uint64).reshape(-1)
+        if len(sa) != len(q):
+            raise ValueError("sas and seqs differ in length")
+        out = np.zeros(len(q), dtype=np.uint8)
+        if len(q) == 0 or len(self.ids) == 0:
+            return out
+        pos = np.minimum(np.searchsorted(self.ids, sa), len(self.ids) - 1)
+        known = self.ids[pos] == sa
+        slot = pos[known]
+        kq = q[known]
+        top = self.tops[slot]
+        below = kq <= top
+        dist = np.where(below, top - np.where(below, kq, top), np.uint64(0))
+        old = (kq == 0) | (below & (dist >= np.uint64(self.size)))
+        v = np.zeros(len(kq), dtype=np.uint8)
+        v[old] = TOO_OLD
+        look = below & ~old
+        if look.any():
+            lq = kq[look]
+            blk = ((lq >> _SIX) % np.uint64(self.nblocks)).astype(np.int64)
+            word = self.bits[slot[look], blk]
+            seen = np.zeros(len(kq), dtype=np.bool_)
+            seen[look] = ((word >> (lq & _M63)) & _ONE) != 0
+            v[seen] = REPLAY
+        out[known] = v
+        return out
+
+    def record(self, sas: NDArray[np.integer] | Iterable[int], seqs: U64) -> U8:
+        """Accept authenticated (sa, seq) pairs, each SA's in batch order; their
+        verdicts (a duplicate among them is a REPLAY and is not recorded twice)."""
+        return self.check_and_update(sas, seqs)
+
     def check_and_update(self, sas: NDArray[np.integer] | Iterable[int], seqs: U64) -> U8:
-        """Per-packet verdicts for (sa, seq) pairs, each SA's packets in batch order."""
+        """Per-packet verdicts for (sa, seq) pairs, each SA's packets in batch order,
+        and the ``OK`` ones accepted: only for authenticated numbers (``record``)."""
         sa = np.asarray(sas, dtype=np.int64).reshape(-1)
         q = np.asarray(seqs, dtype=np.uint64).reshape(-1)
         if len(sa) != len(q):
