@@ -26,7 +26,13 @@ from netoffload.testing import netns, wggo
 from netoffload.testing.netns import Netns
 from netoffload.tunnel import keys
 from netoffload.tunnel.peer import Peer
-from netoffload.tunnel.protocol import COOKIE_NEEDED, HandshakeDone, Protocol, SendDatagram
+from netoffload.tunnel.protocol import (
+    COOKIE_NEEDED,
+    DECRYPT_FAILED,
+    HandshakeDone,
+    Protocol,
+    SendDatagram,
+)
 from netoffload.tunnel.timers import REKEY_AFTER_TIME
 from netoffload.wire.wireguard import INITIATION_LEN
 
@@ -289,3 +295,15 @@ def test_wireguard_go_restarts_we_rotate_as_responder(wg_ok: None) -> None:
                 assert t.peer.next is None
             _we_ping(t, US_V4, WG_V4, 5)
             assert not t.driver.errors, t.driver.errors
+
+
+def test_preshared_key_mismatch_fails(wg_ok: None) -> None:
+    """The PSK really enters the keys: with a different one, wireguard-go's response
+    does not authenticate here and no session comes up."""
+    with bed(psk=True) as t:
+        with t.driver.lock:
+            t.peer.preshared_key = bytes(a ^ 1 for a in t.peer.preshared_key)
+        t.driver.send(t.peer, echo(US_V4, WG_V4, 9, 0, b"x"))
+        assert t.driver.wait_for(lambda: t.proto.drops[DECRYPT_FAILED] >= 1, timeout=10)
+        with t.driver.lock:
+            assert t.peer.current is None and t.driver.received == []
