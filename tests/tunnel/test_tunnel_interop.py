@@ -542,3 +542,42 @@ def test_bad_config_is_one_line_naming_file_line_and_key(tmp_path: Path) -> None
     assert r.returncode == 2
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and "wgbad.conf:2" in line and "PrivateKey" in line
+
+
+def _flood_initiations(dst: str, port: int, go_public: bytes, seconds: float) -> int:
+    """Initiations with a valid mac1 for ``go_public`` (and junk inside), as fast as we can,
+    for at most ``seconds``: wireguard-go queues each for a Diffie-Hellman it will fail."""
+    from netoffload.tunnel.cookie import mac1_key
+    from netoffload.tunnel.noise import mac
+
+    key = mac1_key(go_public)
+    msgs = []
+    for _ in range(64):
+        body = bytes([1, 0, 0, 0]) + os.urandom(112)
+        msgs.append(body + mac(key, body) + bytes(16))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    sent = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for m in msgs:
+            with contextlib.suppress(BlockingIOError):
+                s.sendto(m, (dst, port))
+                sent += 1
+    s.close()
+    return sent
+
+
+def test_cookie_reply_from_wireguard_go_under_load(tmp_path: Path) -> None:
+    with pair(tmp_path) as p:
+        # a burst of initiations from another source fills wireguard-go's handshake queue:
+        # it stays "under load" for a second after; our own initiation, sent just after
+        # the burst, gets a cookie reply, and our retry (REKEY_TIMEOUT later) carries mac2
+        sent = p.b.spawn(_flood_initiations, "198.18.0.1", GO_PORT, p.go.public_key(), 0.3).join(10)
+        assert sent > 1000
+        time.sleep(0.1)
+        assert _ping(p.b, GO_V4, count=1, wait=12), "no session through the cookie reply"
+        log = p.go.log(20_000_000)
+        to_us = f"Sending cookie response for denied handshake message for 198.18.0.2:{US_PORT}"
+        assert to_us in log, "wireguard-go never sent our tunnel a cookie reply"
+        assert p.go.dump().peers[p.us_public].latest_handshake > 0
