@@ -130,8 +130,7 @@ class WireguardGo:
         self.mtu = mtu
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log_fd, self._log_path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
-        self._tmpdir = tempfile.mkdtemp(prefix=f"{name}-keys-")
+        self._log_fd, self._log_path, self._tmpdir = -1, "", ""  # made by start()
 
     @property
     def socket_path(self) -> str:
@@ -141,6 +140,10 @@ class WireguardGo:
     def start(self, timeout: float = 10.0) -> WireguardGo:
         if os.path.exists(self.socket_path):
             raise DeviceError(f"{self.socket_path} exists: interface name {self.name} is in use")
+        if self.proc is not None:
+            raise DeviceError(f"wireguard-go {self.name}: already started")
+        self._log_fd, self._log_path = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log")
+        self._tmpdir = tempfile.mkdtemp(prefix=f"{self.name}-keys-")
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL=self.log_level)
         self.proc = self.host.popen(
             [WG_GO, self.name], env=env, stdout=self._log_fd, stderr=subprocess.STDOUT
@@ -169,7 +172,7 @@ class WireguardGo:
         return self
 
     def stop(self) -> None:
-        """End the daemon and remove its socket file and key files (idempotent)."""
+        """End the daemon; remove its socket file, key files and log (idempotent)."""
         p = self.proc
         if p is not None and p.poll() is None:
             p.terminate()
@@ -181,10 +184,14 @@ class WireguardGo:
         _RUNNING.discard(self)
         with contextlib.suppress(OSError):
             os.unlink(self.socket_path)
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
         if self._log_fd >= 0:
             os.close(self._log_fd)
             self._log_fd = -1
+        if self._log_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self._log_path)
 
     def __enter__(self) -> WireguardGo:
         return self.start()
@@ -193,8 +200,6 @@ class WireguardGo:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-        with contextlib.suppress(OSError):
-            os.unlink(self._log_path)
 
     def log(self, tail: int = 4000) -> str:
         """The daemon's output so far (its last ``tail`` characters)."""
@@ -206,6 +211,8 @@ class WireguardGo:
 
     # ------------------------------------------------------------ configure
     def _keyfile(self, what: str, key: bytes) -> str:
+        if not self._tmpdir:
+            raise DeviceError(f"wireguard-go {self.name}: not started")
         path = os.path.join(self._tmpdir, what)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
