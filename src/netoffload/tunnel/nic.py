@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
@@ -73,7 +74,8 @@ DEFAULT_CAPACITY = 8192
 _MAGIC = 0x5747_4B45_5954_4231  # "WGKEYTB1"
 _HDR_WORDS = 8  # magic, capacity, listen port, (spare)
 _H_MAGIC, _H_CAP, _H_PORT = 0, 1, 2
-_READ_TRIES = 10000
+#: how long a reader waits for an entry the host is writing
+_READ_PATIENCE_S = 1.0
 
 ENTRY = np.dtype(
     [
@@ -162,15 +164,20 @@ def read_entry(m: _Mapped, slot: int) -> Entry | None:
         return None
     i = slot % m.spec.capacity
     seq = m.seq
-    for _ in range(_READ_TRIES):
+    deadline = 0.0
+    while True:
         s1 = int(seq[i])
-        if s1 & 1:
-            continue
-        rec = m.entries[i : i + 1].copy()[0]
-        if int(seq[i]) == s1:
-            break
-    else:  # the writer died mid-write: treat as absent
-        return None
+        if not s1 & 1:
+            rec = m.entries[i : i + 1].copy()[0]
+            if int(seq[i]) == s1:
+                break
+        # the host is writing the entry (or was descheduled mid-write): let it go on
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + _READ_PATIENCE_S
+        elif now > deadline:  # the writer died mid-write: treat as absent
+            return None
+        time.sleep(0)
     if int(rec["slot"]) != slot:
         return None
     fam = int(rec["ep_family"])
