@@ -96,6 +96,6 @@ def test_example_policy_file_loads_and_runs_the_demo(tmp_path: Path) -> None:
     assert isinstance(p, Failover) and isinstance(p.inner, Adaptive)
     assert p.inner.bounds == (0.75, 1.33) and p.max_backoff == 30.0
     out = tmp_path / "r.json"
-    argv = ["demo", "--packets", "200", "--batch", "50", "--nic", "none", "--json", str(out)]
+    argv = ["demo", "--in-process", "--bytes", "200k", "--packets", "200", "--json", str(out)]
     assert main([*argv, "--policy-file", str(EXAMPLES / "policy.toml")]) == 0
     assert json.loads(out.read_text())["policy"] == "adaptive+failover"

@@ -59,16 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--rules", type=Path, metavar="FILE", help="classification / filter rules")
     _policy_args(pc, "never")
 
-    d = sub.add_parser("demo", help="the main job on its embedded default, with a report")
+    d = sub.add_parser("demo", help="the tunnel end to end (namespaces as root), with a report")
     _policy_args(d, "adaptive")
     d.add_argument(
         "--nic",
-        default="crypto",
-        choices=("none", "crypto", "full"),
-        help="emulated NIC profile beside the loopback wire (default: crypto)",
+        choices=("none", "crypto"),
+        help="the tunnels' emulated NIC (default: none)",
     )
-    d.add_argument("--packets", type=int, default=20000, help="packets per direction")
-    d.add_argument("--batch", type=int, default=256, help="packets per batch")
+    d.add_argument("--packets", type=int, default=3000, help="UDP datagrams each way")
+    d.add_argument(
+        "--bytes", metavar="SIZE", help="TCP bytes each way (default 64M; 8M in process)"
+    )
+    d.add_argument("--seconds", type=float, default=12.0, help="time limit of each phase")
+    d.add_argument("--batch", type=int, default=64, help="packets a TUN read (in process)")
+    d.add_argument(
+        "--in-process", action="store_true", help="two tunnels in this process (also as root)"
+    )
     d.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
 
     from netoffload.tunnel.commands import add_parsers

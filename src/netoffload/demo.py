@@ -1,30 +1,34 @@
-"""``netoffload demo``: the main job on its embedded default, end to end, with a report.
+"""``netoffload demo``: the tunnel, end to end, with a report.
 
-For now (before the tunnel): synthetic TCP and UDP flows over IPv4 and IPv6
-(``testing.packets.synthetic_flows``) leave with their checksums blanked, go
-through a transmit engine, cross a loopback wire, and pass a receive engine::
+As root, in network namespaces this process makes (``testing.netns.Testbed``:
+veth links, addresses from 198.18.0.0/15 and fd00::/8 only):
 
-    synthetic flows -> TX engine -> loop-a ==wire==> loop-b -> RX engine -> delivered
+1. **netoffload <-> netoffload**: two namespaces joined by a veth, a
+   netoffload tunnel in each (``Tunnel``, run in a forked child inside its
+   namespace, which hands its ``status()`` back when stopped). Real kernel
+   sockets send content-checked streams through it both ways
+   (``testing.streams``): TCP (``--bytes`` each way, IPv4 one way and IPv6 the
+   other) and UDP (``--packets`` datagrams each way, sequence number and digest
+   in every datagram), while a live line shows Gb/s, packets and handshakes.
+2. **netoffload <-> wireguard-go** (the Debian ``wireguard-go``, configured with
+   ``wg``; skipped with the reason if it is not installed): the same TCP
+   streams both ways, and ping both ways.
 
-Each loopback end is also the engine's device, enabled with everything it
-reports (checksum fill on transmit, checksum check on receive); ``--policy``
-(default ``always``) splits each task between the device and software. At the
-end a table gives per-task counters of both directions (offloaded vs
-software, dropped, errors, bytes, time) and the count of packets delivered
-intact: per flow, the delivered L4 payload bytes are matched in order against
-what was sent (a packet whose payload is missing or changed is not intact).
-The exit code is 0 only if every packet was delivered intact. ``--json FILE``
-also writes the report.
+Without root, one line says so and the same protocol runs between two
+in-process endpoints: two ``LoopTunnel`` objects (``tunnel/loop.py``: the
+tunnel's own engines and protocol core, never started; an in-process wire
+instead of UDP sockets, the TUN writes collected) carrying synthetic TCP and
+UDP streams (GSO super-packets as a TUN read gives them) both ways.
 
-Tasks: a transmit task joins the demo when its software task (and that of
-its receive partner) is available (``soft.available()``) and ``DEMO_TASKS``
-has an entry for it, saying its options, the receive task that undoes or
-matches it, that task's options, and optionally how to prepare each transmit
-batch (per-packet extension fields). Entries now: checksum (fill / verify),
-classify (both sides), tcp-segment and udp-segment (GSO size 536 on TCP resp.
-UDP packets; tcp-assemble / udp-assemble on receive), encrypt / decrypt (ESP
-tunnel mode, two fresh AES-GCM-128 SAs, one per IP family) and digest
-(HMAC-SHA-256-128 trailer, fresh key). A task added later needs one entry.
+Each phase is bounded in bytes and in time (``--seconds``). The closing
+report gives, per netoffload endpoint, the per-task counts of both engines
+(device and software, drops by reason: ``Tunnel.status()``), the policy's
+decisions and why, each stream's throughput and whether it was delivered
+intact: the receiver's SHA-256 and byte count equal the sender's (for UDP:
+every datagram, each intact). The exit code is 0 only if every stream (and
+ping) was. ``--json FILE`` writes the report. Ctrl-C leaves nothing behind:
+the children and wireguard-go are stopped, the UAPI socket and state files
+they made removed, the namespaces deleted.
 """
 
 from __future__ import annotations
@@ -33,452 +37,807 @@ import argparse
 import contextlib
 import json
 import os
+import select
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TextColumn
 
-from netoffload import soft
 from netoffload.batch import Batch
-from netoffload.devices.base import Device
-from netoffload.devices.emulated_nic import EmulatedNIC, device_name, get_profile
-from netoffload.devices.loopback import LoopbackPair
-from netoffload.engine import Engine
-from netoffload.errors import ConfigError
-from netoffload.policy import LoadMonitor
-from netoffload.policy.config import policy_from_namespace
-from netoffload.policy.load import PsutilSampler
-from netoffload.tables import compact_table, counter_row, counter_table
-from netoffload.tasks import Direction, Task, stage_order
-from netoffload.testing.packets import synthetic_flows
-from netoffload.wire.parse import parse_batch
+from netoffload.devices.kernel_common import gso_segments
+from netoffload.errors import ConfigError, DeviceError
+from netoffload.policy.config import policy_from_args
+from netoffload.soft.checksum import to_partial
+from netoffload.tables import compact_table
+from netoffload.testing import streams as st
+from netoffload.tunnel import keys
+from netoffload.tunnel.config import TunnelConfig, parse_config
+from netoffload.tunnel.datapath import HEADROOM, TAILROOM
+from netoffload.tunnel.loop import LoopTunnel, LoopWire
 
-
-@dataclass
-class DemoContext:
-    """What the task entries share in one run (built lazily)."""
-
-    mss: int = 536
-    _sas: Any = None
-
-    @property
-    def sas(self) -> Any:
-        """Two ESP SAs (AES-GCM-128, fresh keys): index 0 for IPv4 inner packets, 1 for IPv6,
-        and a [digest] table (HMAC-SHA-256-128)."""
-        if self._sas is None:
-            from netoffload.sa import parse_sa_doc
-
-            def sa(spi: int, src: str, dst: str) -> dict[str, Any]:
-                return {
-                    "name": f"demo-{spi:#x}",
-                    "spi": spi,
-                    "algorithm": "aes-gcm-128",
-                    "key": os.urandom(20).hex(),
-                    "src": src,
-                    "dst": dst,
-                }
-
-            doc = {
-                "sa": [
-                    sa(0x1001, "198.18.0.1", "198.19.0.1"),
-                    sa(0x1002, "fd00::1", "fd00::2"),
-                ],
-                "digest": {"algorithm": "hmac-sha256-128", "key": os.urandom(32).hex()},
-            }
-            self._sas = parse_sa_doc(doc, "demo SAs")
-        return self._sas
-
-
-Options = Callable[[DemoContext], dict[str, Any]]
-Prepare = Callable[[Batch, DemoContext], None]
-
-
-def _no_options(ctx: DemoContext) -> dict[str, Any]:
-    return {}
+MiB = 1 << 20
+#: defaults: TCP bytes each way (namespaces; in process), UDP datagrams each way, seconds a phase
+TCP_BYTES = 64 * MiB
+TCP_BYTES_IN_PROCESS = 8 * MiB
+UDP_DATAGRAMS = 3000
+SECONDS = 12.0
+MTU = 1420
+PORT = 51820
+#: the tunnel inside addresses of the two ends (both phases) and the veth addresses (per phase)
+INNER = {"A": ("198.18.10.1", "fd00:10::1"), "B": ("198.18.10.2", "fd00:10::2")}
+INNER_GO = {"A": ("198.18.11.1", "fd00:11::1"), "B": ("198.18.11.2", "fd00:11::2")}
+UNDER = ("198.18.0.1", "198.18.0.2")
+UNDER_GO = ("198.18.1.1", "198.18.1.2")
+#: TCP and UDP ports the streams use inside the tunnel
+TCP_PORT = 5201
+UDP_PORT = 5301
+STATE_DIR = Path("/run/netoffload")
+SOCK_DIR = Path("/var/run/wireguard")
 
 
 @dataclass(frozen=True)
-class DemoTask:
-    """How one transmit task takes part in the demo."""
-
-    tx_options: Options = _no_options
-    rx_task: Task | None = None  # the receive task that undoes (or matches) it, if any
-    rx_options: Options = _no_options
-    prepare: Prepare | None = None  # per-batch setup of the TX batch (after parsing)
-
-
-def _only_proto(task: Task, proto: int) -> Prepare:
-    """Ask for ``task`` only on packets of L4 protocol ``proto``."""
-
-    def prep(b: Batch, ctx: DemoContext) -> None:
-        other = b.ext.l4_proto != proto
-        b.ext.tasks[other] &= np.uint16(~task & 0xFFFF)
-
-    return prep
+class DemoOptions:
+    policy: str | None = None
+    policy_file: Path | None = None
+    nic: str | None = None
+    tcp_bytes: int | None = None  # None: TCP_BYTES (namespaces) / TCP_BYTES_IN_PROCESS
+    udp_datagrams: int = UDP_DATAGRAMS
+    batch: int = 64  # in process: packets a TUN read gives
+    seconds: float = SECONDS
+    json: Path | None = None
+    in_process: bool = False
 
 
-def _sa_by_family(b: Batch, ctx: DemoContext) -> None:
-    e = b.ext
-    e.sa[:] = np.where(e.l3_proto == 4, 0, np.where(e.l3_proto == 6, 1, -1))
+def options_from(args: argparse.Namespace) -> DemoOptions:
+    o = DemoOptions(
+        policy=getattr(args, "policy", None),
+        policy_file=getattr(args, "policy_file", None),
+        nic=getattr(args, "nic", None),
+        tcp_bytes=parse_size(args.bytes) if getattr(args, "bytes", None) else None,
+        udp_datagrams=int(getattr(args, "packets", UDP_DATAGRAMS)),
+        batch=int(getattr(args, "batch", 64)),
+        seconds=float(getattr(args, "seconds", SECONDS)),
+        json=getattr(args, "json", None),
+        in_process=bool(getattr(args, "in_process", False)),
+    )
+    if o.udp_datagrams < 1:
+        raise ConfigError(f"--packets must be at least 1, not {o.udp_datagrams}")
+    if o.batch < 1:
+        raise ConfigError(f"--batch must be at least 1, not {o.batch}")
+    if o.tcp_bytes is not None and o.tcp_bytes < 1:
+        raise ConfigError(f"--bytes must be at least 1, not {o.tcp_bytes}")
+    if not 0 < o.seconds <= 600:
+        raise ConfigError(f"--seconds must be in (0, 600], not {o.seconds}")
+    return o
 
 
-#: transmit task -> how it takes part (see the module docstring)
-DEMO_TASKS: dict[Task, DemoTask] = {
-    Task.CHECKSUM: DemoTask(
-        tx_options=lambda ctx: {"mode": "fill"},
-        rx_task=Task.CHECKSUM,
-        rx_options=lambda ctx: {"mode": "verify"},
-    ),
-    Task.CLASSIFY: DemoTask(rx_task=Task.CLASSIFY),
-    Task.TCP_SEGMENT: DemoTask(
-        tx_options=lambda ctx: {"gso_size": ctx.mss},
-        rx_task=Task.TCP_ASSEMBLE,
-        prepare=_only_proto(Task.TCP_SEGMENT, 6),
-    ),
-    Task.UDP_SEGMENT: DemoTask(
-        tx_options=lambda ctx: {"gso_size": ctx.mss},
-        rx_task=Task.UDP_ASSEMBLE,
-        prepare=_only_proto(Task.UDP_SEGMENT, 17),
-    ),
-    Task.ENCRYPT: DemoTask(
-        tx_options=lambda ctx: {"sas": ctx.sas},
-        rx_task=Task.DECRYPT,
-        rx_options=lambda ctx: {"sas": ctx.sas},
-        prepare=_sa_by_family,
-    ),
-    Task.DIGEST: DemoTask(
-        tx_options=lambda ctx: {"sas": ctx.sas, "mode": "compute"},
-        rx_task=Task.DIGEST,
-        rx_options=lambda ctx: {"sas": ctx.sas, "mode": "verify"},
-    ),
-}
-
-SEED = 1
-#: how far past a loss ``count_intact`` looks for the next packet of a flow
-RESYNC = 1 << 16
-
-
-def blank_checksums(b: Batch) -> None:
-    """Zero the IPv4 header and TCP/UDP checksums of parsed packets (the TX side fills them)."""
-    e = b.ext
-    v4 = e.l3_proto == 4
-    pos4 = b.start[v4] + e.l3_off[v4] + 10
-    l4 = (e.l4_off >= 0) & np.isin(e.l4_proto, (6, 17))
-    pos = b.start[l4] + e.l4_off[l4] + np.where(e.l4_proto[l4] == 6, 16, 6)
-    for p in (pos4, pos):
-        b.buf[p] = 0
-        b.buf[p + 1] = 0
-
-
-def _flow_key(p: bytes) -> tuple[bytes, bytes, int] | None:
-    """(addresses, ports, protocol) and the payload offset of an IP TCP/UDP packet."""
-    if not p:
-        return None
-    v = p[0] >> 4
-    if v == 4 and len(p) >= 20:
-        ihl = (p[0] & 15) * 4
-        proto, addrs, l4 = p[9], p[12:20], ihl
-    elif v == 6 and len(p) >= 40:
-        proto, addrs, l4 = p[6], p[8:40], 40
-    else:
-        return None
-    if proto not in (6, 17) or len(p) < l4 + 8:
-        return None
-    return addrs + bytes([proto]), p[l4 : l4 + 4], l4 + ((p[l4 + 12] >> 4) * 4 if proto == 6 else 8)
-
-
-def _payloads(packets: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
-    out = []
-    for p in packets:
-        k = _flow_key(p)
-        if k is None:
-            out.append((b"", p))
-        else:
-            out.append((k[0] + k[1], p[k[2] :]))
-    return out
-
-
-def count_intact(sent: Sequence[bytes], delivered: Sequence[bytes]) -> int:
-    """Sent packets whose L4 payload arrived unchanged, in order, in its flow.
-
-    Per flow, the delivered payload bytes form a stream (segmentation and
-    assembly may cut and join packets, never reorder bytes); each sent payload
-    is looked for at its flow's current position, or, after a loss, a little
-    further on (within ``RESYNC`` bytes), so a lost or damaged packet costs
-    only itself.
-    """
-    streams: dict[bytes, bytearray] = {}
-    for key, pl in _payloads(delivered):
-        streams.setdefault(key, bytearray()).extend(pl)
-    pos: dict[bytes, int] = {}
-    intact = 0
-    for key, pl in _payloads(sent):
-        s = streams.get(key)
-        if s is None:
-            continue
-        at = pos.get(key, 0)
-        if s[at : at + len(pl)] == pl:
-            found = at
-        elif pl:
-            found = s.find(pl, at, at + RESYNC + len(pl))
-        else:
-            found = -1
-        if found >= 0:
-            intact += 1
-            pos[key] = found + len(pl)
-    return intact
-
-
-class _Rate(TextColumn):
-    def __init__(self) -> None:
-        super().__init__("{task.fields[rate]}")
+def parse_size(text: str) -> int:
+    """``64M``, ``512k``, ``1G`` or a number of bytes (``--bytes``)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    digits = t[:-1] if mult > 1 else t
+    try:
+        n = int(float(digits) * mult)
+    except ValueError:
+        raise ConfigError(f"--bytes {text!r}: not a size (e.g. 64M)") from None
+    return n
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    n = int(args.packets)
-    bsize = int(args.batch)
-    if n < 1:
-        raise ConfigError(f"--packets must be at least 1, not {n}")
-    if bsize < 1:
-        raise ConfigError(f"--batch must be at least 1, not {bsize}")
-    new_policy = policy_from_namespace(args, "adaptive")
-    avail = soft.available()
-    tx_tasks = Task(0)
-    rx_tasks = Task(0)
-    for t, d in DEMO_TASKS.items():
-        if t & avail and (d.rx_task is None or d.rx_task & avail):
-            tx_tasks |= t
-            if d.rx_task is not None:
-                rx_tasks |= d.rx_task
-    tx_stages = stage_order(Direction.TX, tx_tasks)
-    rx_stages = stage_order(Direction.RX, rx_tasks)
-    ctx = DemoContext()
-    tx_lib = soft.SoftLibrary(
-        {t: soft.make_task(t, **DEMO_TASKS[t].tx_options(ctx)) for t in tx_stages}
-    )
-    rx_opts = {d.rx_task: d.rx_options(ctx) for d in DEMO_TASKS.values() if d.rx_task is not None}
-    rx_lib = soft.SoftLibrary({t: soft.make_task(t, **rx_opts[t]) for t in rx_stages})
-
-    pair = LoopbackPair(tx_lib)
-    pair.b.soft = rx_lib  # the receiving end checks with the receive library
-    for end in (pair.a, pair.b):
-        end.enable(*end.query().records)
-    nic_name = getattr(args, "nic", "none")
-    with contextlib.ExitStack() as stack:
-        tx_devs: list[Device] = [pair.a]
-        rx_devs: list[Device] = [pair.b]
-        if nic_name != "none":
-            # one emulated NIC per direction (each keyed like its side), on the other core
-            tx_opts = {t: DEMO_TASKS[t].tx_options(ctx) for t in tx_stages}
-            tx_devs.append(stack.enter_context(_nic(nic_name, tx_opts, tx_stages, "tx", bsize)))
-            rx_devs.append(stack.enter_context(_nic(nic_name, rx_opts, rx_stages, "rx", bsize)))
-        tx = Engine(Direction.TX, tx_tasks, tx_lib, new_policy(), tx_devs, _monitor())
-        rx = Engine(Direction.RX, rx_tasks, rx_lib, new_policy(), rx_devs, _monitor())
-        nic_cores: set[int] = set()
-        for eng in (tx, rx):  # the NICs report their own service time, queue wait, crossing
-            for k, dev in enumerate(eng.devices):
-                if isinstance(dev, EmulatedNIC):
-                    dev.attach(eng.monitor, k)
-                    if dev.core is not None:
-                        nic_cores.add(dev.core)
-        stack.enter_context(_off_cores(nic_cores))
-        return _run(args, console, n, bsize, ctx, tx, rx, pair, nic_name)
+    """``netoffload demo`` (the CLI entry)."""
+    return demo(options_from(args), console)
 
 
-@contextlib.contextmanager
-def _off_cores(cores: set[int]) -> Iterator[None]:
-    """Keep this process off the NICs' cores while they run (a NIC polls its ring
-    on its core: a host thread scheduled there waits for it, about a millisecond
-    a batch here), when other cores are left; the affinity is restored after."""
-    try:
-        old = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        yield
-        return
-    rest = old - cores
-    if not cores or not rest or rest == old:
-        yield
-        return
-    os.sched_setaffinity(0, rest)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, old)
-
-
-def _monitor() -> LoadMonitor:
-    return LoadMonitor(sampler=PsutilSampler())
-
-
-#: bytes a demo packet may take in a NIC ring region (the largest frame, its room,
-#: its extension fields), with margin
-_REGION_BYTES_A_PACKET = 3072
-
-
-def _nic(
-    profile: str,
-    options: dict[Task, dict[str, Any]],
-    stages: Sequence[Task],
-    side: str,
-    batch: int,
-) -> EmulatedNIC:
-    """The NIC of one side, its ring regions large enough for a whole batch (the
-    engine gives a device only what one submit holds and keeps the rest in
-    software, so with small regions the NIC would get only part of the batch)."""
-    prof = get_profile(profile)
-    opts = {t: o for t, o in options.items() if t & prof.tasks and t in stages}
-    region = prof.region_bytes
-    while region < batch * _REGION_BYTES_A_PACKET:
-        region *= 2
-    slots = max(4, min(prof.slots, (64 << 20) // region))  # at most 64 MB of rings
-    return EmulatedNIC(
-        prof, options=opts, name=device_name(profile, side), region_bytes=region, slots=slots
-    )
-
-
-def _run(
-    args: argparse.Namespace,
-    console: Console,
-    n: int,
-    bsize: int,
-    ctx: DemoContext,
-    tx: Engine,
-    rx: Engine,
-    pair: LoopbackPair,
-    nic_name: str,
-) -> int:
-    tx_stages, rx_stages = tx.stages, rx.stages
-    tx_tasks = rx_tasks = Task(0)
-    for t in tx_stages:
-        tx_tasks |= t
-    for t in rx_stages:
-        rx_tasks |= t
-
-    sent = synthetic_flows(n, seed=SEED)
-    delivered: list[bytes] = []
-    t0 = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]demo"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        console=console,
-        transient=True,
-    ) as progress:
-        pid = progress.add_task("packets", total=n, rate="")
-        for lo in range(0, n, bsize):
-            chunk = sent[lo : lo + bsize]
-            b = Batch.from_packets(chunk)
-            parse_batch(b, ethernet=False)
-            blank_checksums(b)
-            b.ext.tasks[:] = np.uint16(tx_tasks)
-            for t in tx_stages:
-                prep = DEMO_TASKS[t].prepare
-                if prep is not None:
-                    prep(b, ctx)
-            out = tx.process(b).delivered()
-            pair.a.send(out)
-            got = pair.b.recv(max_packets=1 << 30)
-            parse_batch(got, ethernet=False)
-            got.ext.tasks[:] = np.uint16(rx_tasks)
-            delivered.extend(rx.process(got).delivered().packets())
-            done = min(n, lo + bsize)
-            el = time.perf_counter() - t0
-            progress.update(pid, completed=done, rate=f"{done / el:,.0f} packets/s" if el else "")
-    seconds = time.perf_counter() - t0
-    intact = count_intact(sent, delivered)
-    report: dict[str, Any] = {
-        "packets": n,
-        "batch": bsize,
-        "policy": tx.policy.name,
-        "nic": nic_name,
-        "devices": {"tx": [d.name for d in tx.devices], "rx": [d.name for d in rx.devices]},
-        "tasks": {
-            "tx": [t.kebab for t in tx_stages],
-            "rx": [t.kebab for t in rx_stages],
-        },
-        "tx": tx.report(),
-        "rx": rx.report(),
-        "wire": {"loop-a": pair.a.counters(), "loop-b": pair.b.counters()},
-        "sent": n,
-        "delivered": len(delivered),
-        "intact": intact,
-        "ok": intact == n,
-        "seconds": seconds,
-        "packets_per_second": n / seconds if seconds > 0 else 0.0,
-    }
-    _print(console, report, tx, rx)
-    if args.json is not None:
+def demo(opts: DemoOptions, console: Console, *, in_process: bool | None = None) -> int:
+    """Run the demo; ``in_process`` forces (True) or forbids (False) the in-process mode
+    (default: in process when not root, or with ``opts.in_process``)."""
+    # the policy is checked (and named) before anything is made
+    policy_name = policy_from_args(opts.policy, opts.policy_file, "adaptive")().name
+    t0 = time.monotonic()
+    if in_process is None:
+        in_process = opts.in_process or os.geteuid() != 0
+        if os.geteuid() != 0:
+            console.print(
+                "not root: no namespaces, so two tunnels in this process over an in-process wire"
+            )
+    pairs = [run_in_process(opts, console)] if in_process else run_namespaces(opts, console)
+    report = _report(pairs, policy_name, "in-process" if in_process else "namespaces", opts)
+    report["seconds"] = round(time.monotonic() - t0, 3)
+    print_report(console, report)
+    if opts.json is not None:
         try:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            opts.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
         except OSError as err:
-            raise ConfigError(f"{args.json}: cannot write: {err.strerror or err}") from None
-    return 0 if intact == n else 1
+            raise ConfigError(f"{opts.json}: cannot write: {err.strerror or err}") from None
+    return 0 if report["ok"] else 1
 
 
-def _why_of(policy: object) -> dict[str, dict[str, object]]:
-    """The policy's (or, under failover, its inner policy's) reasons per task."""
-    for p in (policy, getattr(policy, "inner", None)):
-        describe = getattr(p, "describe", None)
-        why = describe().get("why") if describe is not None else None
-        if isinstance(why, dict) and why:
-            return why
-    return {}
+# ----------------------------------------------------------------- configuration
 
 
-def _print_why(console: Console, tx: Engine, rx: Engine) -> None:
-    """Why the last split of each task went as it did: the model's costs per packet
-    (software, the device's own, the host's crossing) and the reason."""
-    rows = [(n, t, w) for n, e in (("tx", tx), ("rx", rx)) for t, w in _why_of(e.policy).items()]
-    if not rows:
-        return
-    t = compact_table("why: the last split of each task (costs in us a packet)")
-    for col in ("task", "to device", "sw", "device", "crossing", "why"):
-        t.add_column(col, no_wrap=col != "why", overflow="fold")
-    for side, task, w in rows:
-        t.add_row(
-            f"{side} {task}",
-            f"{w.get('to_device', 0)}/{w.get('of', 0)}",
-            *(str(w.get(k, "-")) for k in ("software_us", "device_us", "crossing_us")),
-            str(w.get("why", "")),
+def _conf_text(
+    private: bytes,
+    addrs: Sequence[str],
+    peer: bytes,
+    allowed: Sequence[str],
+    endpoint: str,
+) -> str:
+    return (
+        "[Interface]\n"
+        f"PrivateKey = {keys.b64_encode(private)}\n"
+        f"ListenPort = {PORT}\n"
+        f"Address = {', '.join(addrs)}\n"
+        f"MTU = {MTU}\n"
+        "\n[Peer]\n"
+        f"PublicKey = {keys.b64_encode(peer)}\n"
+        f"AllowedIPs = {', '.join(allowed)}\n"
+        f"Endpoint = {endpoint}:{PORT}\n"
+    )
+
+
+def _config(
+    name: str,
+    private: bytes,
+    inner: tuple[str, str],
+    peer: bytes,
+    peer_inner: tuple[str, str],
+    endpoint: str,
+) -> TunnelConfig:
+    text = _conf_text(
+        private,
+        [f"{inner[0]}/24", f"{inner[1]}/64"],
+        peer,
+        [f"{peer_inner[0]}/32", f"{peer_inner[1]}/128"],
+        endpoint,
+    )
+    return parse_config(text, name, source=f"demo {name}")
+
+
+def _tunnel_kw(opts: DemoOptions) -> dict[str, Any]:
+    kw: dict[str, Any] = {"policy": opts.policy, "policy_file": opts.policy_file}
+    if opts.nic is not None:
+        kw["nic"] = opts.nic
+    return kw
+
+
+def _names(tag: str) -> tuple[str, str]:
+    """Interface names unique on the machine (the UAPI socket path is shared)."""
+    pid = os.getpid() % 10_000_000
+    return f"nd{pid}{tag}a", f"nd{pid}{tag}b"
+
+
+# ----------------------------------------------------------------- live line
+
+
+class _Live:
+    """One transient progress line: bytes delivered of all streams, Gb/s, packets,
+    handshake messages."""
+
+    def __init__(self, console: Console, title: str, total: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=True,
         )
-    console.print(t)
+        self.title = title
+        self.total = max(total, 1)
+        self.task = self.progress.add_task(title, total=self.total, info="")
+        self._hist: list[tuple[float, int]] = []
+
+    def __enter__(self) -> _Live:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, done: int, packets: int, handshakes: int) -> None:
+        now = time.monotonic()
+        self._hist.append((now, done))
+        while len(self._hist) > 2 and now - self._hist[0][0] > 1.0:
+            self._hist.pop(0)
+        t0, d0 = self._hist[0]
+        gbps = (done - d0) * 8 / (now - t0) / 1e9 if now > t0 else 0.0
+        info = f"{gbps:5.2f} Gb/s  {packets:,} packets  {handshakes} handshake messages"
+        self.progress.update(self.task, completed=min(done, self.total), info=info)
 
 
-def _print(console: Console, report: dict[str, Any], tx: Engine, rx: Engine) -> None:
-    t = counter_table(
-        f"demo: policy {report['policy']}, {report['packets']} packets", extra=("% device",)
+def _counts(statuses: Sequence[dict[str, Any] | None]) -> tuple[int, int]:
+    """(packets through, handshake messages sent) of our endpoints, from their stats."""
+    pk = hs = 0
+    for s in statuses:
+        if not s:
+            continue
+        stats = s.get("stats") or {}
+        pk += int(stats.get("tx_packets", 0)) + int(stats.get("rx_packets", 0))
+        hs += int(stats.get("handshakes_out", 0))
+    return pk, hs
+
+
+# ----------------------------------------------------------------- in process
+
+
+def tun_batch(pkts: Sequence[st.TunPacket]) -> Batch:
+    """Packets as a TUN read with offloads gives them: TCP/UDP checksums partial
+    (``NEEDS_CSUM``), GSO super-packets with their type and segment size."""
+    b = Batch.from_packets([p for p, _, _ in pkts], headroom=HEADROOM, tailroom=TAILROOM)
+    n = len(b)
+    to_partial(b, np.ones(n, dtype=np.bool_))
+    e = b.ext
+    e.gso_type[:] = [g for _, g, _ in pkts]
+    e.gso_size[:] = [s for _, _, s in pkts]
+    ver = b.buf[b.start] >> 4
+    e.l3_proto[:] = np.where(ver == 6, 6, 4)
+    tcp = (e.gso_type == st.GSO_TCPV4) | (e.gso_type == st.GSO_TCPV6)
+    l4 = b.start + e.csum_start.astype(np.int64)
+    doff = (b.buf[np.minimum(l4 + 12, len(b.buf) - 1)] >> 4).astype(np.int64) * 4
+    e.hdr_len[:] = e.csum_start.astype(np.int64) + np.where(tcp, doff, 8)
+    gso = e.gso_type != 0
+    e.hdr_len[~gso] = 0
+    gso_segments(b, gso)
+    return b
+
+
+Flow = st.SynthTcp | st.SynthUdp
+
+
+def run_in_process(
+    opts: DemoOptions,
+    console: Console,
+    *,
+    tamper: Callable[[bytes], bytes | None] | None = None,
+) -> dict[str, Any]:
+    """Two ``LoopTunnel`` objects on one ``LoopWire``; synthetic streams both ways.
+
+    ``tamper`` sees (and may change or drop) every datagram on the wire."""
+    nbytes = opts.tcp_bytes if opts.tcp_bytes is not None else TCP_BYTES_IN_PROCESS
+    count = opts.udp_datagrams
+    ska, skb = keys.generate_private(), keys.generate_private()
+    pka, pkb = keys.public_from_private(ska), keys.public_from_private(skb)
+    na, nb = _names("p")
+    cfg_a = _config(na, ska, INNER["A"], pkb, INNER["B"], UNDER[1])
+    cfg_b = _config(nb, skb, INNER["B"], pka, INNER["A"], UNDER[0])
+    wire = LoopWire(tamper)
+    (a4, a6), (b4, b6) = INNER["A"], INNER["B"]
+    with contextlib.ExitStack() as stack:
+        a = LoopTunnel(cfg_a, wire, UNDER[0], **_tunnel_kw(opts))
+        stack.callback(a.close)
+        b = LoopTunnel(cfg_b, wire, UNDER[1], **_tunnel_kw(opts))
+        stack.callback(b.close)
+        flows: dict[str, list[Flow]] = {
+            "A": [
+                st.SynthTcp("tcp A→B", a4, b4, 40001, TCP_PORT, nbytes, MTU - 40),
+                st.SynthUdp("udp A→B", a6, b6, 40003, UDP_PORT, count),
+            ],
+            "B": [
+                st.SynthTcp("tcp B→A", b6, a6, 40002, TCP_PORT + 1, nbytes, MTU - 60, seed=3),
+                st.SynthUdp("udp B→A", b4, a4, 40004, UDP_PORT + 1, count, seed=4),
+            ],
+        }
+        ends = {"A": a, "B": b}
+        by_key = {f.key: f for fl in flows.values() for f in fl}
+        unexpected = 0
+        total = sum(f.total for f in by_key.values())
+
+        def collect() -> int:
+            nonlocal unexpected
+            now = time.monotonic()
+            for t in ends.values():
+                for inner in t.take_delivered():
+                    got = st.split_ip(inner.data)
+                    f = by_key.get(got[0]) if got is not None else None
+                    if got is None or f is None:
+                        unexpected += 1
+                        continue
+                    f.deliver(got[1], got[2], inner.gso_size, now)
+            return sum(f.done for f in by_key.values())
+
+        a.handshake()
+        wire.pump()
+        t0 = time.monotonic()
+        stop_at = t0 + opts.seconds
+        last_tick = t0
+        with _Live(console, "in process", total) as live:
+            while True:
+                busy = False
+                for side, fl in flows.items():
+                    pkts: list[st.TunPacket] = []
+                    while len(pkts) < opts.batch:
+                        got_any = False
+                        for f in fl:
+                            p = f.next_packet() if time.monotonic() < stop_at else None
+                            if p is not None:
+                                pkts.append(p)
+                                got_any = True
+                        if not got_any:
+                            break
+                    if pkts:
+                        busy = True
+                        ends[side].transmit(tun_batch(pkts))
+                    wire.pump()
+                done = collect()
+                if time.monotonic() - last_tick > 0.25:
+                    last_tick = time.monotonic()
+                    wire.tick()
+                    pk, hs = _counts([a.status(), b.status()])
+                    live.update(done, pk, hs)
+                if not busy:
+                    break
+            wire.tick()
+            collect()
+        results = [f.finish() for f in by_key.values()]
+        return {
+            "name": "netoffload ⇄ netoffload (in process)",
+            "skipped": None,
+            "where": f"an in-process wire: A {UNDER[0]}:{PORT} ⇄ B {UNDER[1]}:{PORT}",
+            "endpoints": {"A": _plain(a.status()), "B": _plain(b.status())},
+            "peer": None,
+            "streams": [r.to_dict() for r in results],
+            "pings": [],
+            "wire": wire.counters.as_dict(),
+            "unexpected_packets": unexpected,
+        }
+
+
+# ----------------------------------------------------------------- namespaces
+
+
+def _plain(doc: Any) -> Any:
+    """JSON-safe (numpy scalars, paths, ... become plain values or text)."""
+    return json.loads(json.dumps(doc, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)
+
+
+def _serve(cfg: TunnelConfig, kw: dict[str, Any], ready_fd: int, limit: float) -> Any:
+    """In the forked child, inside its namespace: run the tunnel until SIGTERM/SIGINT
+    (or ``limit`` seconds), then hand back its status."""
+    from netoffload.tunnel.tunnel import Tunnel
+
+    tun = Tunnel(cfg, **kw)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: tun.stop())
+    try:
+        tun.start()
+        tun.run(ready=lambda: _tell(ready_fd), until=time.monotonic() + limit)
+        return _plain(tun.status())
+    finally:
+        tun.close()
+
+
+def _tell(fd: int) -> None:
+    os.write(fd, b"r")
+
+
+class _TunnelChild:
+    """A netoffload tunnel served by a forked child inside ``host``'s namespace."""
+
+    def __init__(self, host: Any, cfg: TunnelConfig, opts: DemoOptions, limit: float) -> None:
+        self.host = host
+        self.cfg = cfg
+        self.name = cfg.interface.name
+        self.kw = _tunnel_kw(opts)
+        self.limit = limit
+        self.child: Any = None
+        self.final: dict[str, Any] | None = None
+
+    def start(self, timeout: float = 20.0) -> _TunnelChild:
+        r, w = os.pipe()
+        try:
+            self.child = self.host.spawn(_serve, self.cfg, self.kw, w, self.limit)
+            os.close(w)
+            w = -1
+            ready, _, _ = select.select([r], [], [], timeout)
+            ok = bool(ready) and os.read(r, 1) == b"r"
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        if not ok:
+            why = f"not serving within {timeout:.0f} s"
+            with contextlib.suppress(DeviceError):
+                self.child.join(2)
+            try:
+                self.child.join(0.1)
+            except DeviceError as e:
+                why = str(e)
+            self.cleanup()
+            raise DeviceError(f"tunnel {self.name}: {why}")
+        return self
+
+    def status_now(self) -> dict[str, Any] | None:
+        """What the serving tunnel last wrote (about once a second)."""
+        try:
+            doc = json.loads((STATE_DIR / f"{self.name}.status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def stop(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Stop serving; the tunnel's final ``status()`` (if the child does not give it
+        within ``timeout``, it is killed and its last status file is taken)."""
+        if self.final is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child.pid, signal.SIGTERM)
+            try:
+                self.final = self.child.join(timeout)
+            except DeviceError as e:
+                self.final = dict(self.status_now() or {})
+                self.final["error"] = str(e)
+        return self.final or {}
+
+    def cleanup(self) -> None:
+        """Kill the child if it still runs; remove what it may have left."""
+        if self.child is not None:
+            with contextlib.suppress(Exception):
+                self.child.kill()
+        for p in (
+            SOCK_DIR / f"{self.name}.sock",
+            STATE_DIR / f"{self.name}.json",
+            STATE_DIR / f"{self.name}.status.json",
+        ):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+Stream = st.TcpStream | st.UdpStream
+
+
+def _run_streams(
+    console: Console,
+    title: str,
+    streams: Sequence[Stream],
+    ours: Sequence[_TunnelChild],
+    seconds: float,
+    stack: contextlib.ExitStack,
+) -> list[st.StreamResult]:
+    for s in streams:
+        stack.callback(s.abort)
+        s.start()
+    total = sum(s.total for s in streams)
+    with _Live(console, title, total) as live:
+        end = time.monotonic() + seconds + 10.0
+        while time.monotonic() < end:
+            done = sum(s.done for s in streams)
+            pk, hs = _counts([t.status_now() for t in ours])
+            live.update(done, pk, hs)
+            if all(not any(th.is_alive() for th in s._t.threads) for s in streams):
+                break
+            time.sleep(0.25)
+    return [s.finish(max(0.1, end - time.monotonic())) for s in streams]
+
+
+def run_namespaces(opts: DemoOptions, console: Console) -> list[dict[str, Any]]:
+    """Both phases in namespaces of a ``Testbed`` (removed at the end, also on error)."""
+    from netoffload.testing.netns import Testbed
+
+    pairs: list[dict[str, Any]] = []
+    with Testbed() as tb:
+        pairs.append(_pair_ours(tb, opts, console))
+        from netoffload.testing import wggo
+
+        reason = wggo.available()
+        if reason is not None:
+            console.print(f"netoffload ⇄ wireguard-go: skipped: {reason}")
+            pairs.append(_skipped("netoffload ⇄ wireguard-go", reason))
+        else:
+            pairs.append(_pair_wggo(tb, opts, console))
+    return pairs
+
+
+def _skipped(name: str, reason: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "skipped": reason,
+        "where": "",
+        "endpoints": {},
+        "peer": None,
+        "streams": [],
+        "pings": [],
+    }
+
+
+def _pair_ours(tb: Any, opts: DemoOptions, console: Console) -> dict[str, Any]:
+    nbytes = opts.tcp_bytes if opts.tcp_bytes is not None else TCP_BYTES
+    ha, hb = tb.host("demoa"), tb.host("demob")
+    tb.link(ha, hb, addrs_a=[f"{UNDER[0]}/24"], addrs_b=[f"{UNDER[1]}/24"])
+    ska, skb = keys.generate_private(), keys.generate_private()
+    pka, pkb = keys.public_from_private(ska), keys.public_from_private(skb)
+    na, nb = _names("n")
+    (a4, a6), (b4, b6) = INNER["A"], INNER["B"]
+    limit = opts.seconds + 60.0
+    with contextlib.ExitStack() as stack:
+        ta = _TunnelChild(ha, _config(na, ska, INNER["A"], pkb, INNER["B"], UNDER[1]), opts, limit)
+        stack.callback(ta.cleanup)
+        ta.start()
+        tb_ = _TunnelChild(hb, _config(nb, skb, INNER["B"], pka, INNER["A"], UNDER[0]), opts, limit)
+        stack.callback(tb_.cleanup)
+        tb_.start()
+        # one way first: the handshake (both at once would cross, and each side's
+        # answer would void its own initiation until the retry, REKEY_TIMEOUT later)
+        pings = [st.ping(ha, b4, "ping A→B (IPv4)"), st.ping(hb, a6, "ping B→A (IPv6)")]
+        secs = opts.seconds
+        n = opts.udp_datagrams
+        streams: list[Stream] = [
+            st.TcpStream("tcp A→B", ha, hb, b4, TCP_PORT, nbytes, secs, seed=1),
+            st.TcpStream("tcp B→A", hb, ha, a6, TCP_PORT + 1, nbytes, secs, seed=3),
+            st.UdpStream("udp A→B", ha, hb, b6, UDP_PORT, n, secs, seed=2),
+            st.UdpStream("udp B→A", hb, ha, a4, UDP_PORT + 1, n, secs, seed=4),
+        ]
+        results = _run_streams(console, "netoffload ⇄ netoffload", streams, [ta, tb_], secs, stack)
+        sa, sb = ta.stop(), tb_.stop()
+    return {
+        "name": "netoffload ⇄ netoffload",
+        "skipped": None,
+        "where": f"namespaces {ha.name} ⇄ {hb.name}, veth {UNDER[0]} ⇄ {UNDER[1]}",
+        "endpoints": {"A": sa, "B": sb},
+        "peer": None,
+        "streams": [r.to_dict() for r in results],
+        "pings": [p.to_dict() for p in pings],
+    }
+
+
+def _pair_wggo(tb: Any, opts: DemoOptions, console: Console) -> dict[str, Any]:
+    from netoffload.testing.wggo import WireguardGo
+
+    nbytes = opts.tcp_bytes if opts.tcp_bytes is not None else TCP_BYTES
+    ha, hb = tb.host("democ"), tb.host("demod")
+    tb.link(ha, hb, addrs_a=[f"{UNDER_GO[0]}/24"], addrs_b=[f"{UNDER_GO[1]}/24"])
+    ska, skb = keys.generate_private(), keys.generate_private()
+    pka, pkb = keys.public_from_private(ska), keys.public_from_private(skb)
+    na, _ = _names("g")
+    (a4, a6), (b4, b6) = INNER_GO["A"], INNER_GO["B"]
+    limit = opts.seconds + 60.0
+    go = WireguardGo(
+        hb, private_key=skb, listen_port=PORT, addresses=[f"{b4}/24", f"{b6}/64"], mtu=MTU
     )
-    for name, eng in (("tx", tx), ("rx", rx)):
-        for task, c in eng.counters.items():
-            row = counter_row(task, c)
-            done = c.offloaded + c.software
-            split = f"{100 * c.offloaded / done:.0f}%" if done else "-"
-            t.add_row(f"{name} {row[0]}", *row[1:], split)
-        t.add_section()
-    console.print(t)
-    devs = report.get("devices", {})
-    console.print(
-        f"devices: tx {', '.join(devs.get('tx', []))}; rx {', '.join(devs.get('rx', []))}"
-    )
-    for name, eng in (("tx", tx), ("rx", rx)):
-        decisions = eng.policy.describe().get("decisions")
-        if decisions:
-            console.print(f"{name} policy {eng.policy.name} decisions: {decisions}")
-    _print_why(console, tx, rx)
-    for name, eng in (("tx", tx), ("rx", rx)):
-        for task, c in eng.counters.items():
-            if c.reasons:
-                why = ", ".join(f"{k}={v}" for k, v in sorted(c.reasons.items()))
-                console.print(f"{name} {task.kebab} dropped: {why}")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(go)
+        go.set_peer(pka, allowed_ips=[f"{a4}/32", f"{a6}/128"], endpoint=(UNDER_GO[0], PORT))
+        ta = _TunnelChild(
+            ha, _config(na, ska, INNER_GO["A"], pkb, INNER_GO["B"], UNDER_GO[1]), opts, limit
+        )
+        stack.callback(ta.cleanup)
+        ta.start()
+        pings = [st.ping(ha, b4, "ping A→go (IPv4)"), st.ping(hb, a6, "ping go→A (IPv6)")]
+        secs = opts.seconds
+        streams: list[Stream] = [
+            st.TcpStream("tcp A→go", ha, hb, b4, TCP_PORT, nbytes, secs, seed=5),
+            st.TcpStream("tcp go→A", hb, ha, a6, TCP_PORT + 1, nbytes, secs, seed=6),
+        ]
+        results = _run_streams(console, "netoffload ⇄ wireguard-go", streams, [ta], secs, stack)
+        peer: dict[str, Any] | None = None
+        with contextlib.suppress(Exception):
+            p = go.dump().peers[pka]
+            peer = {
+                "software": "wireguard-go",
+                "interface": go.name,
+                "endpoint": p.endpoint,
+                "latest_handshake": p.latest_handshake,
+                "rx_bytes": p.rx_bytes,
+                "tx_bytes": p.tx_bytes,
+            }
+        sa = ta.stop()
+    return {
+        "name": "netoffload ⇄ wireguard-go",
+        "skipped": None,
+        "where": f"namespaces {ha.name} ⇄ {hb.name}, veth {UNDER_GO[0]} ⇄ {UNDER_GO[1]}",
+        "endpoints": {"A": sa},
+        "peer": peer,
+        "streams": [r.to_dict() for r in results],
+        "pings": [p.to_dict() for p in pings],
+    }
+
+
+# ----------------------------------------------------------------- the report
+
+
+def _report(
+    pairs: list[dict[str, Any]], policy: str, mode: str, opts: DemoOptions
+) -> dict[str, Any]:
+    streams = [s for p in pairs for s in p["streams"]]
+    pings = [x for p in pairs for x in p["pings"]]
+    for p in pairs:
+        ran = bool(p["streams"]) and all(s["intact"] for s in p["streams"])
+        p["ok"] = p["skipped"] is not None or (ran and all(x["ok"] for x in p["pings"]))
+    intact = sum(1 for s in streams if s["intact"])
+    return {
+        "mode": mode,
+        "policy": policy,
+        "nic": opts.nic or "none",
+        "pairs": pairs,
+        "streams": len(streams),
+        "intact": intact,
+        "pings": len(pings),
+        "pings_ok": sum(1 for x in pings if x["ok"]),
+        "ok": bool(streams) and all(p["ok"] for p in pairs),
+    }
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.1f}{unit}"
+    return f"{int(n)}B"
+
+
+def _fmt_ns(ns: float) -> str:
+    ms = ns / 1e6
+    return f"{ms:.1f}ms" if ms < 10 else f"{ms:,.0f}ms"
+
+
+#: reasons a packet leaves an engine without being lost
+_NOT_LOST = {
+    "handshake": "to the protocol core",
+    "keepalive": "a keepalive, consumed",
+    "staged": "held for the handshake",
+    "cookie_needed": "answered with a cookie",
+}
+
+
+def _engine_rows(side: str, eng: dict[str, Any]) -> Iterator[list[str]]:
+    for task, c in (eng.get("tasks") or {}).items():
+        yield [
+            f"{side} {task}",
+            str(c.get("offloaded", 0)),
+            str(c.get("software", 0)),
+            str(c.get("dropped", 0)),
+            str(c.get("errors", 0)),
+            _fmt_bytes(int(c.get("bytes", 0))),
+            _fmt_ns(int(c.get("soft_ns", 0)) + int(c.get("device_ns", 0))),
+        ]
+
+
+def _drop_line(ep: str, doc: dict[str, Any]) -> str:
+    parts = []
+    for side, key in (("tx", "transmit"), ("rx", "receive")):
+        for task, c in ((doc.get(key) or {}).get("tasks") or {}).items():
+            for r, n in sorted((c.get("reasons") or {}).items()):
+                note = f" ({_NOT_LOST[r]})" if r in _NOT_LOST else ""
+                parts.append(f"{side} {task} {r} {n}{note}")
+    return f"{ep} drops by reason: {'; '.join(parts) or 'none'}"
+
+
+def _policy_lines(ep: str, side: str, pol: Any) -> Iterator[str]:
+    """The policy's decisions per task (device / software), and why the last split of
+    each task a device could take went as it did."""
+    if not isinstance(pol, dict):
+        yield f"{ep} {side} policy {pol}"
+        return
+    name = pol.get("policy", "?")
+    decisions = pol.get("decisions") or (pol.get("failover") or {}).get("decisions") or {}
+    split, soft_only = [], []
+    for task, d in decisions.items() if isinstance(decisions, dict) else ():
+        if not isinstance(d, dict):
+            continue
+        if d.get("device"):
+            extra = ", ".join(
+                f"{k} {v}" for k, v in d.items() if k not in ("device", "software") and v
+            )
+            split.append(
+                f"{task} {d['device']} device / {d.get('software', 0)} software"
+                + (f" ({extra})" if extra else "")
+            )
+        else:
+            soft_only.append(task)
+    parts = split + ([f"software only: {', '.join(soft_only)}"] if soft_only else [])
+    yield f"{ep} {side} policy {name}: " + ("; ".join(parts) or "no decisions (no device)")
+    why = pol.get("why") or {}
+    for task, w in why.items() if isinstance(why, dict) else ():
+        if not isinstance(w, dict) or w.get("why") == "no device can do them":
+            continue
+        costs = ", ".join(f"{k.removesuffix('_us')} {w[k]}us" for (k,) in _COSTS if k in w)
+        yield (
+            f"  {task}: last split {w.get('to_device', 0)}/{w.get('of', 0)} to the device"
+            + (f" (a packet: {costs})" if costs else "")
+            + f": {w.get('why', '')}"
+        )
+
+
+_COSTS = (("software_us",), ("device_us",), ("crossing_us",))
+
+
+def _offload_lines(ep: str, doc: dict[str, Any]) -> Iterator[str]:
+    off = doc.get("offload")
+    if not isinstance(off, dict):
+        return
+    for side, key in (("tx", "transmit"), ("rx", "receive")):
+        devs = off.get(key) or []
+        names = [f"{d.get('device')} ({', '.join(d.get('tasks', []))})" for d in devs]
+        yield f"{ep} {side} devices: {', '.join(names) or 'none (every stage in software)'}"
+
+
+def _device_line(ep: str, doc: dict[str, Any]) -> str | None:
+    parts = []
+    for name, c in (doc.get("devices") or {}).items():
+        if not isinstance(c, dict):
+            continue
+        shown = {k: v for k, v in c.items() if isinstance(v, int) and v and not isinstance(v, bool)}
+        keep = list(shown.items())[:6]
+        if keep:
+            parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in keep))
+    return f"{ep} devices: " + "; ".join(parts) if parts else None
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    for pair in report["pairs"]:
+        console.rule(f"[bold]{pair['name']}")
+        if pair["skipped"] is not None:
+            console.print(f"skipped: {pair['skipped']}")
+            continue
+        console.print(pair["where"])
+        for ep, doc in pair["endpoints"].items():
+            t = compact_table(
+                f"{ep}: {doc.get('interface', '?')} (netoffload), policy "
+                f"{report['policy']}, per task"
+            )
+            for col in ("task", "device", "software", "dropped", "errors", "bytes", "time"):
+                t.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
+            for side, key in (("tx", "transmit"), ("rx", "receive")):
+                for row in _engine_rows(side, doc.get(key) or {}):
+                    t.add_row(*row)
+                t.add_section()
+            console.print(t)
+            console.print(_drop_line(ep, doc), highlight=False)
+            for line in _offload_lines(ep, doc):
+                console.print(line, highlight=False)
+            for side, key in (("tx", "transmit"), ("rx", "receive")):
+                for line in _policy_lines(ep, side, (doc.get(key) or {}).get("policy")):
+                    console.print(line, highlight=False)
+            dl = _device_line(ep, doc)
+            if dl:
+                console.print(dl, highlight=False)
+            proto = doc.get("protocol") or {}
+            if proto:
+                console.print(f"{ep} protocol drops: {proto}", highlight=False)
+        if pair.get("peer"):
+            p = pair["peer"]
+            console.print(
+                f"wireguard-go ({p['interface']}): {p['rx_bytes']:,} bytes received, "
+                f"{p['tx_bytes']:,} sent, endpoint {p['endpoint']}",
+                highlight=False,
+            )
+        t = compact_table("streams (content checked end to end)")
+        for col in ("stream", "sent", "received", "datagrams", "s", "Gb/s", "sha256", "intact"):
+            t.add_column(col, justify="left" if col in ("stream", "sha256") else "right")
+        for s in pair["streams"]:
+            dg = "-"
+            if s["proto"] == "udp":
+                dg = f"{s['datagrams_received']}/{s['datagrams_sent']}"
+            mark = "[green]yes[/]" if s["intact"] else "[red]NO[/]"
+            note = " (time limit)" if s.get("time_limited") else ""
+            t.add_row(
+                f"{s['name']} IPv{s['family']}{note}",
+                _fmt_bytes(s["bytes_sent"]),
+                _fmt_bytes(s["bytes_received"]),
+                dg,
+                f"{s['seconds']:.2f}",
+                f"{s['gbps']:.3f}",
+                s["sha256_received"][:12],
+                mark,
+            )
+        console.print(t)
+        for s in pair["streams"]:
+            if s["error"]:
+                console.print(f"[red]{s['name']}: {s['error']}[/]")
+        for x in pair["pings"]:
+            style = "green" if x["ok"] else "red"
+            console.print(f"[{style}]{x['name']}: {x['received']} of {x['sent']} answered[/]")
     style = "green" if report["ok"] else "red"
+    pings = f", pings {report['pings_ok']} of {report['pings']} answered" if report["pings"] else ""
     console.print(
-        f"[{style}]delivered intact: {report['intact']} of {report['sent']}[/{style}] "
-        f"({report['delivered']} delivered, {report['seconds']:.2f} s, "
-        f"{report['packets_per_second']:,.0f} packets/s)"
+        f"[{style}]delivered intact: {report['intact']} of {report['streams']} streams{pings}"
+        f"[/{style}] ({report['mode']}, {report.get('seconds', 0):.1f} s)"
     )

@@ -119,7 +119,7 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 def test_cli_demo_takes_a_spec_and_a_file(tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "r.json"
-    argv = ["demo", "--packets", "200", "--batch", "50", "--nic", "none", "--json", str(out)]
+    argv = ["demo", "--in-process", "--bytes", "200k", "--packets", "200", "--json", str(out)]
     assert main([*argv, "--policy", "always+failover:backoff=1"]) == 0
     assert json.loads(out.read_text())["policy"] == "always+failover"
     f = tmp_path / "p.toml"
