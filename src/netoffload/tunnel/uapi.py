@@ -4,9 +4,11 @@ A userspace WireGuard implementation listens on the unix stream socket
 ``/var/run/wireguard/NAME.sock``; the ``wg`` tool talks to it in a small text
 protocol of ``key=value`` lines. A request is a line ``get=1`` or ``set=1``,
 for ``set`` followed by ``key=value`` lines, and ends with an empty line. The
-answer to ``set`` is ``errno=N`` and an empty line (0: done); the answer to
-``get`` is the configuration and statistics, then ``errno=0`` and an empty
-line. Several requests may follow one another on one connection.
+answer to ``set`` is ``errno=N`` and an empty line (0: done; a failure is a
+negated errno, ``errno=-22``, as wireguard-go answers and ``wg`` reads it); the
+answer to ``get`` is the configuration and statistics, then ``errno=0`` and an
+empty line (a failed get is ``errno=N``, positive: wg reads a get's value so).
+Several requests may follow one another on one connection.
 
 ``set`` keys, in order: first the interface's (``private_key``, ``listen_port``,
 ``fwmark``, ``replace_peers=true``), then per peer a ``public_key`` line starting
@@ -15,7 +17,7 @@ its block followed by ``remove=true``, ``update_only=true``, ``preshared_key``,
 ``allowed_ip`` (repeatable) and ``protocol_version`` (1). Keys are 64 hex digits;
 an all-zero private or preshared key removes it, ``fwmark=0`` removes the mark.
 Endpoints are ``a.b.c.d:port`` or ``[v6addr]:port``. An unknown key or bad value
-is ``errno=22`` (EINVAL) and changes nothing: a set request is parsed whole
+is ``errno=-22`` (EINVAL) and changes nothing: a set request is parsed whole
 before anything is applied.
 
 The protocol part (``parse_set``, ``format_get``, ``RequestReader``, ``respond``,
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 EINVAL = _errno.EINVAL
 EIO = _errno.EIO
+EPROTO = _errno.EPROTO
 SOCK_DIR = "/var/run/wireguard"
 MAX_REQUEST = 1 << 20  # bytes of one request, and of a connection's unread input
 IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent
@@ -65,7 +68,7 @@ _DIGITS_RE = re.compile(r"[0-9]{1,20}")
 
 
 class UapiError(NetoffloadError):
-    """A request the protocol refuses; answered as ``errno=<errno>``."""
+    """A request the protocol refuses, with the (positive) errno to answer."""
 
     def __init__(self, errno: int = EINVAL, message: str = "invalid request") -> None:
         self.errno = errno
@@ -77,7 +80,9 @@ class UapiError(NetoffloadError):
 
 @dataclass(frozen=True)
 class PeerUpdate:
-    """One peer block of a set request (None / False: not given)."""
+    """One peer block of a set request (None / False: not given). ``remove``,
+    ``update_only`` and ``replace_allowed_ips`` hold for the whole block, as
+    when they come first (wg always sends them first)."""
 
     public_key: bytes
     remove: bool = False
@@ -134,9 +139,9 @@ class UapiHandler(Protocol):
 # --------------------------------------------------------------------------- set
 
 
-def _bad(line: str, why: str) -> UapiError:
+def _bad(line: str, why: str, errno: int = EINVAL) -> UapiError:
     shown = line if len(line) <= 80 else line[:77] + "..."
-    return UapiError(EINVAL, f"{shown!r}: {why}")
+    return UapiError(errno, f"{shown!r}: {why}")
 
 
 def _key(line: str, value: str) -> bytes:
@@ -185,7 +190,8 @@ def parse_uapi_endpoint(value: str) -> tuple[str, int]:
 def parse_set(lines: Iterable[str]) -> SetRequest:
     """The ``key=value`` lines of a set request (after ``set=1``, before the empty
     line; a trailing newline on each is allowed) to a SetRequest; UapiError
-    (EINVAL) for anything the protocol does not allow. A key given twice in one
+    (EINVAL; EPROTO for a line without '=', as wireguard-go) for anything the
+    protocol does not allow. A key given twice in one
     block is refused (wg never sends that); ``replace_allowed_ips`` after some
     ``allowed_ip`` lines discards them, as applying the lines in order would."""
     req = SetRequest()
@@ -201,8 +207,10 @@ def parse_set(lines: Iterable[str]) -> SetRequest:
     for raw in lines:
         line = raw[:-1] if raw.endswith("\n") else raw
         key, eq, value = line.partition("=")
-        if not eq or not key:
-            raise _bad(line, "not key=value")
+        if not eq:  # wireguard-go answers EPROTO here, EINVAL for what is not a key
+            raise _bad(line, "not key=value", EPROTO)
+        if not key:
+            raise _bad(line, "no key")
         if key == "public_key":
             finish()
             peer, allowed, seen = PeerUpdate(public_key=_key(line, value)), [], set()
@@ -325,15 +333,24 @@ def format_get(state: UapiState) -> str:
 # --------------------------------------------------------------------------- semantics
 
 
+def clamp(private_key: bytes) -> bytes:
+    """A Curve25519 private key as WireGuard stores (and reports) it."""
+    k = bytearray(private_key)
+    k[0] &= 248
+    k[31] = (k[31] & 127) | 64
+    return bytes(k)
+
+
 def apply_set(state: UapiState, req: SetRequest) -> UapiState:
-    """``state`` after ``req``, as WireGuard applies a set request: replace_peers
+    """``state`` after ``req``, as WireGuard applies a set request: the private
+    key is stored clamped (wireguard-go and the kernel report it so); replace_peers
     drops every peer first; a block adds the peer unless update_only (then an
     unknown peer is skipped) or remove; replace_allowed_ips clears its list
     before the block's allowed_ip lines; an allowed IP belongs to one peer only
     (giving it to a peer takes it from any other); zero keys and fwmark remove."""
     private_key = state.private_key
     if req.private_key is not None:
-        private_key = req.private_key if any(req.private_key) else None
+        private_key = clamp(req.private_key) if any(req.private_key) else None
     peers: dict[bytes, UapiPeer] = (
         {} if req.replace_peers else {p.public_key: p for p in state.peers}
     )
@@ -398,44 +415,56 @@ class RequestReader:
     def next(self) -> list[str] | None:
         if self.overflow:
             return None
-        if self._buf.startswith(b"\n"):
-            end, skip = 0, 1  # an empty request
-        else:
-            at = self._buf.find(b"\n\n", max(0, self._scan - 1))
-            end, skip = at + 1, 2
-            if at < 0:
-                self._scan = len(self._buf)
-                if len(self._buf) > self.limit:
-                    self.overflow = True
-                return None
+        if self._buf.startswith(b"\n"):  # an empty request (answered errno=-22)
+            del self._buf[:1]
+            self._scan = 0
+            return []
+        at = self._buf.find(b"\n\n", max(0, self._scan - 1))
+        if at < 0:
+            self._scan = len(self._buf)
+            if len(self._buf) > self.limit:
+                self.overflow = True
+            return None
+        end = at + 1  # the request with its last line's newline
         if end > self.limit:
             self.overflow = True
             return None
         raw = bytes(self._buf[:end])
-        del self._buf[: end + skip - 1 if end == 0 else end + 1]
+        del self._buf[: end + 1]
         self._scan = 0
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return ["\x00invalid utf-8"]  # no valid request has a NUL: answered errno=22
-        return text.split("\n")[:-1] if text else []
+            return ["\x00invalid utf-8"]  # no valid request has a NUL: answered errno=-22
+        return text.split("\n")[:-1]
+
+
+def error_answer(op: str, errno: int) -> str:
+    """The answer to a failed request: ``errno=-N`` to a set (or anything not a
+    get), ``errno=N`` to a get. The signs are what the wg tool reads: it takes
+    a set's value as a negated errno (wireguard-go answers ``errno=-22``, and
+    ``wg set`` then says "Invalid argument"), but a get's as a plain number."""
+    return f"errno={errno if op == 'get=1' else -errno}\n\n"
 
 
 def respond(lines: Sequence[str], handler: UapiHandler) -> str:
     """The answer to one request's lines (see RequestReader) from ``handler``."""
+    op = lines[0] if lines else ""
     try:
-        if list(lines) == ["get=1"]:
+        if op == "get=1":
+            if len(lines) != 1:
+                raise UapiError(EINVAL, "get=1 takes no keys")
             return format_get(handler.uapi_get())
-        if lines and lines[0] == "set=1":
+        if op == "set=1":
             handler.uapi_set(parse_set(lines[1:]))
             return "errno=0\n\n"
         raise UapiError(EINVAL, "not get=1 or set=1")
     except UapiError as e:
         log.debug("uapi: %s", e)
-        return f"errno={e.errno}\n\n"
+        return error_answer(op, e.errno)
     except Exception:  # a bug in the handler must not take the server down
         log.exception("uapi: handler failed")
-        return f"errno={EIO}\n\n"
+        return error_answer(op, EIO)
 
 
 # --------------------------------------------------------------------------- server
@@ -549,7 +578,7 @@ class UapiServer:
         raise ConfigError(f"interface {self.name} is in use (another process serves {self.path})")
 
     def _bind(self) -> socket.socket:
-        tmp = self.sock_dir / f".{self.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = self.sock_dir / f".{self.name}.{os.urandom(4).hex()}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with contextlib.suppress(FileNotFoundError):
