@@ -85,6 +85,9 @@ _U_UGRO = bit16(Task.UDP_ASSEMBLE)
 _U_DEC = bit16(Task.DECRYPT)
 _U_CLS = bit16(Task.CLASSIFY)
 _U_DIG = bit16(Task.DIGEST)
+#: first nibble of an IP packet -> ext.l3_proto (4, 6, else 0)
+_L3_OF_NIBBLE = np.zeros(16, dtype=np.uint8)
+_L3_OF_NIBBLE[[4, 6]] = [4, 6]
 
 
 class _Keypair(TypingProtocol):
@@ -720,6 +723,12 @@ def tx_wants(b: Batch) -> None:
     e.done[:] = 0
     e.by_device[:] = 0
     e.sa[:] = -1
+    # the IP version, as a TUN read sets it (packets staged during a handshake come
+    # back as plain bytes): what a device's capability is checked against
+    unset = e.l3_proto == 0
+    if unset.any():
+        has = unset & (b.length > 0)
+        e.l3_proto[has] = _L3_OF_NIBBLE[b.buf[b.start[has]] >> 4]
 
 
 def rx_wants(b: Batch) -> None:

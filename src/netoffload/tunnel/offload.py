@@ -196,6 +196,8 @@ class TunnelOffload:
                     {
                         "device": nic.name,
                         "tasks": [task],
+                        "pid": nic.pid,
+                        "core": nic.core,
                         "how": "WireGuard transport (ChaCha20-Poly1305) in the emulated "
                         f"NIC process (pid {nic.pid}, core {nic.core}); keys from the "
                         "shared-memory key table, counters and replay window on the host",
