@@ -49,9 +49,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from netoffload.errors import ConfigError
+from netoffload.tunnel import keys
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -127,7 +126,7 @@ class TunnelConfig:
 
 def public_key_of(private_key: bytes) -> bytes:
     """The X25519 public key of a 32-byte private key (clamped as Curve25519 does)."""
-    return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+    return keys.public_from_private(private_key)
 
 
 def valid_ifname(name: str) -> bool:
@@ -147,7 +146,7 @@ def key_from_base64(text: str) -> bytes | None:
 
 
 def key_to_base64(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
+    return keys.b64_encode(key)
 
 
 # --------------------------------------------------------------------------- parsing
