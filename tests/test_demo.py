@@ -220,3 +220,14 @@ def test_namespaces_demo_delivers_everything_intact(tmp_path: Path) -> None:
     if os.path.isdir("/var/run/wireguard"):
         mine = (f"nd{pid % 10_000_000}", f"wg{pid % 1_000_000}g")
         assert not [f for f in os.listdir("/var/run/wireguard") if f.startswith(mine)]
+
+
+def test_without_root_it_says_so_and_runs_in_process(
+    tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    opts = _small(tmp_path, tcp_bytes=100_000, udp_datagrams=50)
+    assert demo.demo(opts, _console()) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("not root: no namespaces")
+    assert json.loads(opts.json.read_text())["mode"] == "in-process"  # type: ignore[union-attr]

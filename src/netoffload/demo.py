@@ -141,11 +141,17 @@ def demo(opts: DemoOptions, console: Console, *, in_process: bool | None = None)
     policy_name = policy_from_args(opts.policy, opts.policy_file, "adaptive")().name
     t0 = time.monotonic()
     if in_process is None:
-        in_process = opts.in_process or os.geteuid() != 0
-        if os.geteuid() != 0:
-            console.print(
-                "not root: no namespaces, so two tunnels in this process over an in-process wire"
-            )
+        in_process = opts.in_process
+        if not in_process:
+            from netoffload.testing.netns import tun_available
+
+            why = "not root" if os.geteuid() != 0 else tun_available()
+            if why is not None:
+                in_process = True
+                console.print(
+                    f"{why}: no namespaces, so two tunnels in this process over an in-process wire",
+                    highlight=False,
+                )
     pairs = [run_in_process(opts, console)] if in_process else run_namespaces(opts, console)
     report = _report(pairs, policy_name, "in-process" if in_process else "namespaces", opts)
     report["seconds"] = round(time.monotonic() - t0, 3)
