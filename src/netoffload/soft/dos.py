@@ -11,9 +11,11 @@ Checks, in this order; the first that fails drops the packet
 3. drop lists: source or destination inside a listed prefix → ``DROP_LIST``
 4. rate: a token bucket per source (``rate`` packets/s, ``burst`` deep); an
    IPv4 source is its address, an IPv6 source its /64 → ``RATE_LIMIT``
-5. SYN flood: TCP SYNs (without ACK) whose flow is not established spend a
-   token of their *destination's* bucket → ``SYN_FLOOD``. A flow (5-tuple)
-   becomes established when one of its TCP packets with ACK and without SYN passes.
+5. SYN flood → ``SYN_FLOOD``: a TCP SYN (without ACK) whose flow is not
+   established spends a token of its source prefix's bucket (IPv4 /24, IPv6
+   /64), or of its own bucket when the source completed a handshake through
+   the filter; a flow is established only by a whole handshake (SYN let
+   through, SYN-ACK acknowledging it, ACK acknowledging that). See ``SynGuard``.
 6. anti-replay pre-check → ``REPLAY`` / ``TOO_OLD``. The filter runs before
    decryption, so it cannot tell a genuine packet from a forged one: it only
    reads windows that authenticated packets moved, each packet on its own, and
@@ -33,8 +35,9 @@ time, e.g. capture timestamps) — seconds, any origin, non-decreasing; the
 filter never reads the system clock.
 Inside one batch every packet is at the same instant, taken in batch order.
 
-State tables (buckets, established flows) are sorted ``uint64`` key arrays
-with parallel value arrays, bounded by ``max_sources`` / ``max_flows``: beyond
+State tables (buckets, handshakes, established flows, known sources) are
+sorted ``uint64`` key arrays with parallel value arrays, bounded by
+``max_sources`` (rate) / ``max_flows`` (every SYN table): beyond
 the bound the entries seen least recently are forgotten (a forgotten bucket
 comes back full, as a new source would).
 """
@@ -55,6 +58,7 @@ from netoffload.soft.lpm import LpmTable
 from netoffload.soft.replay import REPLAY, TOO_OLD, ReplayTable, in_batch_order, sort_groups
 from netoffload.soft.rules import Bucket, DosConfig, load_dos, parse_dos
 from netoffload.tasks import Task
+from netoffload.wire.parse import be_words
 
 U64 = NDArray[np.uint64]
 I64 = NDArray[np.int64]
@@ -92,12 +96,19 @@ def address_keys(rows: NDArray[np.uint8], ver: I64) -> U64:
 
 def flow_hash(k: FlowKeys) -> U64:
     """A 64-bit hash of the 5-tuple (for the established-flow set)."""
-    sh, sl = halves(k.src)
-    dh, dl = halves(k.dst)
-    ports = (k.sport.astype(np.uint64) << np.uint64(16)) ^ k.dport.astype(np.uint64)
+    return flow_hash_of(k.src, k.dst, k.sport, k.dport, k.proto)
+
+
+def flow_hash_of(
+    src: NDArray[np.uint8], dst: NDArray[np.uint8], sport: I64, dport: I64, proto: I64
+) -> U64:
+    """``flow_hash`` of explicit fields (e.g. a reply's, with the ends swapped)."""
+    sh, sl = halves(src)
+    dh, dl = halves(dst)
+    ports = (sport.astype(np.uint64) << np.uint64(16)) ^ dport.astype(np.uint64)
     h = np.zeros(len(sh), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for part in (sh, sl, dh, dl, ports, k.proto.astype(np.uint64)):
+        for part in (sh, sl, dh, dl, ports, proto.astype(np.uint64)):
             h = (h ^ part) * _MIX
             h ^= h >> np.uint64(31)
     return h
@@ -128,7 +139,7 @@ class KeyTable:
         )
         return pos, found
 
-    def insert(self, new_keys: U64, now: float, **values: F64) -> None:
+    def insert(self, new_keys: U64, now: float, **values: NDArray[Any]) -> None:
         """Add keys (sorted, unique, absent) with initial values; trims to capacity."""
         if len(new_keys) == 0:
             return
@@ -146,6 +157,27 @@ class KeyTable:
             self.last = self.last[keep]
             for name in self._extra():
                 setattr(self, name, getattr(self, name)[keep])
+
+    def upsert(self, uk: U64, now: float, **values: NDArray[Any]) -> None:
+        """Set the values of keys ``uk`` (sorted, unique), adding the absent ones."""
+        pos, found = self.find(uk)
+        fp = pos[found]
+        self.last[fp] = now
+        for name, v in values.items():
+            getattr(self, name)[fp] = v[found]
+        self.insert(uk[~found], now, **{name: v[~found] for name, v in values.items()})
+
+    def remove(self, keys: U64) -> None:
+        """Forget ``keys`` (those present)."""
+        pos, found = self.find(keys)
+        if not found.any():
+            return
+        keep = np.ones(len(self.keys), dtype=np.bool_)
+        keep[pos[found]] = False
+        self.keys = self.keys[keep]
+        self.last = self.last[keep]
+        for name in self._extra():
+            setattr(self, name, getattr(self, name)[keep])
 
 
 class BucketTable(KeyTable):
@@ -212,6 +244,197 @@ class FlowSet(KeyTable):
         return found
 
 
+class Handshakes(KeyTable):
+    """TCP handshakes in progress, by the flow hash of client → server.
+
+    ``state`` 1: the client's SYN passed the filter (``isn_c`` its sequence
+    number); 2: the server's SYN-ACK acknowledged it (``isn_s`` the server's).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.state = np.zeros(0, dtype=np.uint8)
+        self.isn_c = np.zeros(0, dtype=np.uint32)
+        self.isn_s = np.zeros(0, dtype=np.uint32)
+
+    def _extra(self) -> list[str]:
+        return ["state", "isn_c", "isn_s"]
+
+
+_SYN_ONLY = TCP_SYN
+_SYN_ACK = TCP_SYN | TCP_ACK
+_ACK_ONLY = TCP_ACK
+_M32 = 0xFFFFFFFF
+
+
+def prefix_keys(k: FlowKeys) -> U64:
+    """Keys of source prefixes: IPv4 /24 (top bit set) or IPv6 /64."""
+    hi, lo = halves(k.src)
+    return np.where(k.ver == 4, _TOP | ((lo & np.uint64(0xFFFFFFFF)) >> np.uint64(8)), hi & _LOW63)
+
+
+class SynGuard:
+    """SYN-flood limits and the handshakes that lift them.
+
+    A TCP SYN (without ACK) whose flow is not established spends a token: from
+    its source's own bucket when the source is *known* (it completed a
+    handshake through the filter), else from its source prefix's bucket (IPv4
+    /24, IPv6 /64), so a flood spoofed from some prefixes cannot spend the
+    budget of others, nor that of the known sources inside them.
+
+    A flow is established, and its client known, only after the whole
+    handshake: a SYN the filter let through, then the server's SYN-ACK whose
+    acknowledgment number is the SYN's sequence number + 1, then the client's
+    ACK acknowledging the SYN-ACK's sequence number + 1. A bare ACK establishes
+    nothing. The filter must see both directions for that (a gateway, a
+    capture); a filter that sees only the inbound one establishes nothing and
+    limits every SYN by its prefix.
+
+    Within a batch the handshake steps are taken in packet order; which flows
+    are established and which sources known is what it was when the batch
+    began (a handshake completed in a batch lifts limits from the next one).
+    Every table is bounded by ``capacity`` (least recently seen forgotten).
+    """
+
+    def __init__(self, bucket: Bucket, capacity: int) -> None:
+        self.burst = bucket.burst
+        self.prefixes = BucketTable(bucket, capacity)
+        self.known = BucketTable(bucket, capacity)  # sources that completed a handshake
+        self.pending = Handshakes(capacity)
+        self.established = FlowSet(capacity)
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "prefixes": len(self.prefixes),
+            "known_sources": len(self.known),
+            "handshakes": len(self.pending),
+            "established": len(self.established),
+        }
+
+    def limit(self, buf: NDArray[np.uint8], k: FlowKeys, live: Mask, now: float) -> Mask:
+        """Which packets are over their SYN budget; then the handshake steps of the
+        packets that remain (the caller drops the flood before later checks,
+        none of which concerns TCP)."""
+        n = len(live)
+        flood = np.zeros(n, dtype=np.bool_)
+        tcp = k.has_ports & (k.proto == 6)
+        if not tcp.any():
+            return flood
+        fl = k.tcp_flags & (TCP_SYN | TCP_ACK)
+        syn = live & tcp & (fl == _SYN_ONLY)
+        track = np.zeros(n, dtype=np.bool_)
+        if syn.any():
+            si = np.flatnonzero(syn)
+            sk = _sub(k, si)
+            charge = ~self.established.contains(flow_hash(sk))
+            si = si[charge]
+            if len(si):
+                addr = address_keys(k.src[si], k.ver[si])
+                _, known = self.known.find(addr)
+                ok = np.ones(len(si), dtype=np.bool_)
+                if known.any():
+                    ok[known] = self.known.take(addr[known], now)
+                if not known.all():
+                    ok[~known] = self.prefixes.take(prefix_keys(_sub(k, si[~known])), now)
+                flood[si[~ok]] = True
+                track[si[ok]] = True  # SYNs let through start handshakes
+        steps = live & ~flood & tcp & (k.l4_avail >= 16)
+        steps &= track | (fl == _SYN_ACK) | (fl == _ACK_ONLY)
+        if steps.any():
+            self._handshakes(buf, k, np.flatnonzero(steps), track, now)
+        return flood
+
+    def _handshakes(
+        self, buf: NDArray[np.uint8], k: FlowKeys, rows: I64, track: Mask, now: float
+    ) -> None:
+        """Advance handshakes with the SYNs let through (``track``), SYN-ACKs and
+        ACKs among ``rows`` (batch order)."""
+        w = be_words(buf, k.l4_off[rows] + 4, 8)
+        seq = (w >> np.uint64(32)).astype(np.int64)
+        ack = (w & np.uint64(_M32)).astype(np.int64)
+        fl = k.tcp_flags[rows] & (TCP_SYN | TCP_ACK)
+        is_syn = track[rows]
+        is_sa = fl == _SYN_ACK
+        is_ack = fl == _ACK_ONLY
+        # the client -> server flow of each: a SYN-ACK's is its reverse
+        key = flow_hash_of(k.src[rows], k.dst[rows], k.sport[rows], k.dport[rows], k.proto[rows])
+        if is_sa.any():
+            r = rows[is_sa]
+            key[is_sa] = flow_hash_of(k.dst[r], k.src[r], k.dport[r], k.sport[r], k.proto[r])
+        syn_keys = np.unique(key[is_syn])
+        pend = self.pending
+
+        def member(q: U64, sorted_keys: U64) -> Mask:
+            if len(sorted_keys) == 0:
+                return np.zeros(len(q), dtype=np.bool_)
+            p = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+            return np.asarray(sorted_keys[p] == q)
+
+        sa_rel = is_sa & (member(key, pend.keys) | member(key, syn_keys))
+        k1 = np.unique(key[sa_rel])
+        acked = pend.keys[pend.state == 2]
+        ack_rel = is_ack & (member(key, acked) | member(key, k1))
+        hot = np.union1d(k1, key[ack_rel])  # flows whose handshake moves past the SYN
+        in_hot = member(key, hot)
+        # SYNs of other flows: (re)start their handshakes, the last SYN of a flow wins
+        cold = is_syn & ~in_hot
+        if cold.any():
+            ck = key[cold][::-1]
+            uk, first = np.unique(ck, return_index=True)
+            x = seq[cold][::-1][first]
+            pend.upsert(
+                uk,
+                now,
+                state=np.ones(len(uk), np.uint8),
+                isn_c=x.astype(np.uint32),
+                isn_s=np.zeros(len(uk), np.uint32),
+            )
+        if not len(hot):
+            return
+        # the few flows with a SYN-ACK or an ACK that may count: packet by packet
+        pos, found = pend.find(hot)
+        st: dict[int, list[int]] = {}
+        for h, p in zip(hot[found].tolist(), pos[found].tolist(), strict=True):
+            st[h] = [int(pend.state[p]), int(pend.isn_c[p]), int(pend.isn_s[p])]
+        done_flows: list[int] = []
+        done_src: list[int] = []
+        ev = np.flatnonzero(in_hot & (is_syn | is_sa | is_ack))
+        src_keys = address_keys(k.src[rows[ev]], k.ver[rows[ev]]).tolist()
+        for j, i in enumerate(ev.tolist()):
+            h = int(key[i])
+            if is_syn[i]:
+                st[h] = [1, int(seq[i]), 0]
+                continue
+            cur = st.get(h)
+            if cur is None:
+                continue
+            if is_sa[i]:
+                if int(ack[i]) == (cur[1] + 1) & _M32:
+                    cur[0], cur[2] = 2, int(seq[i])
+            elif cur[0] == 2 and int(ack[i]) == (cur[2] + 1) & _M32:
+                del st[h]
+                done_flows.append(h)
+                done_src.append(src_keys[j])
+        pend.remove(hot)
+        if st:
+            left = np.array(sorted(st), dtype=np.uint64)
+            vals = np.array([st[int(h)] for h in left], dtype=np.int64).reshape(-1, 3)
+            pend.upsert(
+                left,
+                now,
+                state=vals[:, 0].astype(np.uint8),
+                isn_c=vals[:, 1].astype(np.uint32),
+                isn_s=vals[:, 2].astype(np.uint32),
+            )
+        if done_flows:
+            self.established.add(np.array(done_flows, dtype=np.uint64), now)
+            src = np.unique(np.array(done_src, dtype=np.uint64))
+            p2, f2 = self.known.find(src)
+            self.known.last[p2[f2]] = now
+            new = src[~f2]
+            self.known.insert(new, now, tokens=np.full(len(new), self.burst))
+
+
 class DosFilter(SoftTask):
     task = Task.DOS_FILTER
     keeps_state = True  # buckets, established flows and windows must not fork
@@ -221,8 +444,7 @@ class DosFilter(SoftTask):
         self.clock = clock
         self.now = 0.0
         self.sources = BucketTable(cfg.rate, cfg.max_sources) if cfg.rate else None
-        self.syn = BucketTable(cfg.syn, cfg.max_flows) if cfg.syn else None
-        self.established = FlowSet(cfg.max_flows)
+        self.syn = SynGuard(cfg.syn, cfg.max_flows) if cfg.syn else None
         self.drop_src = LpmTable((p, 0) for p in cfg.drop_src) if cfg.drop_src else None
         self.drop_dst = LpmTable((p, 0) for p in cfg.drop_dst) if cfg.drop_dst else None
         self.replay = ReplayTable(cfg.replay_window) if cfg.replay_window else None
@@ -298,32 +520,10 @@ class DosFilter(SoftTask):
             over = np.zeros(n, dtype=np.bool_)
             over[li[~ok]] = True
             drop(over, Reason.RATE_LIMIT)
-        tcp = k.has_ports & (k.proto == 6)
-        if self.syn is not None:
-            syn = live & tcp & ((k.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
-            if syn.any():
-                si = np.flatnonzero(syn)
-                fh = flow_hash(_sub(k, si))
-                fresh = ~self.established.contains(fh)
-                # an ACK earlier in this batch (past the rate check) establishes too
-                acks = np.flatnonzero(live & tcp & ((k.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_ACK))
-                if len(acks):
-                    ah, af = np.unique(flow_hash(_sub(k, acks)), return_index=True)
-                    p = np.minimum(np.searchsorted(ah, fh), len(ah) - 1)
-                    fresh &= ~((ah[p] == fh) & (acks[af[p]] < si))
-                si = si[fresh]
-                if len(si):
-                    dkeys = address_keys(k.dst[si], k.ver[si])
-                    ok = self.syn.take(dkeys, t)
-                    flood = np.zeros(n, dtype=np.bool_)
-                    flood[si[~ok]] = True
-                    drop(flood, Reason.SYN_FLOOD)
+        if self.syn is not None and live.any():
+            drop(self.syn.limit(batch.buf, k, live, t), Reason.SYN_FLOOD)
         if self.replay is not None and live.any():
             self._replay(batch, k, idx, live, drop)
-        if self.syn is not None:
-            est = live & tcp & ((k.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_ACK)
-            if est.any():
-                self.established.add(flow_hash(_sub(k, np.flatnonzero(est))), t)
         # write results
         ii = idx[ip]
         e.filter_verdict[ii] = np.where(reason[ip] != 0, FilterVerdict.DROP, FilterVerdict.PASS)
@@ -361,7 +561,8 @@ class DosFilter(SoftTask):
         return {
             "task": self.task.kebab,
             "sources": len(self.sources) if self.sources else 0,
-            "established": len(self.established),
+            "established": len(self.syn.established) if self.syn else 0,
+            "syn_state": self.syn.sizes() if self.syn else {},
             "counters": dict(self.counters),
         }
 

@@ -32,7 +32,7 @@ Every key is optional except where noted. Example (TOML)::
     rate = 1000.0                # packets per second
     burst = 200
     max_sources = 100000         # least recently seen sources are forgotten beyond this
-    [dos.syn]                    # SYNs per destination not belonging to an established flow
+    [dos.syn]                    # SYNs of flows not established: a bucket per source /24 or /64
     rate = 100.0
     burst = 50
     max_flows = 100000
