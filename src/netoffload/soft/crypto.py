@@ -248,6 +248,8 @@ class EncryptTask(SoftTask):
         self.overheads = np.array([sa.overhead for sa in self.table.sas], np.int64)
         self.v4_sums = [_word_sum(t[:20]) for t in self.templates]
         self.versions = [sa.outer_version for sa in self.table.sas]
+        #: the largest outer IP packet of each SA (the length field's limit)
+        self.max_outer = np.array([65535 + (40 if v == 6 else 0) for v in self.versions], np.int64)
         self.head_rows: dict[tuple[int, int], U8] = {}
         #: SAs whose packets need an outer UDP checksum (IPv6 with UDP encapsulation)
         self.udp6 = np.array(
@@ -323,6 +325,15 @@ class EncryptTask(SoftTask):
             ix = _ix(rows)
         if len(rows) == 0:
             return batch
+        # the outer length field must hold the ESP packet (IPv4 total length,
+        # IPv6 payload length: 65535 bytes); a packet that would not fit fails
+        big = self.overheads[sa] + ((iplen + 2 + 3) & ~3) + ICV_LEN > self.max_outer[sa]
+        if big.any():
+            e.error[rows[big]] = Reason.TOO_BIG
+            rows, sa, l2, ver, iplen = (x[~big] for x in (rows, sa, l2, ver, iplen))
+            ix = _ix(rows)
+            if len(rows) == 0:
+                return batch
         # enough room for the largest ESP head and trailer? otherwise re-layout
         need_head = self.overheads[sa]
         room_head = batch.start[ix] - batch.slot_lo[ix]
@@ -399,6 +410,8 @@ class EncryptTask(SoftTask):
         P = L0 + pad + 2
         if h0 < H or stride - h0 < P + ICV_LEN or L0 < 20:
             return False
+        if self.max_outer[k] < H + P + ICV_LEN:
+            return False  # too big for the outer header: the general path fails them
         mat = b.matrix()[ix]
         # every packet a whole IP packet of the same version and length
         v0 = int(mat[0, h0]) >> 4
