@@ -243,6 +243,10 @@ class _Threads:
             if not self.stopped.is_set():
                 self.errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
 
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
     def join(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
         for t in self.threads:
@@ -348,6 +352,11 @@ class TcpStream:
         self.result.error = "; ".join(self._t.errors)
         return self.result
 
+    @property
+    def running(self) -> bool:
+        """True while either end is still at work."""
+        return self._t.running
+
     def abort(self) -> None:
         self._t.abort()
 
@@ -447,6 +456,11 @@ class UdpStream:
         self.rx.fill(self.result)
         self.result.error = "; ".join(self._t.errors)
         return self.result
+
+    @property
+    def running(self) -> bool:
+        """True while either end is still at work."""
+        return self._t.running
 
     def abort(self) -> None:
         self._t.abort()
