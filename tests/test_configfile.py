@@ -40,3 +40,24 @@ def test_any_bytes_parse_like_the_stdlib_or_give_one_config_error(
     text = raw.decode("utf-8")
     want = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     assert repr(doc) == repr(want)  # (repr: NaN is not equal to itself)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [
+        (".json", "[" * 100_000),  # json.loads: RecursionError
+        (".toml", "a = " + "[" * 100_000),  # tomllib: RecursionError
+        (".toml", "a = " + "{b = " * 100_000),
+        (".json", "1" * 5000),  # int(): ValueError (more than 4300 digits)
+        (".toml", "a = " + "1" * 5000),
+    ],
+)
+def test_nesting_and_huge_integers_are_config_errors(
+    tmp_path: Path, suffix: str, text: str
+) -> None:
+    # found by fuzz/targets.py (sa-config, rules-config): these escaped as
+    # RecursionError / ValueError
+    p = tmp_path / f"f{suffix}"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"not valid (JSON|TOML)"):
+        read_document(p, "some file")

@@ -357,10 +357,14 @@ def parse_dos(d: object, where: str = "dos") -> DosConfig:
 def read_file(path: str | Path) -> dict[str, Any]:
     """The raw document of a rule file (TOML, or JSON when it ends in .json)."""
     p = Path(path)
-    doc = read_document(p, "rules file", default="toml")
+    return rules_doc(read_document(p, "rules file", default="toml"), f"rules file {str(p)!r}")
+
+
+def rules_doc(doc: object, where: str = "rules") -> dict[str, Any]:
+    """A parsed rule document, checked at the top level (``classify`` and ``dos``)."""
     if not isinstance(doc, dict):
-        raise ConfigError(f"rules file {str(p)!r}: the top level must be a table/object")
-    _check_keys(doc, {"classify", "dos"}, f"rules file {str(p)!r}")
+        raise ConfigError(f"{where}: the top level must be a table/object")
+    _check_keys(doc, {"classify", "dos"}, where)
     return doc
 
 
