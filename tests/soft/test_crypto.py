@@ -1,4 +1,5 @@
-"""Encrypt/decrypt tasks: published AEAD vectors, and ESP interop with scapy both ways.
+"""Encrypt/decrypt tasks: published ESP test vectors through our decrypt task (RFC 7634
+appendix A, draft-mcgrew-gcm-test-01), and ESP interop with scapy both ways.
 
 scapy.layers.ipsec is the independent ESP implementation: it decrypts what the
 encrypt task writes and produces packets the decrypt task must accept.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -114,27 +116,153 @@ def outer_parse(sa: OurSA, raw: bytes) -> IP | IPv6:
 
 
 # --------------------------------------------------------------------- vectors
-def test_rfc8439_aead_vector() -> None:
-    """RFC 8439 section 2.8.2: the AEAD construction the ChaCha20-Poly1305 SA uses."""
-    pt = (
-        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip "
-        b"for the future, sunscreen would be it."
-    )
-    key = bytes(range(0x80, 0xA0))
-    nonce = bytes.fromhex("070000004041424344454647")
-    aad = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
-    ct = ChaCha20Poly1305(key).encrypt(nonce, pt, aad)
-    assert ct[:16] == bytes.fromhex("d31a8d34648e60db7b86afbc53ef7ec2")
-    assert ct[-16:] == bytes.fromhex("1ae10b594f09e26a7e902ecbd0600691")
+def _hex(text: str) -> bytes:
+    return bytes.fromhex("".join(text.split()))
 
 
-def test_gcm_spec_vectors() -> None:
-    """McGrew/Viega GCM specification, test cases 1 and 2 (AES-128, zero key and IV)."""
-    a = AESGCM(bytes(16))
-    assert a.encrypt(bytes(12), b"", None) == bytes.fromhex("58e2fccefa7e3061367f1d57a4e7455a")
-    assert a.encrypt(bytes(12), bytes(16), None) == bytes.fromhex(
-        "0388dace60b6a392f328c2b971b2fe78ab6e47d42cec13bdf53a67b21257bddf"
-    )
+#: RFC 7634 appendix A: a tunnel-mode ESP packet (ChaCha20-Poly1305) holding an ICMP
+#: echo request: keying material (key || salt), SPI, sequence number, IV, the ESP
+#: payload in clear (inner packet, padding 01 02, pad length 2, next header 4), and
+#: the ciphertext with its 16-byte ICV.
+RFC7634_KEY = _hex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f a0a1a2a3")
+RFC7634_SPI, RFC7634_SEQ, RFC7634_IV = 0x01020304, 5, _hex("1011121314151617")
+RFC7634_PLAIN = _hex("""
+    45000054a6f200004001e778c6336405 c000020508005b7a3a080000553bec10
+    000736270809 0a0b0c0d0e0f10111213 1415161718191a1b1c1d1e1f20212223
+    2425262728292a2b2c2d2e2f30313233 3435363701020204""")
+RFC7634_SEALED = _hex("""
+    24039428b97f417e3c13753a4f05087b 67c352e6a7fab1b982d466ef407ae5c6
+    14ee8099d52844eb61aa95dfab4c02f7 2aa71e7c4c4f64c9befe2facc638e8f3
+    cbec163fac469b502773f6fb94e664da 9165b82829f641e0
+    76aaa8266b7fb0f7b11b369907e1ad43""")
+
+#: draft-mcgrew-gcm-test-01 section 4 (the AES-GCM ESP test cases of RFC 4106's
+#: authors) with 128- or 256-bit keys and SPIs outside the reserved 0..255: keying
+#: material, SPI, full sequence number, whether it is extended (the AAD is then
+#: SPI || seq_hi || seq_lo), and the ESP packet as published (SPI, low sequence
+#: number, IV, ciphertext, ICV). Their payloads end in next header 1, not a
+#: tunnel-mode 4 or 41.
+GCM_ESP_CASES = [
+    (
+        "4c80cdefbb5d10da906ac73c3613a634 2e443b68",
+        0x4321,
+        0x8765432100000000,
+        True,
+        """00004321000000004956ed7e3b244cfe fecf537e729d5b07dc30df528dd22b76
+        8d1b98736696a6fd348509fa13ceac34 cfa2436f14a3f3cf65925bf1f4a13c5d
+        15b21e1884f5ff6247aeabb786b93bce 61bc17d768fd9732459018148f6cbe72
+        2fd04796562dfdb4""",
+    ),
+    (
+        "feffe9928665731c6d6a8f9467308308 cafebabe",
+        0xA5F8,
+        0x0A,
+        False,
+        """0000a5f80000000afacedbaddecaf888 deb22cd9b07c72c16e3a65beeb8df304
+        a5a5897d33ae530f1ba76d5d114d2a5c 3de81827c10e9a4f51330d0eec416642
+        cfbb85a5b47e48a4ec3b9ba95d918bd1 83b70d3aa8bc6ee4c309e9d85a41ad4a""",
+    ),
+    (
+        "abbccddef00112233445566778899aababbccddef00112233445566778899aab 11223344",
+        0x4A2CBFE3,
+        2,
+        False,
+        """4a2cbfe3000000020102030405060708 ff425c9b724599df7a3bcd510194e00d
+        6a78107f1b0b1cbf06efae9d65a5d763 748a637985771d347f0545659f14e99d
+        ef842d8eb335f4eecfdbf831824b4c49 15956c96""",
+    ),
+    (
+        "3de09874b388e6491988d0c3607eae1f 57690e43",
+        0x42F67E3F,
+        0x1010101010101010,
+        True,
+        """42f67e3f101010104e280000a2fca1a3 fba2caa4853cf9f0f22cb10d86dd83b0
+        fec75691cf1a04b00d1138ec9c357917 65acbd8701ad79845bf9fe3fba487bc9
+        1755e6662b4c8d0d1f5e22739530320a e0d731cc978ecafaeae88f00e80d6e48""",
+    ),
+    (
+        "abbccddef00112233445566778899aab decaf888",
+        0x100,
+        1,
+        True,
+        """0000010000000001cafedebaceface74 18a6fd42f72cbf4ab2a2ea901f73d814
+        e3e7f243d95412e1c349c1d2fbec168f 9190feebaf2cb01984e65863965d7472
+        b79da345e0e780191f0d2f0e0f496c22 6f2127b27db35724e7845d68651f57e6
+        5f354f75ff17015769623436""",
+    ),
+    (
+        "abbccddef00112233445566778899aababbccddef00112233445566778899aab 73616c74",
+        0x17405E67,
+        0x156F3126DD0DB99B,
+        True,
+        """17405e67dd0db99b616e640169766563 f2d69ecdbd5a0d5b8d5ef38bad4da58d
+        1f278fde98ef67549d524a3018d9a57f f4d3a31ce673119e451626c2415771e3
+        b7eebca614c89b35""",
+    ),
+    (
+        "7d773d00c144c525ac619d18c84a3f47 d9664267",
+        0x335467AE,
+        0xFFFFFFFF,
+        False,
+        """335467aeffffffff43457e9182443bc6 437f866bcb3f699fe9b0822bac961c45
+        04bef270""",
+    ),
+    (
+        "6c6567616c697a656d6172696a75616e61616e64646f69746265666f72656961 7475726e",
+        0x796B6963,
+        0xFFFFFFFFFFFFFFFF,
+        True,
+        """796b6963ffffffff333021696765746d f97ab2aa356d8edce17644ac8c78e25d
+        d24dedbb29ebf1b64a274b39b49c3a86 4cd3d78ca4ae68a32b42458fb57dbe82
+        1dcc63b9d0937ba2945f669368661a32 9fb4c053""",
+    ),
+]
+
+
+def _vector_sa(alg: str, key: bytes, spi: int, esn: bool) -> OurSA:
+    return OurSA(spi, alg, key, "198.18.0.1", "198.19.0.1", esn=esn, replay_window=64)
+
+
+def _decrypt_vector(sa: OurSA, seq: int, esp: bytes) -> Batch:
+    """The published ESP packet behind an outer IPv4 header, through our decrypt
+    task (general path), the receiver's highest sequence number just below ``seq``."""
+    wire = bytes(IP(src=sa.src, dst=sa.dst, proto=50) / Raw(esp))
+    task = DecryptTask(sas=SATable((sa,)))
+    task.tops[0] = max(seq - 1, 0)
+    return task.process(Batch.from_packets([wire], uniform=False), np.ones(1, bool))
+
+
+def test_rfc7634_esp_example_decrypts_to_its_inner_packet() -> None:
+    sa = _vector_sa("chacha20-poly1305", RFC7634_KEY, RFC7634_SPI, False)
+    esp = struct.pack("!II", RFC7634_SPI, RFC7634_SEQ) + RFC7634_IV + RFC7634_SEALED
+    out = _decrypt_vector(sa, RFC7634_SEQ, esp)
+    assert out.ext.error.tolist() == [0]
+    inner = RFC7634_PLAIN[:-4]  # padding 01 02, pad length 2, next header 4
+    assert out.packets() == [inner] and out.ext.seq.tolist() == [RFC7634_SEQ]
+    forged = bytearray(esp)
+    forged[-1] ^= 1
+    assert _decrypt_vector(sa, RFC7634_SEQ, bytes(forged)).ext.error.tolist() == [Reason.BAD_ICV]
+
+
+@pytest.mark.parametrize(("key", "spi", "seq", "esn", "packet"), GCM_ESP_CASES)
+def test_gcm_esp_test_cases_authenticate(
+    key: str, spi: int, seq: int, esn: bool, packet: str
+) -> None:
+    """Each published packet passes our ICV check (nonce salt || IV from the
+    packet, AAD with the inferred high sequence half under ESN) and its trailer
+    check; it is then refused for its next header 1 (BAD_ESP, not BAD_ICV or
+    BAD_PADDING). One flipped bit anywhere authenticated fails the ICV."""
+    k = _hex(key)
+    sa = _vector_sa("aes-gcm-128" if len(k) == 20 else "aes-gcm-256", k, spi, esn)
+    esp = _hex(packet)
+    assert esp[:4] == spi.to_bytes(4, "big") and esp[4:8] == (seq & 0xFFFFFFFF).to_bytes(4, "big")
+    out = _decrypt_vector(sa, seq, esp)
+    assert out.ext.error.tolist() == [Reason.BAD_ESP]
+    assert out.packets()[0][20:] == esp  # refused: the packet keeps its bytes
+    for at in (7, 8, len(esp) // 2, len(esp) - 1):  # sequence number, IV, ciphertext, ICV
+        forged = bytearray(esp)
+        forged[at] ^= 0x01
+        assert _decrypt_vector(sa, seq, bytes(forged)).ext.error.tolist() == [Reason.BAD_ICV]
 
 
 def test_nonce_and_aad_layout_rfc4106() -> None:
@@ -483,6 +611,28 @@ def test_uniform_decrypt_matches_general_path(alg: str, v: int, esn: bool) -> No
     assert [got[i] for i in (1, 2, 3, 5, 6, 11)] == [pkts[i] for i in (1, 2, 3, 5, 6)] + [pkts[1]]
     for i in (0, 4, 7, 8, 9, 10):
         assert got[i] == raw[i]  # a failed packet keeps its bytes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="found by fuzz/targets.py (esp-decrypt): the uniform decrypt path reads six "
+    "bytes of inner header from plaintexts shorter than that; the fix belongs in "
+    "soft/crypto.py (_decrypt_uniform), owned by another engineer",
+)
+@pytest.mark.parametrize("plain", [bytes([0, 0, 0xFF]), bytes([1, 2, 2, 1]), bytes([0, 4])])
+def test_uniform_decrypt_of_short_authentic_plaintexts(plain: bytes) -> None:
+    """Authentic ESP packets whose payload is shorter than an IP header (the last
+    one is a dummy packet, RFC 4303 2.6) get a verdict on both paths, never an
+    exception, and keep their bytes."""
+    sa = our_sa("aes-gcm-128", replay_window=64)
+    raw = [craft(sa, 7 + i, plain) for i in range(6)]
+    for uniform in (False, True):
+        out = DecryptTask(sas=SATable((sa,))).process(
+            Batch.from_packets(raw, uniform=uniform), np.ones(len(raw), bool)
+        )
+        assert out.ext.error.tolist() == [Reason.BAD_ESP] * len(raw)
+        assert out.packets() == raw
 
 
 def test_encrypt_verdicts_unknown_sa_not_ip_and_exhausted() -> None:
