@@ -59,6 +59,11 @@ class UdpIpDevice(UdpDevice):
         #: (received in UDP_GRO super-datagrams): the outer udp-segment/-assemble
         self.gso_datagrams_out = 0
         self.gro_datagrams_in = 0
+        self.query()  # probe now: turns UDP_GRO on (when wanted) before the first read
+
+    def disable_gso(self) -> None:
+        """No UDP_SEGMENT sends from now on (one sendto a datagram)."""
+        self._drop_uso()
 
     @classmethod
     def bind_here(

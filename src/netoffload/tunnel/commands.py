@@ -44,6 +44,11 @@ def add_parsers(sub: Any, policy_args: Any) -> None:
         default=None,
         help="emulated crypto NIC for encrypt/decrypt (default: the file's [Offload] Nic, none)",
     )
+    u.add_argument(
+        "--no-kernel-offload",
+        action="store_true",
+        help="no TUN offloads, no UDP GSO/GRO: the kernel hands over MTU packets (comparison)",
+    )
     policy_args(u, "adaptive")
     d = sub.add_parser("down", help="remove a tunnel made by `up`")
     d.add_argument("target", metavar="IFACE|CONFIG", help="interface name or its wg-quick file")
@@ -78,7 +83,12 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
 
     def build() -> Tunnel:
         return Tunnel(
-            cfg, policy=policy, policy_file=pfile, force_under_load=args.under_load, nic=nic
+            cfg,
+            policy=policy,
+            policy_file=pfile,
+            force_under_load=args.under_load,
+            nic=nic,
+            kernel_offload=not getattr(args, "no_kernel_offload", False),
         )
 
     if args.foreground:

@@ -79,8 +79,11 @@ class Tunnel:
         sock_dir: str = "/var/run/wireguard",
         log: Callable[[str], None] | None = None,
         nic: str | None = None,
+        kernel_offload: bool = True,
     ) -> None:
         self.cfg = cfg
+        #: False: no TUN offloads and no UDP GSO/GRO (the all-software comparison)
+        self.kernel_offload = kernel_offload
         self.name = cfg.interface.name
         self.force_under_load = force_under_load
         self.manage_interface = manage_interface
@@ -209,12 +212,17 @@ class Tunnel:
         if caps.get("uso"):
             bits |= kc.TUN_F_USO4 | kc.TUN_F_USO6
         try:
-            self.tun.set_offload(bits)
+            self.tun.set_offload(bits if self.kernel_offload else 0)
         except NetoffloadError:
             self.tun.set_offload(kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6)
         self.udp = UdpIpDevice.bind_here(
-            self.listen_port, fwmark=self.fwmark or None, name=f"udp:{name}"
+            self.listen_port,
+            fwmark=self.fwmark or None,
+            name=f"udp:{name}",
+            gro=self.kernel_offload,
         )
+        if not self.kernel_offload:
+            self.udp.disable_gso()
         self.listen_port = self.udp.local_port
         self.dp.listen_port = self.listen_port
         if self.manage_interface:
@@ -533,9 +541,7 @@ class Tunnel:
         if u.endpoint is not None:
             peer.endpoint = u.endpoint
         if u.persistent_keepalive is not None:
-            peer.persistent_keepalive = u.persistent_keepalive
-            if u.persistent_keepalive:
-                self._handle(self.protocol.data_sent(peer, now, 0, True))
+            self.protocol.set_persistent_keepalive(peer, u.persistent_keepalive)
         if u.replace_allowed_ips:
             peer.allowed_ips = list(u.allowed_ips)
         elif u.allowed_ips:
