@@ -9,13 +9,15 @@ ipaddress-based reference classifier of the classify tests.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from netoffload.cli import main
 from netoffload.sa import load_sa_file
-from netoffload.soft.rules import load_classify, parse_dos, read_file
+from netoffload.soft.rules import ACTIONS, load_classify, parse_dos, read_file
 from netoffload.testing.packets import synthetic_flows
 from netoffload.wire.pcap import PcapWriter, read_capture
+from soft.classify_ref import Pkt, reference
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SA = EXAMPLES / "sa.toml"
@@ -67,25 +69,52 @@ def test_encrypt_then_decrypt_gives_the_capture_back(tmp_path: Path) -> None:
     assert len(lines) == len(pkts)
 
 
-def test_classify_with_example_rules(tmp_path: Path) -> None:
-    from scapy.layers.inet import IP, TCP, UDP
+def _example_packets(n: int = 400) -> list[Pkt]:
+    """Packets that reach every rule and prefix of examples/rules.toml, and miss them."""
+    rnd = random.Random(7)
+    v4 = ["198.18.0.1", "198.18.200.3", "198.19.7.9", "198.19.1.1", "198.19.0.5", "203.0.113.9"]
+    v6 = ["fd00::1", "fd00:1::5", "fd00:1:ffff::1", "fd00:2::1"]
+    out = []
+    for _ in range(n):
+        v = rnd.choice([4, 4, 4, 6])
+        pool = v4 if v == 4 else v6
+        proto = rnd.choice([6, 6, 17, 17, 1, 50])
+        out.append(
+            Pkt(
+                v,
+                rnd.choice(pool),
+                rnd.choice(pool),
+                proto,
+                rnd.choice([22, 23, 1024, 40000]),
+                rnd.choice([22, 23, 53, 9999, 10000, 12000, 20000, 20001]),
+                rnd.choice([0, 0, 46, 45]),
+                proto in (6, 17) and rnd.random() < 0.05,
+            )
+        )
+    return out
 
-    pkts = [
-        bytes(IP(src="198.18.0.1", dst="198.19.7.9") / TCP(dport=22)),
-        bytes(IP(src="198.18.0.1", dst="198.19.1.1") / TCP(dport=23)),
-        bytes(IP(src="198.18.0.1", dst="198.19.7.9", tos=46 << 2) / UDP(dport=12000)),
-        bytes(IP(src="198.18.0.1", dst="198.19.7.9") / UDP(dport=53)),
-        bytes(IP(src="198.18.0.1", dst="198.19.200.1") / UDP(dport=53)),
-    ]
+
+def test_classify_with_example_rules_matches_the_reference(tmp_path: Path) -> None:
+    """`pcap --rx classify --rules examples/rules.toml` gives every packet the action
+    and class id of the reference classifier (tests/soft/classify_ref.py: rules in
+    priority order with ipaddress matching, then the longest prefix), and writes
+    exactly the packets not dropped."""
+    cfg = load_classify(RULES)
+    pkts = _example_packets()
+    raw = [p.build() for p in pkts]
+    want = [reference(cfg, p) for p in pkts]
+    # the packets exercise every rule, every prefix and the default
+    assert {c for _, c in want} == {2, 7, 99, 3, 4, 5, 0}
     src, out, res = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "r.jsonl"
-    _write(src, pkts)
+    _write(src, raw)
     argv = ["pcap", "--rx", "classify", "--rules", str(RULES), str(src), str(out)]
     assert main([*argv, "--results", str(res)]) == 0
-    rows = [json.loads(x) for x in res.read_text().splitlines()]
-    by_index = {r["index"]: r for r in rows}
-    # ssh rule, telnet dropped by its rule, media rule (DSCP 46), LPM /24 beats /16, LPM /16
-    assert [by_index[i]["class_id"] for i in range(5)] == [2, 99, 7, 4, 3]
-    assert [r.data for r in read_capture(out)] == [pkts[0], *pkts[2:]]
+    rows = sorted((json.loads(x) for x in res.read_text().splitlines()), key=lambda r: r["index"])
+    names = {v: k for k, v in ACTIONS.items()}
+    assert [(r["dos-filter"], r["class_id"]) for r in rows] == [(names[a], c) for a, c in want]
+    assert [r["delivered"] for r in rows] == [a != ACTIONS["drop"] for a, _ in want]
+    kept = [p for p, (a, _) in zip(raw, want, strict=True) if a != ACTIONS["drop"]]
+    assert [r.data for r in read_capture(out)] == kept
 
 
 def test_example_policy_file_loads_and_runs_the_demo(tmp_path: Path) -> None:
