@@ -1,8 +1,14 @@
-"""The command line: --help everywhere, bad arguments give one line and exit 2, caps --json."""
+"""The command line: --help everywhere, bad arguments give one line and exit 2, caps --json
+(as root: the kernel devices work and report what the kernel really offers)."""
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
+import os
+import socket
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -11,6 +17,7 @@ import pytest
 
 from netoffload.caps import TaskOffloadBuffer
 from netoffload.cli import COMMANDS, main
+from netoffload.testing import netns
 
 
 @pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS)])
@@ -75,6 +82,93 @@ def test_caps_json_parses(capsys: Any) -> None:
         buf = TaskOffloadBuffer.from_dict(d)
         assert buf.to_dict() == d
     assert "software" in names
+
+
+# the kernel's own numbers (linux/if_tun.h, linux/udp.h, linux/if_packet.h,
+# asm-generic/socket.h), independent of netoffload.devices
+_TUNSETIFF, _TUNSETOFFLOAD, _TUNATTACHFILTER = 0x400454CA, 0x400454D0, 0x401054D5
+_IFF_TUN, _IFF_NO_PI, _IFF_VNET_HDR = 0x0001, 0x1000, 0x4000
+_TUN_F_CSUM, _TUN_F_TSO4, _TUN_F_TSO6, _TUN_F_USO4, _TUN_F_USO6 = 1, 2, 4, 0x20, 0x40
+_SOL_UDP, _UDP_SEGMENT, _UDP_GRO = 17, 103, 104
+_SOL_PACKET, _PACKET_VNET_HDR, _SO_ATTACH_FILTER = 263, 15, 26
+
+
+def _accept_all_fprog() -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    """A struct sock_fprog of one instruction, ret #-1 (and the array it points to)."""
+    insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0xFFFFFFFF), 8)
+    return struct.pack("HxxxxxxP", 1, ctypes.addressof(insn)), insn
+
+
+def _works(fn: Any, *args: Any) -> bool:
+    try:
+        fn(*args)
+        return True
+    except OSError:
+        return False
+
+
+def _kernel_offers() -> dict[str, set[str]]:
+    """What this kernel lets a TUN, a UDP socket and a packet socket do, asked
+    directly with the kernel's ioctls and socket options (run inside a namespace)."""
+    prog, _keep = _accept_all_fprog()
+    out: dict[str, set[str]] = {}
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        ifr = struct.pack("16sH", b"nofcapsref0", _IFF_TUN | _IFF_NO_PI | _IFF_VNET_HDR)
+        fcntl.ioctl(fd, _TUNSETIFF, ifr)
+        tun: set[str] = set()
+        if _works(fcntl.ioctl, fd, _TUNSETOFFLOAD, _TUN_F_CSUM):
+            tun.add("checksum")
+        if _works(fcntl.ioctl, fd, _TUNSETOFFLOAD, _TUN_F_CSUM | _TUN_F_TSO4 | _TUN_F_TSO6):
+            tun |= {"tcp-segment", "tcp-assemble"}
+        if _works(fcntl.ioctl, fd, _TUNSETOFFLOAD, _TUN_F_CSUM | _TUN_F_USO4 | _TUN_F_USO6):
+            tun |= {"udp-segment", "udp-assemble"}
+        if _works(fcntl.ioctl, fd, _TUNATTACHFILTER, prog):
+            tun.add("dos-filter")
+        out["tun"] = tun
+    finally:
+        os.close(fd)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        udp = {"checksum"}  # the kernel computes and checks UDP checksums itself
+        if _works(s.getsockopt, _SOL_UDP, _UDP_SEGMENT):
+            udp.add("udp-segment")
+        if _works(s.setsockopt, _SOL_UDP, _UDP_GRO, 1):
+            udp.add("udp-assemble")
+        if _works(s.setsockopt, socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog):
+            udp.add("dos-filter")
+        out["udp"] = udp
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
+        pkt: set[str] = set()
+        if _works(s.setsockopt, _SOL_PACKET, _PACKET_VNET_HDR, 1):
+            pkt |= {"checksum", "tcp-segment", "udp-segment", "tcp-assemble"}
+        if _works(s.setsockopt, socket.SOL_SOCKET, _SO_ATTACH_FILTER, prog):
+            pkt.add("dos-filter")
+        out["packet"] = pkt
+    return out
+
+
+@pytest.mark.kernel
+def test_caps_kernel_devices_work_as_root(capsys: Any) -> None:
+    """As root, `caps --json` shows the TUN, UDP and packet-socket devices available,
+    each with the tasks this kernel really lets it do, asked of the kernel directly
+    in a namespace of the test's own. A kernel device that fails to open, or whose
+    probe loses or invents a task, fails this test."""
+    if os.geteuid() != 0:
+        pytest.skip("not root")
+    with netns.Testbed() as tb:
+        want = tb.host("capsref").run(_kernel_offers)
+    # what any Linux this project runs on gives (UDP_SEGMENT: 4.18 and later)
+    assert {"checksum", "tcp-segment"} <= want["tun"] and "udp-segment" in want["udp"]
+    assert main(["caps", "--json"]) == 0
+    docs = {str(d["device"]).split(":")[0]: d for d in json.loads(capsys.readouterr().out)}
+    for kind in ("tun", "udp", "packet"):
+        d = docs.get(kind)
+        assert d is not None, f"caps lists no {kind} device"
+        assert "unavailable" not in d, f"{kind}: unavailable: {d['unavailable']}"
+        got = {str(r["task"]) for r in d["records"]}
+        assert got == want[kind], (
+            f"{kind}: caps says {sorted(got)}, the kernel {sorted(want[kind])}"
+        )
 
 
 @pytest.mark.parametrize("device", ["software", "loopback"])
