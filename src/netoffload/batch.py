@@ -135,6 +135,9 @@ class Reason(enum.IntEnum):
     NO_ENDPOINT = 60  # the peer has no known endpoint to send to
     HANDSHAKE = 61  # a handshake message: handed to the protocol core
     BAD_MAC1 = 62
+    # ESP decapsulation (soft/crypto.py)
+    ECN_DROP = 63  # a Not-ECT inner packet arrived in a CE-marked outer one (RFC 6040)
+    SELECTOR_MISMATCH = 64  # the inner packet is outside the SA's traffic selectors (RFC 4301)
     # classification and DoS
     RULE_DROP = 70
     RATE_LIMIT = 71

@@ -92,3 +92,231 @@ def test_too_big_for_the_outer_header_is_a_verdict_not_a_corrupt_packet(
                 assert (outer.len if v == 4 else outer.plen + 40) == total
                 ssa = scapy_sa(sa)
                 assert bytes(ssa.decrypt(outer)) == pk[i]
+
+
+# ------------------------------------------------------------- DSCP and ECN (RFC 6040)
+NOT_ECT, ECT1, ECT0, CE = 0b00, 0b01, 0b10, 0b11
+DROP = -1
+#: RFC 6040 section 4.2, Figure 4 ("New IP in IP Decapsulation Behaviour"), as
+#: written there: rows the arriving inner header, columns the arriving outer
+#: header, cells the outgoing (inner) ECN field or <drop>.
+#:
+#:   +---------+------------------------------------------------+
+#:   |Arriving |            Arriving Outer Header               |
+#:   |   Inner +---------+------------+------------+------------+
+#:   |  Header | Not-ECT | ECT(0)     | ECT(1)     |     CE     |
+#:   +---------+---------+------------+------------+------------+
+#:   | Not-ECT | Not-ECT |Not-ECT(!!!)|Not-ECT(!!!)| <drop>(!!!)|
+#:   |  ECT(0) |  ECT(0) | ECT(0)     | ECT(1)     |     CE     |
+#:   |  ECT(1) |  ECT(1) | ECT(1) (!) | ECT(1)     |     CE     |
+#:   |    CE   |      CE |     CE     |     CE(!!!)|     CE     |
+#:   +---------+---------+------------+------------+------------+
+RFC6040_DECAP = {
+    (NOT_ECT, NOT_ECT): NOT_ECT,
+    (NOT_ECT, ECT0): NOT_ECT,
+    (NOT_ECT, ECT1): NOT_ECT,
+    (NOT_ECT, CE): DROP,
+    (ECT0, NOT_ECT): ECT0,
+    (ECT0, ECT0): ECT0,
+    (ECT0, ECT1): ECT1,
+    (ECT0, CE): CE,
+    (ECT1, NOT_ECT): ECT1,
+    (ECT1, ECT0): ECT1,
+    (ECT1, ECT1): ECT1,
+    (ECT1, CE): CE,
+    (CE, NOT_ECT): CE,
+    (CE, ECT0): CE,
+    (CE, ECT1): CE,
+    (CE, CE): CE,
+}
+DSCPS = [0, 10, 46, 63]  # best effort, AF11, EF, the largest
+
+
+def _inner_tos(v: int, tos: int, i: int = 0, proto: str = "udp") -> bytes:
+    from scapy.layers.inet import TCP
+
+    l4 = TCP(sport=1000 + i, dport=80) if proto == "tcp" else UDP(sport=1000 + i, dport=53)
+    if v == 4:
+        return bytes(IP(src="10.1.0.1", dst="10.2.0.1", tos=tos, id=i) / l4 / Raw(b"p" * 40))
+    return bytes(IPv6(src="fd01:1::1", dst="fd01:2::1", tc=tos) / l4 / Raw(b"p" * 40))
+
+
+def _tos_of(p: IP | IPv6) -> int:
+    return int(p.tos) if isinstance(p, IP) else int(p.tc)
+
+
+def _v4_checksum_ok(raw: bytes) -> bool:
+    p = IP(raw)
+    want = p.chksum
+    del p.chksum
+    return int(IP(bytes(p)).chksum) == int(want)
+
+
+@pytest.mark.parametrize(
+    ("v", "inner_v", "udp"), [(4, 4, False), (4, 6, True), (6, 4, False), (6, 6, True)]
+)
+@pytest.mark.parametrize("uniform", [True, False])
+def test_encapsulation_copies_dscp_and_ecn(v: int, inner_v: int, udp: bool, uniform: bool) -> None:
+    """RFC 6040 normal mode at the ingress: the outer ECN field is the inner one
+    (CE included); DSCP is copied too (RFC 4301 5.1.2.1). The outer IPv4 header
+    checksum stays right; scapy decrypts the inner packet unchanged. The outer
+    TOS / traffic class used to be 0 whatever the inner packet carried."""
+    sa = our_sa(v, udp)
+    tos = [d << 2 | e for d in DSCPS for e in (NOT_ECT, ECT1, ECT0, CE)]
+    pkts = [_inner_tos(inner_v, t, i) for i, t in enumerate(tos)]
+    for batch in (pkts, [pkts[5]] * 4):  # mixed, and one TOS in an equal-size run
+        b = Batch.from_packets(batch, uniform=uniform)
+        b.ext.sa[:] = 0
+        out = EncryptTask(sas=SATable((sa,))).process(b, np.ones(len(batch), bool))
+        assert not out.ext.error.any()
+        for raw, inner in zip(out.packets(), batch, strict=True):
+            outer = outer_parse(sa, raw)
+            got = _tos_of(outer)
+            assert got == _tos_of(IP(inner) if inner_v == 4 else IPv6(inner))
+            if v == 4:
+                assert _v4_checksum_ok(raw)
+            assert bytes(scapy_sa(sa).decrypt(outer)) == inner
+
+
+def _scapy_encrypted(sa: OurSA, inner: list[bytes], outer_tos: list[int]) -> list[bytes]:
+    """scapy encrypts each inner packet with the given outer TOS / traffic class."""
+    ssa = scapy_sa(sa)
+    out = []
+    for p, t in zip(inner, outer_tos, strict=True):
+        if sa.outer_version == 4:
+            ssa.tunnel_header = IP(src=sa.src, dst=sa.dst, tos=t)
+        else:
+            ssa.tunnel_header = IPv6(src=sa.src, dst=sa.dst, tc=t)
+        out.append(bytes(ssa.encrypt(IP(p) if p[0] >> 4 == 4 else IPv6(p))))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("v", "inner_v", "udp"), [(4, 4, False), (6, 4, True), (4, 6, True), (6, 6, False)]
+)
+@pytest.mark.parametrize("uniform", [True, False])
+def test_decapsulation_follows_the_rfc6040_table(
+    v: int, inner_v: int, udp: bool, uniform: bool
+) -> None:
+    """Every (inner, outer) ECN combination, packets encrypted by scapy with the
+    outer TOS set: the inner ECN field becomes the table's cell (its DSCP stays,
+    an inner IPv4 header checksum stays right); a Not-ECT inner packet in a CE
+    outer one is dropped (ECN_DROP) and keeps its bytes. Decapsulation used to
+    leave the inner ECN field alone, losing every CE mark."""
+    sa = our_sa(v, udp, replay_window=64)
+    cells = sorted(RFC6040_DECAP.items())
+    dscp = 46
+    inner = [_inner_tos(inner_v, dscp << 2 | i_ecn, n) for n, ((i_ecn, _o), _c) in enumerate(cells)]
+    outer_tos = [(10 << 2) | o for (_i, o), _c in cells]  # another DSCP outside
+    wire = _scapy_encrypted(sa, inner, outer_tos)
+    if uniform:  # all of one length: the whole-batch path takes them
+        assert len({len(w) for w in wire}) == 1
+    from netoffload.soft.crypto import DecryptTask
+
+    b = Batch.from_packets(wire, uniform=uniform)
+    out = DecryptTask(sas=SATable((sa,))).process(b, np.ones(len(wire), bool))
+    got = out.packets()
+    for n, ((_i_ecn, _o_ecn), cell) in enumerate(cells):
+        if cell == DROP:
+            assert out.ext.error[n] == Reason.ECN_DROP
+            assert got[n] == wire[n]
+            continue
+        assert out.ext.error[n] == 0
+        p = IP(got[n]) if inner_v == 4 else IPv6(got[n])
+        assert _tos_of(p) == dscp << 2 | cell
+        if inner_v == 4:
+            assert _v4_checksum_ok(got[n])
+        # nothing else changed
+        want = IP(inner[n]) if inner_v == 4 else IPv6(inner[n])
+        if inner_v == 4:
+            want.tos = dscp << 2 | cell
+            del want.chksum
+        else:
+            want.tc = dscp << 2 | cell
+        assert got[n] == bytes(want.__class__(bytes(want)))
+
+
+# ------------------------------------------------------------- IPv6 flow label (RFC 6438)
+@pytest.mark.parametrize("uniform", [True, False])
+def test_ipv6_outer_flow_label_comes_from_the_inner_flow(uniform: bool) -> None:
+    """RFC 6438: the outer flow label is a non-zero 20-bit value computed from the
+    inner flow, so equal-cost paths can spread tunnelled flows: every packet of an
+    inner flow gets the same label, in any batch and on either encryption path,
+    and different flows (almost always) different labels. It used to be 0."""
+    sa = our_sa(6, False)
+    flows = [
+        (inner_v, proto, i) for inner_v in (4, 6) for proto in ("tcp", "udp") for i in range(32)
+    ]
+    label: dict[tuple[int, str, int], int] = {}
+    for rnd in range(3):
+        batch = (
+            [_inner_tos(v, 0, i, proto) for v, proto, i in flows[rnd::3]]
+            if not uniform
+            else [_inner_tos(4, 0, i, "udp") for i in range(rnd * 20, rnd * 20 + 40)]
+        )
+        keys = (
+            flows[rnd::3]
+            if not uniform
+            else [(4, "udp", i) for i in range(rnd * 20, rnd * 20 + 40)]
+        )
+        b = Batch.from_packets(batch, uniform=uniform)
+        b.ext.sa[:] = 0
+        out = EncryptTask(sas=SATable((sa,))).process(b, np.ones(len(batch), bool))
+        for key, raw, inner in zip(keys, out.packets(), batch, strict=True):
+            outer = IPv6(raw)
+            fl = int(outer.fl)
+            assert 0 < fl < 1 << 20
+            assert label.setdefault(key, fl) == fl
+            assert bytes(scapy_sa(sa).decrypt(outer)) == inner
+    assert len(set(label.values())) >= len(label) - 2
+    # an IPv4 outer header has no flow label, and the inner packet's stays as it was
+    v6 = bytes(IPv6(src="fd01:1::1", dst="fd01:2::1", fl=0xABCDE) / UDP() / Raw(b"x"))
+    b = Batch.from_packets([v6])
+    b.ext.sa[:] = 0
+    raw = EncryptTask(sas=SATable((our_sa(4),))).process(b, np.ones(1, bool)).packets()[0]
+    assert int(IPv6(bytes(scapy_sa(our_sa(4)).decrypt(IP(raw)))).fl) == 0xABCDE
+
+
+# ------------------------------------------------------------- inbound selectors (RFC 4301 5.2)
+@pytest.mark.parametrize("uniform", [True, False])
+def test_inner_packets_outside_the_selectors_are_dropped_after_decryption(uniform: bool) -> None:
+    """RFC 4301 5.2: after decryption the inner packet must match the SA's traffic
+    selectors; a peer holding the key cannot inject packets for other networks.
+    Those outside fail with SELECTOR_MISMATCH and keep their bytes; a family the
+    SA names no selector for is not limited (``::/0`` implied). Nothing used to
+    be checked."""
+    import ipaddress
+
+    from netoffload.soft.crypto import DecryptTask
+
+    sa = our_sa(
+        4,
+        replay_window=64,
+        inner_src=(ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("::/0")),
+        inner_dst=(ipaddress.ip_network("10.2.0.0/24"), ipaddress.ip_network("::/0")),
+    )
+    cases = [
+        ("10.1.2.3", "10.2.0.9", True),
+        ("10.1.255.255", "10.2.0.255", True),
+        ("10.3.0.1", "10.2.0.9", False),  # source outside
+        ("10.1.0.1", "10.2.1.1", False),  # destination outside
+        ("192.0.2.1", "198.51.100.1", False),
+        ("fd01::1", "fd02::1", True),  # IPv6: no selector given, any
+    ]
+    inner = []
+    for i, (s, d, _ok) in enumerate(cases):
+        l3 = IP(src=s, dst=d, id=i) if ":" not in s else IPv6(src=s, dst=d)
+        inner.append(bytes(l3 / UDP(sport=5000 + i) / Raw(b"s" * (40 if ":" not in s else 20))))
+    wire = _scapy_encrypted(sa, inner, [0] * len(inner))
+    if uniform:
+        assert len({len(w) for w in wire}) == 1
+    out = DecryptTask(sas=SATable((sa,))).process(
+        Batch.from_packets(wire, uniform=uniform), np.ones(len(wire), bool)
+    )
+    got = out.packets()
+    for n, (_s, _d, ok) in enumerate(cases):
+        if ok:
+            assert out.ext.error[n] == 0 and got[n] == inner[n]
+        else:
+            assert out.ext.error[n] == Reason.SELECTOR_MISMATCH
+            assert got[n] == wire[n]

@@ -8,7 +8,12 @@ writes outer IPv4/IPv6 header, optional UDP 4500 header (RFC 3948: checksum 0
 over IPv4; over IPv6, where a zero UDP checksum is not allowed (RFC 8200 8.1)
 and Linux drops it, the checksum is computed once the packet is complete),
 SPI, sequence number and IV into the head room, padding / pad length / next
-header (4 or 41) into the tail room, and encrypts in place:
+header (4 or 41) into the tail room, and encrypts in place. The outer header
+carries the inner one's DSCP and ECN field (copied: RFC 6040 normal mode, RFC
+4301 5.1.2.1); an IPv6 outer header a flow label from the inner flow (RFC 6438:
+the inner 4-tuple's Toeplitz hash folded to 20 bits, never 0). A packet whose
+ESP packet would not fit the outer length field (65535) fails with TOO_BIG.
+Ciphers:
 AES-GCM (RFC 4106) or ChaCha20-Poly1305 (RFC 7634), or ESP NULL encryption with
 HMAC-SHA-256-128 integrity (RFC 4868). Nonce and AAD: see ``netoffload.sa``.
 
@@ -16,15 +21,20 @@ HMAC-SHA-256-128 integrity (RFC 4868). Nonce and AAD: see ``netoffload.sa``.
 UDP, when a port is 4500 or an SA's encapsulation port), looks the SA up by
 SPI, infers the high half of an extended sequence number (RFC 4303 appendix
 A2), authenticates and decrypts in place, checks the padding and next header,
-then runs the SA's anti-replay window (``soft.replay``; only authenticated
-packets move it) and leaves the inner packet. ``ext.sa`` and ``ext.seq`` are set.
+checks the inner packet (RFC 4301 5.2: inside the SA's traffic selectors, else
+SELECTOR_MISMATCH; an inner packet shorter than its IP header is BAD_ESP), sets
+its ECN field by RFC 6040's decapsulation table (a Not-ECT inner packet in a
+CE outer one: ECN_DROP; an IPv4 header checksum is updated), then runs the
+SA's anti-replay window (``soft.replay``; only authenticated packets move it)
+and leaves the inner packet. ``ext.sa`` and ``ext.seq`` are set.
 
 Per-packet verdicts in ``ext.error``, never an exception out of the batch:
 UNKNOWN_SA (no SA for ``ext.sa`` / the SPI), BAD_ICV (authentication failed),
 BAD_PADDING, BAD_ESP (not ESP, truncated trailer or header, next header not
 4/41 or not matching the inner version — dummy packets included),
 REPLAY, TOO_OLD, SEQ_EXHAUSTED (the SA's sequence space is used up), NOT_IP,
-TRUNCATED. A packet that fails keeps its original bytes.
+TRUNCATED, TOO_BIG, SELECTOR_MISMATCH, ECN_DROP. A packet that fails keeps its
+original bytes.
 
 Speed: headers, trailers, nonces and AADs are built with numpy for the whole
 batch; the only per-packet Python work is one AEAD call. On a uniform batch
@@ -46,6 +56,7 @@ import itertools
 import operator
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +70,10 @@ from netoffload.errors import ConfigError
 from netoffload.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
 from netoffload.soft import SoftTask, register
 from netoffload.soft.checksum import fill
+from netoffload.soft.classify import rss_batch
 from netoffload.soft.digest import padded_hmac
 from netoffload.soft.replay import OK, REPLAY, TOO_OLD, ReplayWindow
+from netoffload.soft.rss import Toeplitz
 from netoffload.tasks import Task
 from netoffload.wire.esp import IPPROTO_ESP, IPPROTO_UDP, NAT_T_PORT, NH_IPV4, NH_IPV6
 
@@ -156,6 +169,149 @@ def _u32(b: Batch, pos: I64, ok: Mask) -> I64:
     return (_u16(b, pos, ok) << 16) | _u16(b, pos + 2, ok)
 
 
+def _tos_of(b0: I64, b1: I64) -> I64:
+    """The IPv4 TOS / IPv6 traffic class (DSCP and ECN) from an IP header's first
+    two bytes."""
+    return np.where((b0 >> 4) == 4, b1, ((b0 & 0xF) << 4) | (b1 >> 4))
+
+
+def _fold(s: I64) -> I64:
+    s = (s & 0xFFFF) + (s >> 16)
+    return (s & 0xFFFF) + (s >> 16)
+
+
+def _flow_label(h: NDArray[np.uint32], proto: I64) -> I64:
+    """A non-zero 20-bit flow label (RFC 6438) from a hash of the inner flow."""
+    x = h.astype(np.int64) ^ (proto << 24)
+    lab = (x ^ (x >> 20)) & 0xFFFFF
+    return np.where(lab == 0, 1, lab)
+
+
+#: RFC 6040 section 4.2 (Figure 4), normal mode: the inner packet's outgoing ECN
+#: field at [inner ECN * 4 + outer ECN] (codepoints 0 Not-ECT, 1 ECT(1), 2 ECT(0),
+#: 3 CE); -1: drop (a Not-ECT inner packet in a CE outer one)
+_ECN_DECAP = np.array(
+    [
+        [0, 0, 0, -1],  # inner Not-ECT
+        [1, 1, 1, 3],  # inner ECT(1)
+        [2, 1, 2, 3],  # inner ECT(0)
+        [3, 3, 3, 3],  # inner CE
+    ],
+    dtype=np.int64,
+).reshape(-1)
+_M64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class _Selectors:
+    """An SA's inbound traffic selectors as (value, mask) pairs per family; a
+    family with a /0 among its prefixes is not limited (``None``)."""
+
+    src4: tuple[tuple[int, int], ...] | None
+    dst4: tuple[tuple[int, int], ...] | None
+    src6: tuple[tuple[int, int, int, int], ...] | None
+    dst6: tuple[tuple[int, int, int, int], ...] | None
+
+    @classmethod
+    def of(cls, sa: SecurityAssociation) -> _Selectors | None:
+        def v4(nets: tuple[Any, ...]) -> tuple[tuple[int, int], ...] | None:
+            ps = [n for n in nets if n.version == 4]
+            if not ps or any(n.prefixlen == 0 for n in ps):
+                return None
+            return tuple(
+                (int(n.network_address), (0xFFFFFFFF << (32 - n.prefixlen)) & 0xFFFFFFFF)
+                for n in ps
+            )
+
+        def v6(nets: tuple[Any, ...]) -> tuple[tuple[int, int, int, int], ...] | None:
+            ps = [n for n in nets if n.version == 6]
+            if not ps or any(n.prefixlen == 0 for n in ps):
+                return None
+            out = []
+            for n in ps:
+                a = int(n.network_address)
+                m = (((1 << 128) - 1) << (128 - n.prefixlen)) & ((1 << 128) - 1)
+                out.append((a >> 64, a & _M64, m >> 64, m & _M64))
+            return tuple(out)
+
+        sel = cls(v4(sa.inner_src), v4(sa.inner_dst), v6(sa.inner_src), v6(sa.inner_dst))
+        if all(x is None for x in (sel.src4, sel.dst4, sel.src6, sel.dst6)):
+            return None
+        return sel
+
+    def outside(self, head: U8, ver: I64) -> Mask:
+        """Which inner packets (first 40 bytes ``head``, version ``ver``) are
+        outside the selectors."""
+        n = len(ver)
+        bad = np.zeros(n, np.bool_)
+        v4 = ver == 4
+        if v4.any() and (self.src4 is not None or self.dst4 is not None):
+            w = np.ascontiguousarray(head[:, 12:20]).view(">u4").astype(np.int64)
+            for col, nets in ((0, self.src4), (1, self.dst4)):
+                if nets is not None:
+                    hit = np.zeros(n, np.bool_)
+                    for val, mask in nets:
+                        hit |= (w[:, col] & mask) == val
+                    bad |= v4 & ~hit
+        v6 = ver == 6
+        if v6.any() and (self.src6 is not None or self.dst6 is not None):
+            q = np.ascontiguousarray(head[:, 8:40]).view(">u8").astype(np.uint64)
+            for col, nets6 in ((0, self.src6), (2, self.dst6)):
+                if nets6 is not None:
+                    hit = np.zeros(n, np.bool_)
+                    for vh, vl, mh, ml in nets6:
+                        hit |= ((q[:, col] & np.uint64(mh)) == np.uint64(vh)) & (
+                            (q[:, col + 1] & np.uint64(ml)) == np.uint64(vl)
+                        )
+                    bad |= v6 & ~hit
+        return bad
+
+
+def _decap_checks(
+    sel: _Selectors | None, head: U8, outer2: U8, ver: I64, L: I64, ok: Mask
+) -> tuple[NDArray[np.uint16], I64]:
+    """After authentication, for the ``ok`` packets of one SA: the reason each
+    fails (0 if none) and the inner packet's new second byte (-1: unchanged).
+
+    ``head``: the first 40 bytes of each inner packet (zero beyond its end);
+    ``outer2``: the outer IP header's first two bytes; ``L``: inner bytes. An
+    inner packet shorter than its IP header is BAD_ESP; one outside the SA's
+    selectors SELECTOR_MISMATCH (RFC 4301 5.2); a Not-ECT one in a CE outer one
+    ECN_DROP; the others get the ECN field of RFC 6040's table."""
+    n = len(ver)
+    reason = np.zeros(n, np.uint16)
+    short = ok & (np.where(ver == 4, 20, 40) > L)
+    reason[short] = Reason.BAD_ESP
+    live = ok & ~short
+    if sel is not None and live.any():
+        out = live & sel.outside(head, ver)
+        reason[out] = Reason.SELECTOR_MISMATCH
+        live &= ~out
+    b0, b1 = head[:, 0].astype(np.int64), head[:, 1].astype(np.int64)
+    inner_ecn = _tos_of(b0, b1) & 3
+    outer_ecn = _tos_of(outer2[:, 0].astype(np.int64), outer2[:, 1].astype(np.int64)) & 3
+    ecn = _ECN_DECAP[inner_ecn * 4 + outer_ecn]
+    drop = live & (ecn < 0)
+    reason[drop] = Reason.ECN_DROP
+    change = live & (ecn >= 0) & (ecn != inner_ecn)
+    new_b1 = np.where(ver == 4, (b1 & ~3) | ecn, (b1 & ~0x30) | (ecn << 4))
+    return reason, np.where(change, new_b1, -1)
+
+
+def _set_ecn(head: U8, new_b1: I64) -> tuple[I64, I64]:
+    """(rows to change, their new IPv4 header checksum or -1 for IPv6): the inner
+    header's second byte becomes ``new_b1``; an IPv4 header checksum is updated
+    incrementally (RFC 1624, eqn. 3) over the word of version, IHL and TOS."""
+    rows = np.flatnonzero(new_b1 >= 0)
+    h = head[rows].astype(np.int64)
+    v4 = (h[:, 0] >> 4) == 4
+    old = (h[:, 0] << 8) | h[:, 1]
+    new = (h[:, 0] << 8) | new_b1[rows]
+    hc = (h[:, 10] << 8) | h[:, 11]
+    csum = ~_fold((~hc & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
+    return rows, np.where(v4, csum, -1)
+
+
 def _ip_lengths(b: Batch, l3: I64, avail: I64) -> tuple[I64, I64]:
     """(version or 0 when not a whole IPv4/IPv6 packet, IP packet length) at absolute l3."""
     n = len(l3)
@@ -248,6 +404,8 @@ class EncryptTask(SoftTask):
         self.overheads = np.array([sa.overhead for sa in self.table.sas], np.int64)
         self.v4_sums = [_word_sum(t[:20]) for t in self.templates]
         self.versions = [sa.outer_version for sa in self.table.sas]
+        #: the RSS hash of the inner flow gives an IPv6 outer header its flow label
+        self.toeplitz = Toeplitz()
         #: the largest outer IP packet of each SA (the length field's limit)
         self.max_outer = np.array([65535 + (40 if v == 6 else 0) for v in self.versions], np.int64)
         self.head_rows: dict[tuple[int, int], U8] = {}
@@ -360,22 +518,35 @@ class EncryptTask(SoftTask):
             row = self.head_rows[(k, ip_total)] = m[0]
         return row
 
-    def _lengths_into(self, k: int, m: U8, ip_total: I64) -> None:
-        """Outer IP (and UDP) length fields, and the IPv4 header checksum, of headers ``m``."""
+    def _lengths_into(
+        self, k: int, m: U8, ip_total: I64, tos: I64 | None = None, label: I64 | None = None
+    ) -> None:
+        """Outer IP (and UDP) length fields, TOS / traffic class and flow label,
+        and the IPv4 header checksum, of headers ``m``."""
         sa = self.table.sas[k]
         iph = 20 if self.versions[k] == 4 else 40
+        t = np.zeros(len(m), np.int64) if tos is None else tos
         if self.versions[k] == 4:
             # ID 0 with DF set (an atomic datagram, RFC 6864): the checksum only
-            # depends on the total length
+            # depends on the total length and the TOS
             _u16_into(m, 2, ip_total)
-            s = self.v4_sums[k] + ip_total
-            s = (s & 0xFFFF) + (s >> 16)
-            s = (s & 0xFFFF) + (s >> 16)
-            _u16_into(m, 10, ~s & 0xFFFF)
+            m[:, 1] = t
+            _u16_into(m, 10, ~_fold(self.v4_sums[k] + ip_total + t) & 0xFFFF)
         else:
+            fl = np.zeros(len(m), np.int64) if label is None else label
+            m[:, 0] = 0x60 | (t >> 4)
+            m[:, 1] = ((t & 0xF) << 4) | (fl >> 16)
+            _u16_into(m, 2, fl & 0xFFFF)
             _u16_into(m, 4, ip_total - 40)
         if sa.udp_encap:
             _u16_into(m, iph + 4, ip_total - iph)
+
+    def _labels(self, b: Batch, rows: I64) -> I64:
+        """RFC 6438 flow labels of inner packets ``rows`` (their layout parsed
+        in the extension): the Toeplitz hash of the inner 4-tuple (2-tuple when
+        not TCP/UDP), folded to 20 bits with the protocol, never 0."""
+        h = rss_batch(b, rows, self.toeplitz)
+        return _flow_label(h, b.ext.l4_proto[rows].astype(np.int64))
 
     def _encrypt_uniform(self, b: Batch, rows: I64) -> bool:
         """The common case in a few whole-batch steps: a uniform batch whose selected
@@ -454,6 +625,18 @@ class EncryptTask(SoftTask):
             out.arr[:, lead : lead + esp + 4] = head
             out.fill = hb
         oa = out.arr[:n]
+        # DSCP and ECN copied from the inner header (RFC 6040 normal mode), and
+        # an IPv6 outer header's flow label (RFC 6438): per packet, over the head
+        tos = _tos_of(mat[:, h0].astype(np.int64), mat[:, h0 + 1].astype(np.int64))
+        if self.versions[k] == 4:
+            oa[:, lead + 1] = tos
+            s0 = ~((int(head[10]) << 8) | int(head[11])) & 0xFFFF
+            oa.view(">u2")[:, (lead + 10) // 2] = ~_fold(s0 + tos) & 0xFFFF
+        else:
+            fl = self._labels(b, rows)
+            oa[:, lead] = 0x60 | (tos >> 4)
+            oa[:, lead + 1] = ((tos & 0xF) << 4) | (fl >> 16)
+            oa.view(">u2")[:, (lead + 2) // 2] = fl & 0xFFFF
         oa.view(">u4")[:, (lead + esp + 4) // 4] = seqs
         oa.view(">u8")[:, (lead + esp + 8) // 8] = seqs
         pt = scratch.rows("enc-in", P, 0, P, n)
@@ -567,10 +750,14 @@ class EncryptTask(SoftTask):
                 w = is_pad | is_pl | is_nh
                 val = np.where(is_pad, j + 1, np.where(is_pl, pad, nh))
                 b.buf[tail[w] + j] = val[w]
-        # outer headers, all packets of this SA at once
+        # outer headers, all packets of this SA at once: DSCP and ECN copied
+        # from the inner header (RFC 6040 normal mode), an IPv6 flow label from
+        # the inner flow (RFC 6438)
         m = np.empty((n, H), dtype=np.uint8)
         m[:] = self.templates[k]
-        self._lengths_into(k, m, H + P + ICV_LEN)
+        tos = _tos_of(b.buf[inner].astype(np.int64), b.buf[inner + 1].astype(np.int64))
+        label = self._labels(b, rows) if sa.outer_version == 6 else None
+        self._lengths_into(k, m, H + P + ICV_LEN, tos, label)
         iph = 20 if self.versions[k] == 4 else 40
         esp = iph + 8 if sa.udp_encap else iph
         m[:, esp + 4 : esp + 8] = _be_bytes(seqs, 4)
@@ -733,6 +920,8 @@ class DecryptTask(SoftTask):
             ReplayWindow(sa.replay_window) if sa.replay_window else None for sa in self.table.sas
         ]
         self.tops = [0 for _ in self.table.sas]  # highest authenticated seq (ESN inference)
+        #: inbound traffic selectors per SA, checked after decryption (None: any)
+        self.selectors = [_Selectors.of(sa) for sa in self.table.sas]
         ports = {NAT_T_PORT}
         for s in self.table.sas:
             if s.udp_encap:
@@ -980,6 +1169,14 @@ class DecryptTask(SoftTask):
         e.error[ix][bad_pad] = Reason.BAD_PADDING
         e.error[ix][bad_nh] = Reason.BAD_ESP
         ok &= ~(bad_pad | bad_nh)
+        # the inner packet: its header, the selectors, ECN (RFC 6040)
+        head = np.zeros((n, 40), np.uint8)
+        head[:, : min(P, 40)] = oa[:, : min(P, 40)]
+        why, new_b1 = _decap_checks(
+            self.selectors[k], head, mat[:, h0 : h0 + 2], iv.astype(np.int64), L, ok
+        )
+        e.error[ix][why != 0] = why[why != 0]
+        ok &= why == 0
         # anti-replay: only authenticated packets are judged and move the window
         # (those whose window the host keeps are left to ``settle``)
         self._note_top(k, seqs[ok & on_host])
@@ -998,9 +1195,15 @@ class DecryptTask(SoftTask):
                 self.tops[k] = w_.top
             else:
                 self.tops[k] = max(self.tops[k], int(seqs[acc].max()))
+        if (new_b1 >= 0).any():
+            ch, csum = _set_ecn(head, np.where(ok, new_b1, -1))
+            oa[ch, 1] = new_b1[ch]
+            c4 = csum >= 0
+            oa[ch[c4], 10] = csum[c4] >> 8
+            oa[ch[c4], 11] = csum[c4] & 0xFF
         # the inner packets (without TFC padding), in place of the ciphertext
         ct = eo + 16
-        _, iplen = _ip_lengths_of(oa[:, :6], L)
+        _, iplen = _ip_lengths_of(head[:, :6], L)
         Lg = np.where((iplen > 0) & (iplen <= L), iplen, L)
         if ok.all():
             g: I64 | slice = ix
@@ -1158,6 +1361,20 @@ class DecryptTask(SoftTask):
         e.error[rows[bad_pad]] = Reason.BAD_PADDING
         e.error[rows[bad_nh]] = Reason.BAD_ESP
         ok &= ~fail
+        # the inner packet: its header, the selectors, ECN (RFC 6040)
+        new_b1 = np.full(len(rows), -1, np.int64)
+        head = np.zeros((len(rows), 40), np.uint8)
+        ii = np.flatnonzero(ok)
+        if len(ii):
+            head[ii] = b.buf.take(ct[ii][:, None] + np.arange(40), mode="clip")
+            outer2 = b.buf.take((start[ii] + l2[ii])[:, None] + np.arange(2), mode="clip")
+            why, new_b1[ii] = _decap_checks(
+                self.selectors[k], head[ii], outer2, iv[ii], L[ii], np.ones(len(ii), np.bool_)
+            )
+            bad = why != 0
+            e.error[rows[ii[bad]]] = why[bad]
+            ok[ii[bad]] = False
+            fail[ii[bad]] = True
         # anti-replay: only authenticated packets are judged and move the window
         # (those whose window the host keeps are left to ``settle``)
         self._note_top(k, seqs[ok & on_host])
@@ -1187,6 +1404,12 @@ class DecryptTask(SoftTask):
         good = np.flatnonzero(ok)
         if len(good) == 0:
             return
+        if (new_b1[good] >= 0).any():
+            ch, csum = _set_ecn(head, np.where(ok, new_b1, -1))
+            b.buf[ct[ch] + 1] = new_b1[ch]
+            c4 = csum >= 0
+            b.buf[ct[ch[c4]] + 10] = csum[c4] >> 8
+            b.buf[ct[ch[c4]] + 11] = csum[c4] & 0xFF
         r = rows[good]
         inner = ct[good]
         Lg = L[good]
