@@ -202,3 +202,54 @@ def test_receive_right_lengths_wrong_content(types: list[int], data: st.DataObje
 
 
 _PAIR = _pair()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["tcp4", "udp4", "tcp6", "udp6", "icmp4", "frag4"]),
+            st.integers(0, 600),
+            st.integers(0, 10),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_inner_layout_agrees_with_the_parser(specs: list[tuple[str, int, int]]) -> None:
+    from scapy.layers.inet import TCP
+
+    from netoffload.wire.parse import parse_batch
+
+    pkts = []
+    for kind, size, opts in specs:
+        pay = bytes(size)
+        if kind == "tcp4":
+            p = (
+                IP(src="198.18.30.1", dst="198.18.30.2")
+                / TCP(options=[("NOP", None)] * (opts * 4))
+                / pay
+            )
+        elif kind == "udp4":
+            p = IP(src="198.18.30.1", dst="198.18.30.2") / UDP() / pay
+        elif kind == "tcp6":
+            p = IPv6(src="fd00::1", dst="fd00::2") / TCP() / pay
+        elif kind == "udp6":
+            p = IPv6(src="fd00::1", dst="fd00::2") / UDP() / pay
+        elif kind == "icmp4":
+            p = IP(src="198.18.30.1", dst="198.18.30.2") / ICMP() / pay
+        else:
+            p = IP(src="198.18.30.1", dst="198.18.30.2", flags="MF") / UDP() / pay
+        pkts.append(bytes(p))
+    ours = Batch.from_packets(pkts)
+    proto = dpm.inner_layout(ours, np.arange(len(pkts)))
+    ref = Batch.from_packets(pkts)
+    reason = parse_batch(ref, ethernet=False)
+    for i, (kind, _, _) in enumerate(specs):
+        if kind in ("tcp4", "udp4", "tcp6", "udp6"):
+            assert reason[i] == 0
+            assert proto[i] == ref.ext.l4_proto[i]
+            for f in ("l3_off", "l4_off", "hdr_len", "l3_proto", "l4_proto"):
+                assert getattr(ours.ext, f)[i] == getattr(ref.ext, f)[i], (kind, f)
+        else:
+            assert proto[i] == 0  # no checksum or assembly stage asked for
