@@ -85,8 +85,8 @@ def test_json_same_shape(tmp_path: Path) -> None:
 
 def test_lookup_vectorised() -> None:
     sas = tuple(
-        SecurityAssociation(spi, "aes-gcm-128", bytes(20), "198.18.0.1", "198.18.0.2")
-        for spi in (0x9000, 0x1000, 0x5000)
+        SecurityAssociation(spi, "aes-gcm-128", bytes([i]) * 20, "198.18.0.1", "198.18.0.2")
+        for i, spi in enumerate((0x9000, 0x1000, 0x5000))
     )
     t = SATable(sas)
     got = t.lookup(np.array([0x1000, 0x5000, 0x9000, 0x1234, 0, 0xFFFFFFFF]))
@@ -218,3 +218,44 @@ def test_fuzz_entries_give_table_or_config_error(entry: object) -> None:
         assert "SA #0" in str(e)
         return
     assert len(t) == 1
+
+
+@pytest.mark.parametrize(
+    ("alg", "k1", "k2"),
+    [
+        ("aes-gcm-128", KEY20, KEY20),  # the same key and salt
+        ("aes-gcm-128", KEY20, KEY20[:32] + "0a0b0c0d"),  # the same key, another salt
+        ("chacha20-poly1305", KEY36, KEY36),
+        ("null", "ab" * 32, "ab" * 32),  # integrity keys
+    ],
+)
+def test_one_key_for_both_directions_is_refused(alg: str, k1: str, k2: str) -> None:
+    """An SA is one direction. The two directions of a tunnel sharing a key (both
+    sides start at sequence number 1) would repeat AES-GCM / ChaCha20-Poly1305
+    nonces (salt || sequence number) under it: refused at load, naming both SAs.
+    Such a file used to load."""
+
+    def ent(name: str, spi: int, key: str, src: str, dst: str) -> dict[str, object]:
+        e: dict[str, object] = {"name": name, "spi": spi, "algorithm": alg, "src": src, "dst": dst}
+        if alg == "null":
+            e.update(integrity="hmac-sha256-128", integrity_key=key)
+        else:
+            e["key"] = key
+        return e
+
+    doc = {
+        "sa": [
+            ent("a-to-b", 0x1001, k1, "198.18.0.1", "198.19.0.1"),
+            ent("b-to-a", 0x1002, k2, "198.19.0.1", "198.18.0.1"),
+        ]
+    }
+    with pytest.raises(ConfigError) as ei:
+        parse_sa_doc(doc, where="SA file 'x.toml'")
+    msg = str(ei.value)
+    assert "SA b-to-a: the same key as SA a-to-b" in msg and "x.toml" in msg
+    with pytest.raises(ConfigError, match="b-to-a"):
+        SATable(tuple(parse_sa_doc({"sa": [e]}).sas[0] for e in doc["sa"]))
+    # each direction its own key: fine
+    other = "ff" * (len(k1) // 2)
+    doc["sa"][1] = ent("b-to-a", 0x1002, other, "198.19.0.1", "198.18.0.1")
+    assert len(parse_sa_doc(doc)) == 2

@@ -45,9 +45,13 @@ one key; the AEAD nonce is ``salt || IV`` (RFC 4106 section 4, RFC 7634 section
 2); the AAD is ``SPI || seq`` (8 bytes) or ``SPI || seq_hi || seq_lo`` with ESN
 (RFC 4106 section 5). ICVs are 16 bytes.
 
-SPIs are unique in a file; addresses may be any (the SA file is also used for
-offline captures; only the live tunnel restricts addresses). Every problem
-raises ``ConfigError`` naming the file and the SA entry (its name or index).
+SPIs are unique in a file, and so are keys: an SA is one direction, and two
+SAs sharing a cipher (or integrity) key -- the two directions of a tunnel
+configured with one key -- are refused, since both sides would count sequence
+numbers, and so AEAD nonces, from 1 under it. Addresses may be any (the SA file
+is also used for offline captures; only the live tunnel restricts addresses).
+Every problem raises ``ConfigError`` naming the file and the SA entry (its name
+or index).
 """
 
 from __future__ import annotations
@@ -191,6 +195,18 @@ class SATable:
                     f"SA {sa.label}: SPI 0x{sa.spi:08x} already used by {seen[sa.spi]}"
                 )
             seen[sa.spi] = sa.label
+        keys: dict[bytes, str] = {}
+        for sa in self.sas:
+            # an SA is one direction; the other direction is another SA with its
+            # own key: one key for both (both sides count from 1) repeats AEAD
+            # nonces, salt || sequence number, whatever the salts
+            k = sa.cipher_key if sa.aead else sa.integrity_key
+            if k and k in keys:
+                raise ConfigError(
+                    f"SA {sa.label}: the same key as SA {keys[k]}; an SA is one direction and "
+                    "each needs its own key (one key both ways repeats AEAD nonces)"
+                )
+            keys.setdefault(k, sa.label)
         spis = np.array([sa.spi for sa in self.sas], dtype=np.uint32)
         order = np.argsort(spis, kind="stable").astype(np.int32)
         object.__setattr__(self, "_spis", spis[order])
