@@ -298,7 +298,78 @@ def test_rx_data_valid_and_partial_become_results(testbed: netns.Testbed) -> Non
 
 
 # ------------------------------------------------------------------ GRO / super-packets
+def _frames_for(mac: str, packets: Sequence[bytes]) -> Batch:
+    """Ethernet frames to ``mac`` around IPv4 packets."""
+    eth = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex("020000000002") + b"\x08\x00"
+    return Batch.from_packets([eth + p for p in packets])
+
+
+def test_kernel_gro_merges_segments_sent_one_by_one(testbed: netns.Testbed) -> None:
+    """The kernel's TCP assembly, seen in a TUN read. netoffload cuts a super-packet
+    into 1000-byte segments (software TSO) and sends them one frame at a time from
+    b through a packet socket; a's veth runs GRO (veth NAPI: GRO toggled on, the
+    sender's veth without TSO; merges held up to gro_flush_timeout) and routes the
+    merged packet to a's TUN, which hands it up as one TCPv4 GSO super-packet:
+    gso_size 1000, segs = the segments merged, their bytes in order. With GRO off
+    on a's veth the same frames reach the TUN one by one."""
+    from netoffload.devices.packet import PacketDevice
+    from netoffload.soft.segment import SegmentTask
+
+    a, b = testbed.host("ga"), testbed.host("gb")
+    testbed.link(a, b, addrs_a=["198.18.0.1/24"], addrs_b=["198.18.0.2/24"])
+    a.sysctl("net.ipv4.ip_forward", "1")
+    a.sysctl("net.ipv4.conf.all.rp_filter", "0")
+    b.exec(["ethtool", "-K", "veth0", "tso", "off"])
+    mac = a.exec(["cat", "/sys/class/net/veth0/address"]).strip()
+    dev = TunDevice.open_in(a, "tun0", addrs=["198.18.1.1/24"])
+    sender = PacketDevice.open(b, "veth0", vnet_hdr=False)
+    n, mss = 8, 1000
+    try:
+        dev.enable(Task.CHECKSUM, Task.TCP_ASSEMBLE)
+
+        def burst(seq: int) -> tuple[bytes, list[tuple[bytes, Any]]]:
+            payload = random.Random(seq).randbytes(n * mss)
+            sup = tcp_packet(4, payload, src="198.18.0.2", dst="198.18.1.2", seq=seq, ident=7)
+            big = Batch.from_packets([sup])
+            big.ext.gso_size[:] = mss
+            segs = SegmentTask(Task.TCP_SEGMENT).process(big, np.ones(1, bool))
+            assert [len(p) - 40 for p in segs.packets()] == [mss] * n
+            assert sender.send(_frames_for(mac, segs.packets())) == n  # n frames, n writes
+            got: list[tuple[bytes, Any]] = []
+            end = time.monotonic() + 3
+            while sum(len(p) - 40 for p, _ in got) < n * mss and time.monotonic() < end:
+                dev.wait_readable(0.1)
+                r = dev.recv()
+                got += [(p, r.ext.row(i)) for i, p in enumerate(r.packets()) if p[9] == 6]
+            return payload, got
+
+        a.exec(["ethtool", "-K", "veth0", "gro", "off"])
+        payload, plain = burst(1000)
+        assert [len(p) for p, _ in plain] == [40 + mss] * n  # one by one: nothing merged
+        assert all(x["gso_type"] == GsoType.NONE for _, x in plain)
+
+        a.exec(["ethtool", "-K", "veth0", "gro", "on"])  # off -> on: the veth gets NAPI
+        a.exec(["sh", "-c", "echo 50000000 > /sys/class/net/veth0/gro_flush_timeout"])
+        payload, merged = burst(1000 + n * mss)
+        assert b"".join(p[40:] for p, _ in merged) == payload  # every byte, in order
+        assert len(merged) < n  # merged (one packet unless a flush came between sends)
+        for p, x in merged:
+            pkt = IP(p)
+            assert pkt[IP].src == "198.18.0.2" and pkt[TCP].dport == 5201
+            if x["gso_type"] & 0x7F:
+                assert x["gso_type"] & 0x7F == GsoType.TCPV4 and x["gso_size"] == mss
+                assert x["segs"] == (len(p) - 40) // mss  # segments merged into it
+                assert x["by_device"] & Task.TCP_ASSEMBLE
+        assert max(x["segs"] for _, x in merged) >= 2
+    finally:
+        sender.close()
+        dev.close()
+
+
 def test_super_packets_under_bulk_tcp_stream_carry_gso_size() -> None:
+    """A local TCP sender's super-packets (its socket's TSO; nothing is merged)
+    reach a TUN with TSO offload whole, with their segment size; without the
+    offload the kernel cuts them before they reach us."""
     from netoffload.bench.forward import ForwardTopology
 
     with ForwardTopology() as topo:
@@ -311,7 +382,9 @@ def test_super_packets_under_bulk_tcp_stream_carry_gso_size() -> None:
         assert off.gso_packets == 0  # offload off: the kernel segments before handing up
 
 
-def test_recv_marks_tcp_assembly_done(testbed: netns.Testbed) -> None:
+def test_recv_marks_super_packets_assembled_by_the_device(testbed: netns.Testbed) -> None:
+    """Super-packets read from the TUN (here a local sender's TSO ones) are marked as
+    TCP assembly done by the device, with their segment counts."""
     from netoffload.bench.forward import ForwardTopology
 
     with ForwardTopology() as topo:

@@ -59,7 +59,7 @@ from netoffload.devices.registry import register_device
 from netoffload.errors import ConfigError, DeviceDown, DeviceError
 from netoffload.netns import Netns, available
 from netoffload.tasks import Direction, Task, bit16
-from netoffload.wire.parse import parse_batch
+from netoffload.wire.parse import parse_batch, parse_subset
 
 #: Largest packet a TUN read/write carries (a 64 KiB super-packet plus headers).
 MAX_FRAME = 65535 + 14
@@ -570,6 +570,11 @@ class TunDevice(kc.ProbedDevice):
         gso = gt != _GSO_NONE  # a plain int (cheaper for numpy than an IntEnum)
         if gso.any():
             self.tun.gso_in += int(np.count_nonzero(gso))
+            if not self.tap:
+                # the vnet hdr_len a TUN reports is the skb's linear head (skb_headlen),
+                # which for a GRO-merged packet holds its first segment's payload too:
+                # the segment count needs the headers' real length
+                parse_subset(b, np.flatnonzero(gso))
             kc.gso_segments(b, gso)
         self._rx_filtered(e)
 
