@@ -387,6 +387,9 @@ class PushDown:
     instructions: int = 0
     #: rule parts no kernel filter can do (state across packets): they stay in software
     in_software: tuple[str, ...] = ()
+    #: the whole filter ran in the kernel (nothing in software): only then does the
+    #: device mark ``dos-filter`` done on the packets it reads
+    whole: bool = False
 
 
 def push_down(device: object, rules: object) -> PushDown:
@@ -397,6 +400,13 @@ def push_down(device: object, rules: object) -> PushDown:
     Anything that fails -- no capability, rules that do not compile or do not
     fit, the kernel refusing the program -- returns ``attached=False`` with the
     reason; the software filter then stays in charge. Never raises for that.
+
+    The device marks ``dos-filter`` done on what it reads only when the program
+    is the whole DoS filter (``whole``: a ``DosConfig`` with no part left to
+    software). With token buckets, SYN limits or anti-replay configured, the
+    kernel has done only the stateless part; the packets still go through the
+    software filter (whose stateless checks then pass: the kernel dropped what
+    they would), so the stateful rules still run.
     """
     from netoffload.errors import ConfigError, DeviceError
     from netoffload.tasks import Task
@@ -427,7 +437,13 @@ def push_down(device: object, rules: object) -> PushDown:
         attach(prog)
     except DeviceError as e:
         return PushDown(False, f"kernel refused the program: {e}")
-    return PushDown(True, "", len(prog), rest)
+    from netoffload.soft.rules import DosConfig
+
+    whole = isinstance(rules, DosConfig) and not rest
+    if isinstance(device, KernelDevice):
+        # the very program attached (a later attach_filter replaces the object)
+        device._whole_filter = device._filter if whole else None
+    return PushDown(True, "", len(prog), rest, whole)
 
 
 # --- what the kernel devices share -------------------------------------------------------
@@ -516,6 +532,8 @@ class KernelDevice(SyncDevice, WireDevice):
         self._io = io
         self._owns = owns
         self._filter: list[Insn] | None = None
+        #: the attached program when push_down found it to be the whole DoS filter
+        self._whole_filter: list[Insn] | None = None
         self._closed = False
         self._down = ""
 
@@ -547,8 +565,10 @@ class KernelDevice(SyncDevice, WireDevice):
         return self._ticket
 
     def _rx_filtered(self, e: Ext) -> None:
-        """With a program attached, every packet read passed it in the kernel: filter done."""
-        if self._filter is not None:
+        """Every packet read passed the attached program in the kernel; when that
+        program is the whole DoS filter (``push_down``'s ``whole``), the filter is
+        done. Otherwise the kernel did a part at most, and nothing is marked."""
+        if self._filter is not None and self._filter is self._whole_filter:
             e.done |= np.uint16(Task.DOS_FILTER)
             e.by_device |= np.uint16(Task.DOS_FILTER)
             e.filter_verdict[:] = FilterVerdict.PASS
