@@ -529,8 +529,8 @@ def _one_source(n: int) -> Batch:
 @pytest.mark.parametrize("policy", [Alternate(), Always(), Never()])
 def test_dos_filter_state_never_forks_between_host_and_device(policy: object) -> None:
     """Host and device each hold a token bucket per source. Split per packet,
-    one source would get both buckets' bursts; the engine pins the task to one
-    path, so exactly one burst passes whichever the policy prefers."""
+    one source would get both buckets' bursts; the stateful rules run on the
+    host only, so exactly one burst passes whichever the policy prefers."""
     host, dev = _dos_pair(burst=10)
     eng = Engine(Direction.RX, Task.DOS_FILTER, host, policy, [dev])  # type: ignore[arg-type]
     passed = 0
@@ -538,23 +538,80 @@ def test_dos_filter_state_never_forks_between_host_and_device(policy: object) ->
         out = eng.process(_one_source(30)).batch
         passed += int(np.count_nonzero(out.ext.filter_verdict == 0))
     assert passed == 10
-    c = eng.counters[Task.DOS_FILTER]
-    assert c.offloaded == 0 or c.software == 0
 
 
-def test_dos_filter_pin_moves_to_software_when_the_device_fails() -> None:
+@pytest.mark.parametrize("fail_from", [1, 2, 3])
+def test_dos_filter_state_survives_the_device_failing(fail_from: int) -> None:
+    """The device does part of the filter, then fails (from its ``fail_from``-th
+    trip on) and the host redoes its trips: the token bucket of the one source
+    must be the one it was, not a fresh one. It used to be fresh: the device's
+    bucket died with it and the host's let another burst through."""
     host, dev = _dos_pair(burst=10)
-    faulty = FaultInjector(dev, every=1)
+    faulty = FaultInjector(dev, when=lambda n, b: n >= fail_from)
     eng = Engine(Direction.RX, Task.DOS_FILTER, host, Always(), [faulty])
     passed = 0
-    for _ in range(3):
+    for _ in range(4):
         out = eng.process(_one_source(30)).batch
         assert len(out) == 30
         passed += int(np.count_nonzero(out.ext.filter_verdict == 0))
+    assert passed == 10
     c = eng.counters[Task.DOS_FILTER]
-    # the first trip fails and is redone on the host; from then on the host
-    # keeps the task (and its one bucket)
-    assert c.errors == 30 and c.software == 90 and passed == 10
+    assert c.errors == 30 * (4 - fail_from + 1)  # every failed trip redone on the host
+    assert c.offloaded == 30 * (fail_from - 1)
+
+
+def test_dos_filter_state_survives_the_emulated_nic_process_dying() -> None:
+    """The same with the emulated NIC, a separate process reached through shared
+    rings, that exits at its third submission: one burst in all."""
+    from dataclasses import replace
+
+    from netoffload.devices.emulated_nic import PROFILES, EmulatedNIC
+
+    rules = {"rate": {"rate": 1e-9, "burst": 10}, "size": {"min": 20}}
+    prof = replace(PROFILES["full"], tasks=Task.DOS_FILTER)
+    nic = EmulatedNIC(prof, options={Task.DOS_FILTER: {"rules": rules}}, die_at=3, core=None)
+    try:
+        host, _ = _dos_pair(burst=10)
+        eng = Engine(Direction.RX, Task.DOS_FILTER, host, Always(), [nic])
+        passed = 0
+        for _ in range(5):
+            out = eng.process(_one_source(30)).batch
+            assert len(out) == 30
+            passed += int(np.count_nonzero(out.ext.filter_verdict == 0))
+        c = eng.counters[Task.DOS_FILTER]
+        assert c.offloaded >= 60 and c.errors > 0 and not nic.load().up
+        assert passed == 10
+    finally:
+        nic.close()
+
+
+def test_dos_filter_device_does_the_stateless_part() -> None:
+    """Split packet by packet between host and device, the stateless rules run
+    where the packet went and the stateful ones on the host: one burst for the
+    source whatever the split, the size rule on every packet."""
+    from netoffload.soft.dos import DosFilter
+    from netoffload.soft.rules import Bucket, DosConfig
+
+    cfg = DosConfig(rate=Bucket(rate=1e-9, burst=10.0), min_size=600)
+
+    def frozen() -> float:
+        return 100.0
+
+    host = SoftLibrary({Task.DOS_FILTER: DosFilter(cfg, clock=frozen)})
+    dev = SoftwareDevice(SoftLibrary({Task.DOS_FILTER: DosFilter(cfg, clock=frozen)}))
+    dev.enable(Task.DOS_FILTER)
+    eng = Engine(Direction.RX, Task.DOS_FILTER, host, Alternate(), [dev])
+    b = _one_source(40)
+    small = b.length < 600
+    out = eng.process(b).batch
+    r = out.ext.filter_reason
+    assert (r[small] == Reason.BAD_SIZE).all()  # every packet, on either path
+    assert int(np.count_nonzero(r[~small] == 0)) == 10  # one bucket: the host's
+    assert (r[~small] != 0).sum() == (r[~small] == Reason.RATE_LIMIT).sum()
+    c = eng.counters[Task.DOS_FILTER]
+    assert c.offloaded > 0 and c.software > 0
+    assert dev.soft[Task.DOS_FILTER].sources is not None  # type: ignore[attr-defined]
+    assert len(dev.soft[Task.DOS_FILTER].sources) == 0  # the device kept no bucket
 
 
 class _ByOrigin(Always):

@@ -69,6 +69,10 @@ class XFlag(enum.IntFlag):
     # (DecryptTask.prepare checked it, DecryptTask.settle records it); whichever
     # path decrypts the packet leaves the window alone
     REPLAY_ON_HOST = 8
+    # the DoS filter's stateful rules (buckets, SYN limits, replay pre-check) are
+    # the host's (DosFilter.prepare flagged it, DosFilter.settle runs them); the
+    # path that filters the packet does the stateless rules only
+    FILTER_ON_HOST = 16
 
 
 class CsumVerdict(enum.IntEnum):

@@ -227,9 +227,6 @@ class Engine:
         self._acc = np.zeros(3 * len(self.stages), dtype=np.int64)
         self._observer: tuple[Policy | None, bool] = (None, False)
         self._snap: LoadSnapshot | None = None  # the load snapshot of this batch
-        # tasks whose state must not fork (SoftTask.keeps_state): the one path
-        # each is pinned to, chosen by the policy's first majority
-        self._pins: dict[Task, int] = {}
 
     @property
     def counters(self) -> dict[Task, TaskCounters]:
@@ -423,7 +420,8 @@ class Engine:
                         if sel.any():
                             paths[sel & ~v.capable(t, rest)] = SOFTWARE
                 if self.soft[t].keeps_state:
-                    paths = self._pinned(t, rest, want, paths, views)
+                    # state no path may fork or lose with a device: the host's
+                    paths[:] = SOFTWARE
                 for k in _devices_in(paths, len(views)):
                     sel = paths == k
                     nsel = int(np.count_nonzero(sel))
@@ -549,24 +547,6 @@ class Engine:
                 name = _reason_name(r)
                 c.reasons[name] = c.reasons.get(name, 0) + inc
 
-    def _pinned(
-        self, t: Task, b: Batch, want: Mask, paths: np.ndarray, views: list[DeviceView]
-    ) -> np.ndarray:
-        """The paths of a task whose state must not fork: every packet that wants
-        it goes the way the first split sent most packets (software where the
-        pinned device cannot take a packet, and for good once it is down)."""
-        k = self._pins.get(t)
-        if k is None:
-            chosen = paths[want].astype(np.int64) + 1
-            k = int(np.bincount(chosen).argmax()) - 1 if len(chosen) else SOFTWARE
-            self._pins[t] = k
-        if k != SOFTWARE and not views[k].up:
-            k = self._pins[t] = SOFTWARE
-        out = np.full(len(b), SOFTWARE, dtype=np.int8)
-        if k != SOFTWARE:
-            out[want & views[k].capable(t, b)] = k
-        return out
-
     def _open_trip(
         self,
         k: int,
@@ -595,17 +575,11 @@ class Engine:
                     # its prepare step must see the packets an earlier task of
                     # this trip has yet to make (e.g. number the segments)
                     break
-                if not views[k].capable(t2, trip)[w2].all():
+                if not views[k].capable(t2, trip)[w2].all() or self.soft[t2].keeps_state:
                     break
-                pin = self._pins.get(t2) if self.soft[t2].keeps_state else None
-                if pin is None:
-                    snap = self._snapshot()
-                    p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
-                    if not (p2[w2] == k).all():
-                        break
-                    if self.soft[t2].keeps_state:
-                        self._pins[t2] = k
-                elif pin != k:
+                snap = self._snapshot()
+                p2 = np.asarray(self.policy.split(t2, trip, w2, views, snap), np.int8)
+                if not (p2[w2] == k).all():
                     break
                 self.soft[t2].prepare(trip, w2)
                 trip.ext.offload[w2] |= np.uint16(t2)
@@ -626,8 +600,9 @@ class Engine:
 
     def _device_failed(self, k: int, trip: Batch, tasks: Task, why: str) -> None:
         for t in tasks.members():
-            if self._pins.get(t) == k:
-                self._pins[t] = SOFTWARE  # its state goes on from what the host redoes
+            # no task's state is lost here: a task that keeps state never goes to
+            # a device, and the filter and decryption keep theirs on the host
+            # (prepare / settle), so the redo in software goes on from it
             n = int(((trip.ext.offload & t) != 0).sum())
             self._counters[t].errors += n
             self.policy.observe(

@@ -27,9 +27,11 @@ class SoftTask(abc.ABC):
     """The software implementation of one task."""
 
     task: Task
-    #: The task keeps state across batches that host and device cannot share
-    #: (e.g. token buckets per source): the engine keeps all its packets on one
-    #: path, the one first chosen, until that device fails (then software).
+    #: The task keeps state across batches that host and device cannot share,
+    #: and has no ``prepare`` / ``settle`` to keep it on the host: the engine runs
+    #: it on the host only (state on a device would fork, or be lost with it).
+    #: Tasks with such state should rather keep it on the host through
+    #: ``prepare`` / ``settle`` (the DoS filter, decryption) and so still offload.
     keeps_state: bool = False
 
     @abc.abstractmethod

@@ -26,7 +26,14 @@ Checks, in this order; the first that fails drops the packet
    with ``ext.sa`` >= 0 and ``ext.seq`` (64-bit) are judged against the
    filter's own windows, which only ``record`` (authenticated numbers) moves.
 
-Packets dropped by an earlier check spend no tokens and do not move windows.
+Checks 1-3 are stateless; 4-6 keep state across packets, and that state never
+leaves the host: when the engine may split the packets between paths,
+``prepare`` flags them (``XFlag.FILTER_ON_HOST``), the path filtering a packet
+(a device's copy of this filter, a kernel cBPF program) does 1-3, and
+``settle`` runs 4-6 on the host for those that passed, in the order the paths
+hand them back. A device that fails takes no bucket or window with it.
+
+Packets dropped by an earlier check spend no tokens.
 Packets that fail to parse get ``ext.error``; non-IP frames pass untouched.
 
 Time is passed in: ``process(batch, sel, now=...)``, ``set_time(now)``
@@ -51,7 +58,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from netoffload.batch import Batch, FilterVerdict, Mask, Reason
+from netoffload.batch import Batch, FilterVerdict, Mask, Reason, XFlag
 from netoffload.soft import SoftLibrary, SoftTask, register
 from netoffload.soft.classify import FlowKeys, flow_keys, halves
 from netoffload.soft.lpm import LpmTable
@@ -435,9 +442,32 @@ class SynGuard:
             self.known.insert(new, now, tokens=np.full(len(new), self.burst))
 
 
+class _Drops:
+    """Verdicts being made for packets: which are still live, and why the others
+    were dropped. Called with a mask and a reason, it drops the live ones in it."""
+
+    def __init__(self, live: Mask) -> None:
+        self.live = live
+        self.reason = np.zeros(len(live), dtype=np.uint16)
+
+    def __call__(self, mask: Mask, why: Reason) -> None:
+        m = self.live & mask
+        self.reason[m] = why
+        self.live[m] = False
+
+
+_ON_HOST = np.uint8(XFlag.FILTER_ON_HOST)
+
+
 class DosFilter(SoftTask):
+    """The DoS filter (module docstring). Its stateful rules never leave the host:
+    when the engine may split the packets between paths, ``prepare`` flags them
+    (``XFlag.FILTER_ON_HOST``), the path that filters a packet does the
+    stateless rules, and ``settle`` runs the stateful ones on the host, in
+    packet order, on the packets that passed. A device that fails takes no
+    state with it; every path's verdicts use the same buckets and windows."""
+
     task = Task.DOS_FILTER
-    keeps_state = True  # buckets, established flows and windows must not fork
 
     def __init__(self, cfg: DosConfig, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
@@ -451,6 +481,11 @@ class DosFilter(SoftTask):
         #: the authenticated ESP windows (the decrypt task of the library), if any
         self.esp_replay: ReplayOracle | None = None
         self.counters: dict[str, int] = {"packets": 0, "pass": 0, "error": 0}
+
+    @property
+    def stateful(self) -> bool:
+        """Whether any rule keeps state across packets."""
+        return self.sources is not None or self.syn is not None or self.replay is not None
 
     def set_time(self, now: float) -> None:
         self.now = float(now)
@@ -474,6 +509,44 @@ class DosFilter(SoftTask):
             key = reason.name.lower()
             self.counters[key] = self.counters.get(key, 0) + n
 
+    def _count_reasons(self, reason: NDArray[np.uint16]) -> None:
+        if (reason != 0).any():
+            for v, m in enumerate(np.bincount(reason).tolist()):
+                if v and m:
+                    self._count(Reason(v), m)
+
+    # ------------------------------------------------------------ host steps
+    def prepare(self, batch: Batch, sel: Mask) -> None:
+        """Before the engine splits ``sel`` packets between paths: the stateful
+        rules are left to the host (``settle``); the time is the clock's now."""
+        if self.clock is not None:
+            self.now = float(self.clock())
+        if self.stateful:
+            e = batch.ext
+            rows = np.flatnonzero(np.asarray(sel, dtype=np.bool_) & e.alive())
+            e.xflags[rows] |= _ON_HOST
+
+    def settle(self, batch: Batch, sel: Mask) -> None:
+        """After a path filtered ``sel`` packets that ``prepare`` flagged: the
+        stateful rules, on the host, in packet order, for those that passed."""
+        e = batch.ext
+        rows = np.flatnonzero(np.asarray(sel, dtype=np.bool_) & ((e.xflags & _ON_HOST) != 0))
+        if len(rows) == 0:
+            return
+        e.xflags[rows] &= ~_ON_HOST
+        rows = rows[e.alive()[rows]]
+        if len(rows) == 0:
+            return
+        k = flow_keys(batch, rows)
+        d = _Drops(k.ver != 0)
+        self._stateful(batch, k, rows, d, self.now)
+        out = d.reason != 0
+        e.filter_verdict[rows[out]] = FilterVerdict.DROP
+        e.filter_reason[rows[out]] = d.reason[out]
+        self.counters["pass"] += int(np.count_nonzero(d.live))
+        self._count_reasons(d.reason)
+
+    # ------------------------------------------------------------ the rules
     def process(self, batch: Batch, sel: Mask, now: float | None = None) -> Batch:
         if now is not None:
             self.now = float(now)
@@ -488,15 +561,33 @@ class DosFilter(SoftTask):
         n = len(idx)
         bad = (k.reason != 0) & (k.reason != Reason.NOT_IP)
         ip = k.ver != 0
-        reason = np.zeros(n, dtype=np.uint16)
-        live = ip.copy()
+        d = _Drops(ip.copy())
+        self._stateless(k, d)
+        host = (e.xflags[idx] & _ON_HOST) != 0  # stateful rules: the host's settle
+        if not host.any():
+            self._stateful(batch, k, idx, d, t)
+        elif not host.all():
+            later = d.live & host
+            d.live &= ~host
+            self._stateful(batch, k, idx, d, t)
+            d.live |= later
+        # write results
+        reason = d.reason
+        ii = idx[ip]
+        e.filter_verdict[ii] = np.where(reason[ip] != 0, FilterVerdict.DROP, FilterVerdict.PASS)
+        e.filter_reason[ii] = reason[ip]
+        e.error[idx[bad]] = k.reason[bad]
+        c = self.counters
+        c["packets"] += n
+        c["pass"] += int((ip & (reason == 0) & ~host).sum())
+        c["error"] += int(bad.sum())
+        self._count_reasons(reason)
+        return batch
 
-        def drop(mask: Mask, why: Reason) -> None:
-            m = live & mask
-            reason[m] = why
-            live[m] = False
-
+    def _stateless(self, k: FlowKeys, drop: _Drops) -> None:
+        """Size, fragments, drop lists (what a cBPF program can do too)."""
         cfg = self.cfg
+        n = len(k.ver)
         drop((k.ip_len < cfg.min_size) | (k.ip_len > cfg.max_size), Reason.BAD_SIZE)
         first = k.frag & (k.frag_off == 0)
         badfrag = k.frag & (k.frag_off + k.l4_avail > 65535)
@@ -505,39 +596,31 @@ class DosFilter(SoftTask):
         if cfg.drop_fragments:
             badfrag |= k.frag
         drop(badfrag, Reason.BAD_FRAGMENT)
+        live = drop.live
         if self.drop_src is not None and live.any():
             hit = np.zeros(n, dtype=np.bool_)
             hit[live] = self.drop_src.lookup(k.src[live], k.is_v4[live]) >= 0
             drop(hit, Reason.DROP_LIST)
+        live = drop.live
         if self.drop_dst is not None and live.any():
             hit = np.zeros(n, dtype=np.bool_)
             hit[live] = self.drop_dst.lookup(k.dst[live], k.is_v4[live]) >= 0
             drop(hit, Reason.DROP_LIST)
-        if self.sources is not None and live.any():
-            li = np.flatnonzero(live)
+
+    def _stateful(self, batch: Batch, k: FlowKeys, idx: I64, drop: _Drops, t: float) -> None:
+        """Rate, SYN flood, anti-replay pre-check, for the live packets in order."""
+        n = len(idx)
+        if self.sources is not None and drop.live.any():
+            li = np.flatnonzero(drop.live)
             keys = source_keys(k)[li]
             ok = self.sources.take(keys, t)
             over = np.zeros(n, dtype=np.bool_)
             over[li[~ok]] = True
             drop(over, Reason.RATE_LIMIT)
-        if self.syn is not None and live.any():
-            drop(self.syn.limit(batch.buf, k, live, t), Reason.SYN_FLOOD)
-        if self.replay is not None and live.any():
-            self._replay(batch, k, idx, live, drop)
-        # write results
-        ii = idx[ip]
-        e.filter_verdict[ii] = np.where(reason[ip] != 0, FilterVerdict.DROP, FilterVerdict.PASS)
-        e.filter_reason[ii] = reason[ip]
-        e.error[idx[bad]] = k.reason[bad]
-        c = self.counters
-        c["packets"] += n
-        c["pass"] += int((ip & (reason == 0)).sum())
-        c["error"] += int(bad.sum())
-        if (reason != 0).any():
-            for v, m in enumerate(np.bincount(reason).tolist()):
-                if v and m:
-                    self._count(Reason(v), m)
-        return batch
+        if self.syn is not None and drop.live.any():
+            drop(self.syn.limit(batch.buf, k, drop.live, t), Reason.SYN_FLOOD)
+        if self.replay is not None and drop.live.any():
+            self._replay(batch, k, idx, drop.live, drop)
 
     def _replay(self, batch: Batch, k: FlowKeys, idx: I64, live: Mask, drop: Any) -> None:
         """The anti-replay pre-check (changes nothing; see the module docstring)."""

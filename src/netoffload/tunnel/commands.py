@@ -76,6 +76,11 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     cfg = load_config(args.config)
     for w in cfg.warnings:
         sys.stderr.write(f"netoffload: warning: {w}\n")
+    metrics = getattr(args, "metrics", None)
+    if metrics is not None:  # checked here, before anything is made or forked
+        from netoffload.tunnel.metrics import parse_address
+
+        metrics = str(parse_address(metrics))
     _need_root("up")
     policy = getattr(args, "policy", None)
     pfile = getattr(args, "policy_file", None)
@@ -89,6 +94,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
             force_under_load=args.under_load,
             nic=nic,
             kernel_offload=not getattr(args, "no_kernel_offload", False),
+            metrics=metrics,
         )
 
     if args.foreground:
@@ -97,6 +103,8 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
         try:
             tun.start()
             console.print(f"[bold]{tun.name}[/] up, listening on port {tun.listen_port}")
+            if tun.metrics is not None:
+                console.print(f"metrics on {tun.metrics.address.url}")
             tun.run()
         finally:
             tun.close()
