@@ -49,12 +49,21 @@ def add_parsers(sub: Any, policy_args: Any) -> None:
         action="store_true",
         help="no TUN offloads, no UDP GSO/GRO: the kernel hands over MTU packets (comparison)",
     )
+    u.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on this address only, e.g. 127.0.0.1:9586 "
+        "(default: the file's [Offload] Metrics, off)",
+    )
     policy_args(u, "adaptive")
     d = sub.add_parser("down", help="remove a tunnel made by `up`")
     d.add_argument("target", metavar="IFACE|CONFIG", help="interface name or its wg-quick file")
     s = sub.add_parser("show", help="peers, handshakes, transfer and offload counters")
     s.add_argument("iface", nargs="?", metavar="IFACE", help="interface (default: all)")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--watch", action="store_true", help="a live view (Ctrl-C ends)")
+    s.add_argument("--interval", type=float, metavar="S", help="--watch: seconds a refresh (1)")
+    s.add_argument("--count", type=int, metavar="N", help="--watch: end after N refreshes")
 
 
 def _name_of(target: str) -> str:
@@ -178,7 +187,23 @@ def _status(name: str) -> dict[str, Any] | None:
         doc = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        return None
+    # a status file left by a process that is gone (killed) describes nothing running
+    pid = doc.get("pid")
+    if isinstance(pid, int) and pid > 0 and not _alive(pid):
+        return None
+    return doc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _names() -> list[str]:
@@ -212,6 +237,12 @@ def _size(n: int) -> str:
 
 
 def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    if getattr(args, "watch", False) or any(
+        getattr(args, k, None) is not None for k in ("interval", "count")
+    ):
+        from netoffload.tunnel.watch import watch
+
+        return watch(args, console)
     names = [args.iface] if args.iface else _names()
     docs: list[dict[str, Any]] = []
     for n in names:
