@@ -24,6 +24,7 @@ A file ``NAME.conf`` configures the interface ``NAME`` (a Linux interface name:
     Policy = adaptive+failover          # a policy spec (as --policy) ...
     PolicyFile = policy.toml            # ... or a policy file (relative to this file)
     NIC = crypto                        # none (default) | crypto: the emulated NIC
+    Metrics = 127.0.0.1:9586            # Prometheus metrics on this address (default: off)
 
 Keys and section names are case-insensitive; ``#`` starts a comment anywhere;
 blank lines and spaces around keys, values and list items do not matter;
@@ -81,7 +82,7 @@ _PEER_KEYS = {
     k.lower(): k
     for k in ("PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")
 }
-_OFFLOAD_KEYS = {k.lower(): k for k in ("Policy", "PolicyFile", "NIC")}
+_OFFLOAD_KEYS = {k.lower(): k for k in ("Policy", "PolicyFile", "NIC", "Metrics")}
 _REPEATABLE = {"address", "allowedips"}
 
 
@@ -114,6 +115,7 @@ class OffloadConfig:
     policy: str | None = None
     policy_file: str | None = None
     nic: str = "none"
+    metrics: str | None = None  # HOST:PORT of the Prometheus exporter (tunnel/metrics.py)
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,7 @@ def parse_config(
     policy: str | None = None
     policy_file: str | None = None
     nic = "none"
+    metrics: str | None = None
     peers: list[_PeerDraft] = []
 
     lines = text.splitlines()
@@ -494,6 +497,13 @@ def parse_config(
                 if value.lower() not in NIC_MODES:
                     raise where.error(number, k, f"{_show(value)} is not one of none, crypto")
                 nic = value.lower()
+            elif key == "metrics":
+                from netoffload.tunnel.metrics import parse_address
+
+                try:
+                    metrics = str(parse_address(value, "address"))
+                except ConfigError as e:
+                    raise where.error(number, k, str(e)) from None
 
     end = max(1, len(lines))
     if iface_line is None:
@@ -567,7 +577,7 @@ def parse_config(
             fwmark=fwmark,
         ),
         peers=tuple(out_peers),
-        offload=OffloadConfig(policy=policy, policy_file=policy_file, nic=nic),
+        offload=OffloadConfig(policy=policy, policy_file=policy_file, nic=nic, metrics=metrics),
         warnings=tuple(warnings),
     )
 

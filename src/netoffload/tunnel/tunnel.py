@@ -39,6 +39,7 @@ from netoffload.policy.load import LoadMonitor, PsutilSampler
 from netoffload.soft import SoftLibrary, make_task
 from netoffload.tasks import Direction, Task
 from netoffload.tunnel import datapath as dpm
+from netoffload.tunnel import metrics as prom
 from netoffload.tunnel.config import TunnelConfig
 from netoffload.tunnel.offload import TunnelOffload, outer_rows
 from netoffload.tunnel.protocol import Flush, Protocol, SendDatagram
@@ -80,8 +81,13 @@ class Tunnel:
         log: Callable[[str], None] | None = None,
         nic: str | None = None,
         kernel_offload: bool = True,
+        metrics: str | None = None,
     ) -> None:
         self.cfg = cfg
+        # the Prometheus exporter's HOST:PORT (tunnel/metrics.py; None: off)
+        mspec = metrics if metrics is not None else cfg.offload.metrics
+        self.metrics_address = prom.parse_address(mspec) if mspec else None
+        self.metrics: prom.MetricsServer | None = None
         #: False: no TUN offloads and no UDP GSO/GRO (the all-software comparison)
         self.kernel_offload = kernel_offload
         self.name = cfg.interface.name
@@ -228,6 +234,8 @@ class Tunnel:
         if self.manage_interface:
             self._configure_interface()
         self.uapi.start()
+        if self.metrics_address is not None:
+            self.metrics = prom.serve(self, self.metrics_address, self.log)
         self.started = time.time()
         self._write_state()
 
@@ -271,6 +279,9 @@ class Tunnel:
 
     def close(self) -> None:
         """Remove everything this tunnel made (idempotent)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         self.offload.close()  # the NIC processes and their key table
         if self.uapi is not None:
             with contextlib.suppress(Exception):
