@@ -47,6 +47,23 @@ def _packed(addr: Any) -> tuple[bytes, int]:
     return ip.packed, ip.version
 
 
+#: SO_SNDBUFFORCE / SO_RCVBUFFORCE (asm-generic/socket.h): past net.core.[rw]mem_max, root only
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+def _buffers(s: socket.socket, size: int) -> None:
+    """Socket buffers of ``size`` bytes: a tunnel's loop can be off the CPU for a
+    scheduler slice while datagrams keep coming. SO_*BUFFORCE goes past the sysctl
+    maxima (208 KiB by default, some 140 full datagrams) when we may; else the most
+    the sysctls allow."""
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 class UdpIpDevice(UdpDevice):
     """A UDP socket whose batches are outer IP/UDP packets (see the module docstring)."""
 
@@ -82,8 +99,7 @@ class UdpIpDevice(UdpDevice):
                 s.setsockopt(socket.SOL_SOCKET, kc.SO_REUSEPORT, 1)
             if fwmark:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            _buffers(s, 8 << 20)
             s.bind(any_addr)
             s.setblocking(False)
         except BaseException:
