@@ -733,3 +733,58 @@ def test_world_accessible_warning_as_wg_quick(tmp_path: Path, fmode: int, dmode:
 
 def test_key_file_mode_missing_file(tmp_path: Path) -> None:
     assert check_key_file_mode(tmp_path / "nope.conf") is None
+
+
+def test_keys_never_in_repr(tmp_path: Path) -> None:
+    """A configuration printed into a log or an error shows no private or preshared key."""
+    from netoffload.tunnel import keys
+    from netoffload.tunnel.uapi import PeerUpdate, SetRequest, UapiPeer, UapiState
+
+    sk, psk = keys.generate_private(), keys.generate_preshared()
+    pk = keys.public_from_private(keys.generate_private())
+    text = (
+        f"[Interface]\nPrivateKey = {keys.b64_encode(sk)}\n\n[Peer]\n"
+        f"PublicKey = {keys.b64_encode(pk)}\nPresharedKey = {keys.b64_encode(psk)}\n"
+        "AllowedIPs = 198.18.0.0/24\n"
+    )
+    cfg = parse_config(text, "wg0")
+    shown = [
+        repr(cfg),
+        repr(SetRequest(private_key=sk, peers=(PeerUpdate(pk, preshared_key=psk),))),
+        repr(UapiState(private_key=sk, peers=(UapiPeer(pk, preshared_key=psk),))),
+    ]
+    for s in shown:
+        for secret in (sk, psk):
+            assert repr(secret) not in s and keys.b64_encode(secret) not in s
+            assert secret.hex() not in s
+
+
+def test_up_warns_like_wg_quick_about_a_world_readable_key_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from netoffload.tunnel import keys
+
+    d = tmp_path / "etc"
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    conf = d / "wgx0.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {keys.b64_encode(keys.generate_private())}\n")
+    conf.chmod(0o644)
+    # a bad --metrics stops `up` (exit 2) before anything is made, after the file checks
+    r = subprocess.run(
+        [sys.executable, "-m", "netoffload", "up", str(conf), "--metrics", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert "world accessible" in r.stderr
+    conf.chmod(0o600)
+    r = subprocess.run(
+        [sys.executable, "-m", "netoffload", "up", str(conf), "--metrics", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "world accessible" not in r.stderr

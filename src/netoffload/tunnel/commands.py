@@ -79,12 +79,15 @@ def _need_root(what: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace, console: Console) -> int:
-    from netoffload.tunnel.config import load_config
+    from netoffload.tunnel.config import check_key_file_mode, load_config
     from netoffload.tunnel.tunnel import Tunnel
 
     cfg = load_config(args.config)
     for w in cfg.warnings:
         sys.stderr.write(f"netoffload: warning: {w}\n")
+    exposed = check_key_file_mode(args.config)  # as wg-quick warns
+    if exposed:
+        sys.stderr.write(f"netoffload: {exposed}\n")
     metrics = getattr(args, "metrics", None)
     if metrics is not None:  # checked here, before anything is made or forked
         from netoffload.tunnel.metrics import parse_address

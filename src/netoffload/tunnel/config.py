@@ -89,7 +89,7 @@ _REPEATABLE = {"address", "allowedips"}
 @dataclass(frozen=True)
 class InterfaceConfig:
     name: str
-    private_key: bytes
+    private_key: bytes = field(repr=False)
     listen_port: int | None = None
     addresses: tuple[IPInterface, ...] = ()
     mtu: int | None = None
@@ -104,7 +104,8 @@ class InterfaceConfig:
 @dataclass(frozen=True)
 class PeerConfig:
     public_key: bytes
-    preshared_key: bytes | None = None  # None: none (an all-zero key is the same)
+    # None: none (an all-zero key is the same); never in repr (logs)
+    preshared_key: bytes | None = field(default=None, repr=False)
     allowed_ips: tuple[IPNetwork, ...] = ()
     endpoint: tuple[str, int] | None = None  # (IP address text, port)
     persistent_keepalive: int = 0  # seconds; 0 is off
@@ -327,7 +328,7 @@ def parse_config(
     section: str | None = None
     iface_line: int | None = None
     iface_seen: dict[str, int] = {}
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
     listen_port: int | None = None
     fwmark: int | None = None
     addresses: list[tuple[IPInterface, int]] = []

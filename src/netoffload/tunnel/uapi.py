@@ -87,7 +87,7 @@ class PeerUpdate:
     public_key: bytes
     remove: bool = False
     update_only: bool = False
-    preshared_key: bytes | None = None  # all zeros: remove the key
+    preshared_key: bytes | None = field(default=None, repr=False)  # all zeros: remove the key
     endpoint: tuple[str, int] | None = None
     persistent_keepalive: int | None = None  # 0: off
     replace_allowed_ips: bool = False
@@ -99,7 +99,7 @@ class PeerUpdate:
 class SetRequest:
     """A parsed ``set=1`` request (None / False: not given)."""
 
-    private_key: bytes | None = None  # all zeros: remove the key
+    private_key: bytes | None = field(default=None, repr=False)  # all zeros: remove the key
     listen_port: int | None = None
     fwmark: int | None = None  # 0: remove the mark
     replace_peers: bool = False
@@ -109,7 +109,7 @@ class SetRequest:
 @dataclass(frozen=True)
 class UapiPeer:
     public_key: bytes
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)
     endpoint: tuple[str, int] | None = None
     last_handshake: float = 0.0  # wall-clock seconds (time.time()); 0: never
     tx_bytes: int = 0
@@ -122,7 +122,7 @@ class UapiPeer:
 class UapiState:
     """What ``get=1`` reports."""
 
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
     listen_port: int = 0
     fwmark: int = 0
     peers: tuple[UapiPeer, ...] = field(default=())
