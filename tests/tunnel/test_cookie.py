@@ -137,3 +137,32 @@ def test_cookie_reply_for_someone_else_is_refused() -> None:
 def test_source_bytes() -> None:
     assert cookie.source_bytes(("198.18.0.1", 0x1234)) == bytes([198, 18, 0, 1, 0x12, 0x34])
     assert len(cookie.source_bytes(("fd00::1", 1))) == 18
+
+
+def test_cookie_replies_under_one_nonce_prefix_open_as_xchacha(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replies share a 16-byte nonce prefix (one HChaCha20 subkey) for NONCES_PER_PREFIX
+    replies, then a new one is drawn; each opens with the full XChaCha20-Poly1305 nonce
+    (the draft-vector-checked xaead_decrypt) and no nonce repeats."""
+    monkeypatch.setattr(cookie, "NONCES_PER_PREFIX", 4)
+    pub = keys.public_from_private(keys.generate_private())
+    chk = cookie.CookieChecker(pub)
+    gen = cookie.CookieGenerator(pub)
+    nonces = []
+    for i in range(10):
+        m = gen.add_macs(_msg(), 1.0)
+        src = (f"198.19.{i}.1", 1000 + i)
+        reply = CookieReply.parse(chk.make_reply(m, i, src, 1.0))
+        ck = cookie.xaead_decrypt(
+            hashlib.blake2s(LABEL_COOKIE + pub).digest(),
+            reply.nonce,
+            reply.encrypted_cookie,
+            m[116:132],
+        )
+        assert ck is not None and gen.consume_reply(reply, 1.0)
+        assert chk.check_mac2(gen.add_macs(_msg(), 1.0), src, 1.0)
+        nonces.append(reply.nonce)
+    assert len(set(nonces)) == 10
+    prefixes = [n[:16] for n in nonces]
+    assert prefixes[0] == prefixes[3] != prefixes[4] == prefixes[7] != prefixes[8]

@@ -68,6 +68,7 @@ _MODULES = (
     "netoffload.bench.udp_gso",
     "netoffload.bench.policy",
     "netoffload.bench.tunnel",
+    "netoffload.bench.flood",
 )
 _PLUGINS = ModuleSet(_MODULES)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import socket
 import struct
 from collections.abc import Callable
 
@@ -41,6 +42,8 @@ from netoffload.wire.wireguard import MAC_LEN, CookieReply
 
 #: how long a cookie secret (responder) and a received cookie (initiator) are good for
 COOKIE_REFRESH_TIME = 120.0
+#: cookie replies sent under one 16-byte nonce prefix (one HChaCha20 subkey)
+NONCES_PER_PREFIX = 1 << 16
 
 _SIGMA = struct.unpack("<4I", b"expand 32-byte k")
 _WORDS16 = struct.Struct("<16I")
@@ -90,9 +93,14 @@ def cookie_key(static_public: bytes) -> bytes:
 
 def source_bytes(src: tuple[str, int]) -> bytes:
     """The source address as the cookie covers it: packed IP, then the port (big-endian)."""
-    import ipaddress
+    a = src[0]
+    try:  # the fast path (a flood of forged sources comes through here)
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
+    except OSError:
+        import ipaddress
 
-    return ipaddress.ip_address(src[0]).packed + (src[1] & 0xFFFF).to_bytes(2, "big")
+        packed = ipaddress.ip_address(a).packed
+    return packed + (src[1] & 0xFFFF).to_bytes(2, "big")
 
 
 class CookieChecker:
@@ -107,11 +115,16 @@ class CookieChecker:
         self._random = random_bytes
         self._secret = b""
         self._secret_time = float("-inf")
+        self._prefix = b""
+        self._sub: ChaCha20Poly1305 | None = None
+        self._prefix_left = 0
+        self._tails = b""
         self.set_public(static_public)
 
     def set_public(self, static_public: bytes) -> None:
         self._mac1_key = mac1_key(static_public)
         self._cookie_key = cookie_key(static_public)
+        self._prefix_left = 0
 
     def check_mac1(self, msg: bytes) -> bool:
         """mac1 of a handshake message (its length says where it is) is right."""
@@ -137,9 +150,20 @@ class CookieChecker:
             self._secret_time = now
         n = len(msg)
         msg_mac1 = msg[n - 2 * MAC_LEN : n - MAC_LEN]
-        nonce = self._random(24)
-        enc = xaead_encrypt(self._cookie_key, nonce, self._cookie(src), msg_mac1)
-        return CookieReply(receiver, nonce, enc).emit()
+        # XChaCha20-Poly1305 with a random 24-byte nonce whose first 16 bytes are kept for
+        # NONCES_PER_PREFIX replies: the HChaCha20 subkey is made once for them (a reply
+        # under flood costs one AEAD call). Nonces stay unique: the 8 random bytes that
+        # vary are drawn at most 2^16 times under one prefix.
+        if self._prefix_left <= 0 or self._sub is None:
+            self._prefix = self._random(16)
+            self._sub = ChaCha20Poly1305(hchacha20(self._cookie_key, self._prefix))
+            self._prefix_left = NONCES_PER_PREFIX
+        self._prefix_left -= 1
+        if len(self._tails) < 8:
+            self._tails = self._random(8 * 256)  # one read of the random source for 256
+        tail, self._tails = self._tails[:8], self._tails[8:]
+        enc = self._sub.encrypt(b"\x00" * 4 + tail, self._cookie(src), msg_mac1)
+        return CookieReply(receiver, self._prefix + tail, enc).emit()
 
 
 class CookieGenerator:
