@@ -4,10 +4,10 @@ Each target is a ``Target``: ``make()`` does the expensive setup once and
 returns the function libFuzzer calls with each input; ``seeds()`` builds the
 seed inputs from the test fixtures (the tests' byte builders, ``examples/``,
 the packet helpers): no blob is checked in. A target fails ("crashes") when
-the code under test raises anything but the error its API documents (the
-``allowed`` exceptions are caught inside the target), when an invariant that
-an independent check states does not hold (``AssertionError``), or when one
-input takes longer than libFuzzer's ``-timeout`` (a hang).
+the code under test raises anything but the error its API documents (that
+one is caught inside the target; ``Target.what`` names it), when an invariant
+that an independent check states does not hold (``AssertionError``), or when
+one input takes longer than libFuzzer's ``-timeout`` (a hang).
 
 Inputs that carry several packets or messages use ``split``: a 2-byte
 big-endian length before each part (the last part may be cut short).
