@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netoffload.batch import (
@@ -295,3 +295,40 @@ def test_slice_of_a_batch_without_stride_is_a_copy() -> None:
     b = Batch.from_packets([b"a" * 10, b"b" * 5000, b"c"], uniform=False)
     v = b.slice(1, 3)
     assert v.packets() == [b"b" * 5000, b"c"] and not np.shares_memory(v.buf, b.buf)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_copy_ranges_matches_a_gather(data: st.DataObject) -> None:
+    """copy_ranges (the C kernel, or its numpy fallback) against a plain slice loop."""
+    from netoffload.batch import copy_ranges
+
+    src = np.frombuffer(data.draw(st.binary(min_size=1, max_size=3000)), dtype=np.uint8).copy()
+    dst = np.zeros(data.draw(st.integers(1, 3000)), dtype=np.uint8)
+    n = data.draw(st.integers(0, 8))
+    ranges = []
+    for _ in range(n):
+        ln = data.draw(st.integers(0, min(len(src), len(dst))))
+        ranges.append(
+            (data.draw(st.integers(0, len(dst) - ln)), data.draw(st.integers(0, len(src) - ln)), ln)
+        )
+    ref = dst.copy()
+    for d, s, ln in ranges:
+        ref[d : d + ln] = src[s : s + ln]
+    a = np.array([r[0] for r in ranges], dtype=np.int64)
+    b = np.array([r[1] for r in ranges], dtype=np.int64)
+    c = np.array([r[2] for r in ranges], dtype=np.int64)
+    copy_ranges(dst, a, src, b, c)
+    assert np.array_equal(dst, ref)
+
+
+def test_copy_ranges_refuses_a_range_outside_its_buffer() -> None:
+    from netoffload._native import kernel
+    from netoffload.batch import copy_ranges
+
+    if kernel is None:
+        pytest.skip("the C kernel is not built (the numpy fallback raises IndexError)")
+    dst = np.zeros(10, np.uint8)
+    with pytest.raises(ValueError):
+        copy_ranges(dst, np.array([8]), np.zeros(10, np.uint8), np.array([0]), np.array([4]))
+    assert not dst.any()

@@ -407,8 +407,7 @@ class Batch:
         b = cls.alloc(lens, headroom, tailroom, uniform)
         if len(pkts):
             joined = np.frombuffer(b"".join(pkts), dtype=np.uint8)
-            dst = gather_index(b.start, b.length)
-            b.buf[dst] = joined
+            copy_ranges(b.buf, b.start, joined, np.cumsum(lens) - lens, lens)
         return b
 
     # ----------------------------------------------------------------- access
@@ -479,7 +478,7 @@ class Batch:
             buf = self.matrix()[idx].reshape(-1)
         else:
             buf = np.empty(int(new_hi[-1]), dtype=np.uint8)
-            buf[gather_index(new_lo, sizes)] = self.buf[gather_index(lo, sizes)]
+            copy_ranges(buf, new_lo, self.buf, lo, sizes)
         start = new_lo + (self.start[idx] - lo)
         return Batch(
             buf, start, self.length[idx].copy(), new_lo, new_hi, self.ext.take(idx), stride
@@ -608,6 +607,23 @@ def refine_sub(b: Batch) -> None:
     lsb = np.where(s == 0, _SUB_TOP + _SUB_STEP, np.log2(np.maximum(low, 1)).astype(np.int64))
     shift = np.maximum(lsb - _SUB_STEP, 0).astype(np.uint64)
     e.sub[:] = s + (j << shift)
+
+
+def copy_ranges(dst: U8, dst_starts: I64, src: U8, src_starts: I64, lengths: I64) -> None:
+    """``dst[dst_starts[i]:+lengths[i]] = src[src_starts[i]:+lengths[i]]`` for every i
+    (ranges may overlap, also within one buffer). One memmove a range in the C kernel;
+    without it, one numpy gather (8 bytes of index a byte copied: for bulk payloads the
+    kernel is 10-50x faster)."""
+    from netoffload._native import kernel
+
+    ds = np.ascontiguousarray(dst_starts, dtype=np.int64)
+    ss = np.ascontiguousarray(src_starts, dtype=np.int64)
+    ln = np.ascontiguousarray(lengths, dtype=np.int64)
+    if kernel is not None and dst.flags.c_contiguous and src.flags.c_contiguous:
+        kernel.copy_ranges(dst, ds, src, ss, ln)
+        return
+    if len(ln):
+        dst[gather_index(ds, ln)] = src[gather_index(ss, ln)]
 
 
 def gather_index(starts: I64, lengths: I64) -> I64:

@@ -356,6 +356,50 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ copy_ranges */
+/* copy_ranges(dst, dst_start, src, src_start, length): for every i,
+ * dst[dst_start[i] : +length[i]] = src[src_start[i] : +length[i]] (memmove: the
+ * ranges may overlap, also when dst and src are one buffer). Every range is
+ * checked against its buffer before anything is copied. */
+static PyObject *py_copy_ranges(PyObject *self, PyObject *args) {
+    PyObject *o[5];
+    Buf b[5];
+    memset(b, 0, sizeof b);
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOO:copy_ranges", &o[0], &o[1], &o[2], &o[3], &o[4]))
+        return NULL;
+    if (get_buf(o[0], &b[0], 1, 1, "dst") < 0 || get_buf(o[1], &b[1], 0, 8, "dst_start") < 0 ||
+        get_buf(o[2], &b[2], 0, 1, "src") < 0 || get_buf(o[3], &b[3], 0, 8, "src_start") < 0 ||
+        get_buf(o[4], &b[4], 0, 8, "length") < 0)
+        goto fail;
+    Py_ssize_t n = b[4].view.len / 8;
+    if (need_items(&b[1], 8, n, "dst_start") < 0 || need_items(&b[3], 8, n, "src_start") < 0)
+        goto fail;
+    uint8_t *dst = b[0].view.buf;
+    const uint8_t *src = b[2].view.buf;
+    const int64_t *ds = b[1].view.buf, *ss = b[3].view.buf, *ln = b[4].view.buf;
+    int64_t dlen = b[0].view.len, slen = b[2].view.len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ln[i] < 0 || ds[i] < 0 || ss[i] < 0 || ds[i] > dlen - ln[i] || ss[i] > slen - ln[i]) {
+            PyErr_Format(PyExc_ValueError,
+                         "copy_ranges: range %zd (dst %lld, src %lld, length %lld) outside "
+                         "the buffers (%lld, %lld)",
+                         i, (long long)ds[i], (long long)ss[i], (long long)ln[i],
+                         (long long)dlen, (long long)slen);
+            goto fail;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (ln[i]) memmove(dst + ds[i], src + ss[i], (size_t)ln[i]);
+    Py_END_ALLOW_THREADS;
+    release(b, 5);
+    Py_RETURN_NONE;
+fail:
+    release(b, 5);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ verify */
 /* flag and enum values of netoffload.batch (checked from Python at import) */
 enum {
@@ -1541,6 +1585,8 @@ static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef methods[] = {
+    {"copy_ranges", py_copy_ranges, METH_VARARGS,
+     "copy_ranges(dst, dst_start, src, src_start, length): memmove each range"},
     {"range_sums", py_range_sums, METH_VARARGS,
      "range_sums(buf, a, b, out): out[i] = one's complement sum of buf[a[i]:b[i]] mod 0xFFFF"},
     {"verify", py_verify, METH_VARARGS,

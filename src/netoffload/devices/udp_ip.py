@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from netoffload.batch import Batch, Reason, gather_index
+from netoffload.batch import Batch, Reason, copy_ranges
 from netoffload.devices import kernel_common as kc
 from netoffload.devices.udp import MAX_PAYLOAD, MAX_SEGMENTS, Addr, UdpDevice
 from netoffload.errors import DeviceDown
@@ -252,9 +252,7 @@ class UdpIpDevice(UdpDevice):
         hdr = hdr_p[parent]
         out = Batch.alloc(hdr + plen, headroom=0, tailroom=0, uniform=False)
         # payloads
-        src_idx = gather_index(raw.start[parent] + off, plen)
-        dst_idx = gather_index(out.start + hdr, plen)
-        out.buf[dst_idx] = raw.buf[src_idx]
+        copy_ranges(out.buf, out.start + hdr, raw.buf, raw.start[parent] + off, plen)
         st = out.start
         tot = hdr + plen
         udp_len = plen + 8

@@ -68,7 +68,7 @@ from netoffload.batch import (
     Reason,
     VnetFlag,
     XFlag,
-    gather_index,
+    copy_ranges,
 )
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
@@ -515,23 +515,25 @@ def _build(
     is_head[out_pos[heads]] = True
     pt = np.flatnonzero(~is_head)
     if len(pt):
-        out_buf[gather_index(start[pt], length[pt])] = buf[
-            gather_index(batch.start[out_rows[pt]], length[pt])
-        ]
+        copy_ranges(out_buf, start[pt], buf, batch.start[out_rows[pt]], length[pt])
     # merged packets: header of the first, then the payloads
     hp = out_pos[heads]
-    out_buf[gather_index(start[hp], hdr_len)] = buf[gather_index(batch.start[heads], hdr_len)]
+    copy_ranges(out_buf, start[hp], buf, batch.start[heads], hdr_len)
     if batch.stride > 0 and _payloads_uniform(
         batch, out, hp, heads, hfirst, hcount, hdr_len, srows, spay, s_hend
     ):
         return out
-    for k in range(len(heads)):
-        f = int(hfirst[k])
-        cnt = int(hcount[k])
-        d = int(start[hp[k]] + hdr_len[k])
-        src = s_hend[f : f + cnt]
-        ln = spay[f : f + cnt]
-        out_buf[d : d + int(ln.sum())] = buf[gather_index(src, ln)]
+    # each merged packet's payloads back to back after its header: one range a segment
+    hc = np.asarray(hcount, dtype=np.int64)
+    run_start = np.cumsum(hc) - hc
+    member = np.repeat(np.asarray(hfirst, dtype=np.int64), hc) + (
+        np.arange(int(hc.sum()), dtype=np.int64) - np.repeat(run_start, hc)
+    )
+    pl = spay[member].astype(np.int64)
+    before = np.cumsum(pl) - pl  # payload bytes before each segment, all runs ...
+    within = before - np.repeat(before[run_start], hc)  # ... and within its own run
+    dst = np.repeat(start[hp] + hdr_len, hc) + within
+    copy_ranges(out_buf, dst, buf, s_hend[member], pl)
     return out
 
 
@@ -583,7 +585,7 @@ def _payloads_uniform(
     if short.any():
         sm = members[short]
         dst = d0[run_of[short]] + nfull[run_of[short]] * m0
-        out_buf[gather_index(dst, spay[sm])] = buf[gather_index(s_hend[sm], spay[sm])]
+        copy_ranges(out_buf, dst, buf, s_hend[sm], spay[sm])
     return True
 
 

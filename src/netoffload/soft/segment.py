@@ -69,7 +69,7 @@ from netoffload.batch import (
     Reason,
     VnetFlag,
     XFlag,
-    gather_index,
+    copy_ranges,
 )
 from netoffload.errors import ConfigError
 from netoffload.soft import SoftTask, register
@@ -346,9 +346,7 @@ def _build(
     pt = np.flatnonzero(~is_seg)
     if len(pt):
         src_rows = rows[pt]
-        out_buf[gather_index(start[pt], out_len[pt])] = buf[
-            gather_index(batch.start[src_rows], out_len[pt])
-        ]
+        copy_ranges(out_buf, start[pt], buf, batch.start[src_rows], out_len[pt])
     s = np.flatnonzero(is_seg)
     gpos = np.zeros(n, dtype=np.int64)
     gpos[go] = np.arange(len(go))

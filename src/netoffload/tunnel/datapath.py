@@ -55,7 +55,7 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 from numpy.typing import NDArray
 
-from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index
+from netoffload.batch import Batch, Mask, Reason, XFlag, copy_ranges
 from netoffload.soft import SoftTask
 from netoffload.soft.lpm import NO_MATCH, LpmTable
 from netoffload.tasks import Task, bit16
@@ -430,9 +430,7 @@ class WgEncrypt(SoftTask):
         # copy: sealed packets' plaintext after their headers, others as they are
         dst_off = np.zeros(n, dtype=np.int64)
         dst_off[idx] = outer[idx] + DATA_HEADER
-        src = gather_index(batch.start, batch.length)
-        dst = gather_index(out.start + dst_off, batch.length)
-        out.buf[dst] = batch.buf[src]
+        copy_ranges(out.buf, out.start + dst_off, batch.buf, batch.start, batch.length)
         st = out.start[idx]
         o = outer[idx]
         ln = new_len[idx]
