@@ -78,7 +78,10 @@ A_LINK, B_LINK_A = "198.18.0.1", "198.18.0.2"
 F_LINK, B_LINK_F = "198.18.2.1", "198.18.2.2"
 INNER_A, INNER_B, INNER_C = "198.18.40.1", "198.18.40.2", "198.18.40.3"
 PORT = 51820
-CONDITIONS = ("none", "handshake", "junk")
+FLOODS = ("handshake", "junk", "junk-closed")
+IPERF_PORT = 5201
+#: nothing listens here in B (the junk flood's control)
+CLOSED_PORT = 9
 
 
 # --------------------------------------------------------------------------- packets
@@ -179,12 +182,14 @@ def flood(
     max_packets: int,
     batch: int = 64,
     stop_file: str | None = None,
+    on_off: tuple[float, float, float] | None = None,
 ) -> FloodResult:
     """Send ``packets`` (whole IPv4 packets, cycled) to ``dst`` on a raw socket with
     ``sendmmsg``: at ``rate_pps`` (None: as fast as they go), for at most ``seconds``
     and ``max_packets`` (both also capped by MAX_FLOOD_*), or until ``stop_file``
-    exists. Every packet's addresses must lie in 198.18.0.0/15. Run it inside the
-    flooding namespace (root)."""
+    exists. ``on_off = (start, on, off)``: only in the windows ``[start + k(on+off),
+    start + k(on+off) + on)`` of the monotonic clock. Every packet's addresses must
+    lie in 198.18.0.0/15. Run it inside the flooding namespace (root)."""
     check_address(dst)
     want = ipaddress.IPv4Address(dst).packed
     net = netns.ALLOWED_NETS[0]
@@ -216,21 +221,36 @@ def flood(
         s.connect((dst, 0))
         s.setblocking(False)
         fd = s.fileno()
-        t0 = time.monotonic()
+        t0 = last = time.monotonic()
         end = t0 + seconds
         pos = 0
-        check = 0
+        loops = 0
+        tokens = 0.0
         while res.sent < max_packets:
             now = time.monotonic()
             if now >= end:
                 break
+            loops += 1
+            if stop_file is not None and loops % 64 == 0 and os.path.exists(stop_file):
+                break
+            if on_off is not None:
+                start, on, off_s = on_off
+                ph = now - start
+                if ph < 0 or ph % (on + off_s) >= on:  # off: wait for the next window
+                    wait = -ph if ph < 0 else (on + off_s) - ph % (on + off_s)
+                    time.sleep(max(0.0, min(wait, 0.005, end - now)))
+                    last = time.monotonic()
+                    continue
+            res.seconds += now - last  # time spent flooding (the on windows)
             count = min(batch, max_packets - res.sent)
             if rate_pps is not None:
-                due = int((now - t0) * rate_pps) - res.sent
-                if due <= 0:
+                tokens = min(tokens + (now - last) * rate_pps, float(batch))
+                last = now
+                if tokens < 1.0:
                     time.sleep(min(0.002, end - now))
                     continue
-                count = min(count, due)
+                count = min(count, int(tokens))
+            last = now
             k = libc.sendmmsg(fd, ctypes.c_void_p(ctypes.addressof(msgs) + pos * size), count, 0)
             if k < 0:
                 err = ctypes.get_errno()
@@ -239,11 +259,8 @@ def flood(
                 time.sleep(0.0002)
                 continue
             res.sent += k
+            tokens -= k
             pos = (pos + k) % n
-            check += 1
-            if stop_file is not None and check % 64 == 0 and os.path.exists(stop_file):
-                break
-        res.seconds = time.monotonic() - t0
     finally:
         s.close()
     return res
@@ -355,21 +372,34 @@ class Flooding:
     """A flood running in ``f`` for the length of a ``with`` block (bounded anyway)."""
 
     def __init__(
-        self, scene: Scene, packets: list[bytes], rate: float | None, seconds: float
+        self,
+        scene: Scene,
+        packets: list[bytes],
+        rate: float | None,
+        seconds: float,
+        on_off: tuple[float, float, float] | None = None,
     ) -> None:
         self.scene = scene
         self.stop_file = str(scene.tmp / f"stop-{time.monotonic_ns()}")
         self.packets = packets
         self.rate = rate
         self.seconds = seconds
+        self.on_off = on_off
         self.result = FloodResult()
         self._child: netns.NsProcess | None = None
 
     def __enter__(self) -> Flooding:
         self._child = self.scene.f.spawn(
-            _flood_args, B_LINK_F, self.packets, self.rate, self.seconds, self.stop_file
+            _flood_args,
+            B_LINK_F,
+            self.packets,
+            self.rate,
+            self.seconds,
+            self.stop_file,
+            self.on_off,
         )
-        time.sleep(0.2)
+        if self.on_off is None:
+            time.sleep(0.2)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -382,7 +412,12 @@ class Flooding:
 
 
 def _flood_args(
-    dst: str, packets: list[bytes], rate: float | None, seconds: float, stop_file: str
+    dst: str,
+    packets: list[bytes],
+    rate: float | None,
+    seconds: float,
+    stop_file: str,
+    on_off: tuple[float, float, float] | None,
 ) -> FloodResult:
     return flood(
         dst,
@@ -391,7 +426,83 @@ def _flood_args(
         seconds=seconds,
         max_packets=MAX_FLOOD_PACKETS if rate is None else int(rate * seconds) + 1,
         stop_file=stop_file,
+        on_off=on_off,
     )
+
+
+def _rx_bytes(ifname: str) -> int:
+    """Bytes the interface received (for a TUN: what the tunnel wrote), in this namespace."""
+    with open("/proc/thread-self/net/dev") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() == ifname:
+                return int(rest.split()[0])
+    return 0
+
+
+@dataclass
+class Phase:
+    flooding: bool
+    gbit: float
+    cpu_per_gbit: float
+
+
+def phased(
+    scene: Scene, packets: list[bytes], rate: float | None, pairs: int, phase: float
+) -> tuple[list[Phase], FloodResult]:
+    """One iperf3 stream A->B through ``2 * pairs + 1`` phases of ``phase`` seconds,
+    the flood off, on, off, ..., off (the flooder keeps the schedule itself); each
+    phase's goodput is what B wrote to its TUN in it (read at the phase boundaries),
+    with B's CPU seconds per Gbit."""
+    n = 2 * pairs + 1
+    warm = 1.0
+    srv = scene.b.popen(
+        ["iperf3", "-s", "-1", "-B", INNER_B, "-p", str(IPERF_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cli: subprocess.Popen[bytes] | None = None
+    samples: list[tuple[float, int, float]] = []
+    fl: Flooding | None = None
+    try:
+        time.sleep(0.3)
+        total = warm + n * phase + 0.5
+        cli = scene.a.popen(
+            ["iperf3", "-c", INNER_B, "-p", str(IPERF_PORT), "-t", f"{total:.1f}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        t_s = time.monotonic() + warm
+        on_off = (t_s + phase, phase, phase)
+        with Flooding(scene, packets, rate, warm + n * phase + 1.0, on_off) as fl:
+            for k in range(n + 1):
+                time.sleep(max(0.0, t_s + k * phase - time.monotonic()))
+                got = scene.b.run(_rx_bytes, scene.b_name)
+                samples.append((time.monotonic(), got, scene.row.cpu()))
+        cli.wait(total + 10)
+    finally:
+        for p in (cli, srv):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(5)
+    out = []
+    for k in range(n):
+        (t0, b0, c0), (t1, b1, c1) = samples[k], samples[k + 1]
+        g = (b1 - b0) * 8 / 1e9 / max(t1 - t0, 1e-6)
+        cpg = (c1 - c0) / (g * (t1 - t0)) if g > 0 else float("nan")
+        out.append(Phase(k % 2 == 1, g, cpg))
+    return out, fl.result if fl is not None else FloodResult()
+
+
+def paired_ratio(phases: list[Phase], what: str = "gbit") -> float:
+    """Median over the flood phases of each one's figure over its two neighbours' mean."""
+    rs = []
+    for k in range(1, len(phases) - 1, 2):
+        on = getattr(phases[k], what)
+        off = (getattr(phases[k - 1], what) + getattr(phases[k + 1], what)) / 2
+        if off > 0 and on == on:
+            rs.append(on / off)
+    return _median(rs)
 
 
 def new_peer_handshake(scene: Scene, limit: float) -> float:
@@ -432,98 +543,123 @@ def run(ctx: BenchContext) -> BenchResult:
         raise ConfigError(f"bench flood: {reason}")
     if shutil.which("iperf3") is None:
         raise ConfigError("bench flood: iperf3 is not installed (apt-get install iperf3)")
-    seconds = 3.0 if ctx.quick else 5.0
-    rounds = 3 if ctx.quick else 5
+    pairs = 6 if ctx.quick else 15
+    phase = 1.0
     hs_rate = HANDSHAKE_FLOOD_X * UNDER_LOAD_RATE
     tmp = Path(tempfile.mkdtemp(prefix="nof-bench-flood-"))
-    gbit: dict[str, list[float]] = {c: [] for c in CONDITIONS}
-    floods: dict[str, list[FloodResult]] = {c: [] for c in CONDITIONS}
+    runs: dict[str, list[Phase]] = {}
+    floods: dict[str, FloodResult] = {}
     rss: list[tuple[str, int]] = []
     hs_s = float("inf")
     scene: Scene | None = None
+    status: dict[str, Any] = {}
     try:
         ctx.progress("setting up a, b, f")
         scene = build(tmp)
-        init = initiation_packets(scene.b_public, B_LINK_F, PORT, SPOOF_SOURCES, seed=1)
-        junk = junk_packets(B_LINK_F, PORT, SPOOF_SOURCES, seed=2)
+        pk: dict[str, tuple[list[bytes], float | None]] = {
+            "handshake": (
+                initiation_packets(scene.b_public, B_LINK_F, PORT, SPOOF_SOURCES, 1),
+                hs_rate,
+            ),
+            "junk": (junk_packets(B_LINK_F, PORT, SPOOF_SOURCES, 2), None),
+            "junk-closed": (junk_packets(B_LINK_F, CLOSED_PORT, SPOOF_SOURCES, 2), None),
+        }
         _ping_rtts(scene.a, INNER_B, 3, 0.2)  # the session A-B
         _iperf(scene.row, 1.0)  # warm-up
         rss.append(("start", scene.rss()))
         # C's handshake into a running handshake flood
         ctx.progress("new peer handshake during a handshake flood")
         limit = 5.0 + REKEY_TIMEOUT + 5.0
-        with Flooding(scene, init, hs_rate, limit + 3.0) as fl:
+        with Flooding(scene, pk["handshake"][0], hs_rate, limit + 3.0) as fl:
             hs_s = new_peer_handshake(scene, limit)
-        floods["handshake"].append(fl.result)
+        floods["new-peer"] = fl.result
+        ctx.progress(f"new peer: handshake after {hs_s:.2f} s")
         rss.append(("after new peer", scene.rss()))
-        for i in range(rounds):
-            for cond in CONDITIONS:
-                if cond == "none":
-                    g, _ = _iperf(scene.row, seconds)
-                else:
-                    pk, rate = (init, hs_rate) if cond == "handshake" else (junk, None)
-                    with Flooding(scene, pk, rate, seconds + 3.0) as fl:
-                        g, _ = _iperf(scene.row, seconds)
-                    floods[cond].append(fl.result)
-                gbit[cond].append(g)
-                rss.append((f"{cond} {i + 1}", scene.rss()))
-                ctx.progress(f"round {i + 1}/{rounds} {cond}: {g:.3f} Gbit/s")
+        for cond in FLOODS:
+            packets, rate = pk[cond]
+            runs[cond], floods[cond] = phased(scene, packets, rate, pairs, phase)
+            rss.append((f"after {cond}", scene.rss()))
+            ctx.progress(
+                f"{cond}: goodput flood/no flood {paired_ratio(runs[cond]):.3f} "
+                f"({floods[cond].pps:.0f} pps)"
+            )
+        if not ctx.quick:  # a long flood from more sources: does memory stay put?
+            ctx.progress("memory: 30 s of handshake flood from 65k sources")
+            many = initiation_packets(scene.b_public, B_LINK_F, PORT, 65_000, 3)
+            with Flooding(scene, many, hs_rate, 30.0):
+                time.sleep(30.0)
+            rss.append(("after 30 s flood, 65k sources", scene.rss()))
         status = _show(scene)
     finally:
         if scene is not None:
             scene.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {c: _median(gbit[c]) for c in CONDITIONS}
-
     def ratio(x: float, y: float) -> float:
         return x / y if x == x and y == y and y > 0 else float("nan")
+
+    def med(cond: str, flooding: bool, what: str = "gbit") -> float:
+        return _median([getattr(p, what) for p in runs[cond] if p.flooding == flooding])
 
     rss0 = rss[0][1]
     rss_max = max(v for _, v in rss)
     rss_end = rss[-1][1]
     metrics = {
-        "flood_handshake_goodput_ratio": ratio(med["handshake"], med["none"]),
-        "flood_junk_goodput_ratio": ratio(med["junk"], med["none"]),
+        "flood_handshake_goodput_ratio": paired_ratio(runs["handshake"]),
+        "flood_junk_goodput_ratio": paired_ratio(runs["junk"]),
         "flood_new_peer_handshake_s": hs_s,
+        "flood_junk_closed_port_goodput_ratio": paired_ratio(runs["junk-closed"]),
+        "flood_handshake_cpu_per_gbit_ratio": paired_ratio(runs["handshake"], "cpu_per_gbit"),
+        "flood_junk_cpu_per_gbit_ratio": paired_ratio(runs["junk"], "cpu_per_gbit"),
         "flood_rss_start_mb": rss0 / 1e6,
         "flood_rss_max_mb": rss_max / 1e6,
         "flood_rss_growth": ratio(rss_end - rss0, rss0),
     }
-    for c in CONDITIONS:
-        metrics[f"gbit_s_{c}"] = med[c]
-        if floods[c]:
-            metrics[f"flood_{c}_pps"] = _median([r.pps for r in floods[c]])
+    for c in FLOODS:
+        key = c.replace("-", "_")
+        metrics[f"gbit_s_{key}_off"] = med(c, False)
+        metrics[f"gbit_s_{key}_on"] = med(c, True)
+        metrics[f"flood_{key}_pps"] = floods[c].pps
     rows: list[dict[str, Any]] = []
-    for c in CONDITIONS:
-        fr = floods[c]
+    for c in FLOODS:
         rows.append(
             {
-                "condition": c,
-                "Gbit/s": round(med[c], 3),
-                "vs none": round(ratio(med[c], med["none"]), 3),
-                "flood pps": round(_median([r.pps for r in fr]), 0) if fr else 0,
-                "flood packets": sum(r.sent for r in fr),
-                "rounds": ", ".join(f"{x:.2f}" for x in gbit[c]),
+                "flood": c,
+                "Gbit/s off": round(med(c, False), 3),
+                "Gbit/s on": round(med(c, True), 3),
+                "on/off": round(paired_ratio(runs[c]), 3),
+                "B cpu s/Gbit off": round(med(c, False, "cpu_per_gbit"), 2),
+                "B cpu s/Gbit on": round(med(c, True, "cpu_per_gbit"), 2),
+                "flood pps": round(floods[c].pps),
+                "packets": floods[c].sent,
             }
         )
-    dos = status.get("receive", {}).get("tasks", {}).get("dos-filter", {}).get("reasons", {})
-    dig = status.get("receive", {}).get("tasks", {}).get("digest", {}).get("reasons", {})
+    rx = status.get("receive", {}).get("tasks", {})
+    dos = rx.get("dos-filter", {}).get("reasons", {})
+    dig = rx.get("digest", {}).get("reasons", {})
+    udp = status.get("devices", {}).get("udp", {})
     notes = [
-        f"iperf3 A->B one TCP stream, {seconds:g} s x {rounds} interleaved rounds, medians",
+        f"one iperf3 TCP stream A->B a flood, through {2 * pairs + 1} phases of {phase:g} s: "
+        "off, on, off, ...; goodput = what B wrote to its TUN in a phase; ratios: median over "
+        "the flood phases of on / mean of the two neighbouring off phases",
         f"handshake flood: {hs_rate:g}/s ({HANDSHAKE_FLOOD_X:g} x under-load threshold "
         f"{UNDER_LOAD_RATE:g}/s), valid mac1, {SPOOF_SOURCES} forged sources in {SPOOF_NET}",
         "junk flood: random 1..512-byte datagrams, forged sources/ports, sendmmsg on a raw "
-        "socket as fast as one core sends",
+        "socket as fast as one core sends; junk-closed: the same to a closed port of B "
+        "(the control: what such a flood costs this machine without the tunnel's socket)",
         f"new peer: C's handshake {hs_s:.2f} s during the handshake flood "
-        f"(target <= {5.0 + REKEY_TIMEOUT:g} s)",
+        f"(target <= {5.0 + REKEY_TIMEOUT:g} s; {floods['new-peer'].sent} initiations sent)",
+        *(
+            f"{c} phases (Gbit/s, * flooding): "
+            + " ".join(f"{p.gbit:.2f}{'*' if p.flooding else ''}" for p in runs[c])
+            for c in FLOODS
+        ),
         "B's RSS: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in rss),
         f"B's drop reasons: dos-filter {dict(dos)}, digest {dict(dig)}",
-        f"B's UDP device: {status.get('devices', {}).get('udp', {})}",
+        f"B's socket: shape filter {udp.get('shape_filter')}, kernel drops "
+        f"{udp.get('socket_drops')}, datagrams read {udp.get('datagrams_in')}",
     ]
-    series = {
-        "goodput|Gbit/s": [(float(i), med[c]) for i, c in enumerate(CONDITIONS) if med[c] == med[c]]
-    }
+    series = {f"{c}|Gbit/s": [(float(k), p.gbit) for k, p in enumerate(runs[c])] for c in FLOODS}
     return BenchResult(
         metrics,
         targets={
@@ -534,7 +670,6 @@ def run(ctx: BenchContext) -> BenchResult:
         rows=rows,
         notes=notes,
         series=series,
-        xticks={float(i): c for i, c in enumerate(CONDITIONS)},
     )
 
 

@@ -59,6 +59,10 @@ DEFAULT_PORT = 51820
 #: handshake messages a second above which the interface is "under load"
 UNDER_LOAD_RATE = 200.0
 TX_BATCH = 256
+#: under load, a UDP read that found handshake messages only is followed by this much
+#: time without UDP reads: a handshake flood then comes in batches, not one batch a
+#: message or two (each batch has a fixed cost); data waits at most this long
+RX_HOLD_UNDER_LOAD = 0.01
 RX_BATCH = 512
 TUN_OFFLOADS = kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6 | kc.TUN_F_TSO_ECN
 
@@ -146,6 +150,8 @@ class Tunnel:
         self._status_at = 0.0
         #: the kernel drops what is no WireGuard message at the socket (_shape_filter)
         self.shape_filter = False
+        #: the last receive batch held handshake messages only
+        self._handshakes_only = False
 
     @classmethod
     def from_config(cls, cfg: TunnelConfig | str | Path, **kw: Any) -> Tunnel:
@@ -336,16 +342,23 @@ class Tunnel:
         ufd = self.udp.sock.fileno()
         if ready is not None:
             ready()
+        hold = 0.0  # no UDP read before this (monotonic): see RX_HOLD_UNDER_LOAD
         while not self._stopping:
             now = time.time()
-            if until is not None and time.monotonic() >= until:
+            mono = time.monotonic()
+            if until is not None and mono >= until:
                 break
             with self.lock:
                 self._handle(self.protocol.tick(now))
                 deadline = self.protocol.next_deadline()
             timeout = min(max(deadline - time.time(), 0.0), 0.5)
+            if hold > mono:
+                rl = [tfd, self._stop_r]
+                timeout = min(timeout, hold - mono)
+            else:
+                rl = [tfd, ufd, self._stop_r]
             try:
-                r, _, _ = select.select([tfd, ufd, self._stop_r], [], [], timeout)
+                r, _, _ = select.select(rl, [], [], timeout)
             except InterruptedError:
                 continue
             except (OSError, ValueError) as e:
@@ -354,6 +367,8 @@ class Tunnel:
                 break
             if ufd in r:
                 self.receive()
+                if self._handshakes_only and self.dp.under_load:
+                    hold = time.monotonic() + RX_HOLD_UNDER_LOAD
             if tfd in r:
                 self.transmit()
             if time.monotonic() - self._status_at > 1.0:
@@ -474,6 +489,7 @@ class Tunnel:
         typ = np.zeros(len(b), dtype=np.int64)
         typ[has] = b.buf[st[has] + ol[has]]
         k = int(np.count_nonzero((typ >= 1) & (typ <= 3)))
+        self._handshakes_only = k == len(b)
         if k:
             self._hs_times.append(now)
             self._hs_times.extend([now] * (k - 1))
