@@ -404,3 +404,133 @@ def test_open_here_refuses_bad_arguments_before_any_socket(
 
     with pytest.raises(ConfigError, match=match):
         UdpDevice.open_here(bind, **kw)
+
+
+class _EioSocket:
+    """A socket whose ``recvmsg_into`` fails with EIO the next ``reads`` times (the rest is
+    the real socket's)."""
+
+    def __init__(self, sock: socket.socket, reads: int) -> None:
+        self._sock = sock
+        self.reads = reads
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recvmsg_into(self, *args: Any) -> Any:
+        if self.reads > 0:
+            self.reads -= 1
+            raise OSError(errno.EIO, "injected")
+        return self._sock.recvmsg_into(*args)
+
+
+def test_uso_dropped_by_eio_is_asked_again_after_the_back_off(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UDP-Lite refuses UDP_SEGMENT with EIO for real: after the back-off the kernel is
+    asked again (the option is there), the next segmented send fails again and drops
+    it for twice as long; nothing is lost on the way."""
+    from netoffload.devices import udp as udp_mod
+
+    monkeypatch.setattr(udp_mod, "USO_REPROBE_S", 0.3)
+    _tb, a, b = two_hosts
+    rx = b.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+    rx.bind((B4, 6005))
+    dev = UdpDevice.open(a, (A4, 0), (B4, 6005), proto=IPPROTO_UDPLITE)
+    try:
+        payloads = [_payload(4 * 700, s) for s in range(2)]
+
+        def send_all() -> int:
+            batch = Batch.from_packets(payloads)
+            batch.ext.gso_size[:] = 700
+            return dev.send(batch)
+
+        assert send_all() == 2
+        assert dev.counters()["uso_dropped"] is True and not dev.uso
+        time.sleep(0.35)
+        assert dev.uso and Task.UDP_SEGMENT in dev.query().records  # asked again
+        assert dev.counters()["uso_reprobes"] == 1
+        assert send_all() == 2  # refused again: dropped, for twice as long (0.6 s)
+        assert not dev.uso and dev._uso_retry_at - time.monotonic() > 0.45
+        time.sleep(0.65)
+        assert dev.uso and dev.counters()["uso_reprobes"] == 2
+        got = _recv_all(rx, 16)
+        assert b"".join(got) == b"".join(payloads) * 2
+    finally:
+        dev.close()
+        rx.close()
+
+
+def test_uso_comes_back_when_the_kernel_takes_it_again(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netoffload.devices import udp as udp_mod
+
+    monkeypatch.setattr(udp_mod, "USO_REPROBE_S", 0.2)
+    _tb, a, b = two_hosts
+    rx = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind((B4, 6006))
+    dev = UdpDevice.open(a, (A4, 0), (B4, 6006))
+    real = dev._send_gso
+    fails = [OSError(errno.EIO, "injected")] * 2  # the send and its retry
+
+    def flaky(payload: memoryview, g: int, to: tuple[object, ...] | None) -> None:
+        if fails:
+            raise fails.pop()
+        real(payload, g, to)
+
+    monkeypatch.setattr(dev, "_send_gso", flaky)
+    try:
+        batch = Batch.from_packets([_payload(3000, 1)])
+        batch.ext.gso_size[:] = 1000
+        assert dev.send(batch) == 1 and not dev.uso
+        assert dev.counters()["gso_sends"] == 0 and dev.counters()["soft_segmented"] == 1
+        time.sleep(0.25)
+        batch = Batch.from_packets([_payload(3000, 2)])
+        batch.ext.gso_size[:] = 1000
+        assert dev.send(batch) == 1
+        c = dev.counters()
+        assert c["gso_sends"] == 1 and c["uso_reprobes"] == 1 and c["uso_dropped"] is False
+        assert len(_recv_all(rx, 6)) == 6
+    finally:
+        dev.close()
+        rx.close()
+
+
+def test_gro_read_eio_falls_back_to_plain_reads_then_gro_again(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netoffload.devices import udp as udp_mod
+
+    monkeypatch.setattr(udp_mod, "USO_REPROBE_S", 0.3)
+    _tb, a, b = two_hosts
+    dev = UdpDevice.open(b, (B4, 6007))
+    tx = a.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert dev.probed["udp_gro"] and Task.UDP_ASSEMBLE in dev.query().records
+        faulty = _EioSocket(dev.sock, reads=1)
+        dev.sock = faulty  # type: ignore[assignment]
+        for i in range(3):
+            tx.sendto(_payload(500, i), (B4, 6007))
+        time.sleep(0.1)
+        assert len(dev.recv(64)) == 0  # the read failed: counted, nothing lost
+        c = dev.counters()
+        errs = c["errno"]
+        assert c["gro_dropped"] is True and isinstance(errs, dict) and errs.get("EIO") == 1
+        assert Task.UDP_ASSEMBLE not in dev.query().records
+        assert faulty.getsockopt(kc.SOL_UDP, kc.UDP_GRO) == 0  # plain reads
+        assert len(dev.recv(64)) == 3
+        time.sleep(0.35)
+        for i in range(3):
+            tx.sendto(_payload(500, 10 + i), (B4, 6007))
+        time.sleep(0.1)
+        got = dev.recv(64)
+        assert faulty.getsockopt(kc.SOL_UDP, kc.UDP_GRO) == 1  # asked again: on
+        c = dev.counters()
+        assert c["gro_dropped"] is False and c["gro_reprobes"] == 1
+        assert Task.UDP_ASSEMBLE in dev.query().records
+        # three datagrams of one size from one flow: one coalesced read or three
+        assert int(got.length.sum()) == 1500
+    finally:
+        dev.close()
+        tx.close()

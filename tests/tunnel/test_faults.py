@@ -21,6 +21,7 @@ with it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ import pytest
 
 from netoffload.testing import netns
 
-from .test_tunnel_interop import GO_PORT, GO_V4, US_V4, _ping, pair
+from .test_tunnel_interop import GO_PORT, GO_V4, US_V4, _has_link, _ping, pair
 
 pytestmark = pytest.mark.kernel
 
@@ -196,3 +197,94 @@ def test_nic_killed_mid_stream_nothing_lost_nothing_twice(tmp_path: Path) -> Non
         assert drops == 0, "b's socket dropped datagrams: the way in was not lossless"
         # and the tunnel goes on in software
         assert _ping(p.b, GO_V4) and _ping(p.a, US_V4)
+
+
+# --------------------------------------------------------------------- EIO
+
+
+class _FaultySock:
+    """The tunnel's UDP socket, failing with EIO: every UDP_SEGMENT send until the
+    monotonic time ``gso_until``, and ``reads`` reads from ``reads_at`` on. Counts the
+    segmented sends that went through after ``gso_until``."""
+
+    def __init__(self, sock: socket.socket, gso_until: float, reads_at: float, reads: int):
+        self._sock = sock
+        self.gso_until = gso_until
+        self.reads_at = reads_at
+        self.reads = reads
+        self.gso_after = 0
+        self.injected_gso = 0
+        self.injected_reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendmsg(self, buffers: Any, ancdata: Any = (), *rest: Any) -> int:
+        segmented = any(lvl == 17 and typ == 103 for lvl, typ, _ in ancdata)
+        if segmented and time.monotonic() < self.gso_until:
+            self.injected_gso += 1
+            raise OSError(errno.EIO, "injected")
+        n = int(self._sock.sendmsg(buffers, ancdata, *rest))
+        if segmented:
+            self.gso_after += 1
+        return n
+
+    def recvmsg_into(self, *args: Any) -> Any:
+        if self.reads > 0 and time.monotonic() >= self.reads_at:
+            self.reads -= 1
+            self.injected_reads += 1
+            raise OSError(errno.EIO, "injected")
+        return self._sock.recvmsg_into(*args)
+
+
+def _tunnel_with_eio(conf: str, seconds: float, eio_s: float, reprobe_s: float) -> dict[str, Any]:
+    """Runs in the namespace (a forked child): the tunnel of ``conf`` for ``seconds``, its
+    socket failing (``_FaultySock``) in the first ``eio_s``; its status at the end."""
+    from netoffload.devices import udp as udp_mod
+    from netoffload.tunnel.tunnel import Tunnel
+
+    udp_mod.USO_REPROBE_S = reprobe_s  # this child only
+    t = Tunnel.from_config(conf)
+    t.start()
+    try:
+        assert t.udp is not None
+        now = time.monotonic()
+        faulty = _FaultySock(t.udp.sock, now + eio_s, now + 2.0, 2)
+        t.udp.sock = faulty  # type: ignore[assignment]
+        t.run(until=now + seconds)
+        doc = t.status()
+        doc["injected"] = {
+            "gso": faulty.injected_gso,
+            "reads": faulty.injected_reads,
+            "gso_after": faulty.gso_after,
+        }
+        return json.loads(json.dumps(doc, default=str))  # type: ignore[no-any-return]
+    finally:
+        t.close()
+
+
+def test_udp_segment_and_gro_eio_fall_back_and_probe_again(tmp_path: Path) -> None:
+    with pair(tmp_path, start=False) as p:
+        run = p.b.spawn(_tunnel_with_eio, str(p.conf), 14.0, 3.0, 0.3)
+        deadline = time.monotonic() + 10
+        while not _has_link(p.b, p.name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert _ping(p.b, GO_V4) and _ping(p.a, US_V4)
+        go_drops0 = _udp_drops(p.a, GO_PORT)
+        n = 6000  # ~5 s: through the EIO (the tunnel's first 3 s) and after it
+        out = Stream(p.b, p.a, GO_V4, 5403, n, pause=0.01)  # segmented sends from b
+        inn = Stream(p.a, p.b, US_V4, 5404, n, pause=0.01)  # GRO reads in b
+        got_out, got_in = out.result(), inn.result()
+        go_drops = _udp_drops(p.a, GO_PORT) - go_drops0
+        doc = run.join(30)
+    assert isinstance(doc, dict)
+    _check_complete(got_out, n, "b -> a (UDP_SEGMENT EIO)", go_drops)
+    _check_complete(got_in, n, "a -> b (UDP_GRO read EIO)")
+    udp, inj = doc["devices"]["udp"], doc["injected"]
+    assert inj["gso"] > 0 and udp["eio"] >= inj["gso"]  # refused, counted ...
+    assert udp["soft_segmented"] + udp["datagrams_out"] > 0
+    assert udp["uso_reprobes"] >= 1 and udp["uso_dropped"] is False  # ... asked again: back
+    assert inj["gso_after"] > 0, "no segmented send once the kernel took them again"
+    assert inj["reads"] == 2 and udp["errno"].get("EIO", 0) >= 2
+    assert udp["gro_reprobes"] >= 1 and udp["gro_dropped"] is False

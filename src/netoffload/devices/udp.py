@@ -14,7 +14,12 @@ Probing: ``getsockopt(UDP_SEGMENT)`` / ``setsockopt(UDP_GRO)`` at start, and
 again after an ``EIO`` on a segmented send (the kernel refuses UDP GSO on some
 paths: UDP-Lite, xfrm). If the retry fails too, the capability is dropped from
 the task offload buffer, the datagram and everything after it is segmented in
-software (one ``sendto`` per datagram), and no datagram is lost.
+software (one ``sendto`` per datagram), and no datagram is lost. After a
+back-off (``USO_REPROBE_S``, doubling while the kernel keeps refusing, up to
+``USO_REPROBE_MAX_S``) the kernel is asked again and, if it has the option,
+segmented sends are tried anew. Likewise a read that fails with ``EIO`` while
+``UDP_GRO`` is on turns GRO off (plain reads: one datagram each) and it is
+turned on again after the same kind of back-off.
 
 Push-down: a classic BPF program attached with ``SO_ATTACH_FILTER`` runs in the
 kernel on every datagram (offset 0 is the UDP header) before it is queued.
@@ -24,6 +29,7 @@ Several workers: ``UdpDevice.reuseport_group`` binds N sockets with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -49,6 +55,10 @@ MAX_PAYLOAD = 65507
 _U_USO = bit16(Task.UDP_SEGMENT)
 _GRO_CMSG = socket.CMSG_SPACE(4)
 _GONE = (errno.EBADF, errno.ENOTSOCK)
+#: after EIO took UDP_SEGMENT or UDP_GRO away: seconds until the kernel is asked again,
+#: doubling while it keeps failing, up to the maximum
+USO_REPROBE_S = 2.0
+USO_REPROBE_MAX_S = 64.0
 _PATH = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED, errno.ENETDOWN, errno.EPERM)
 
 Addr = tuple[Any, ...]
@@ -62,6 +72,9 @@ class UdpCounters(kc.KernelCounters):
     soft_segmented: int = 0  # super-datagrams we had to cut ourselves
     eio: int = 0
     uso_dropped: bool = False
+    uso_reprobes: int = 0  # the kernel asked again after a back-off
+    gro_dropped: bool = False  # UDP_GRO off after a read failed with EIO
+    gro_reprobes: int = 0
     tx_dropped: int = 0
     path_errors: int = 0
     datagrams_in: int = 0
@@ -110,6 +123,11 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
         self.name = name or f"udp:{_fmt(sock.getsockname())}"
         self._gro_wanted = gro
         self._gro_on = False
+        #: monotonic time of the next re-probe of a dropped UDP_SEGMENT / UDP_GRO (0: none)
+        self._uso_retry_at = 0.0
+        self._uso_backoff = USO_REPROBE_S
+        self._gro_retry_at = 0.0
+        self._gro_backoff = USO_REPROBE_S
         self._arena = kc.Arena(4 << 20, MAX_PAYLOAD + 64)
         #: source address of each packet of the last ``recv`` batch
         self.last_sources: list[Addr] = []
@@ -210,6 +228,8 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
         self._probe = probe_socket(self.sock)
         if self.udp.uso_dropped:
             self._probe["udp_segment"] = False
+        if self.udp.gro_dropped:
+            self._probe["udp_gro"] = False
         if self._probe["udp_gro"] and self._gro_wanted and not self._gro_on:
             self.sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 1)
             self._gro_on = True
@@ -227,17 +247,79 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
 
     @property
     def uso(self) -> bool:
-        """UDP_SEGMENT usable now (probed and not dropped after EIO)."""
+        """UDP_SEGMENT usable now (probed and not dropped after EIO; asked again once the
+        back-off after a drop is over)."""
+        if self._uso_retry_at and time.monotonic() >= self._uso_retry_at:
+            self._reprobe_uso()
         return bool(self.probed.get("udp_segment")) and not self.udp.uso_dropped
 
-    def _drop_uso(self) -> None:
+    def _drop_uso(self, reprobe: bool = True) -> None:
+        """No UDP_SEGMENT sends; with ``reprobe``, ask the kernel again after a back-off."""
         self.udp.uso_dropped = True
+        if reprobe:
+            self._uso_retry_at = time.monotonic() + self._uso_backoff
+            self._uso_backoff = min(self._uso_backoff * 2, USO_REPROBE_MAX_S)
+        else:
+            self._uso_retry_at = 0.0
+        self._without(Task.UDP_SEGMENT)
+
+    def _uso_ok(self) -> None:
+        """A segmented send went through: the next drop waits the shortest back-off."""
+        self._uso_backoff = USO_REPROBE_S
+
+    def _reprobe_uso(self) -> None:
+        """The back-off is over: if the kernel has UDP_SEGMENT, the next sends use it (an
+        EIO then drops it again, for twice as long). Only that option is asked: a full
+        probe would detach the socket's filter."""
+        self._uso_retry_at = 0.0
+        self.udp.uso_reprobes += 1
+        try:
+            self.sock.getsockopt(kc.SOL_UDP, kc.UDP_SEGMENT)
+        except OSError:
+            self._uso_retry_at = time.monotonic() + self._uso_backoff
+            return
+        self.udp.uso_dropped = False
+        if self._probe is not None:
+            self._probe["udp_segment"] = True
+        self._with(Task.UDP_SEGMENT)
+
+    def _drop_gro(self) -> None:
+        """A read failed with EIO while UDP_GRO was on: plain reads, GRO again after a
+        back-off."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 0)
+        self._gro_on = False
+        self.udp.gro_dropped = True
+        self._gro_retry_at = time.monotonic() + self._gro_backoff
+        self._gro_backoff = min(self._gro_backoff * 2, USO_REPROBE_MAX_S)
+        self._without(Task.UDP_ASSEMBLE)
+
+    def _reprobe_gro(self) -> None:
+        self._gro_retry_at = 0.0
+        self.udp.gro_reprobes += 1
+        try:
+            self.sock.setsockopt(kc.SOL_UDP, kc.UDP_GRO, 1)
+        except OSError:
+            self._gro_retry_at = time.monotonic() + self._gro_backoff
+            return
+        self._gro_on = True
+        self.udp.gro_dropped = False
+        if self._probe is not None:
+            self._probe["udp_gro"] = True
+        self._with(Task.UDP_ASSEMBLE)
+
+    def _without(self, task: Task) -> None:
         buf = self.query()
-        recs: dict[Task, CapRecord] = {
-            t: r for t, r in buf.records.items() if t != Task.UDP_SEGMENT
-        }
-        en: dict[Task, Enabled] = {t: e for t, e in buf.enabled.items() if t != Task.UDP_SEGMENT}
+        recs: dict[Task, CapRecord] = {t: r for t, r in buf.records.items() if t != task}
+        en: dict[Task, Enabled] = {t: e for t, e in buf.enabled.items() if t != task}
         self._buffer = TaskOffloadBuffer(self.name, recs, en)
+
+    def _with(self, task: Task) -> None:
+        buf = self.query()
+        v = frozenset({6 if self.sock.family == socket.AF_INET6 else 4})
+        recs = dict(buf.records)
+        recs[task] = CapRecord(task, v, MAX_PAYLOAD, 1, MAX_SEGMENTS)
+        self._buffer = TaskOffloadBuffer(self.name, recs, dict(buf.enabled))
 
     # ------------------------------------------------------------------ filter
     def attach_filter(self, insns: Sequence[kc.Insn]) -> None:
@@ -346,6 +428,7 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
         else:
             self.sock.sendmsg([payload], cmsg, 0, to)
         self.udp.gso_sends += 1
+        self._uso_ok()
 
     def _send_soft(self, payload: memoryview, g: int, to: Addr | None) -> None:
         """Software segmentation: one datagram per ``g`` bytes (all or an exception)."""
@@ -368,10 +451,18 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
         self._check()
         gsos: list[int] = []
         self.last_sources = []
+        if self._gro_retry_at and time.monotonic() >= self._gro_retry_at:
+            self._reprobe_gro()
 
         def read_one(region: memoryview) -> None:
-            # an error (e.g. ECONNREFUSED from an earlier ICMP) is counted, tried again next call
-            nbytes, anc, _flags, addr = self.sock.recvmsg_into([region], _GRO_CMSG)
+            # an error (e.g. ECONNREFUSED from an earlier ICMP) is counted, tried again next
+            # call; EIO with GRO on also turns GRO off for a while
+            try:
+                nbytes, anc, _flags, addr = self.sock.recvmsg_into([region], _GRO_CMSG)
+            except OSError as e:
+                if e.errno == errno.EIO and self._gro_on:
+                    self._drop_gro()
+                raise
             g = 0
             for lvl, typ, data in anc:
                 if lvl == kc.SOL_UDP and typ == kc.UDP_GRO and len(data) >= 2:

@@ -80,7 +80,7 @@ class UdpIpDevice(UdpDevice):
 
     def disable_gso(self) -> None:
         """No UDP_SEGMENT sends from now on (one sendto a datagram)."""
-        self._drop_uso()
+        self._drop_uso(reprobe=False)
 
     @classmethod
     def bind_here(
@@ -199,6 +199,7 @@ class UdpIpDevice(UdpDevice):
                     self.udp.gso_sends += 1
                     self.udp.datagrams_out += len(iov)
                     self.gso_datagrams_out += len(iov)
+                    self._uso_ok()
                 return True
             except BlockingIOError:
                 if not deadline:
