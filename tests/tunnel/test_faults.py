@@ -26,6 +26,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,108 @@ def test_udp_segment_and_gro_eio_fall_back_and_probe_again(tmp_path: Path) -> No
     assert inj["gso_after"] > 0, "no segmented send once the kernel took them again"
     assert inj["reads"] == 2 and udp["errno"].get("EIO", 0) >= 2
     assert udp["gro_reprobes"] >= 1 and udp["gro_dropped"] is False
+
+
+# --------------------------------------------------------------------- links deleted
+
+
+def _up(p: Any, *extra: str) -> subprocess.Popen[str]:
+    """``netoffload up --foreground`` in ``b`` with stderr of its own (a pipe)."""
+    import sys
+
+    proc = p.b.popen(
+        [sys.executable, "-m", "netoffload", "up", str(p.conf), "--foreground", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 15
+    sock = f"/var/run/wireguard/{p.name}.sock"
+    while not (os.path.exists(sock) and _has_link(p.b, p.name)):
+        assert proc.poll() is None and time.monotonic() < deadline, "up failed"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+@pytest.mark.parametrize("nic", ["none", "crypto"])
+def test_tun_deleted_under_the_tunnel_clean_exit_one_line(tmp_path: Path, nic: str) -> None:
+    import psutil
+
+    with pair(tmp_path, start=False) as p:
+        proc = _up(p, "--nic", nic)
+        try:
+            assert _ping(p.b, GO_V4)
+            kids = _children(proc.pid)
+            assert len(kids) >= (2 if nic == "crypto" else 0)
+            routes = p.b.ip("route", "show", "table", "all")
+            assert p.name in routes
+            p.b.ip("link", "del", p.name)
+            try:
+                _, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the tunnel went on without its TUN")
+        finally:
+            _stop(proc)
+        assert proc.returncode == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert p.name in lines[0] and "gone" in lines[0], lines[0]
+        # nothing left behind: no link, routes, UAPI socket, state files, NIC processes
+        assert not _has_link(p.b, p.name)
+        assert p.name not in p.b.ip("route", "show", "table", "all")
+        assert not os.path.exists(f"/var/run/wireguard/{p.name}.sock")
+        assert not os.path.exists(f"/run/netoffload/{p.name}.json")
+        assert not os.path.exists(f"/run/netoffload/{p.name}.status.json")
+        time.sleep(0.5)
+        left = []
+        for k in kids:
+            with contextlib.suppress(psutil.Error):
+                pr = psutil.Process(k)
+                if pr.status() != psutil.STATUS_ZOMBIE:
+                    left.append((k, pr.status(), " ".join(pr.cmdline())[:200]))
+        assert not left, f"processes left running: {left}"
+        assert not [f for f in os.listdir("/dev/shm") if p.name in f]
+
+
+def test_veth_deleted_under_the_tunnel(tmp_path: Path) -> None:
+    """The underlay link going away is not the tunnel's end (as with wireguard-go and the
+    kernel's WireGuard): no exit, no traceback, the failed sends counted; once a link
+    is back, traffic flows again on the same session."""
+    with pair(tmp_path, start=False) as p:
+        proc = _up(p)
+        try:
+            assert _ping(p.b, GO_V4)
+            p.b.ip("link", "del", "veth0")  # both ends: the pair goes
+            p.b.exec(["ping", "-c", "3", "-i", "0.2", "-W", "1", GO_V4], check=False)
+            time.sleep(0.5)
+            assert proc.poll() is None, "the tunnel exited when the veth went"
+            udp = _show(p.b, p.name)["devices"]["udp"]
+            assert sum(udp["errno"].values()) > 0, udp  # the sends that failed, counted
+            p.tb.link(p.a, p.b, addrs_a=["198.18.0.1/24"], addrs_b=["198.18.0.2/24"])
+            assert _ping(p.b, GO_V4, wait=5), "no traffic once the link was back"
+            assert _ping(p.a, US_V4)
+            assert proc.poll() is None
+        finally:
+            _stop(proc)
+        _, err = proc.communicate()
+        assert "Traceback" not in err and not err.strip(), err
