@@ -33,9 +33,19 @@ from typing import Any
 
 import pytest
 
-from netoffload.testing import netns
+from netoffload.testing import netns, wggo
+from netoffload.tunnel.timers import REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 
-from .test_tunnel_interop import GO_PORT, GO_V4, US_V4, _has_link, _ping, pair
+from .test_tunnel_interop import (
+    GO_PORT,
+    GO_V4,
+    US_PORT,
+    US_V4,
+    Pair,
+    _has_link,
+    _ping,
+    pair,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -294,7 +304,7 @@ def test_udp_segment_and_gro_eio_fall_back_and_probe_again(tmp_path: Path) -> No
 # --------------------------------------------------------------------- links deleted
 
 
-def _up(p: Any, *extra: str) -> subprocess.Popen[str]:
+def _up(p: Pair, *extra: str) -> subprocess.Popen[str]:
     """``netoffload up --foreground`` in ``b`` with stderr of its own (a pipe)."""
     import sys
 
@@ -394,3 +404,83 @@ def test_veth_deleted_under_the_tunnel(tmp_path: Path) -> None:
             _stop(proc)
         _, err = proc.communicate()
         assert "Traceback" not in err and not err.strip(), err
+
+
+# --------------------------------------------------------------------- peer restart
+
+
+def _receive_timed(s: socket.socket, limit: float) -> list[tuple[int, float]]:
+    """(sequence number, monotonic arrival time) of each datagram for ``limit`` s."""
+    got: list[tuple[int, float]] = []
+    end = time.monotonic() + limit
+    s.settimeout(0.2)
+    while time.monotonic() < end:
+        try:
+            d = s.recv(4096)
+        except TimeoutError:
+            continue
+        got.append((int.from_bytes(d[:4], "big"), time.monotonic()))
+    return got
+
+
+def _send_for(dst: str, port: int, seconds: float, interval: float) -> int:
+    """A numbered datagram every ``interval`` s for ``seconds``; failed sends (no route
+    while the peer is down) are skipped. Returns how many were tried."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError):
+            s.sendto(i.to_bytes(4, "big") + bytes(200), (dst, port))
+        i += 1
+        time.sleep(interval)
+    s.close()
+    return i
+
+
+def test_peer_restart_traffic_resumes_within_rekey_timeout(tmp_path: Path) -> None:
+    """wireguard-go stopped and started again (same key and port, a fresh process) in the
+    middle of a stream each way: the restarted peer initiates as soon as it has something
+    to send, and both streams flow again within REKEY_TIMEOUT plus its jitter. (With
+    traffic one way only, from us, the whitepaper's timers start a handshake only after
+    KEEPALIVE_TIMEOUT + REKEY_TIMEOUT without an answer: that is the protocol's.)"""
+    with pair(tmp_path) as p:
+        assert _ping(p.a, US_V4) and _ping(p.b, GO_V4)
+        key = p.go.private_key
+        assert key is not None
+        seconds = 12.0
+        rb = p.b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rb.bind((US_V4, 5405))
+        ra = p.a.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ra.bind(("0.0.0.0", 5406))  # wireguard-go's address goes and comes back with it
+        rx_b = p.b.spawn(_receive_timed, rb, seconds + 2)
+        rx_a = p.a.spawn(_receive_timed, ra, seconds + 2)
+        rb.close()
+        ra.close()
+        tx_a = p.a.spawn(_send_for, US_V4, 5405, seconds, 0.01)
+        tx_b = p.b.spawn(_send_for, GO_V4, 5406, seconds, 0.01)
+        time.sleep(3.0)
+        down = time.monotonic()
+        p.go.stop()
+        time.sleep(1.0)
+        go2 = wggo.WireguardGo(p.a, private_key=key, listen_port=GO_PORT, addresses=[f"{GO_V4}/24"])
+        try:
+            go2.start()
+            go2.set_peer(p.us_public, allowed_ips=[f"{US_V4}/32"], endpoint=("198.18.0.2", US_PORT))
+            up = time.monotonic()
+            tx_a.join(seconds + 10)
+            tx_b.join(seconds + 10)
+            at_b, at_a = rx_b.join(seconds + 10), rx_a.join(seconds + 10)
+        finally:
+            go2.stop()
+    bound = REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX
+    for what, got in (("a -> b", at_b), ("b -> a", at_a)):
+        before = [t for _, t in got if t < down]
+        after = [t for _, t in got if t > up]
+        assert before, f"{what}: nothing before the restart"
+        assert after, f"{what}: nothing after the restart"
+        took = after[0] - up
+        print(f"{what}: resumed {took:.3f} s after the peer was back")
+        assert took <= bound, f"{what}: traffic resumed {took:.2f} s after the peer was back"
+        seqs = [q for q, _ in got]
+        assert len(seqs) == len(set(seqs)), f"{what}: a datagram arrived twice"
