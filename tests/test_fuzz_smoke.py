@@ -35,21 +35,7 @@ def _fuzz(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
-#: targets whose known crash waits for a fix outside the fuzzing work (the
-#: regression test named here fails until then)
-KNOWN = {
-    "esp-decrypt": "soft/crypto.py _decrypt_uniform IndexError on short plaintexts: "
-    "tests/soft/test_crypto.py::test_uniform_decrypt_of_short_authentic_plaintexts",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=False)) if n in KNOWN else n
-        for n in TARGETS
-    ],
-)
+@pytest.mark.parametrize("name", list(TARGETS))
 def test_fuzz_target_smoke(name: str, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     seeds = _fuzz("seeds", name, str(corpus), timeout=120)
