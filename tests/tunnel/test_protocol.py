@@ -161,6 +161,28 @@ def test_initiator_rekeys_after_time_on_send_responder_does_not() -> None:
     assert sim.b.peer.previous is not None
 
 
+def test_shorter_rekey_after_time_for_testing() -> None:
+    """``rekey_after_time`` (the soak's knob): the initiator rekeys that much sooner,
+    and a rekey every few seconds keeps every packet; still no initiation less than
+    REKEY_TIMEOUT after the last."""
+    sim = Sim()
+    sim.a.proto.rekey_after_time = 2.0
+    _up(sim)
+    t0 = sim.now
+    first = sim.a.peer.current
+    sim.now = t0 + 2.0
+    sim.send(sim.a, _pkt(1))
+    assert sim.initiations(sim.a, t0 + 1) == [], "within REKEY_TIMEOUT of the first"
+    got = [first]
+    for k in range(1, 6):
+        sim.now = t0 + k * REKEY_TIMEOUT + 0.01
+        sim.send(sim.a, _pkt(10 + k))
+        sim.deliver()
+        got.append(sim.a.peer.current)
+    assert len({id(x) for x in got}) == 6  # a new session each time
+    assert [_pkt(10 + k) for k in range(1, 6)] == [x for x in sim.b.inner if x != _pkt(1)][-5:]
+
+
 @pytest.mark.parametrize("who", ["a", "b"])
 def test_rekey_after_messages_either_side(who: str) -> None:
     sim = Sim()

@@ -255,8 +255,12 @@ class Protocol:
         staged_limit: int = 128,
         replay_window: int = WINDOW_SIZE,
         rate_limiter: RateLimiter | None = None,
+        rekey_after_time: float = REKEY_AFTER_TIME,
     ) -> None:
         self._rng = rng if rng is not None else random.Random()
+        #: the initiator starts a new handshake when sending with a session this old
+        #: (REKEY_AFTER_TIME; shorter only for testing: soaks that rekey every few seconds)
+        self.rekey_after_time = rekey_after_time
         self._random_bytes = random_bytes
         self.staged_limit = staged_limit
         self.replay_window = replay_window
@@ -635,7 +639,7 @@ class Protocol:
         kp = peer.current
         if kp is not None and (
             kp.send_counter > REKEY_AFTER_MESSAGES
-            or (kp.initiator and now - kp.created >= REKEY_AFTER_TIME)
+            or (kp.initiator and now - kp.created >= self.rekey_after_time)
         ):
             return self._start_handshake(peer, now, retry=False)
         return []

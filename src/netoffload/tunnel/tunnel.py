@@ -44,6 +44,7 @@ from netoffload.tunnel import metrics as prom
 from netoffload.tunnel.config import TunnelConfig
 from netoffload.tunnel.offload import TunnelOffload, outer_rows
 from netoffload.tunnel.protocol import Flush, Protocol, SendDatagram
+from netoffload.tunnel.timers import REKEY_AFTER_TIME
 from netoffload.tunnel.uapi import (
     PeerUpdate,
     SetRequest,
@@ -65,6 +66,24 @@ TX_BATCH = 256
 RX_HOLD_UNDER_LOAD = 0.01
 RX_BATCH = 512
 TUN_OFFLOADS = kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6 | kc.TUN_F_TSO_ECN
+
+
+#: testing only (scripts/soak.sh): seconds after which the initiator rekeys instead of
+#: REKEY_AFTER_TIME (a new handshake still waits REKEY_TIMEOUT after the last one)
+REKEY_AFTER_ENV = "NETOFFLOAD_TEST_REKEY_AFTER"
+
+
+def _rekey_after_from_env() -> float:
+    raw = os.environ.get(REKEY_AFTER_ENV)
+    if raw is None or raw == "":
+        return REKEY_AFTER_TIME
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= REKEY_AFTER_TIME:
+        raise ConfigError(f"{REKEY_AFTER_ENV}={raw!r}: seconds, > 0 and <= {REKEY_AFTER_TIME:g}")
+    return v
 
 
 def _zero_key(k: bytes | None) -> bool:
@@ -102,7 +121,9 @@ class Tunnel:
         self.log = log or (lambda _m: None)
         self.lock = threading.RLock()
         now = time.time()
-        self.protocol = Protocol(cfg.interface.private_key, now)
+        self.protocol = Protocol(
+            cfg.interface.private_key, now, rekey_after_time=_rekey_after_from_env()
+        )
         for p in cfg.peers:
             self.protocol.add_peer(
                 p.public_key,
