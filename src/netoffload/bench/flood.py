@@ -14,22 +14,32 @@ sources are forged from ``SPOOF_NET`` (198.19.0.0/16, inside 198.18.0.0/15),
 and B routes that prefix back to ``f``, so B's answers (cookie replies) stay
 in the test topology (``f`` does not forward; it drops them).
 
-Conditions, interleaved round by round so that all see the same machine:
+Floods:
 
-- ``none``: no flood, the baseline;
 - ``handshake``: handshake initiations with a valid mac1 for B's key (what an
   attacker who knows B's public key sends; no mac2) at ``HANDSHAKE_FLOOD_X``
   times B's under-load threshold, from ``SPOOF_SOURCES`` forged sources;
 - ``junk``: random datagrams (random sizes) to B's listen port, from forged
   sources and ports, as fast as one sending core pushes them (line rate here:
-  a veth has no wire speed; the figure is reported).
+  a veth has no wire speed; the rate is reported);
+- ``junk-closed``: the same to a port of B where nothing listens: the control,
+  what such a flood costs this machine (the flooder's core, the kernel's receive
+  path) without the tunnel's socket.
+
+Each flood is measured in one iperf3 run through phases of one second, the flood
+off, on, off, ... (the flooder keeps the schedule); the goodput of a phase is
+what B wrote to its TUN in it. On a small shared machine separate runs drift by
+tens of percent; neighbouring phases see the same machine.
 
 Figures: ``flood_handshake_goodput_ratio`` and ``flood_junk_goodput_ratio``
-(median iperf3 goodput under each flood over the median without),
-``flood_new_peer_handshake_s`` (C's first initiation, sent into a running
-handshake flood, to its completed handshake: through B's cookie reply and C's
-retry with mac2; the target is 5 s + REKEY_TIMEOUT) and B's memory: RSS at the
-start, its growth over all floods (``flood_rss_growth``, a fraction).
+(the median over the flood phases of the goodput over the mean of the two
+neighbouring phases without), ``flood_new_peer_handshake_s`` (C's first
+initiation, sent into a running handshake flood, to its completed handshake:
+through B's cookie reply and C's retry with mac2; the target is 5 s +
+REKEY_TIMEOUT), B's CPU seconds per Gbit under each flood over without, and B's
+memory: RSS at the start and its growth over all floods (``flood_rss_growth``,
+a fraction; without --quick also after 30 s of handshake flood from 65,000
+sources).
 
 Every flood is bounded in seconds and packets (``flood()``).
 """

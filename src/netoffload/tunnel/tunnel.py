@@ -386,10 +386,9 @@ class Tunnel:
                 raise DeviceDown(f"{self.name}: {e}") from None
             if self._stop_r in r:
                 break
-            if ufd in r:
-                self.receive()
-                if self._handshakes_only and self.dp.under_load:
-                    hold = time.monotonic() + RX_HOLD_UNDER_LOAD
+            got = self.receive() if ufd in r else 0
+            if got and self._handshakes_only and self.dp.under_load:
+                hold = time.monotonic() + RX_HOLD_UNDER_LOAD
             if tfd in r:
                 self.transmit()
             if time.monotonic() - self._status_at > 1.0:
