@@ -21,7 +21,7 @@ from scapy.layers.inet6 import IPv6
 from netoffload.batch import Batch, Reason
 from netoffload.tunnel import datapath as dpm
 from netoffload.tunnel import keys
-from netoffload.tunnel.config import parse_config
+from netoffload.tunnel.loop import handshake_offline, offline_tunnel
 from netoffload.tunnel.protocol import SendDatagram
 from netoffload.tunnel.tunnel import Tunnel
 
@@ -33,14 +33,7 @@ B_EP = ("198.18.0.2", 51821)
 def _tunnel(
     name: str, sk: bytes, peer: bytes, port: int, ep: tuple[str, int], mine: str, theirs: str
 ) -> Tunnel:
-    text = (
-        f"[Interface]\nPrivateKey = {keys.b64_encode(sk)}\nListenPort = {port}\n"
-        f"Address = {mine}\n\n[Peer]\nPublicKey = {keys.b64_encode(peer)}\n"
-        f"AllowedIPs = {theirs}\nEndpoint = {ep[0]}:{ep[1]}\n"
-    )
-    t = Tunnel(parse_config(text, name), policy="never")
-    t.dp.listen_port = port
-    return t
+    return offline_tunnel(name, sk, peer, port=port, endpoint=ep, address=mine, allowed=theirs)
 
 
 def _pair() -> tuple[Tunnel, Tunnel]:
@@ -49,15 +42,8 @@ def _pair() -> tuple[Tunnel, Tunnel]:
     a = _tunnel("nofa", ka, pb, A_EP[1], B_EP, "198.18.30.1/24", "198.18.30.2/32, fd00:30::2/128")
     b = _tunnel("nofb", kb, pa, B_EP[1], A_EP, "198.18.30.2/24", "198.18.30.1/32, fd00:30::1/128")
     # handshake in process: a initiates, b answers, a confirms with a keepalive
+    handshake_offline(a, b, A_EP, B_EP, NOW)
     peer_b = a.protocol.peers[pb]
-    acts = a.protocol.stage(peer_b, b"", NOW)
-    init = next(x for x in acts if isinstance(x, SendDatagram))
-    resp = next(
-        x
-        for x in b.protocol.handle_handshake(init.data, A_EP, NOW, False)
-        if isinstance(x, SendDatagram)
-    )
-    a.protocol.handle_handshake(resp.data, B_EP, NOW, False)
     for x in a.protocol.send_keepalive(peer_b, NOW):
         if isinstance(x, SendDatagram) and x.data[0] == 4:
             out = _rx(b, [x.data])

@@ -32,8 +32,7 @@ from netoffload.batch import Batch, CsumVerdict, Reason, VnetFlag
 from netoffload.errors import ConfigError
 from netoffload.tunnel import datapath as dpm
 from netoffload.tunnel import keys
-from netoffload.tunnel.config import parse_config
-from netoffload.tunnel.protocol import SendDatagram
+from netoffload.tunnel.loop import handshake_offline, offline_tunnel
 from netoffload.tunnel.tunnel import Tunnel
 
 from .test_tunnel_interop import GO_V4, GO_V6, US_V4, _ping, pair, tcp_stream
@@ -44,14 +43,17 @@ B_EP = ("198.18.0.2", 51821)
 
 
 def _tunnel(name: str, sk: bytes, peer: bytes, port: int, ep: tuple[str, int], **kw: Any) -> Tunnel:
-    text = (
-        f"[Interface]\nPrivateKey = {keys.b64_encode(sk)}\nListenPort = {port}\n"
-        f"Address = 198.18.30.1/24\n\n[Peer]\nPublicKey = {keys.b64_encode(peer)}\n"
-        f"AllowedIPs = 198.18.30.0/24, fd00:30::/64\nEndpoint = {ep[0]}:{ep[1]}\n"
+    kw.setdefault("policy", None)
+    return offline_tunnel(
+        name,
+        sk,
+        peer,
+        port=port,
+        endpoint=ep,
+        address="198.18.30.1/24",
+        allowed="198.18.30.0/24, fd00:30::/64",
+        **kw,
     )
-    t = Tunnel(parse_config(text, name), **kw)
-    t.dp.listen_port = port
-    return t
 
 
 @contextlib.contextmanager
@@ -65,14 +67,7 @@ def _pair(**kw: Any) -> Iterator[tuple[Tunnel, Tunnel]]:
         a.close()
         raise
     try:
-        peer_b = a.protocol.peers[pb]
-        init = next(x for x in a.protocol.stage(peer_b, b"", NOW) if isinstance(x, SendDatagram))
-        resp = next(
-            x
-            for x in b.protocol.handle_handshake(init.data, A_EP, NOW, False)
-            if isinstance(x, SendDatagram)
-        )
-        a.protocol.handle_handshake(resp.data, B_EP, NOW, False)
+        handshake_offline(a, b, A_EP, B_EP, NOW)
         yield a, b
     finally:
         a.close()

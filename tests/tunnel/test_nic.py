@@ -30,10 +30,9 @@ from netoffload.devices.emulated_nic import EmulatedNIC
 from netoffload.tasks import Task
 from netoffload.tunnel import datapath as dpm
 from netoffload.tunnel import keys
-from netoffload.tunnel.config import parse_config
+from netoffload.tunnel.loop import handshake_offline, offline_tunnel
 from netoffload.tunnel.nic import KeyTable, NicSessions, WgNicLibrary
 from netoffload.tunnel.peer import Keypair
-from netoffload.tunnel.protocol import SendDatagram
 from netoffload.tunnel.tunnel import Tunnel
 
 NOW = 1_800_000_000.0
@@ -194,14 +193,15 @@ def test_key_table_reader_never_sees_a_torn_entry() -> None:
 
 
 def _tunnel(name: str, sk: bytes, peer: bytes, port: int, ep: tuple[str, int]) -> Tunnel:
-    text = (
-        f"[Interface]\nPrivateKey = {keys.b64_encode(sk)}\nListenPort = {port}\n"
-        f"Address = 198.18.30.1/24\n\n[Peer]\nPublicKey = {keys.b64_encode(peer)}\n"
-        f"AllowedIPs = 198.18.30.0/24, fd00:30::/64\nEndpoint = {ep[0]}:{ep[1]}\n"
+    return offline_tunnel(
+        name,
+        sk,
+        peer,
+        port=port,
+        endpoint=ep,
+        address="198.18.30.1/24",
+        allowed="198.18.30.0/24, fd00:30::/64",
     )
-    t = Tunnel(parse_config(text, name), policy="never")
-    t.dp.listen_port = port
-    return t
 
 
 @dataclass
@@ -232,15 +232,7 @@ def rig() -> Iterator[Rig]:
     pa, pb = keys.public_from_private(ka), keys.public_from_private(kb)
     a = _tunnel("nofna", ka, pb, A_EP[1], B_EP)
     b = _tunnel("nofnb", kb, pa, B_EP[1], A_EP)
-    init = next(
-        x for x in a.protocol.stage(a.protocol.peers[pb], b"", NOW) if isinstance(x, SendDatagram)
-    )
-    resp = next(
-        x
-        for x in b.protocol.handle_handshake(init.data, A_EP, NOW, False)
-        if isinstance(x, SendDatagram)
-    )
-    a.protocol.handle_handshake(resp.data, B_EP, NOW, False)
+    handshake_offline(a, b, A_EP, B_EP, NOW)
     # b takes its next keypair as current once it sees data from a: a keepalive
     peer_b = a.protocol.peers[pb]
     kp = peer_b.current

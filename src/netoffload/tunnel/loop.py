@@ -249,3 +249,48 @@ class LoopTunnel(Tunnel):
         doc = super().status()
         doc.setdefault("devices", {})["wire"] = self.wire.counters.as_dict()
         return doc
+
+
+# --------------------------------------------------------------------------- offline pairs
+
+
+def offline_tunnel(
+    name: str,
+    private_key: bytes,
+    peer_public: bytes,
+    *,
+    port: int,
+    endpoint: Endpoint,
+    address: str,
+    allowed: str,
+    policy: str = "never",
+    **kw: Any,
+) -> Tunnel:
+    """A never-started ``Tunnel`` with one peer, built from wg-quick text (tests, fuzzing,
+    benchmarks of the engines alone: no TUN, no socket, no wire)."""
+    from netoffload.tunnel import keys
+    from netoffload.tunnel.config import parse_config
+
+    text = (
+        f"[Interface]\nPrivateKey = {keys.b64_encode(private_key)}\nListenPort = {port}\n"
+        f"Address = {address}\n\n[Peer]\nPublicKey = {keys.b64_encode(peer_public)}\n"
+        f"AllowedIPs = {allowed}\nEndpoint = {endpoint[0]}:{endpoint[1]}\n"
+    )
+    t = Tunnel(parse_config(text, name), policy=policy, **kw)
+    t.dp.listen_port = port
+    return t
+
+
+def handshake_offline(a: Tunnel, b: Tunnel, a_ep: Endpoint, b_ep: Endpoint, now: float) -> None:
+    """``a`` initiates toward its (only) peer ``b`` and consumes ``b``'s response, in
+    process: ``a`` can send at once; ``b`` can once ``a``'s first data confirms it."""
+    from netoffload.tunnel.protocol import SendDatagram
+
+    peer_b = a.protocol.peers[b.protocol.public_key]
+    init = next(x for x in a.protocol.stage(peer_b, b"", now) if isinstance(x, SendDatagram))
+    resp = next(
+        x
+        for x in b.protocol.handle_handshake(init.data, a_ep, now, False)
+        if isinstance(x, SendDatagram)
+    )
+    a.protocol.handle_handshake(resp.data, b_ep, now, False)
