@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from netoffload.testing import netns, wggo
+from netoffload.testing.procs import stop_process
 from netoffload.tunnel import keys
 
 pytestmark = pytest.mark.kernel
@@ -69,13 +70,8 @@ class Pair:
         time.sleep(0.2)
 
     def down(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def show(self) -> dict[str, Any]:

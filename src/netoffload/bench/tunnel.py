@@ -25,6 +25,7 @@ real NIC, so that UDP GRO has something to hand over.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ import psutil
 from netoffload.bench import Bench, BenchContext, BenchResult, register
 from netoffload.errors import ConfigError
 from netoffload.testing import netns, wggo
+from netoffload.testing.procs import stop_process
 from netoffload.tunnel import keys
 
 INNER_A, INNER_B = "198.18.40.1", "198.18.40.2"
@@ -151,13 +153,7 @@ class Setup:
         row.pids.append(proc.pid)
 
         def stop() -> None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
             log.close()
 
         row.stops.append(stop)
@@ -318,15 +314,7 @@ def _openvpn(setup: Setup, row: Row) -> None:
     for p in (srv, cli):
         row.pids.append(p.pid)
 
-        def stop(p: subprocess.Popen[bytes] = p) -> None:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-
-        row.stops.append(stop)
+        row.stops.append(functools.partial(_stop_quietly, p))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if _ping_rtts(row.a, INNER_B, 1, 0.2):
@@ -336,6 +324,10 @@ def _openvpn(setup: Setup, row: Row) -> None:
         time.sleep(0.3)
     log = (setup.tmp / "ovpn-b.log").read_text(errors="replace")[-300:]
     row.skip = f"openvpn did not connect: {log.strip().splitlines()[-1] if log.strip() else '?'}"
+
+
+def _stop_quietly(p: subprocess.Popen[bytes]) -> None:
+    stop_process(p, 5.0)
 
 
 def _make_pki(d: Path) -> None:

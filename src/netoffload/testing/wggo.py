@@ -32,6 +32,7 @@ from types import TracebackType
 
 from netoffload.errors import ConfigError, DeviceError
 from netoffload.testing.netns import Netns, check_address
+from netoffload.testing.procs import stop_process
 
 WG_GO = "wireguard-go"
 WG = "wg"
@@ -173,14 +174,8 @@ class WireguardGo:
 
     def stop(self) -> None:
         """End the daemon; remove its socket file, key files and log (idempotent)."""
-        p = self.proc
-        if p is not None and p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 5.0)
         _RUNNING.discard(self)
         with contextlib.suppress(OSError):
             os.unlink(self.socket_path)
