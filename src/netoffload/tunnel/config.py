@@ -328,7 +328,7 @@ def parse_config(
     section: str | None = None
     iface_line: int | None = None
     iface_seen: dict[str, int] = {}
-    private_key: bytes | None = field(default=None, repr=False)
+    private_key: bytes | None = None
     listen_port: int | None = None
     fwmark: int | None = None
     addresses: list[tuple[IPInterface, int]] = []
