@@ -74,7 +74,10 @@ RULES: list[tuple[tuple[str, ...], str, tuple[str, ...]]] = [
         "netoffload.tunnel",
         (
             *("netoffload.tunnel", "netoffload.tunnel.*"),
+            # the application's front ends: commands, the demo, the tunnel's benchmarks
+            # (bench tunnel, bench flood) and its soak harness run the tunnel itself
             *("netoffload.cli", "netoffload.demo", "netoffload.bench.tunnel*"),
+            *("netoffload.bench.flood", "netoffload.testing.soak"),
         ),
     ),
     (("netoffload.devices", "netoffload.devices.*"), "netoffload.testing", ()),

@@ -311,9 +311,21 @@ def snapshot(ns: netns.Netns) -> dict[str, Any]:
     addrs = _ipj(ns, "addr")
     for link in addrs:
         link.pop("qdisc", None)
+        # IPv6 link-local addresses come and go with the kernel's DAD, at its pace (a
+        # loaded machine: seconds); they and their routes are not ours to make or undo
+        link["addr_info"] = [
+            a
+            for a in link.get("addr_info", [])
+            if not (a.get("family") == "inet6" and a.get("scope") == "link")
+        ]
+    route6 = [
+        r
+        for r in _ipj(ns, "-6", "route", "show", "table", "all")
+        if not str(r.get("dst", "")).startswith(("fe80", "ff00"))
+    ]
     return {
         "route4": _ipj(ns, "-4", "route", "show", "table", "all"),
-        "route6": _ipj(ns, "-6", "route", "show", "table", "all"),
+        "route6": route6,
         "rule4": _ipj(ns, "-4", "rule"),
         "rule6": _ipj(ns, "-6", "rule"),
         "addr": addrs,
