@@ -10,8 +10,9 @@
 # new initiation still waits REKEY_TIMEOUT = 5 s after the last one). UP-OPTIONS go to
 # both `netoffload up` (e.g. -- --nic crypto). Prints a summary: throughput, handshakes,
 # every counter that rose (expected or not), RSS at start / after the warm-up / at the
-# end. Exit 0: no unexpected counter rose and RSS grew < 5 % after the warm-up; 1: one
-# of them failed; 2: the soak cannot run here (needs root, /dev/net/tun, iperf3).
+# end. Exit 0: no unexpected counter rose and RSS grew < 5 % after the warm-up (2 min,
+# at most a third of the run); 1: one of them failed; 2: the soak cannot run here
+# (needs root, /dev/net/tun, iperf3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from netoffload.testing import netns, wggo
+from netoffload.testing.procs import stop_process
 from netoffload.tunnel.timers import REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX
 
 from .test_tunnel_interop import (
@@ -323,16 +324,6 @@ def _up(p: Pair, *extra: str) -> subprocess.Popen[str]:
     return proc
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def _children(pid: int) -> list[int]:
     import psutil
 
@@ -360,7 +351,7 @@ def test_tun_deleted_under_the_tunnel_clean_exit_one_line(tmp_path: Path, nic: s
             except subprocess.TimeoutExpired:
                 pytest.fail("the tunnel went on without its TUN")
         finally:
-            _stop(proc)
+            stop_process(proc)
         assert proc.returncode == 2
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in err, err
@@ -401,7 +392,7 @@ def test_veth_deleted_under_the_tunnel(tmp_path: Path) -> None:
             assert _ping(p.a, US_V4)
             assert proc.poll() is None
         finally:
-            _stop(proc)
+            stop_process(proc)
         _, err = proc.communicate()
         assert "Traceback" not in err and not err.strip(), err
 

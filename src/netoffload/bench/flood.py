@@ -69,6 +69,7 @@ from netoffload.bench.tunnel import Row, _gro_on, _iperf, _ping_rtts, _wait_link
 from netoffload.errors import ConfigError
 from netoffload.netns import check_address
 from netoffload.testing import netns, wggo
+from netoffload.testing.procs import stop_process
 from netoffload.tunnel import keys
 from netoffload.tunnel.cookie import mac1_key
 from netoffload.tunnel.noise import mac
@@ -343,13 +344,7 @@ def build(tmp: Path, extra: list[str] | None = None) -> Scene:
         )
 
         def stop_b() -> None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
             log.close()
             with contextlib.suppress(OSError):
                 os.unlink(f"/var/run/wireguard/{name}.sock")
