@@ -165,6 +165,23 @@ def test_deep_ipv6_extension_chain_is_unsupported() -> None:
     assert parse_batch(b).tolist() == [Reason.IPV6_EXT_UNSUPPORTED]
 
 
+def test_ipv6_fragment_header_cut_short_is_truncated() -> None:
+    """Found by fuzz/targets.py (bpf-compiler): a packet ending inside its IPv6
+    fragment header parsed as a good fragment, so the software filter and the
+    compiled cBPF (which reads the header's offset and drops on a load past the
+    end) disagreed about a packet the parser called well-formed."""
+    whole = bytes(
+        IPv6(src="fd00::1", dst="fd00::2", plen=0)
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrFragment(offset=3, m=1)
+    )
+    cut = [whole[:n] for n in range(len(whole) - 7, len(whole))]
+    b = Batch.from_packets([whole, *cut])
+    reason = parse_batch(b, ethernet=False)
+    assert reason.tolist() == [0] + [int(Reason.TRUNCATED)] * len(cut)
+    assert b.ext.l4_proto[0] == 44 and b.ext.l4_off[0] == 48
+
+
 def test_empty_batch() -> None:
     assert len(parse_batch(Batch.empty())) == 0
 

@@ -170,6 +170,11 @@ def parse_batch(b: Batch, ethernet: bool | None = None) -> NDArray[np.uint16]:
     past = v6 & (off6 > b.length)
     reason[past] = Reason.TRUNCATED
     v6 &= ~past
+    # a fragment header is not walked (nothing after it is parsed), but it is
+    # read (offset, MF): it must be whole
+    frag_cut = v6 & (nh == FRAGMENT) & ~r.fits(off6, 8)
+    reason[frag_cut] = Reason.TRUNCATED
+    v6 &= ~frag_cut
 
     ip = v4 | v6
     l4 = np.where(v4, l3 + ihl, np.where(v6, off6, -1))
