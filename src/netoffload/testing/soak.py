@@ -21,7 +21,9 @@ minutes, as ``no_peer`` drops.) Counters and RSS are judged from the end of the 
 allocator and the batch buffers settle -- in 10-minute runs RSS climbed ~15 MB in the
 first two minutes, then stayed flat -- and a new link's chatter is over) to the end;
 the RSS target is a growth below 5 %. The growth over the second half of that span is
-shown too (a leak keeps climbing there).
+shown too (a leak keeps climbing there). With glibc, RSS climbs in steps to the heap's
+high-water mark (freed big buffers stay in the heap); ``MALLOC_MMAP_THRESHOLD_=131072``
+in the environment, passed on to the tunnels, returns them at once.
 
 Exit status: 0 when nothing unexpected rose and RSS growth < 5 %, 1 otherwise,
 2 when the soak cannot run here.
