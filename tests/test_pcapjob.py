@@ -304,3 +304,30 @@ def test_pcapng_timestamp_past_int64_is_clamped(tmp_path: Path) -> None:
     src.write_bytes(shb + idb + epb)
     assert run("pcap", "--tx", "checksum", str(src), str(out)) == 0
     assert S.rdpcap(str(out))[0].haslayer(S.UDP)
+
+
+def test_policy_splits_between_software_and_a_nic(tmp_path: Path, capsys: Any) -> None:
+    """--nic gives the policy a device: with `always` the NIC does the tasks, with
+    `never` software does, and the output is the same bytes either way."""
+    pkts = [
+        S.IP(src="198.18.0.1", dst="198.18.0.2")
+        / S.TCP(sport=1, dport=2, seq=1 + 9000 * i, flags="A")
+        / S.Raw(bytes(range(256)) * 35)
+        for i in range(3)
+    ]
+    src = tmp_path / "in.pcap"
+    S.wrpcap(str(src), pkts)
+    sa = Path(__file__).resolve().parent.parent / "examples" / "sa.toml"
+    outs = {}
+    for policy in ("always", "never"):
+        out = tmp_path / f"{policy}.pcap"
+        res = tmp_path / f"{policy}.jsonl"
+        argv = ["pcap", "--tx", "tcp-segment,checksum,encrypt", "--mss", "1400"]
+        argv += ["--sa", str(sa), "--nic", "full", "--policy", policy, str(src), str(out)]
+        assert main([*argv, "--results", str(res)]) == 0
+        outs[policy] = out.read_bytes()
+        table = capsys.readouterr().out
+        row = next(ln.split() for ln in table.splitlines() if ln.startswith("encrypt "))
+        device, software = int(row[1]), int(row[2])
+        assert (device > 0 and software == 0) if policy == "always" else (device == 0)
+    assert outs["always"] == outs["never"]

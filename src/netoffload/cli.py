@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--mss", type=int, help="segment size for tcp-segment/udp-segment")
     pc.add_argument("--sa", type=Path, metavar="FILE", help="security associations (keys, SPIs)")
     pc.add_argument("--rules", type=Path, metavar="FILE", help="classification / filter rules")
+    pc.add_argument(
+        "--nic",
+        choices=("none", "crypto", "full"),
+        default="none",
+        help="an emulated NIC (a process on its own core) the policy may give tasks to "
+        "(default none: everything in software)",
+    )
     _policy_args(pc, "never")
 
     d = sub.add_parser("demo", help="the tunnel end to end (namespaces as root), with a report")

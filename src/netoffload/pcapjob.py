@@ -63,6 +63,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from netoffload.batch import Batch, CsumVerdict, FilterVerdict, GsoType, Reason
+from netoffload.devices.base import Device
 from netoffload.engine import Engine
 from netoffload.errors import CaptureError, ConfigError
 from netoffload.policy.config import policy_from_namespace
@@ -255,7 +256,22 @@ class _Job:
         self.stages = stage_order(direction, tasks)
         opts = {t: _hook(t).options(args, direction) for t in self.stages}
         lib = SoftLibrary({t: make_task(t, **opts[t]) for t in self.stages})
-        self.engine = Engine(direction, tasks, lib, policy_from_namespace(args, "never")())
+        # the policy splits tasks between software and the devices there are: with
+        # --nic, an emulated NIC running the same tasks with the same options
+        devices: list[Device] = []
+        nic = getattr(args, "nic", "none") or "none"
+        if nic != "none":
+            from netoffload.devices.emulated_nic import EmulatedNIC
+
+            dev = EmulatedNIC(
+                nic,
+                options={t: opts[t] for t in self.stages},
+                name=f"emulated-nic:{nic}",
+            )
+            stack.callback(dev.close)
+            devices.append(dev)
+        policy = policy_from_namespace(args, "adaptive" if devices else "never")()
+        self.engine = Engine(direction, tasks, lib, policy, devices=devices)
         self.stack = stack
         self.writer: PcapWriter | None = None
         self.results: IO[str] | None = None
