@@ -192,21 +192,13 @@ def _status(name: str) -> dict[str, Any] | None:
         return None
     if not isinstance(doc, dict):
         return None
+    from netoffload.tunnel import daemon
+
     # a status file left by a process that is gone (killed) describes nothing running
     pid = doc.get("pid")
-    if isinstance(pid, int) and pid > 0 and not _alive(pid):
+    if isinstance(pid, int) and pid > 0 and not daemon.is_alive(pid):
         return None
     return doc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _names() -> list[str]:

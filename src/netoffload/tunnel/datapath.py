@@ -59,17 +59,29 @@ from netoffload.batch import Batch, Mask, Reason, XFlag, copy_ranges
 from netoffload.soft import SoftTask
 from netoffload.soft.lpm import NO_MATCH, LpmTable
 from netoffload.tasks import Task, bit16
+from netoffload.wire.wireguard import (
+    COOKIE_LEN,
+    DATA_HEADER_LEN,
+    INITIATION_LEN,
+    MSG_COOKIE,
+    MSG_DATA,
+    MSG_INITIATION,
+    MSG_RESPONSE,
+    RESPONSE_LEN,
+    TAG_LEN,
+    data_headers,
+)
 
 I64 = NDArray[np.int64]
 U8 = NDArray[np.uint8]
 
-MSG_INITIATION = 1
-MSG_RESPONSE = 2
-MSG_COOKIE = 3
-MSG_DATA = 4
-_HANDSHAKE_LEN = {MSG_INITIATION: 148, MSG_RESPONSE: 92, MSG_COOKIE: 64}
-DATA_HEADER = 16
-TAG = 16
+_HANDSHAKE_LEN = {
+    MSG_INITIATION: INITIATION_LEN,
+    MSG_RESPONSE: RESPONSE_LEN,
+    MSG_COOKIE: COOKIE_LEN,
+}
+DATA_HEADER = DATA_HEADER_LEN
+TAG = TAG_LEN
 #: outer IPv4 + UDP, IPv6 + UDP header bytes
 OUTER4 = 28
 OUTER6 = 48
@@ -244,25 +256,16 @@ def addr_rows(b: Batch, sel: Mask, which: str) -> tuple[U8, Mask, Mask]:
     return rows, v4, ok
 
 
-def _le32(b: Batch, pos: I64) -> NDArray[np.uint32]:
-    p = pos[:, None] + np.arange(4)
-    return np.ascontiguousarray(b.buf[p]).view("<u4").reshape(-1)
-
-
-def _le64(b: Batch, pos: I64) -> NDArray[np.uint64]:
-    p = pos[:, None] + np.arange(8)
-    return np.ascontiguousarray(b.buf[p]).view("<u8").reshape(-1)
-
-
 def outer_len(b: Batch, idx: I64) -> I64:
     """Bytes of the outer IP + UDP header of received datagrams (the UDP device builds it)."""
     ver = b.buf[b.start[idx]] >> 4
     return np.where(ver == 6, OUTER6, OUTER4).astype(np.int64)
 
 
-def outer_source(b: Batch, i: int) -> tuple[str, int]:
-    """The outer source address and port of received datagram ``i``."""
-    s = int(b.start[i])
+def outer_source(b: Batch, i: int, start: int | None = None) -> tuple[str, int]:
+    """The outer source address and port of received datagram ``i`` (its outer header
+    at ``start``, when the engine has moved ``b.start[i]`` past it)."""
+    s = int(b.start[i]) if start is None else start
     raw = bytes(b.buf[s : s + OUTER6])
     if raw[0] >> 4 == 6:
         return str(ipaddress.IPv6Address(raw[8:24])), int.from_bytes(raw[40:42], "big")
@@ -583,7 +586,8 @@ class WgFilter(SoftTask):
             b4 = batch.buf[body[has4][:, None] + np.arange(4)]
             typ[has4] = b4[:, 0]
             zero3[has4] = (b4[:, 1:] == 0).all(axis=1)
-        data = zero3 & (typ == MSG_DATA) & (blen >= DATA_HEADER + TAG)
+        # transport data (type 4, reserved zero, >= 32 bytes) and its header fields
+        _, rix_all, ctr_all, data = data_headers(batch.buf, body, blen)
         hs = np.zeros(len(idx), dtype=np.bool_)
         for t, want in _HANDSHAKE_LEN.items():
             hs |= zero3 & (typ == t) & (blen == want)
@@ -592,8 +596,8 @@ class WgFilter(SoftTask):
         # transport data: receiver index known, counter not replayed (no state change)
         d = np.flatnonzero(data)
         if len(d):
-            rix = _le32(batch, body[d] + 4)
-            ctr = _le64(batch, body[d] + 8)
+            rix = rix_all[d]
+            ctr = ctr_all[d]
             kslot = np.full(len(d), -1, dtype=np.int64)
             pslot = np.full(len(d), -1, dtype=np.int64)
             for r in np.unique(rix).tolist():
@@ -812,8 +816,9 @@ def tx_wants(b: Batch) -> None:
         e.l3_proto[has] = _L3_OF_NIBBLE[b.buf[b.start[has]] >> 4]
 
 
-def rx_wants(b: Batch) -> None:
-    """What each datagram asks of the receive engine (decrypt adds the inner stages)."""
+def rx_wants(b: Batch) -> int:
+    """What each datagram asks of the receive engine (decrypt adds the inner stages);
+    returns how many datagrams are handshake messages by their type byte."""
     e = b.ext
     e.tasks[:] = int(Task.DOS_FILTER | Task.DECRYPT | Task.DIGEST)
     e.done[:] = 0
@@ -830,6 +835,8 @@ def rx_wants(b: Batch) -> None:
         hs = (typ >= 1) & (typ <= 3)
         e.tasks[~hs] &= ~_U_DIG
         e.tasks[hs] &= ~_U_DEC
+        return int(np.count_nonzero(hs))
+    return 0
 
 
 RX_ORDER: tuple[Task, ...] = (

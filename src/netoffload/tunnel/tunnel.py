@@ -23,6 +23,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from netoffload.tunnel.uapi import (
     UapiServer,
     UapiState,
 )
+from netoffload.wire.wireguard import MSG_INITIATION, MSG_RESPONSE, message_type
 
 STATE_DIR = Path("/run/netoffload")
 DEFAULT_MTU = 1420
@@ -156,7 +158,7 @@ class Tunnel:
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_r, False)
         self._stopping = False
-        self._hs_times: list[float] = []
+        self._hs_times: deque[float] = deque(maxlen=4096)
         self._load_until = 0.0
         self.stats: dict[str, int] = {
             "tx_packets": 0,
@@ -435,14 +437,13 @@ class Tunnel:
         n = len(b)
         if not n:
             return 0
-        dpm.rx_wants(b)
-        src_of = [dpm.outer_source(b, i) for i in range(n)] if n <= 4 else None
+        handshakes = dpm.rx_wants(b)
         b_start = b.start.copy()
         b_len = b.length.copy()
         with self.lock:
             now = time.time()
             self.dp.now = now
-            self.dp.under_load = self._under_load(now, b)
+            self.dp.under_load = self._under_load(now, n, handshakes)
             base = self.rx_engine._next_origin
             out = self.rx_engine.process(b).batch
             e = out.ext
@@ -450,7 +451,7 @@ class Tunnel:
             hs = np.flatnonzero(e.error == Reason.HANDSHAKE)
             for i in hs.tolist():
                 k = int(e.origin[i]) - base
-                src = src_of[k] if src_of is not None else _source_at(b, b_start, k)
+                src = dpm.outer_source(b, k, int(b_start[k]))
                 s = int(b_start[k])
                 ol = dpm.OUTER6 if b.buf[s] >> 4 == 6 else dpm.OUTER4
                 msg = bytes(b.buf[s + ol : s + int(b_len[k])])
@@ -469,7 +470,7 @@ class Tunnel:
                     if kp is None or peer is None:
                         continue
                     last = int(e.origin[rows[-1]]) - base
-                    src = src_of[last] if src_of is not None else _source_at(b, b_start, last)
+                    src = dpm.outer_source(b, last, int(b_start[last]))
                     nbytes = int(out.length[rows].sum()) + 32 * len(rows)
                     ka = bool((e.error[rows] == Reason.KEEPALIVE).all())
                     self.stats["keepalives_in"] += int((e.error[rows] == Reason.KEEPALIVE).sum())
@@ -499,25 +500,16 @@ class Tunnel:
         assert self.tun is not None
         return self.tun.send(out)
 
-    def _under_load(self, now: float, b: Batch) -> bool:
+    def _under_load(self, now: float, n: int, k: int) -> bool:
+        """Under load after ``k`` handshake messages of a batch of ``n`` datagrams?"""
         if self.force_under_load:
             return True
-        # handshake messages in this batch (type byte 1..3 after the outer header)
-        st = b.start
-        ol = np.where(b.buf[st] >> 4 == 6, dpm.OUTER6, dpm.OUTER4)
-        has = b.length > ol
-        typ = np.zeros(len(b), dtype=np.int64)
-        typ[has] = b.buf[st[has] + ol[has]]
-        k = int(np.count_nonzero((typ >= 1) & (typ <= 3)))
-        self._handshakes_only = k == len(b)
+        self._handshakes_only = k == n
         if k:
-            self._hs_times.append(now)
-            self._hs_times.extend([now] * (k - 1))
+            self._hs_times.extend([now] * k)  # the last 4096 (maxlen)
             cut = now - 1.0
             while self._hs_times and self._hs_times[0] < cut:
-                self._hs_times.pop(0)
-            if len(self._hs_times) > 4096:
-                del self._hs_times[: len(self._hs_times) - 4096]
+                self._hs_times.popleft()
             if len(self._hs_times) >= UNDER_LOAD_RATE:
                 self._load_until = now + 1.0
         return now < self._load_until
@@ -539,7 +531,7 @@ class Tunnel:
     def _handle(self, actions: list[Any]) -> None:
         for a in actions:
             if isinstance(a, SendDatagram):
-                if data_is_handshake(a.data):
+                if message_type(a.data) in (MSG_INITIATION, MSG_RESPONSE):
                     self.stats["handshakes_out"] += 1
                 self._send_raw(a.dest, a.data)
             elif isinstance(a, Flush) and a.packets:
@@ -698,14 +690,6 @@ class Tunnel:
             os.replace(tmp, p)
 
 
-def _source_at(b: Batch, starts: Any, i: int) -> tuple[str, int]:
-    s = int(starts[i])
-    raw = bytes(b.buf[s : s + dpm.OUTER6])
-    if raw[0] >> 4 == 6:
-        return str(ipaddress.IPv6Address(raw[8:24])), int.from_bytes(raw[40:42], "big")
-    return str(ipaddress.IPv4Address(raw[12:16])), int.from_bytes(raw[20:22], "big")
-
-
 SO_MEMINFO = 55
 SK_MEMINFO_DROPS = 8
 
@@ -719,7 +703,3 @@ def _socket_drops(sock: socket.socket) -> dict[str, int]:
     if len(raw) < 4 * (SK_MEMINFO_DROPS + 1):
         return {}
     return {"socket_drops": int(struct.unpack_from("=I", raw, 4 * SK_MEMINFO_DROPS)[0])}
-
-
-def data_is_handshake(data: bytes) -> bool:
-    return len(data) >= 4 and data[0] in (1, 2) and data[1:4] == b"\0\0\0"
