@@ -7,7 +7,9 @@ never one per packet: range sums, the checksum task's verify mode, and
 segmentation with the payload summed while it is copied — and the engine's
 per-stage bookkeeping (which packets want a task, their bytes, how many are
 dead) in one pass instead of a handful of numpy calls; for an engine without
-devices, ``soft_run`` drives all its stages in one call.
+devices, ``soft_run`` drives all its stages in one call. ``aead`` is the
+encrypt and decrypt tasks' per-packet loop: one AEAD call a packet, in place in
+the batch buffer, with no Python object made per packet.
 
 Everything here is optional: when the extension is missing (no compiler at
 install time, an unusual platform) or ``NETOFFLOAD_NATIVE=0`` is set in the
@@ -49,6 +51,7 @@ class Kernel(Protocol):
         start: int,
         /,
     ) -> Any: ...
+    def aead(self, *args: Any) -> int: ...
     def simd(self) -> str: ...
     def set_simd(self, on: bool, /) -> str: ...
 

@@ -1584,6 +1584,186 @@ static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
     return py_simd(self, NULL);
 }
 
+/* ------------------------------------------------------------------ aead */
+/* aead(fn, fail, nonce, noff, nstride, nlen, aad, aoff, astride, alen, buf, pos, slen, dlen,
+ *      ok) -> number of packets that failed
+ *
+ * The per-packet loop of the encrypt and decrypt tasks, with no Python object made
+ * per packet: for every i, one call
+ *
+ *     fn(nonce[i*nstride+noff : +nlen], buf[pos[i] : +slen[i]],
+ *        aad[i*astride+aoff : +alen], buf[pos[i] : +dlen[i]])
+ *
+ * (an AEAD's encrypt_into / decrypt_into: in place in the batch buffer; dlen > slen
+ * for encryption, the tag after the data, dlen < slen for decryption). The four
+ * arguments are Span objects of this module: buffer exporters whose pointer and
+ * length this loop sets before each call, four made per batch and reused as long as
+ * nothing kept them (a kept one is replaced; each holds a reference to the memory's
+ * owner, so a kept span never dangles). ok[i] = 1 when the call returned, 0 when it
+ * raised `fail` (InvalidTag; None: nothing is caught); any other exception stops the
+ * loop and propagates. slen/dlen may have one item (the same for every packet).
+ * Every range is checked against its buffer before the first call. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;
+    char *ptr;
+    Py_ssize_t len;
+    Py_ssize_t exports;
+    int readonly;
+} Span;
+
+static int span_getbuffer(PyObject *o, Py_buffer *view, int flags) {
+    Span *s = (Span *)o;
+    if (PyBuffer_FillInfo(view, o, s->ptr, s->len, s->readonly, flags) < 0) return -1;
+    s->exports++;
+    return 0;
+}
+
+static void span_releasebuffer(PyObject *o, Py_buffer *view) {
+    (void)view;
+    ((Span *)o)->exports--;
+}
+
+static void span_dealloc(PyObject *o) {
+    Py_XDECREF(((Span *)o)->owner);
+    Py_TYPE(o)->tp_free(o);
+}
+
+static PyBufferProcs span_as_buffer = {span_getbuffer, span_releasebuffer};
+
+static PyTypeObject SpanType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "netoffload._native._kernel.Span",
+    .tp_basicsize = sizeof(Span),
+    .tp_dealloc = span_dealloc,
+    .tp_as_buffer = &span_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "a window on a batch buffer that the aead loop moves from packet to packet",
+};
+
+static Span *span_new(PyObject *owner, int readonly) {
+    Span *s = PyObject_New(Span, &SpanType);
+    if (s == NULL) return NULL;
+    Py_INCREF(owner);
+    s->owner = owner;
+    s->ptr = NULL;
+    s->len = 0;
+    s->exports = 0;
+    s->readonly = readonly;
+    return s;
+}
+
+/* point *sp at [ptr, +len): in place when nothing else holds it, else a new span */
+static int span_at(Span **sp, PyObject *owner, int readonly, char *ptr, Py_ssize_t len) {
+    Span *s = *sp;
+    if (Py_REFCNT(s) != 1 || s->exports != 0) {
+        Span *t = span_new(owner, readonly);
+        if (t == NULL) return -1;
+        Py_DECREF(s);
+        *sp = s = t;
+    }
+    s->ptr = ptr;
+    s->len = len;
+    return 0;
+}
+
+enum { AE_FN, AE_FAIL, AE_NONCE, AE_NOFF, AE_NSTRIDE, AE_NLEN, AE_AAD, AE_AOFF, AE_ASTRIDE,
+       AE_ALEN, AE_BUF, AE_POS, AE_SLEN, AE_DLEN, AE_OK, AE_N };
+
+static PyObject *py_aead(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != AE_N) {
+        PyErr_SetString(PyExc_TypeError,
+                        "aead(fn, fail, nonce, noff, nstride, nlen, aad, aoff, astride, alen, "
+                        "buf, pos, slen, dlen, ok)");
+        return NULL;
+    }
+    PyObject *fn = args[AE_FN], *fail = args[AE_FAIL];
+    if (fail == Py_None) fail = NULL;
+    Py_ssize_t geo[6];
+    const int gi[6] = {AE_NOFF, AE_NSTRIDE, AE_NLEN, AE_AOFF, AE_ASTRIDE, AE_ALEN};
+    for (int j = 0; j < 6; j++) {
+        geo[j] = PyLong_AsSsize_t(args[gi[j]]);
+        if (geo[j] == -1 && PyErr_Occurred()) return NULL;
+        if (geo[j] < 0) {
+            PyErr_SetString(PyExc_ValueError, "aead: negative offset, stride or length");
+            return NULL;
+        }
+    }
+    Py_ssize_t noff = geo[0], nstride = geo[1], nlen = geo[2];
+    Py_ssize_t aoff = geo[3], astride = geo[4], alen = geo[5];
+    Buf b[6], okb;
+    memset(b, 0, sizeof b);
+    memset(&okb, 0, sizeof okb);
+    Span *sp[4] = {NULL, NULL, NULL, NULL};
+    PyObject *res = NULL;
+    if (get_buf(args[AE_NONCE], &b[0], 0, 1, "nonce") < 0 ||
+        get_buf(args[AE_AAD], &b[1], 0, 1, "aad") < 0 ||
+        get_buf(args[AE_BUF], &b[2], 1, 1, "buf") < 0 ||
+        get_buf(args[AE_POS], &b[3], 0, 8, "pos") < 0 ||
+        get_buf(args[AE_SLEN], &b[4], 0, 8, "slen") < 0 ||
+        get_buf(args[AE_DLEN], &b[5], 0, 8, "dlen") < 0)
+        goto done;
+    Py_ssize_t n = b[3].view.len / 8;
+    Py_ssize_t ns = b[4].view.len / 8, nd = b[5].view.len / 8;
+    if ((ns != 1 && ns != n) || (nd != 1 && nd != n)) {
+        PyErr_SetString(PyExc_ValueError, "aead: slen and dlen need one item or one a packet");
+        goto done;
+    }
+    if (n > 0 && ((n - 1) * nstride + noff + nlen > b[0].view.len ||
+                  (n - 1) * astride + aoff + alen > b[1].view.len)) {
+        PyErr_SetString(PyExc_ValueError, "aead: nonce or aad rows outside their buffer");
+        goto done;
+    }
+    const int64_t *pos = b[3].view.buf, *sl = b[4].view.buf, *dl = b[5].view.buf;
+    int64_t blen = b[2].view.len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t a = sl[ns == 1 ? 0 : i], d = dl[nd == 1 ? 0 : i];
+        if (pos[i] < 0 || a < 0 || d < 0 || pos[i] > blen - a || pos[i] > blen - d) {
+            PyErr_Format(PyExc_ValueError, "aead: packet %zd [%lld, +%lld/%lld) outside [0, %lld)",
+                         i, (long long)pos[i], (long long)a, (long long)d, (long long)blen);
+            goto done;
+        }
+    }
+    if (get_buf(args[AE_OK], &okb, 1, 1, "ok") < 0) goto done;
+    if (need_items(&okb, 1, n, "ok") < 0) goto done;
+    uint8_t *ok = okb.view.buf;
+    PyObject *owners[4] = {args[AE_NONCE], args[AE_BUF], args[AE_AAD], args[AE_BUF]};
+    const int ro[4] = {1, 0, 1, 0};
+    for (int j = 0; j < 4; j++) {
+        sp[j] = span_new(owners[j], ro[j]);
+        if (sp[j] == NULL) {
+            goto done;
+        }
+    }
+    char *nb = b[0].view.buf, *ab = b[1].view.buf, *buf = b[2].view.buf;
+    Py_ssize_t nfail = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (span_at(&sp[0], owners[0], 1, nb + i * nstride + noff, nlen) < 0 ||
+            span_at(&sp[1], owners[1], 0, buf + pos[i], sl[ns == 1 ? 0 : i]) < 0 ||
+            span_at(&sp[2], owners[2], 1, ab + i * astride + aoff, alen) < 0 ||
+            span_at(&sp[3], owners[3], 0, buf + pos[i], dl[nd == 1 ? 0 : i]) < 0) {
+            goto done;
+        }
+        PyObject *r = PyObject_Vectorcall(fn, (PyObject *const *)sp, 4, NULL);
+        if (r != NULL) {
+            Py_DECREF(r);
+            ok[i] = 1;
+        } else if (fail != NULL && PyErr_ExceptionMatches(fail)) {
+            PyErr_Clear();
+            ok[i] = 0;
+            nfail++;
+        } else {
+            goto done;
+        }
+    }
+    res = PyLong_FromSsize_t(nfail);
+done:
+    for (int j = 0; j < 4; j++) Py_XDECREF(sp[j]);
+    release(&okb, 1);
+    release(b, 6);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"copy_ranges", py_copy_ranges, METH_VARARGS,
      "copy_ranges(dst, dst_start, src, src_start, length): memmove each range"},
@@ -1612,6 +1792,9 @@ static PyMethodDef methods[] = {
     {"soft_run", (PyCFunction)(void (*)(void))py_soft_run, METH_FASTCALL,
      "soft_run(batch, base, plan, drop, acc, start) -> batch | (batch, stage, n_before, dead) | "
      "NotImplemented"},
+    {"aead", (PyCFunction)(void (*)(void))py_aead, METH_FASTCALL,
+     "aead(fn, fail, nonce, noff, nstride, nlen, aad, aoff, astride, alen, buf, pos, slen, "
+     "dlen, ok) -> nfail: fn(nonce_i, buf[pos_i:+slen_i], aad_i, buf[pos_i:+dlen_i]) for each i"},
     {"simd", py_simd, METH_NOARGS, "the sum loop in use: 'avx2' or 'c'"},
     {"set_simd", py_set_simd, METH_O, "use the SIMD loop when the CPU has it (tests)"},
     {NULL, NULL, 0, NULL},
@@ -1631,5 +1814,6 @@ PyMODINIT_FUNC PyInit__kernel(void) {
     import_array();
 #endif
     if (intern_names() < 0) return NULL;
+    if (PyType_Ready(&SpanType) < 0) return NULL;
     return PyModule_Create(&module);
 }

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from netoffload import _native
 from netoffload._enum import NUMPY_PLAIN
 from netoffload.batch import (
     DEFAULT_TAILROOM,
@@ -519,8 +520,14 @@ def _build(
     # merged packets: header of the first, then the payloads
     hp = out_pos[heads]
     copy_ranges(out_buf, start[hp], buf, batch.start[heads], hdr_len)
-    if batch.stride > 0 and _payloads_uniform(
-        batch, out, hp, heads, hfirst, hcount, hdr_len, srows, spay, s_hend
+    # without the compiled kernel, a uniform batch's payloads go in a few numpy copies
+    # (a byte-index gather would be ~15x slower); with it, one memmove a segment straight
+    # into place is 4x faster than those copies (no 3 MB temporary, whose fresh pages
+    # fault on every call)
+    if (
+        _native.kernel is None
+        and batch.stride > 0
+        and _payloads_uniform(batch, out, hp, heads, hfirst, hcount, hdr_len, srows, spay, s_hend)
     ):
         return out
     # each merged packet's payloads back to back after its header: one range a segment

@@ -65,6 +65,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from numpy.typing import NDArray
 
+from netoffload import _native
 from netoffload.batch import Batch, Mask, Reason, XFlag, gather_index, l2_len
 from netoffload.errors import ConfigError
 from netoffload.sa import ICV_LEN, SATable, SecurityAssociation, load_sa_file
@@ -344,11 +345,12 @@ class _Rows:
     hold already, so that they are written only when they change.
     """
 
-    __slots__ = ("arr", "fill", "views")
+    __slots__ = ("arr", "fill", "hi", "lo", "views")
 
     def __init__(self, cap: int, width: int, lo: int, hi: int) -> None:
         self.arr: U8 = np.zeros((cap, width), dtype=np.uint8)
         self.fill: object = None
+        self.lo, self.hi = lo, hi
         flat = self.arr.reshape(-1).data
         self.views = [flat[i * width + lo : i * width + hi] for i in range(cap)]
 
@@ -384,6 +386,50 @@ def _scratch() -> _Scratch:
 def _first(views: list[memoryview], n: int) -> Iterable[memoryview]:
     """The first ``n`` views (``map`` stops at its shortest argument)."""
     return views if len(views) == n else itertools.islice(views, n)
+
+
+def _aead_kernel() -> _native.Kernel | None:
+    """The compiled kernel when it has the per-packet AEAD loop (``aead``), else None."""
+    k = _native.kernel
+    return k if k is not None and hasattr(k, "aead") else None
+
+
+def _aead_loop(
+    kern: _native.Kernel,
+    fn: Any,
+    fail: type[BaseException] | None,
+    nonce: tuple[U8, int, int],
+    aad: tuple[U8, int, int],
+    buf: U8,
+    pos: I64,
+    slen: int,
+    dlen: int,
+) -> NDArray[np.bool_]:
+    """``fn(nonce_i, buf[pos_i:+slen], aad_i, buf[pos_i:+dlen])`` for every packet in
+    one kernel call (no Python object per packet); which calls did not raise ``fail``.
+    Nonces and AADs: ``(rows, lo, hi)``, the ``[lo:hi]`` bytes of the first ``len(pos)``
+    rows of a C-contiguous 2-D array."""
+    n = len(pos)
+    ok = np.empty(n, np.uint8)
+    (na, nlo, nhi), (aa, alo, ahi) = nonce, aad
+    kern.aead(
+        fn,
+        fail,
+        na,
+        nlo,
+        na.shape[1],
+        nhi - nlo,
+        aa,
+        alo,
+        aa.shape[1],
+        ahi - alo,
+        buf,
+        np.ascontiguousarray(pos, np.int64),
+        np.array([slen], np.int64),
+        np.array([dlen], np.int64),
+        ok,
+    )
+    return ok.view(np.bool_)
 
 
 _ETHERNET = np.uint8(XFlag.ETHERNET)
@@ -618,7 +664,11 @@ class EncryptTask(SoftTask):
         lead = -esp % 8  # IV at lead + esp + 8, a multiple of 8
         W = -(-(lead + H + P + ICV_LEN) // 8) * 8
         scratch = _scratch()
-        out = scratch.rows("enc-out", W, lead + H, lead + H + P + ICV_LEN, n)
+        kern = _aead_kernel()
+        if kern is not None:  # in place in the batch: the scratch rows hold headers only
+            out = scratch.rows("enc-hdr", -(-(lead + H) // 8) * 8, 0, 0, n)
+        else:
+            out = scratch.rows("enc-out", W, lead + H, lead + H + P + ICV_LEN, n)
         ip_total = H + P + ICV_LEN
         head = self._head_row(k, ip_total)[: esp + 4]
         if out.fill != (hb := head.tobytes()):
@@ -639,11 +689,13 @@ class EncryptTask(SoftTask):
             oa.view(">u2")[:, (lead + 2) // 2] = fl & 0xFFFF
         oa.view(">u4")[:, (lead + esp + 4) // 4] = seqs
         oa.view(">u8")[:, (lead + esp + 8) // 8] = seqs
-        pt = scratch.rows("enc-in", P, 0, P, n)
-        if pt.fill != (L0, v0):
-            pt.arr[:, L0:] = (_TRAILERS4 if v0 == 4 else _TRAILERS6)[pad]
-            pt.fill = (L0, v0)
-        pt.arr[:n, :L0] = mat[:, h0 : h0 + L0]
+        trailer = (_TRAILERS4 if v0 == 4 else _TRAILERS6)[pad]
+        if kern is None:
+            pt = scratch.rows("enc-in", P, 0, P, n)
+            if pt.fill != (L0, v0):
+                pt.arr[:, L0:] = trailer
+                pt.fill = (L0, v0)
+            pt.arr[:n, :L0] = mat[:, h0 : h0 + L0]
         nonce = scratch.rows("nonce", 16, 4, 16, n)  # salt at 4, IV at 8
         if nonce.fill != sa.salt:
             nonce.arr[:, 4:8] = np.frombuffer(sa.salt, np.uint8)
@@ -659,12 +711,29 @@ class EncryptTask(SoftTask):
             aad.arr[:n].view(">u8")[:, 1] = seqs
         else:
             aad.arr[:n].view(">u4")[:, 1] = seqs
-        collections.deque(
-            map(aead.encrypt_into, _first(nonce.views, n), pt.views, aad.views, out.views),
-            maxlen=0,
-        )
         hc = h0 - H
-        mat[:, hc : h0 + P + ICV_LEN] = oa[:, lead : lead + H + P + ICV_LEN]
+        if kern is not None:
+            # trailer and outer header around the inner packet, then one kernel call:
+            # encrypt_into in place, plaintext in, ciphertext and ICV out
+            mat[:, h0 + L0 : h0 + P] = trailer
+            mat[:, hc:h0] = oa[:, lead : lead + H]
+            _aead_loop(
+                kern,
+                aead.encrypt_into,
+                None,
+                (nonce.arr, nonce.lo, nonce.hi),
+                (aad.arr, aad.lo, aad.hi),
+                b.buf,
+                start,
+                P,
+                P + ICV_LEN,
+            )
+        else:
+            collections.deque(
+                map(aead.encrypt_into, _first(nonce.views, n), pt.views, aad.views, out.views),
+                maxlen=0,
+            )
+            mat[:, hc : h0 + P + ICV_LEN] = oa[:, lead : lead + H + P + ICV_LEN]
         b.start[ix] = start - H
         b.length[ix] = H + P + ICV_LEN
         iph = 20 if self.versions[k] == 4 else 40
@@ -1111,10 +1180,16 @@ class DecryptTask(SoftTask):
         if P < 2:
             return False
         # scratch rows: SPI, seq (at 4), IV (at 8), then ciphertext and ICV (at 16)
+        # (with the compiled kernel: the 16 header bytes only; it decrypts in place)
         scratch = _scratch()
-        src = scratch.rows("dec-in", -(-(16 + P + ICV_LEN) // 8) * 8, 16, 16 + P + ICV_LEN, n)
-        ia = src.arr[:n]
-        ia[:, : 16 + P + ICV_LEN] = mat[:, eo : eo + 16 + P + ICV_LEN]
+        kern = _aead_kernel()
+        if kern is not None:
+            ia = scratch.rows("dec-hdr", 16, 0, 0, n).arr[:n]
+            ia[:] = mat[:, eo : eo + 16]
+        else:
+            src = scratch.rows("dec-in", -(-(16 + P + ICV_LEN) // 8) * 8, 16, 16 + P + ICV_LEN, n)
+            ia = src.arr[:n]
+            ia[:, : 16 + P + ICV_LEN] = mat[:, eo : eo + 16 + P + ICV_LEN]
         lo = ia.view(">u4")[:, 1].astype(np.int64)
         on_host = (e.xflags[ix] & _ON_HOST) != 0
         seqs, unguessable = self._infer_seq(k, lo, np.where(on_host, e.seq[ix], 0))
@@ -1135,18 +1210,37 @@ class DecryptTask(SoftTask):
             aad = scratch.rows("aad", 8, 0, 8, n)
             aad.fill = None
             aad.arr[:n].view(np.uint64)[:, 0] = ia.view(np.uint64)[:, 0]
-        out = scratch.rows("dec-out", P, 0, P, n)
-        nv = nonce.views if len(nonce.views) == n else nonce.views[:n]
-        it = iter(nv)
-        args = (it, iter(src.views), iter(aad.views), iter(out.views))
-        ok = np.ones(n, np.bool_)
-        while True:
-            try:
-                collections.deque(map(aead.decrypt_into, *args), maxlen=0)
-                break
-            except InvalidTag:  # this packet fails; go on with the next
-                ok[n - operator.length_hint(it) - 1] = False
-        oa = out.arr[:n]
+        ct = eo + 16
+        pos: I64 | None = None
+        if kern is not None:
+            # one kernel call: decrypt_into in place (ciphertext and ICV in, plaintext
+            # out); a packet that fails anywhere below is put back afterwards
+            pos = start + (ct - h0)
+            ok = _aead_loop(
+                kern,
+                aead.decrypt_into,
+                InvalidTag,
+                (nonce.arr, nonce.lo, nonce.hi),
+                (aad.arr, aad.lo, aad.hi),
+                b.buf,
+                pos,
+                P + ICV_LEN,
+                P,
+            )
+            oa = mat[:, ct : ct + P]
+        else:
+            out = scratch.rows("dec-out", P, 0, P, n)
+            nv = nonce.views if len(nonce.views) == n else nonce.views[:n]
+            it = iter(nv)
+            args = (it, iter(src.views), iter(aad.views), iter(out.views))
+            ok = np.ones(n, np.bool_)
+            while True:
+                try:
+                    collections.deque(map(aead.decrypt_into, *args), maxlen=0)
+                    break
+                except InvalidTag:  # this packet fails; go on with the next
+                    ok[n - operator.length_hint(it) - 1] = False
+            oa = out.arr[:n]
         e.error[ix][~ok] = Reason.BAD_ICV
         # trailer: pad length, next header, padding bytes 1, 2, ...
         padl = oa[:, P - 2].astype(np.int64)
@@ -1202,15 +1296,18 @@ class DecryptTask(SoftTask):
             oa[ch[c4], 10] = csum[c4] >> 8
             oa[ch[c4], 11] = csum[c4] & 0xFF
         # the inner packets (without TFC padding), in place of the ciphertext
-        ct = eo + 16
         _, iplen = _ip_lengths_of(head[:, :6], L)
         Lg = np.where((iplen > 0) & (iplen <= L), iplen, L)
         if ok.all():
             g: I64 | slice = ix
-            mat[:, ct : ct + P] = oa
+            if pos is None:
+                mat[:, ct : ct + P] = oa
         else:
             good = np.flatnonzero(ok)
-            mat[good, ct : ct + P] = oa[good]
+            if pos is None:
+                mat[good, ct : ct + P] = oa[good]
+            else:
+                self._put_back(b, mat, aead, nonce, aad, pos, np.flatnonzero(~ok), ct, P)
             g = good + r0
             start, Lg, seqs, iv = start[good], Lg[good], seqs[good], iv[good]
         b.start[g] = start + (ct - h0)
@@ -1224,6 +1321,29 @@ class DecryptTask(SoftTask):
         e.hdr_len[g] = 0
         e.xflags[g] &= np.uint8(~XFlag.PARSED & 0xFF)
         return True
+
+    @staticmethod
+    def _put_back(
+        b: Batch, mat: U8, aead: Aead, nonce: _Rows, aad: _Rows, pos: I64, bad: I64, ct: int, P: int
+    ) -> None:
+        """Give packets ``bad``, decrypted in place, their ciphertext back: encrypting
+        the P bytes again gives it (a stream cipher), in one kernel call; the ICV that
+        this writes is replaced by the packet's own (a forged packet keeps its bytes)."""
+        kern = _aead_kernel()
+        assert kern is not None
+        icv = mat[bad, ct + P : ct + P + ICV_LEN].copy()
+        _aead_loop(
+            kern,
+            aead.encrypt_into,
+            None,
+            (nonce.arr[bad], nonce.lo, nonce.hi),
+            (aad.arr[bad], aad.lo, aad.hi),
+            b.buf,
+            pos[bad],
+            P,
+            P + ICV_LEN,
+        )
+        mat[bad, ct + P : ct + P + ICV_LEN] = icv
 
     def _infer_seq(
         self, k: int, lo: I64, pre: NDArray[np.uint64] | None = None
