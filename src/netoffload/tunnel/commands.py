@@ -55,6 +55,12 @@ def add_parsers(sub: Any, policy_args: Any) -> None:
         help="serve Prometheus metrics on this address only, e.g. 127.0.0.1:9586 "
         "(default: the file's [Offload] Metrics, off)",
     )
+    u.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes moving packets, one TUN queue and UDP socket each (default: one a core)",
+    )
     policy_args(u, "adaptive")
     d = sub.add_parser("down", help="remove a tunnel made by `up`")
     d.add_argument("target", metavar="IFACE|CONFIG", help="interface name or its wg-quick file")
@@ -93,6 +99,15 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
         from netoffload.tunnel.metrics import parse_address
 
         metrics = str(parse_address(metrics))
+    from netoffload.tunnel.workers import check_workers, default_workers
+
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        workers = check_workers(workers)
+    elif (getattr(args, "nic", None) or cfg.offload.nic or "none") != "none":
+        workers = 1  # the emulated NIC serves one process
+    else:
+        workers = default_workers()
     _need_root("up")
     policy = getattr(args, "policy", None)
     pfile = getattr(args, "policy_file", None)
@@ -107,6 +122,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
             nic=nic,
             kernel_offload=not getattr(args, "no_kernel_offload", False),
             metrics=metrics,
+            workers=workers,
         )
 
     if args.foreground:

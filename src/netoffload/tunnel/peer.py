@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -44,10 +45,24 @@ def padded_len(n: int) -> int:
     return (n + PAD - 1) // PAD * PAD
 
 
+class CounterCell(TypingProtocol):
+    """A keypair's send counter kept outside the keypair (e.g. in memory that worker
+    processes share, tunnel/workers.py): ``reserve`` takes ``n`` consecutive counters
+    at once for whoever asks first, so no two senders ever get the same one."""
+
+    def value(self) -> int: ...
+
+    def set(self, v: int) -> None: ...
+
+    def reserve(self, n: int, limit: int) -> int | None: ...
+
+
 class Keypair:
     """One transport session with a peer."""
 
     __slots__ = (
+        "_sent",
+        "cell",
         "created",
         "initiator",
         "local_index",
@@ -56,7 +71,6 @@ class Keypair:
         "remote_index",
         "replay",
         "send_aead",
-        "send_counter",
         "send_key",
     )
 
@@ -80,8 +94,21 @@ class Keypair:
         self.created = created
         self.initiator = initiator
         self.replay = ReplayWindow(replay_window)
-        #: the next counter to send with
-        self.send_counter = 0
+        self._sent = 0
+        #: where the send counter lives when not here (None: ``_sent``)
+        self.cell: CounterCell | None = None
+
+    @property
+    def send_counter(self) -> int:
+        """The next counter to send with."""
+        return self._sent if self.cell is None else self.cell.value()
+
+    @send_counter.setter
+    def send_counter(self, v: int) -> None:
+        if self.cell is None:
+            self._sent = v
+        else:
+            self.cell.set(v)
 
     def __repr__(self) -> str:
         role = "initiator" if self.initiator else "responder"
@@ -105,10 +132,12 @@ class Keypair:
         if that would reach REJECT_AFTER_MESSAGES or the keypair is too old."""
         if n < 0 or self.expired(now):
             return None
-        first = self.send_counter
+        if self.cell is not None:
+            return self.cell.reserve(n, REJECT_AFTER_MESSAGES)
+        first = self._sent
         if first + n > REJECT_AFTER_MESSAGES:
             return None
-        self.send_counter = first + n
+        self._sent = first + n
         return first
 
     def seal(self, counter: int, plaintext: bytes) -> bytes:

@@ -108,8 +108,24 @@ class Tunnel:
         nic: str | None = None,
         kernel_offload: bool = True,
         metrics: str | None = None,
+        workers: int = 1,
+        protocol: Any = None,
+        worker_index: int = 0,
     ) -> None:
+        from netoffload.tunnel import workers as wk
+
         self.cfg = cfg
+        #: processes serving the interface (tunnel/workers.py); this one is worker
+        #: ``worker_index`` (0: the control, with the protocol core and the UAPI)
+        self.n_workers = wk.check_workers(workers)
+        self.worker_index = worker_index
+        self.workers: wk.Workers | None = None
+        #: fds the loop also waits for, and what to call when one is readable
+        self.watch: dict[int, Callable[[], None]] = {}
+        #: called after every turn of the loop
+        self.after_turn: list[Callable[[], None]] = []
+        #: replaces write_status (a worker reports to the control instead)
+        self.status_hook: Callable[[], None] | None = None
         # the Prometheus exporter's HOST:PORT (tunnel/metrics.py; None: off)
         mspec = metrics if metrics is not None else cfg.offload.metrics
         self.metrics_address = prom.parse_address(mspec) if mspec else None
@@ -123,31 +139,41 @@ class Tunnel:
         self.log = log or (lambda _m: None)
         self.lock = threading.RLock()
         now = time.time()
-        self.protocol = Protocol(
-            cfg.interface.private_key, now, rekey_after_time=_rekey_after_from_env()
-        )
-        for p in cfg.peers:
-            self.protocol.add_peer(
-                p.public_key,
-                preshared_key=p.preshared_key,
-                endpoint=p.endpoint,
-                persistent_keepalive=p.persistent_keepalive,
-                allowed_ips=tuple(p.allowed_ips),
+        if protocol is None:
+            protocol = Protocol(
+                cfg.interface.private_key, now, rekey_after_time=_rekey_after_from_env()
             )
+            for p in cfg.peers:
+                protocol.add_peer(
+                    p.public_key,
+                    preshared_key=p.preshared_key,
+                    endpoint=p.endpoint,
+                    persistent_keepalive=p.persistent_keepalive,
+                    allowed_ips=tuple(p.allowed_ips),
+                )
+        self.protocol = protocol
         self.listen_port = cfg.interface.listen_port or 0
         self.fwmark = cfg.interface.fwmark or 0
         self.mtu = cfg.interface.mtu or DEFAULT_MTU
         off = cfg.offload
         spec = policy if policy is not None else off.policy
         pfile = policy_file if policy_file is not None else off.policy_file
+        self.policy_spec, self.policy_file = spec, pfile
         self._policy_factory = policy_from_args(spec, pfile, "adaptive")
-        self.dp = dpm.Datapath(self.protocol)
+        if self.n_workers > 1 and worker_index == 0:
+            # receiver indices another worker owns are not received here
+            self.dp = dpm.Datapath(wk.OwnedView(self.protocol, self.n_workers))
+        else:
+            self.dp = dpm.Datapath(self.protocol)
         self.tun: TunDevice | None = None
         self.udp: UdpIpDevice | None = None
         self.uapi: UapiServer | None = None
         self.made: Any = None
         # the engines' devices (TUN checksum; the emulated crypto NIC with nic=crypto)
-        self.offload = TunnelOffload(nic if nic is not None else off.nic, self.name, self.dp)
+        nic = nic if nic is not None else off.nic
+        if self.n_workers > 1 and nic not in (None, "none"):
+            raise ConfigError(f"--nic {nic} serves one process: use --workers 1 with it")
+        self.offload = TunnelOffload(nic, self.name, self.dp)
         try:
             self.tx_engine = self._engine(Direction.TX)
             self.rx_engine = self._engine(Direction.RX)
@@ -240,10 +266,22 @@ class Tunnel:
         # UAPI first: a live socket means another process serves this name
         self.uapi = UapiServer(name, self, sock_dir=self.sock_dir)
         self.lock = self.uapi.lock
-        try:
-            fd, actual = kc.tun_open(name, vnet_hdr=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create interface {name}: {e.strerror}") from None
+        socks: list[UdpIpDevice] = []
+        fds: list[int] = []
+        if self.n_workers > 1:
+            from netoffload.tunnel.workers import Workers
+
+            self.workers = Workers(self, self.n_workers)
+            try:
+                fds, actual, socks = self.workers.open_devices(name, self.kernel_offload)
+            except OSError as e:
+                raise ConfigError(f"cannot create interface {name}: {e.strerror}") from None
+            fd = fds[0]
+        else:
+            try:
+                fd, actual = kc.tun_open(name, vnet_hdr=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create interface {name}: {e.strerror}") from None
         self.tun = TunDevice([fd], actual, direction=Direction.TX)
         caps = kc.tun_probe_offloads(fd)
         bits = TUN_OFFLOADS
@@ -253,17 +291,28 @@ class Tunnel:
             self.tun.set_offload(bits if self.kernel_offload else 0)
         except NetoffloadError:
             self.tun.set_offload(kc.TUN_F_CSUM | kc.TUN_F_TSO4 | kc.TUN_F_TSO6)
-        self.udp = UdpIpDevice.bind_here(
-            self.listen_port,
-            fwmark=self.fwmark or None,
-            name=f"udp:{name}",
-            gro=self.kernel_offload,
-        )
-        if not self.kernel_offload:
-            self.udp.disable_gso()
-        self._shape_filter(self.udp)
+        if socks:
+            self.udp = socks[0]
+        else:
+            self.udp = UdpIpDevice.bind_here(
+                self.listen_port,
+                fwmark=self.fwmark or None,
+                name=f"udp:{name}",
+                gro=self.kernel_offload,
+            )
+            socks = [self.udp]
+        for u in socks:
+            if not self.kernel_offload:
+                u.disable_gso()
+            self._shape_filter(u)
         self.listen_port = self.udp.local_port
         self.dp.listen_port = self.listen_port
+        if self.workers is not None:
+            self.workers.fork(fds, actual, socks)
+            for h in self.workers.handles:
+                self.watch[h.ctl.fileno()] = self._worker_events(h.ctl.fileno())
+            self.after_turn.append(self.workers.sync)
+            self.workers.sync(force=True)
         if self.manage_interface:
             self._configure_interface()
         self.uapi.start()
@@ -321,8 +370,19 @@ class Tunnel:
         with contextlib.suppress(OSError):
             os.write(self._stop_w, b"x")
 
+    def _worker_events(self, fd: int) -> Callable[[], None]:
+        def handle() -> None:
+            assert self.workers is not None
+            with self.lock:
+                self.workers.handle_readable(fd, time.time())
+
+        return handle
+
     def close(self) -> None:
         """Remove everything this tunnel made (idempotent)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
@@ -376,10 +436,10 @@ class Tunnel:
                 deadline = self.protocol.next_deadline()
             timeout = min(max(deadline - time.time(), 0.0), 0.5)
             if hold > mono:
-                rl = [tfd, self._stop_r]
+                rl = [tfd, self._stop_r, *self.watch]
                 timeout = min(timeout, hold - mono)
             else:
-                rl = [tfd, ufd, self._stop_r]
+                rl = [tfd, ufd, self._stop_r, *self.watch]
             try:
                 r, _, _ = select.select(rl, [], [], timeout)
             except InterruptedError:
@@ -393,6 +453,12 @@ class Tunnel:
                 hold = time.monotonic() + RX_HOLD_UNDER_LOAD
             if tfd in r:
                 self.transmit()
+            for fd in r:
+                w = self.watch.get(fd)
+                if w is not None:
+                    w()
+            for f in self.after_turn:
+                f()
             if time.monotonic() - self._status_at > 1.0:
                 self._status_at = time.monotonic()
                 self.write_status()
@@ -666,6 +732,21 @@ class Tunnel:
         tx_outer, rx_outer = outer_rows(self.udp)
         transmit["tasks"].update(tx_outer)
         receive["tasks"].update(rx_outer)
+        workers: list[dict[str, Any]] = []
+        if self.workers is not None:
+            from netoffload.tunnel.workers import add_counts
+
+            workers.append({"worker": 0, "alive": True, **self.worker_stats()})
+            for w in self.workers.status():
+                workers.append(w)
+                add_counts(transmit["tasks"], w.get("transmit", {}))
+                add_counts(receive["tasks"], w.get("receive", {}))
+                add_counts(devs, w.get("devices", {}))  # device totals of all queues
+        stats = dict(self.stats)
+        for w in workers[1:]:
+            for k, v in w.get("stats", {}).items():
+                if k != "handshakes_in":  # the control counts those it was handed
+                    stats[k] = stats.get(k, 0) + v
         return {
             "interface": self.name,
             "public_key": b64_encode(self.protocol.public_key),
@@ -679,10 +760,36 @@ class Tunnel:
             "offload": self.offload.describe(),
             "devices": devs,
             "protocol": {k: v for k, v in self.protocol.drops.items() if v},
+            "stats": stats,
+            "workers": workers,
+            "steering": self.workers.steering if self.workers is not None else None,
+        }
+
+    def worker_stats(self) -> dict[str, Any]:
+        """What a worker reports to the control each second (merged into ``status``)."""
+        t = os.times()
+
+        def tasks(en: Engine) -> dict[str, Any]:
+            return {k.kebab: c.as_dict() for k, c in en.counters.items()}
+
+        devs: dict[str, Any] = {}
+        if self.tun is not None:
+            devs["tun"] = self.tun.counters()
+        if self.udp is not None:
+            devs["udp"] = {**self.udp.counters(), **_socket_drops(self.udp.sock)}
+        return {
+            "pid": os.getpid(),
+            "cpu_s": t.user + t.system,
             "stats": dict(self.stats),
+            "transmit": tasks(self.tx_engine),
+            "receive": tasks(self.rx_engine),
+            "devices": devs,
         }
 
     def write_status(self) -> None:
+        if self.status_hook is not None:
+            self.status_hook()
+            return
         with contextlib.suppress(OSError, TypeError, ValueError):
             p = STATE_DIR / f"{self.name}.status.json"
             tmp = p.with_suffix(".tmp")
