@@ -1584,6 +1584,454 @@ static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
     return py_simd(self, NULL);
 }
 
+/* ------------------------------------------------------------------ gro */
+/* TCP / UDP assembly (soft/assemble.py) for the common batch in two calls: gro_plan
+ * runs Linux's per-flow merge rules packet by packet (gro_pure_python's state machine:
+ * a held super-packet per flow, compatible segments appended, a mismatch starting
+ * anew) and lays the output batch out; gro_build copies headers and payloads into the
+ * output buffer and completes the merged packets' headers (the virtio partial form).
+ *
+ * Only batches whose every selected packet is simple are done here; anything else
+ * (a parse reason other than NOT_IP, a link-layer header, IPv4 options or fragments,
+ * IPv6 extension headers, padding after the IP packet, a checksum not yet known good,
+ * a UDP length or checksum GRO refuses, a TCP header that does not fit) makes
+ * gro_plan return status -1 with nothing of the batch changed, and the numpy code
+ * does the whole batch. Packets of another protocol pass (NORMAL).
+ *
+ * gro_plan(buf, start, length, slot_lo, idx, l3, l4, v, l4proto, reason, trusted,
+ *          proto, limit, tail, align,
+ *          result, out_index, segs, out_rows, o_start, o_len, o_lo, o_hi, o_j,
+ *          grp, hlen, pay, info) -> (status, n_out, total bytes)
+ *   per row (n): result, out_index; per output (<= n): segs, out_rows, o_start,
+ *   o_len, o_lo, o_hi, o_j (the selected index j of a merged head, else -1); per
+ *   selected packet (m): grp (its head's j), hlen (header bytes), pay, info (at a
+ *   head: bit 0 fixed IPv4 IDs, bit 1 CWR on the first, bits 8-15 FIN/PSH merged).
+ *   status 0: planned; 1: fewer than two candidates (the batch passes unchanged,
+ *   result filled); -1: not done here.
+ * gro_build(in, start, out, o_start, o_len, out_rows, o_j, n_out, idx, result,
+ *           grp, hlen, pay, info, l4, proto) */
+enum { G_NORMAL = 0, G_HELD = 1, G_MERGED = 2, G_ALONE = 3 };
+enum { T_FIN = 0x01, T_SYN = 0x02, T_RST = 0x04, T_PSH = 0x08, T_URG = 0x20, T_CWR = 0x80 };
+#define T_CLOSE (T_URG | T_PSH | T_RST | T_SYN | T_FIN | T_CWR)
+#define R_NOT_IP_G 11
+
+static inline uint32_t rd32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+typedef struct {
+    int64_t head;     /* j of the held packet, -1: none */
+    int64_t rep;      /* j of a packet of this flow (the key) */
+    int64_t cnt, size, mss;
+    uint32_t next_seq;
+    int closed, fixed;
+} Flow;
+
+/* the flow key of candidate j: (v, addresses, ports, IPv6 flow label) */
+static inline uint64_t flow_hash(const uint8_t *buf, int64_t l3, int64_t l4, int v) {
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)v;
+    const uint8_t *a = buf + l3 + (v == 4 ? 12 : 8);
+    int na = v == 4 ? 8 : 32;
+    for (int i = 0; i < na; i++) h = (h ^ a[i]) * 1099511628211ull;
+    for (int i = 0; i < 4; i++) h = (h ^ buf[l4 + i]) * 1099511628211ull;
+    if (v == 6) h = (h ^ (rd32(buf + l3) & 0xFFFFF)) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+static inline int same_flow(const uint8_t *buf, int64_t a3, int64_t a4, int64_t b3, int64_t b4,
+                            int v) {
+    if (v == 4) {
+        if (memcmp(buf + a3 + 12, buf + b3 + 12, 8) != 0) return 0;
+    } else {
+        if (memcmp(buf + a3 + 8, buf + b3 + 8, 32) != 0) return 0;
+        if ((rd32(buf + a3) & 0xFFFFF) != (rd32(buf + b3) & 0xFFFFF)) return 0;
+    }
+    return memcmp(buf + a4, buf + b4, 4) == 0;
+}
+
+enum { GP_BUF, GP_START, GP_LENGTH, GP_SLOTLO, GP_IDX, GP_L3, GP_L4, GP_V, GP_L4P, GP_REASON,
+       GP_TRUSTED, GP_PROTO, GP_LIMIT, GP_TAIL, GP_ALIGN, GP_RESULT, GP_OUTIDX, GP_SEGS,
+       GP_OROWS, GP_OSTART, GP_OLEN, GP_OLO, GP_OHI, GP_OJ, GP_GRP, GP_HLEN, GP_PAY, GP_INFO,
+       GP_N };
+
+static PyObject *py_gro_plan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != GP_N) {
+        PyErr_SetString(PyExc_TypeError, "gro_plan: wrong number of arguments");
+        return NULL;
+    }
+    long long sc[4];
+    for (int i = 0; i < 4; i++) {
+        sc[i] = PyLong_AsLongLong(args[GP_PROTO + i]);
+        if (sc[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    const int proto = (int)sc[0];
+    const int64_t limit = sc[1], tail = sc[2], align = sc[3];
+    if ((proto != 6 && proto != 17) || limit < 1 || tail < 0 || align < 1) {
+        PyErr_SetString(PyExc_ValueError, "gro_plan: bad proto, limit, tail or align");
+        return NULL;
+    }
+    /* buffers: buf, then arrays with their item sizes and writability */
+    static const int isz[GP_N] = {1, 8, 8, 8, 8, 8, 8, 8, 8, 2, 1, 0, 0, 0, 0,
+                                  1, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8};
+    static const char *names[GP_N] = {
+        "buf", "start", "length", "slot_lo", "idx", "l3", "l4", "v", "l4proto", "reason",
+        "trusted", "", "", "", "", "result", "out_index", "segs", "out_rows", "o_start",
+        "o_len", "o_lo", "o_hi", "o_j", "grp", "hlen", "pay", "info"};
+    Buf b[GP_N];
+    memset(b, 0, sizeof b);
+    PyObject *res = NULL;
+    Flow *flows = NULL;
+    int64_t *table = NULL;
+    for (int i = 0; i < GP_N; i++) {
+        if (isz[i] == 0) continue;
+        if (get_buf(args[i], &b[i], i >= GP_RESULT, isz[i], names[i]) < 0) goto done;
+    }
+    const Py_ssize_t n = b[GP_START].view.len / 8, m = b[GP_IDX].view.len / 8;
+    for (int i = GP_LENGTH; i < GP_N; i++) {
+        if (isz[i] == 0 || i == GP_BUF) continue;
+        Py_ssize_t want = (i <= GP_SLOTLO || i == GP_RESULT || i == GP_OUTIDX ||
+                           (i >= GP_SEGS && i <= GP_OJ))
+                              ? n
+                              : m;
+        if (i == GP_IDX) continue;
+        if (need_items(&b[i], isz[i], want, names[i]) < 0) goto done;
+    }
+    const uint8_t *buf = b[GP_BUF].view.buf;
+    const int64_t blen = b[GP_BUF].view.len;
+    const int64_t *start = b[GP_START].view.buf, *length = b[GP_LENGTH].view.buf;
+    const int64_t *slot_lo = b[GP_SLOTLO].view.buf, *idx = b[GP_IDX].view.buf;
+    const int64_t *L3 = b[GP_L3].view.buf, *L4 = b[GP_L4].view.buf, *V = b[GP_V].view.buf;
+    const int64_t *L4P = b[GP_L4P].view.buf;
+    const uint16_t *reason = b[GP_REASON].view.buf;
+    const uint8_t *trusted = b[GP_TRUSTED].view.buf;
+    uint8_t *result = b[GP_RESULT].view.buf;
+    int64_t *out_index = b[GP_OUTIDX].view.buf, *segs = b[GP_SEGS].view.buf;
+    int64_t *orows = b[GP_OROWS].view.buf, *ostart = b[GP_OSTART].view.buf;
+    int64_t *olen = b[GP_OLEN].view.buf, *olo = b[GP_OLO].view.buf, *ohi = b[GP_OHI].view.buf;
+    int64_t *oj = b[GP_OJ].view.buf, *grp = b[GP_GRP].view.buf, *hlen = b[GP_HLEN].view.buf;
+    int64_t *pay = b[GP_PAY].view.buf, *info = b[GP_INFO].view.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (start[i] < 0 || length[i] < 0 || start[i] > blen - length[i] || slot_lo[i] > start[i]) {
+            PyErr_SetString(PyExc_ValueError, "gro_plan: a packet outside the buffer");
+            goto done;
+        }
+    }
+    /* pass 1: which selected packets are candidates (else NORMAL, or not done here) */
+    Py_ssize_t ncand = 0;
+    int64_t prev = -1;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        int64_t r = idx[j];
+        if (r <= prev || r >= n) {
+            PyErr_SetString(PyExc_ValueError, "gro_plan: idx must be increasing rows");
+            goto done;
+        }
+        prev = r;
+        grp[j] = -1; /* not a candidate */
+        hlen[j] = pay[j] = info[j] = 0;
+        if (reason[j] == R_NOT_IP_G) continue;
+        if (reason[j] != 0) goto defer;
+        if (L4P[j] != proto) continue;
+        const int64_t base = start[r], end = base + length[r], l3 = L3[j], l4 = L4[j];
+        const int v = (int)V[j];
+        if (l3 != base || !trusted[j]) goto defer;
+        int64_t ip_len;
+        if (v == 4) {
+            if (l4 != l3 + 20 || end - l3 < 20 || buf[l3] != 0x45) goto defer;
+            if (rd16(buf + l3 + 6) & 0x3FFF) goto defer;
+            ip_len = rd16(buf + l3 + 2);
+        } else if (v == 6) {
+            if (l4 != l3 + 40 || end - l3 < 40 || buf[l3 + 6] != proto) goto defer;
+            ip_len = (int64_t)rd16(buf + l3 + 4) + 40;
+        } else {
+            goto defer;
+        }
+        if (l3 + ip_len != end) goto defer; /* padding (or short): numpy's rules */
+        int64_t th;
+        if (proto == 6) {
+            if (end - l4 < 20) goto defer;
+            th = (buf[l4 + 12] >> 4) * 4;
+            if (th < 20 || l4 + th > end) goto defer;
+        } else {
+            if (end - l4 < 8) goto defer;
+            int64_t ulen = rd16(buf + l4 + 4);
+            if (ulen != end - l4 || ulen <= 8 || rd16(buf + l4 + 6) == 0) goto defer;
+            th = 8;
+        }
+        grp[j] = j;
+        hlen[j] = l4 + th - base;
+        pay[j] = end - l4 - th;
+        ncand++;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        result[i] = G_NORMAL;
+        out_index[i] = i;
+    }
+    for (Py_ssize_t j = 0; j < m; j++)
+        if (grp[j] >= 0) result[idx[j]] = G_ALONE;
+    if (ncand < 2) {
+        res = Py_BuildValue("(inn)", 1, (Py_ssize_t)0, (Py_ssize_t)0);
+        goto done;
+    }
+    /* pass 2: the merge state machine, one flow table */
+    Py_ssize_t cap = 16;
+    while (cap < 2 * ncand) cap <<= 1;
+    flows = PyMem_Malloc((size_t)ncand * sizeof(Flow));
+    table = PyMem_Malloc((size_t)cap * sizeof(int64_t));
+    if (flows == NULL || table == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t t = 0; t < cap; t++) table[t] = -1;
+    Py_ssize_t nflows = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        if (grp[j] < 0) continue;
+        const int64_t l3 = L3[j], l4 = L4[j];
+        const int v = (int)V[j];
+        uint64_t hv = flow_hash(buf, l3, l4, v);
+        Py_ssize_t t = (Py_ssize_t)(hv & (uint64_t)(cap - 1));
+        Flow *f = NULL;
+        while (table[t] >= 0) {
+            Flow *c = &flows[table[t]];
+            int64_t q = c->rep;
+            if (V[q] == v && same_flow(buf, L3[q], L4[q], l3, l4, v)) {
+                f = c;
+                break;
+            }
+            t = (t + 1) & (cap - 1);
+        }
+        const int64_t p = pay[j], hdr = hlen[j];
+        const uint8_t flags = proto == 6 ? buf[l4 + 13] : 0;
+        const uint32_t seq = proto == 6 ? rd32(buf + l4 + 4) : 0;
+        int merge = 0;
+        if (f != NULL && f->head >= 0 && !f->closed) {
+            const int64_t j0 = f->head, a3 = L3[j0], a4 = L4[j0];
+            int ok = 1, fixed = f->fixed;
+            if (v == 4) {
+                ok = buf[l3 + 8] == buf[a3 + 8] && buf[l3 + 1] == buf[a3 + 1] &&
+                     ((buf[l3 + 6] ^ buf[a3 + 6]) & 0x40) == 0;
+            } else {
+                uint32_t w = rd32(buf + l3), w0 = rd32(buf + a3);
+                ok = buf[l3 + 7] == buf[a3 + 7] && ((w >> 20) & 0xFF) == ((w0 >> 20) & 0xFF);
+            }
+            ok = ok && hdr == hlen[j0];
+            if (ok && v == 4) {
+                uint32_t off = (rd16(buf + l3 + 4) - rd16(buf + a3 + 4)) & 0xFFFF;
+                if (f->cnt == 1) fixed = off == 0;
+                ok = off == (fixed ? 0u : (uint32_t)(f->cnt & 0xFFFF));
+            }
+            ok = ok && p >= 1 && p <= f->mss && f->size + p <= 65535 && f->cnt + 1 <= limit;
+            if (ok && proto == 6) {
+                const uint32_t mask = ~((uint32_t)(T_CWR | T_FIN | T_PSH) << 16);
+                const int64_t th = hdr - (l4 - l3);
+                ok = !(flags & T_CWR) && ((rd32(buf + l4 + 12) ^ rd32(buf + a4 + 12)) & mask) == 0 &&
+                     rd32(buf + l4 + 8) == rd32(buf + a4 + 8) && seq == f->next_seq &&
+                     memcmp(buf + l4 + 20, buf + a4 + 20, (size_t)(th - 20)) == 0;
+            }
+            if (ok) {
+                f->fixed = fixed;
+                merge = 1;
+            }
+        }
+        if (merge) {
+            const int64_t j0 = f->head;
+            grp[j] = j0;
+            result[idx[j]] = G_MERGED;
+            result[idx[j0]] = G_HELD;
+            f->cnt++;
+            f->size += p;
+            f->next_seq = f->next_seq + (uint32_t)p;
+            info[j0] |= (int64_t)(flags & (T_FIN | T_PSH)) << 8;
+            if (f->cnt == 2 && v == 4 && f->fixed) info[j0] |= 1;
+            if (p < f->mss || (flags & T_CLOSE)) f->closed = 1;
+            if (proto == 17 && f->cnt >= limit) f->closed = 1;
+            info[j0] = (info[j0] & 0xFFFF) | ((int64_t)f->size << 16); /* merged length */
+            continue;
+        }
+        if (f == NULL) {
+            f = &flows[nflows];
+            f->rep = j;
+            table[t] = nflows++;
+        }
+        f->head = j;
+        f->mss = p;
+        f->size = hdr + p;
+        f->next_seq = seq + (uint32_t)p;
+        f->closed = p == 0 || (flags & T_CLOSE);
+        f->cnt = 1;
+        f->fixed = 0;
+        if (flags & T_CWR) info[j] |= 2;
+    }
+    /* pass 3: the output layout, rows in order, followers left out */
+    Py_ssize_t k = 0, js = 0;
+    int64_t total = 0;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        int64_t jr = -1;
+        while (js < m && idx[js] < r) js++;
+        if (js < m && idx[js] == r) jr = js;
+        if (jr >= 0 && result[r] == G_MERGED) {
+            out_index[r] = out_index[idx[grp[jr]]];
+            continue;
+        }
+        int64_t len = length[r], cnt = 1;
+        oj[k] = -1;
+        if (jr >= 0 && result[r] == G_HELD) {
+            len = info[jr] >> 16;
+            oj[k] = jr;
+            cnt = 0;
+        }
+        const int64_t head = start[r] - slot_lo[r];
+        int64_t size = (head + len + tail + align - 1) / align * align;
+        orows[k] = r;
+        olo[k] = total;
+        ohi[k] = total + size;
+        ostart[k] = total + head;
+        olen[k] = len;
+        segs[k] = cnt;
+        out_index[r] = k;
+        total += size;
+        k++;
+    }
+    for (Py_ssize_t j = 0; j < m; j++) /* segment counts of the merged ones */
+        if (grp[j] >= 0 && result[idx[j]] != G_NORMAL && result[idx[j]] != G_ALONE)
+            segs[out_index[idx[j]]]++;
+    res = Py_BuildValue("(inL)", 0, k, (long long)total);
+    goto done;
+defer:
+    res = Py_BuildValue("(inn)", -1, (Py_ssize_t)0, (Py_ssize_t)0);
+done:
+    PyMem_Free(flows);
+    PyMem_Free(table);
+    release(b, GP_N);
+    return res;
+}
+
+enum { GB_IN, GB_START, GB_OUT, GB_OSTART, GB_OLEN, GB_OROWS, GB_OJ, GB_NOUT, GB_IDX, GB_RESULT,
+       GB_GRP, GB_HLEN, GB_PAY, GB_INFO, GB_L4, GB_PROTO, GB_N };
+
+static PyObject *py_gro_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != GB_N) {
+        PyErr_SetString(PyExc_TypeError, "gro_build: wrong number of arguments");
+        return NULL;
+    }
+    Py_ssize_t nout = PyLong_AsSsize_t(args[GB_NOUT]);
+    long proto = PyLong_AsLong(args[GB_PROTO]);
+    if (PyErr_Occurred()) return NULL;
+    if (nout < 0 || (proto != 6 && proto != 17)) {
+        PyErr_SetString(PyExc_ValueError, "gro_build: bad n_out or proto");
+        return NULL;
+    }
+    static const int isz[GB_N] = {1, 8, 1, 8, 8, 8, 8, 0, 8, 1, 8, 8, 8, 8, 8, 0};
+    static const char *names[GB_N] = {"in", "start", "out", "o_start", "o_len", "out_rows",
+                                      "o_j", "", "idx", "result", "grp", "hlen", "pay",
+                                      "info", "l4", ""};
+    Buf b[GB_N];
+    memset(b, 0, sizeof b);
+    PyObject *res = NULL;
+    int64_t *wpos = NULL;
+    for (int i = 0; i < GB_N; i++) {
+        if (isz[i] == 0) continue;
+        if (get_buf(args[i], &b[i], i == GB_OUT, isz[i], names[i]) < 0) goto done;
+    }
+    const Py_ssize_t n = b[GB_START].view.len / 8, m = b[GB_IDX].view.len / 8;
+    if (need_items(&b[GB_OSTART], 8, nout, "o_start") < 0 ||
+        need_items(&b[GB_OLEN], 8, nout, "o_len") < 0 ||
+        need_items(&b[GB_OROWS], 8, nout, "out_rows") < 0 ||
+        need_items(&b[GB_OJ], 8, nout, "o_j") < 0 || need_items(&b[GB_RESULT], 1, n, "result") < 0)
+        goto done;
+    for (int i = GB_GRP; i <= GB_L4; i++)
+        if (need_items(&b[i], 8, m, names[i]) < 0) goto done;
+    const uint8_t *in = b[GB_IN].view.buf;
+    uint8_t *out = b[GB_OUT].view.buf;
+    const int64_t inlen = b[GB_IN].view.len, outlen = b[GB_OUT].view.len;
+    const int64_t *start = b[GB_START].view.buf, *ostart = b[GB_OSTART].view.buf;
+    const int64_t *olen = b[GB_OLEN].view.buf, *orows = b[GB_OROWS].view.buf;
+    const int64_t *oj = b[GB_OJ].view.buf, *idx = b[GB_IDX].view.buf;
+    const uint8_t *result = b[GB_RESULT].view.buf;
+    const int64_t *grp = b[GB_GRP].view.buf, *hlen = b[GB_HLEN].view.buf;
+    const int64_t *pay = b[GB_PAY].view.buf, *info = b[GB_INFO].view.buf;
+    const int64_t *L4 = b[GB_L4].view.buf;
+    /* every range checked before anything is written */
+    for (Py_ssize_t k = 0; k < nout; k++) {
+        int64_t r = orows[k], j = oj[k];
+        if (r < 0 || r >= n || j >= m || ostart[k] < 0 || olen[k] < 0 ||
+            ostart[k] > outlen - olen[k])
+            goto bad;
+        int64_t first = j >= 0 ? hlen[j] + pay[j] : olen[k];
+        if (first < 0 || first > olen[k] || start[r] < 0 || start[r] > inlen - first) goto bad;
+        if (j >= 0) {
+            const int64_t l4o = L4[j] - start[r];
+            const int64_t l3min = (in[start[r]] >> 4) == 6 ? 40 : 20;
+            if (l4o < l3min || l4o + (proto == 6 ? 20 : 8) > hlen[j] || olen[k] < hlen[j])
+                goto bad;
+        }
+    }
+    wpos = PyMem_Malloc((size_t)(m ? m : 1) * sizeof(int64_t));
+    if (wpos == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < m; j++) wpos[j] = -1;
+    for (Py_ssize_t k = 0; k < nout; k++) {
+        int64_t j = oj[k], r = orows[k];
+        int64_t first = j >= 0 ? hlen[j] + pay[j] : olen[k];
+        memcpy(out + ostart[k], in + start[r], (size_t)first);
+        if (j >= 0) wpos[j] = ostart[k] + first;
+    }
+    for (Py_ssize_t j = 0; j < m; j++) {
+        if (idx[j] < 0 || idx[j] >= n || result[idx[j]] != G_MERGED) continue;
+        int64_t h = grp[j], r = idx[j];
+        if (h < 0 || h >= m || wpos[h] < 0) goto bad;
+        int64_t src = start[r] + hlen[j];
+        if (pay[j] < 0 || src < 0 || src > inlen - pay[j] || wpos[h] > outlen - pay[j]) goto bad;
+        memcpy(out + wpos[h], in + src, (size_t)pay[j]);
+        wpos[h] += pay[j];
+    }
+    /* headers of the merged packets: lengths, FIN/PSH, IPv4 header checksum, and the
+     * L4 checksum field holding the folded pseudo-header sum (as tcp4_gro_complete) */
+    for (Py_ssize_t k = 0; k < nout; k++) {
+        int64_t j = oj[k];
+        if (j < 0) continue;
+        uint8_t *p = out + ostart[k];
+        const int64_t ln = olen[k], l4o = L4[j] - start[orows[k]];
+        const int v = p[0] >> 4;
+        uint64_t asum = 0;
+        if (v == 4) {
+            wr16(p + 2, (uint32_t)ln);
+        } else {
+            wr16(p + 4, (uint32_t)(ln - 40));
+        }
+        if (proto == 6) {
+            p[l4o + 13] |= (uint8_t)((info[j] >> 8) & (T_FIN | T_PSH));
+        } else {
+            wr16(p + l4o + 4, (uint32_t)(ln - l4o));
+        }
+        if (v == 4) {
+            wr16(p + 10, 0);
+            uint64_t hs = 0;
+            for (int w = 0; w < 20; w += 2) hs += rd16(p + w);
+            hs %= M16;
+            wr16(p + 10, (uint32_t)((M16 - hs) % M16));
+            for (int w = 12; w < 20; w += 2) asum += rd16(p + w);
+        } else {
+            for (int w = 8; w < 40; w += 2) asum += rd16(p + w);
+        }
+        asum %= M16;
+        const uint64_t l4len = (uint64_t)(ln - l4o);
+        uint64_t ps = (asum + (uint64_t)proto + (l4len & 0xFFFF) + (l4len >> 16)) % M16;
+        wr16(p + l4o + (proto == 6 ? 16 : 6), ps == 0 ? 0xFFFF : (uint32_t)ps);
+    }
+    res = Py_NewRef(Py_None);
+    goto done;
+bad:
+    PyErr_SetString(PyExc_ValueError, "gro_build: a range outside its buffer");
+done:
+    PyMem_Free(wpos);
+    release(b, GB_N);
+    return res;
+}
+
 /* ------------------------------------------------------------------ aead */
 /* aead(fn, fail, nonce, noff, nstride, nlen, aad, aoff, astride, alen, buf, pos, slen, dlen,
  *      ok) -> number of packets that failed
@@ -1795,6 +2243,13 @@ static PyMethodDef methods[] = {
     {"aead", (PyCFunction)(void (*)(void))py_aead, METH_FASTCALL,
      "aead(fn, fail, nonce, noff, nstride, nlen, aad, aoff, astride, alen, buf, pos, slen, "
      "dlen, ok) -> nfail: fn(nonce_i, buf[pos_i:+slen_i], aad_i, buf[pos_i:+dlen_i]) for each i"},
+    {"gro_plan", (PyCFunction)(void (*)(void))py_gro_plan, METH_FASTCALL,
+     "gro_plan(buf, start, length, slot_lo, idx, l3, l4, v, l4proto, reason, trusted, proto, "
+     "limit, tail, align, result, out_index, segs, out_rows, o_start, o_len, o_lo, o_hi, o_j, "
+     "grp, hlen, pay, info) -> (status, n_out, total)"},
+    {"gro_build", (PyCFunction)(void (*)(void))py_gro_build, METH_FASTCALL,
+     "gro_build(in, start, out, o_start, o_len, out_rows, o_j, n_out, idx, result, grp, hlen, "
+     "pay, info, l4, proto): copy and complete the merged packets"},
     {"simd", py_simd, METH_NOARGS, "the sum loop in use: 'avx2' or 'c'"},
     {"set_simd", py_set_simd, METH_O, "use the SIMD loop when the CPU has it (tests)"},
     {NULL, NULL, 0, NULL},
