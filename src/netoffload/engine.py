@@ -400,6 +400,10 @@ class Engine:
         trips: list[_Trip] = []
         ip: _InPlace | None = None
         rest = b
+        # the tasks some device that is up has enabled: a stage none of them can do
+        # runs in software straight away, as without devices (no prepare, no load
+        # snapshot, no split to ask the policy for: every packet would stay home)
+        able = _able(views)
         for si, t in enumerate(stages):
             if len(rest) == 0:
                 break
@@ -407,7 +411,7 @@ class Engine:
             if not nwant:
                 continue
             pre: tuple[int, int, int] | None = (nwant, nbytes, ndead)
-            if views:
+            if able & _INT[t]:
                 pre = None  # without devices every packet stays in software
                 self.soft[t].prepare(rest, want)
                 snap = self._snapshot()
@@ -678,6 +682,15 @@ def _cnz(a: np.ndarray) -> int:
 
 _DROP_I = int(FilterVerdict.DROP)
 _INT: dict[Task, int] = {t: int(t) for t in ALL_TASKS}
+
+
+def _able(views: Sequence[DeviceView]) -> int:
+    """The task bits enabled on the devices of ``views`` that are up."""
+    out = 0
+    for v in views:
+        if v.up:
+            out |= int(v.buffer.enabled_tasks)
+    return out
 
 
 def _begin(b: Batch, base: int) -> None:
