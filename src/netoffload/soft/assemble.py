@@ -41,11 +41,17 @@ the first segment's payload, ``hdr_len`` the header length, ``segs`` the count,
 ``XFlag.FIXED_ID`` when the IDs were fixed. A single packet leaves as it came.
 Each output packet keeps the extension of its first input (so ``origin``).
 
-Per input packet the outcome is a ``GroResult``. Vectorised: flows are grouped
-by a sort on their keys; the compatibility of every packet with its flow
-predecessor is computed for all at once; runs are cut with arithmetic; only
-"complex" chains (lengths going down more than once, IPv4 ID mode changes,
-time-outs) are resolved by a per-packet loop.
+Per input packet the outcome is a ``GroResult``. With the compiled kernel, a
+batch of plain packets (raw IPv4 without options or IPv6 without extension
+headers, checksums known good, no padding, no time-out clock) is assembled in
+two C calls: ``gro_plan`` runs the merge rules packet by packet with a flow
+table and lays the output out, ``gro_build`` copies and completes the merged
+packets (~45 us for a small batch, ~0.13 us a packet). Any other batch, or no
+kernel: vectorised numpy. Flows are grouped by a sort on their keys; the
+compatibility of every packet with its flow predecessor is computed for all at
+once; runs are cut with arithmetic; only "complex" chains (lengths going down
+more than once, IPv4 ID mode changes, time-outs) are resolved by a per-packet
+loop (~0.4 ms a call whatever its size). Both give the same batch.
 """
 
 from __future__ import annotations

@@ -37,15 +37,25 @@ TRUNCATED, TOO_BIG, SELECTOR_MISMATCH, ECN_DROP. A packet that fails keeps its
 original bytes.
 
 Speed: headers, trailers, nonces and AADs are built with numpy for the whole
-batch; the only per-packet Python work is one AEAD call. On a uniform batch
-(one run of equal slots, one SA, packets of one length: what a tunnel sends)
-encryption and decryption take a whole-batch path: the input is copied into
-reusable scratch rows whose memoryviews were made once (``_Rows``, one set per
-thread), nonces and AADs are written there as integer columns,
-``encrypt_into`` / ``decrypt_into`` write into other scratch rows, and one copy
+batch; the only per-packet work is one AEAD call. On a uniform batch (one run of
+equal slots, one SA, packets of one length: what a tunnel sends) encryption and
+decryption take a whole-batch path: nonces and AADs are written as integer
+columns into reusable scratch rows (``_Rows``, one set per thread), and with the
+compiled kernel (``_native.kernel.aead``) one C call makes every
+``encrypt_into`` / ``decrypt_into`` call in place in the batch buffer, through
+buffer objects it moves from packet to packet: no Python object and no copy per
+packet (a packet that fails after decryption in place is encrypted again, which
+gives its ciphertext back, and keeps its own ICV). Without the kernel the
+packets go through scratch rows whose memoryviews were made once, and one copy
 puts the result into the batch (on decryption only for the packets that pass
-every check). No Python object is created per packet. Other batches use
-``encrypt_into`` / ``decrypt_into`` on memoryview slices of the batch buffer.
+every check). Other batches use ``encrypt_into`` / ``decrypt_into`` on
+memoryview slices of the batch buffer.
+
+Where the time goes (AMD EPYC, 1400-byte packets, batches of 1024, AES-GCM-128):
+one ``encrypt_into`` call is ~700 ns, ~500 ns of which is the binding's fixed
+cost per call (a 16-byte message costs ~510 ns); the rest of the encrypt task is
+~100 ns a packet, of the decrypt task ~300 ns (trailer, selector, ECN and
+anti-replay checks: some 60 numpy calls a batch).
 """
 
 from __future__ import annotations
@@ -600,9 +610,12 @@ class EncryptTask(SoftTask):
         length, enough room, sequence numbers available. Returns False, having
         changed nothing, when the batch is not like that (``process`` does the rest).
 
-        Plaintext and trailers are gathered into reusable scratch rows, nonces and
-        AADs built there too, and one ``encrypt_into`` per packet writes ciphertext
-        and ICV into other scratch rows, copied into the batch in one step.
+        Outer headers, nonces and AADs are built in reusable scratch rows; with the
+        compiled kernel the trailer and header are written around each packet and
+        one kernel call encrypts every packet in place (ciphertext and ICV over the
+        plaintext). Without it, plaintext and trailers are gathered into scratch
+        rows, one ``encrypt_into`` per packet writes ciphertext and ICV into other
+        scratch rows, and one copy puts headers and ciphertexts into the batch.
         """
         ix = _row_run(b, rows)
         if ix is None:
@@ -1131,10 +1144,14 @@ class DecryptTask(SoftTask):
         sequence numbers can all be inferred. Returns False, having changed nothing,
         when the batch is not like that (``process`` does the rest).
 
-        ESP header, IV, ciphertext and ICV are copied into reusable scratch rows,
-        nonces and AADs built from them there, and ``decrypt_into`` writes each
-        plaintext into other scratch rows; only the packets that pass every check
-        get their plaintext copied back, so a failed packet keeps its bytes.
+        Nonces and AADs are built in reusable scratch rows from the ESP headers.
+        With the compiled kernel one call decrypts every packet in place, and the
+        packets that fail a check afterwards (or authentication) are encrypted
+        again, which gives their ciphertext back. Without it, ESP header, IV,
+        ciphertext and ICV are copied into scratch rows, ``decrypt_into`` writes
+        each plaintext into other scratch rows, and only the packets that pass
+        every check get their plaintext copied back. Either way a failed packet
+        keeps its bytes.
         """
         ix = _row_run(b, rows)
         if ix is None:
