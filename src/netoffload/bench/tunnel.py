@@ -13,7 +13,13 @@ interleave the rows side by side. Traffic is iperf3 (one TCP stream, client in
   kernel offloads (the TUN hands over MTU packets, no UDP GSO/GRO);
 - ``netoffload-always``: netoffload with the kernel offloads, policy ``always``;
 - ``netoffload``: netoffload with the default policy (adaptive);
-- ``netoffload-wggo``: netoffload in ``b`` against wireguard-go in ``a``.
+- ``netoffload-wggo``: netoffload in ``b`` against wireguard-go in ``a``;
+- ``netoffload-1w`` / ``netoffload-2w``: netoffload with ``--workers 1`` / ``2``
+  on both ends, four TCP streams (``iperf3 -P 4``): their ratio is
+  ``tunnel_workers_ratio``, a figure of the machine's cores (reported only).
+
+The netoffload rows other than these two run ``up`` with its default number of
+workers (one a core).
 
 Per row: Gb/s (iperf3's receiver), CPU seconds per Gbit (user + system time of
 both tunnel processes, which includes the kernel work done in their context),
@@ -46,6 +52,7 @@ from netoffload.errors import ConfigError
 from netoffload.testing import netns, wggo
 from netoffload.testing.procs import stop_process
 from netoffload.tunnel import keys
+from netoffload.tunnel.workers import default_workers
 
 INNER_A, INNER_B = "198.18.40.1", "198.18.40.2"
 PORT = 5201
@@ -58,7 +65,11 @@ ROWS = (
     "netoffload-always",
     "netoffload",
     "netoffload-wggo",
+    "netoffload-1w",
+    "netoffload-2w",
 )
+#: iperf3 streams of a row (default 1)
+STREAMS = {"netoffload-1w": 4, "netoffload-2w": 4}
 
 
 @dataclass
@@ -76,11 +87,15 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
     def cpu(self) -> float:
+        """CPU seconds of the tunnel processes and their live children (workers, NICs)."""
         total = 0.0
         for pid in self.pids:
             with contextlib.suppress(psutil.Error):
-                t = psutil.Process(pid).cpu_times()
-                total += t.user + t.system
+                me = psutil.Process(pid)
+                for pr in (me, *me.children(recursive=True)):
+                    with contextlib.suppress(psutil.Error):
+                        t = pr.cpu_times()
+                        total += t.user + t.system
         return total
 
 
@@ -190,6 +205,8 @@ class Setup:
             "netoffload-always": "k",
             "netoffload": "n",
             "netoffload-wggo": "x",
+            "netoffload-1w": "w",
+            "netoffload-2w": "y",
         }[name]
         if name == "openvpn" and shutil.which("openvpn") is None:
             row.skip = "openvpn is not installed (apt-get install openvpn)"
@@ -219,6 +236,8 @@ class Setup:
                 "netoffload-soft": ["--policy", "never", "--no-kernel-offload"],
                 "netoffload-always": ["--policy", "always"],
                 "netoffload": [],
+                "netoffload-1w": ["--workers", "1"],
+                "netoffload-2w": ["--workers", "2"],
             }[name]
             self.netoffload(b, kb, pa, INNER_B, INNER_A, 51820, "198.18.0.1", 51820, extra, row)
             self.netoffload(a, ka, pb, INNER_A, INNER_B, 51820, "198.18.0.2", 51820, extra, row)
@@ -422,7 +441,9 @@ def _ping_rtts(h: netns.Netns, addr: str, count: int, interval: float) -> list[f
 
 
 def _iperf(row: Row, seconds: float) -> tuple[float, float]:
-    """One iperf3 TCP stream a -> b; (Gbit/s, CPU s per Gbit of the tunnel processes)."""
+    """iperf3 TCP a -> b (STREAMS of the row, default one stream); (Gbit/s, CPU s per
+    Gbit of the tunnel processes)."""
+    streams = ["-P", str(STREAMS[row.name])] if row.name in STREAMS else []
     assert row.a is not None and row.b is not None
     srv = row.b.popen(
         ["iperf3", "-s", "-1", "-B", row.target, "-p", str(PORT)],
@@ -448,6 +469,7 @@ def _iperf(row: Row, seconds: float) -> tuple[float, float]:
                 "-J",
                 "--connect-timeout",
                 "3000",
+                *streams,
             ],
             capture_output=True,
             text=True,
@@ -555,6 +577,7 @@ def run(ctx: BenchContext) -> BenchResult:
         "tunnel_adaptive_vs_best_static": ratio(med["netoffload"], best_static),
         "tunnel_vs_veth": ratio(med["netoffload"], med["veth"]),
         "interop_vs_wireguard_go": ratio(med["netoffload-wggo"], med["wireguard-go"]),
+        "tunnel_workers_ratio": ratio(med["netoffload-2w"], med["netoffload-1w"]),
     }
     for name in ROWS:
         metrics[f"gbit_s_{name.replace('-', '_')}"] = med[name]
@@ -572,8 +595,10 @@ def run(ctx: BenchContext) -> BenchResult:
         "latency|ping p99 ms": [(float(i), p99[n]) for i, n in enumerate(ROWS) if p99[n] == p99[n]],
     }
     notes = [
-        f"iperf3, one TCP stream, {seconds:g} s x {rounds} interleaved rounds, medians; CPU = "
-        "user+system of both tunnel processes; ping with no other traffic",
+        f"iperf3, one TCP stream ({', '.join(f'{k}: {v}' for k, v in STREAMS.items())} "
+        f"streams), {seconds:g} s x {rounds} interleaved rounds, medians; CPU = "
+        "user+system of both tunnel processes and their workers; ping with no other traffic",
+        f"netoffload rows without a worker count: up's default, {default_workers()} workers",
         "veth GRO on (our own veths), as a physical NIC has it",
     ]
     notes += [f"{r.name}: skipped: {r.skip}" for r in rows.values() if r.skip]
