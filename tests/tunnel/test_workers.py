@@ -448,3 +448,29 @@ def test_a_worker_killed_ends_the_tunnel_with_one_line(tmp_path: Path) -> None:
         time.sleep(0.3)
         assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids)
         assert p.name not in p.b.ip("-o", "link", "show", check=False)
+
+
+def test_pinned_index_byte_keeps_a_peers_sessions_on_one_worker() -> None:
+    """With pin_index_byte (the control of several workers) every session of a peer, on
+    either side of a rekey, ends in the peer's byte; without, indices are random."""
+    from tests.tunnel.sim import Sim
+
+    from netoffload.tunnel.timers import REKEY_AFTER_TIME
+
+    sim = Sim()
+    sim.a.proto.pin_index_byte = True
+    sim.b.proto.pin_index_byte = True
+    seen_a, seen_b = set(), set()
+    for r in range(4):
+        sim.send(sim.a, b"\x45" + bytes(43))
+        sim.deliver()
+        sim.send(sim.b, b"\x45" + bytes(43))
+        sim.deliver()
+        for side, seen in ((sim.a, seen_a), (sim.b, seen_b)):
+            for kp in side.peer.keypairs():
+                seen.add(kp.local_index)
+        sim.now += REKEY_AFTER_TIME + 1 + r
+    assert len(seen_a) >= 3 and len(seen_b) >= 3
+    assert {i & 0xFF for i in seen_a} == {sim.a.peer.index_byte}
+    assert {i & 0xFF for i in seen_b} == {sim.b.peer.index_byte}
+    assert len({i >> 8 for i in seen_a}) == len(seen_a)  # the rest stays random

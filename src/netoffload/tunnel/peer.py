@@ -17,6 +17,7 @@ cookie) lives here too; ``Protocol`` (protocol.py) drives it.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
@@ -214,6 +215,10 @@ class Peer:
         self.last_initiation = float("-inf")
         #: local indices this peer owns in the protocol's index table
         self.indices: set[int] = set()
+        #: the low byte of every receiver index of this peer when the protocol pins it
+        #: (Protocol.pin_index_byte: the worker a session is received by follows the peer,
+        #: so old and new sessions of a rekey land in the same worker)
+        self.index_byte = secrets.randbits(8)
         #: DH(our static private key, this peer's public key), and for which private key
         self.static_static: bytes | None = None
         self.static_static_for = b""

@@ -272,6 +272,9 @@ class Protocol:
         self.private_key = keys.check_key(private_key, "private key")
         self.public_key = keys.public_from_private(self.private_key)
         self.cookie_checker = CookieChecker(self.public_key, random_bytes=random_bytes)
+        #: every receiver index of a peer ends in the peer's ``index_byte`` (tunnel/workers.py:
+        #: a worker receives by that byte; one peer's sessions then share a worker)
+        self.pin_index_byte = False
 
     # ------------------------------------------------------------ config
     def add_peer(
@@ -362,6 +365,8 @@ class Protocol:
     def _new_index(self, peer: Peer) -> int:
         while True:
             i = secrets.randbits(32)
+            if self.pin_index_byte:
+                i = (i & ~0xFF) | peer.index_byte
             if i not in self._index:
                 self._index[i] = peer
                 peer.indices.add(i)

@@ -153,6 +153,8 @@ class Tunnel:
                     allowed_ips=tuple(p.allowed_ips),
                 )
         self.protocol = protocol
+        if self.n_workers > 1 and worker_index == 0:
+            protocol.pin_index_byte = True  # a peer's sessions share one receiving worker
         self.listen_port = cfg.interface.listen_port or 0
         self.fwmark = cfg.interface.fwmark or 0
         self.mtu = cfg.interface.mtu or DEFAULT_MTU
