@@ -20,7 +20,7 @@ import netoffload.soft.assemble as asm
 from netoffload import _native
 from netoffload.batch import Batch, CsumVerdict
 from netoffload.bench.assemble import gro_pure_python
-from netoffload.soft.assemble import Outcome, assemble
+from netoffload.soft.assemble import GroResult, Outcome, assemble
 
 _KERNEL = _native.kernel
 
@@ -135,10 +135,14 @@ def test_the_kernel_does_plain_batches_and_leaves_odd_ones_to_numpy() -> None:
     assert seen == {"native": 1, "numpy": 0}
     same(fast, run("numpy", pkts, 6, True))
     assert len(fast[0]) < len(pkts)
-    # a checksum not known good: numpy verifies it, for the whole batch
+    # checksums not known good: checked by the kernel; a bad one passes unmerged
+    bad = [bytearray(p) for p in pkts]
+    bad[7][-1] ^= 0x55
     with counting() as seen:
-        run("native", pkts, 6, False)
-    assert seen == {"native": 0, "numpy": 1}
+        unchecked = run("native", [bytes(p) for p in bad], 6, False)
+    assert seen == {"native": 1, "numpy": 0}
+    same(unchecked, run("numpy", [bytes(p) for p in bad], 6, False))
+    assert unchecked[1].result[7] == GroResult.FLUSHED
     # link padding after one packet: numpy
     with counting() as seen:
         odd = run("native", [*pkts[:5], pkts[5] + b"\0\0", *pkts[6:]], 6, True)
@@ -173,12 +177,17 @@ def test_gro_build_refuses_ranges_outside_its_buffers() -> None:
     proto=st.sampled_from([6, 17]),
     flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 79), st.integers(0, 255))),
     cut=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 80)), max_size=2),
+    trusted=st.booleans(),
 )
 def test_mangled_headers_same_on_both_paths(
-    seed: int, proto: int, flips: list[tuple[int, int, int]], cut: list[tuple[int, int]]
+    seed: int,
+    proto: int,
+    flips: list[tuple[int, int, int]],
+    cut: list[tuple[int, int]],
+    trusted: bool,
 ) -> None:
-    """Header bytes overwritten and packets cut short at random (checksums taken as
-    good, so the kernel sees them): both paths agree, and nothing raises."""
+    """Header bytes overwritten and packets cut short at random, checksums taken as
+    good or checked: both paths agree, and nothing raises."""
     rnd = random.Random(seed)
     flows = [flow_segments(rnd, f, proto, rnd.choice([4, 6]), 6, 64, False) for f in range(2)]
     pkts = [bytearray(p) for p in interleave(rnd, flows)]
@@ -189,4 +198,4 @@ def test_mangled_headers_same_on_both_paths(
         j = i % len(pkts)
         pkts[j] = pkts[j][:at]
     raw = [bytes(p) for p in pkts]
-    same(run("native", raw, proto, True), run("numpy", raw, proto, True))
+    same(run("native", raw, proto, trusted), run("numpy", raw, proto, trusted))

@@ -1593,10 +1593,11 @@ static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
  *
  * Only batches whose every selected packet is simple are done here; anything else
  * (a parse reason other than NOT_IP, a link-layer header, IPv4 options or fragments,
- * IPv6 extension headers, padding after the IP packet, a checksum not yet known good,
- * a UDP length or checksum GRO refuses, a TCP header that does not fit) makes
+ * IPv6 extension headers, padding after the IP packet, a UDP length or checksum GRO
+ * refuses, a TCP header that does not fit) makes
  * gro_plan return status -1 with nothing of the batch changed, and the numpy code
- * does the whole batch. Packets of another protocol pass (NORMAL).
+ * does the whole batch. Packets of another protocol pass (NORMAL); a checksum not yet
+ * known good is checked here, and a packet that fails passes unmerged (FLUSHED).
  *
  * gro_plan(buf, start, length, slot_lo, idx, l3, l4, v, l4proto, reason, trusted,
  *          proto, limit, tail, align,
@@ -1610,7 +1611,7 @@ static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
  *   result filled); -1: not done here.
  * gro_build(in, start, out, o_start, o_len, out_rows, o_j, n_out, idx, result,
  *           grp, hlen, pay, info, l4, proto) */
-enum { G_NORMAL = 0, G_HELD = 1, G_MERGED = 2, G_ALONE = 3 };
+enum { G_NORMAL = 0, G_HELD = 1, G_MERGED = 2, G_ALONE = 3, G_FLUSHED = 4 };
 enum { T_FIN = 0x01, T_SYN = 0x02, T_RST = 0x04, T_PSH = 0x08, T_URG = 0x20, T_CWR = 0x80 };
 #define T_CLOSE (T_URG | T_PSH | T_RST | T_SYN | T_FIN | T_CWR)
 #define R_NOT_IP_G 11
@@ -1734,7 +1735,7 @@ static PyObject *py_gro_plan(PyObject *self, PyObject *const *args, Py_ssize_t n
         if (L4P[j] != proto) continue;
         const int64_t base = start[r], end = base + length[r], l3 = L3[j], l4 = L4[j];
         const int v = (int)V[j];
-        if (l3 != base || !trusted[j]) goto defer;
+        if (l3 != base) goto defer;
         int64_t ip_len;
         if (v == 4) {
             if (l4 != l3 + 20 || end - l3 < 20 || buf[l3] != 0x45) goto defer;
@@ -1758,6 +1759,19 @@ static PyObject *py_gro_plan(PyObject *self, PyObject *const *args, Py_ssize_t n
             if (ulen != end - l4 || ulen <= 8 || rd16(buf + l4 + 6) == 0) goto defer;
             th = 8;
         }
+        if (!trusted[j]) { /* checksums not yet known good: GRO checks them */
+            uint64_t cs = net_sum(buf + l4, (size_t)(end - l4));
+            const uint8_t *ad = buf + l3 + (v == 4 ? 12 : 8);
+            for (int w = 0; w < (v == 4 ? 8 : 32); w += 2) cs += rd16(ad + w);
+            const uint64_t l4len = (uint64_t)(end - l4);
+            cs += (uint64_t)proto + (l4len & 0xFFFF) + (l4len >> 16);
+            int good = cs % M16 == 0;
+            if (good && v == 4) good = net_sum(buf + l3, 20) == 0;
+            if (!good) { /* flushed straight through, no part of its flow */
+                grp[j] = -2;
+                continue;
+            }
+        }
         grp[j] = j;
         hlen[j] = l4 + th - base;
         pay[j] = end - l4 - th;
@@ -1768,7 +1782,7 @@ static PyObject *py_gro_plan(PyObject *self, PyObject *const *args, Py_ssize_t n
         out_index[i] = i;
     }
     for (Py_ssize_t j = 0; j < m; j++)
-        if (grp[j] >= 0) result[idx[j]] = G_ALONE;
+        if (grp[j] != -1) result[idx[j]] = grp[j] >= 0 ? G_ALONE : G_FLUSHED;
     if (ncand < 2) {
         res = Py_BuildValue("(inn)", 1, (Py_ssize_t)0, (Py_ssize_t)0);
         goto done;

@@ -43,7 +43,8 @@ Each output packet keeps the extension of its first input (so ``origin``).
 
 Per input packet the outcome is a ``GroResult``. With the compiled kernel, a
 batch of plain packets (raw IPv4 without options or IPv6 without extension
-headers, checksums known good, no padding, no time-out clock) is assembled in
+headers, no padding, no time-out clock; checksums not yet known good are
+checked there) is assembled in
 two C calls: ``gro_plan`` runs the merge rules packet by packet with a flow
 table and lays the output out, ``gro_build`` copies and completes the merged
 packets (~45 us for a small batch, ~0.13 us a packet). Any other batch, or no
