@@ -118,7 +118,7 @@ def test_mirror_knows_only_the_indices_its_worker_receives() -> None:
     cur = wk.KeypairState(0x505, 9, bytes(32), bytes(32), 0.0, True, c.alloc(0x505, 0), "current")
     peer = wk.PeerState(b"P" * 32, ("198.18.0.9", 1), ("198.18.9.0/24",), (kps[0], cur))
     peer2 = wk.PeerState(b"Q" * 32, None, (), (kps[1], kps[2]))
-    snap = wk.Snapshot(b"K" * 32, 51820, (peer, peer2))
+    snap = wk.Snapshot(b"K" * 32, 51820, 0, (peer, peer2))
     for worker in range(n):
         m = wk.MirrorProtocol(worker, n)
         m.apply(snap, c)
@@ -474,3 +474,23 @@ def test_pinned_index_byte_keeps_a_peers_sessions_on_one_worker() -> None:
     assert {i & 0xFF for i in seen_a} == {sim.a.peer.index_byte}
     assert {i & 0xFF for i in seen_b} == {sim.b.peer.index_byte}
     assert len({i >> 8 for i in seen_a}) == len(seen_a)  # the rest stays random
+
+
+def test_wg_set_under_workers_fwmark_reaches_every_socket_port_refused(tmp_path: Path) -> None:
+    with pair(tmp_path, start=False) as p:
+        p.up("--workers", "3")
+        assert _ping(p.b, GO_V4)
+        p.b.exec(["wg", "set", p.name, "listen-port", "51999"], check=False)  # refused
+        assert p.b.exec(["wg", "show", p.name, "listen-port"]).strip() == "51821"
+        p.b.exec(["wg", "set", p.name, "fwmark", "0x4242"])
+        assert p.b.exec(["wg", "show", p.name, "fwmark"]).strip() == "0x4242"
+        deadline = time.monotonic() + 5
+        while True:
+            ss = p.b.exec(["ss", "-uanpe", "sport", "=", ":51821"])
+            socks = [ln for ln in ss.splitlines() if ":51821" in ln]
+            marked = [ln for ln in socks if "fwmark:0x4242" in ln]
+            if len(socks) == 3 and len(marked) == 3:
+                break
+            assert time.monotonic() < deadline, ss
+            time.sleep(0.2)
+        assert _ping(p.b, GO_V4)

@@ -644,6 +644,10 @@ class Tunnel:
                 raise UapiError(message="removing the private key is not supported")
             self.protocol.set_private_key(req.private_key, now)
         if req.listen_port is not None and req.listen_port != self.listen_port:
+            if self.workers is not None:  # the workers' sockets share the port
+                raise UapiError(
+                    95, f"listen-port cannot change under --workers {self.n_workers} (use 1)"
+                )
             self._rebind(req.listen_port)
         if req.fwmark is not None:
             self.fwmark = req.fwmark

@@ -351,6 +351,7 @@ class Snapshot:
 
     public_key: bytes
     listen_port: int
+    fwmark: int
     peers: tuple[PeerState, ...]
 
 
@@ -643,7 +644,7 @@ class Workers:
                     tuple(kps),
                 )
             )
-        return Snapshot(p.public_key, self.tunnel.listen_port, tuple(peers))
+        return Snapshot(p.public_key, self.tunnel.listen_port, self.tunnel.fwmark, tuple(peers))
 
     def sync(self, force: bool = False) -> None:
         """Send the workers the state if it changed (checked at most every 5 ms)."""
@@ -665,7 +666,7 @@ class Workers:
             )
             for pk, peer in p.peers.items()
         )
-        sig = (peers, p.public_key, self.tunnel.listen_port)
+        sig = (peers, p.public_key, self.tunnel.listen_port, self.tunnel.fwmark)
         if sig != self._sig:
             self._sig = sig
             for h in self.handles:
@@ -814,6 +815,9 @@ def _worker_main(
             if kind == "state":
                 mirror.apply(obj, workers.counters)
                 w.listen_port = w.dp.listen_port = obj.listen_port
+                if obj.fwmark != w.fwmark:
+                    w.fwmark = obj.fwmark
+                    udp.set_fwmark(obj.fwmark)
                 w.dp.rebuild()
 
     def flush() -> None:
