@@ -346,6 +346,8 @@ def test_workers_spread_flows_in_order_without_duplicates(tmp_path: Path) -> Non
         doc = _show(p.b, p.name)
         assert [w["worker"] for w in doc["workers"]] == [0, 1]
         assert doc["steering"].startswith("5-tuple"), doc["steering"]
+        text = p.b.exec([sys.executable, "-m", "netoffload", "show", p.name])
+        assert "workers: 2 (5-tuple" in text, text
         # two UDP flows whose hashes put them on different queues
         dport = 6001
         by_q: dict[int, int] = {}

@@ -279,6 +279,14 @@ def render(doc: dict[str, Any], console: Console) -> None:
     console.print(f"  listening port: {doc['listen_port']}")
     if doc.get("fwmark"):
         console.print(f"  fwmark: 0x{int(doc['fwmark']):x}")
+    ws = doc.get("workers") or []
+    if ws:
+        moved = ", ".join(
+            f"#{w['worker']} {w.get('stats', {}).get('tx_packets', 0)}/"
+            f"{w.get('stats', {}).get('rx_packets', 0)}"
+            for w in ws
+        )
+        console.print(f"  workers: {len(ws)} ({doc.get('steering')}); tx/rx packets {moved}")
     for p in doc.get("peers", []):
         console.print(f"\n[bold yellow]peer[/]: [yellow]{p['public_key']}[/]")
         if p.get("endpoint"):
