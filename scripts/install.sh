@@ -20,6 +20,8 @@ command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 # tshark: the tests decrypt our ESP captures with it (standard ESP tooling)
 [ -n "$extras" ] && { command -v tshark >/dev/null 2>&1 || need_apt+=(tshark); }
+# openvpn: a row of `bench tunnel` (the suite runs it --quick); iproute2's `ss` too
+[ -n "$extras" ] && { command -v openvpn >/dev/null 2>&1 || need_apt+=(openvpn); }
 
 py=""
 for cand in python3.13 python3.12 python3.11 python3; do
