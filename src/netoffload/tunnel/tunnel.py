@@ -314,7 +314,7 @@ class Tunnel:
             self.workers.fork(fds, actual, socks)
             for h in self.workers.handles:
                 self.watch[h.ctl.fileno()] = self._worker_events(h.ctl.fileno())
-            self.after_turn.append(self.workers.sync)
+            self.after_turn.append(self._sync_workers)
             self.workers.sync(force=True)
         if self.manage_interface:
             self._configure_interface()
@@ -372,6 +372,12 @@ class Tunnel:
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._stop_w, b"x")
+
+    def _sync_workers(self) -> None:
+        """Peers and keypairs to the workers (under the lock: the UAPI thread edits them)."""
+        if self.workers is not None:
+            with self.lock:
+                self.workers.sync()
 
     def _worker_events(self, fd: int) -> Callable[[], None]:
         def handle() -> None:
