@@ -292,3 +292,83 @@ def test_aead_loop_failures_and_other_exceptions() -> None:
     seen.clear()
     with pytest.raises(InvalidTag):  # not caught: fail is None
         k.aead(fn, None, nonce, 0, 12, 12, aad, 0, 8, 8, buf, pos, one, one, ok)
+
+
+# RFC 6040 section 4.2, normal mode, written out here: the inner ECN field after
+# decapsulation, by (inner, outer) codepoint; None: the packet is dropped
+_DECAP: dict[tuple[int, int], int | None] = {
+    **{(0, o): 0 for o in (0, 1, 2)},
+    (0, 3): None,
+    **{(1, o): 1 for o in (0, 1, 2)},
+    (1, 3): 3,
+    (2, 0): 2,
+    (2, 1): 1,
+    (2, 2): 2,
+    (2, 3): 3,
+    **{(3, o): 3 for o in (0, 1, 2, 3)},
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    alg=st.sampled_from(ALGS),
+    ov=st.sampled_from([4, 6]),
+    v=st.sampled_from([4, 6]),
+    n=st.integers(2, 24),
+    size=st.integers(0, 120),
+    tfc=st.integers(0, 9),
+    seed=st.integers(0, 2**16),
+)
+def test_decrypt_ecn_and_tfc_padding_on_both_paths(
+    alg: str, ov: int, v: int, n: int, size: int, tfc: int, seed: int
+) -> None:
+    """Outer ECN codepoints set at random (the outer header is not authenticated)
+    and TFC padding after the inner packets: both paths give the same batch, with
+    the ECN field of RFC 6040's table and the padding cut off."""
+    sa = our_sa(alg, ov, replay_window=64)
+    rng = np.random.default_rng(seed)
+    pkts = inner(n, v, size, seed)
+    L = len(pkts[0]) + tfc
+    pad = (-(L + 2)) % 4
+    trailer = bytes([*range(1, pad + 1), pad, 4 if v == 4 else 41])
+    raw = []
+    outer_ecn = rng.integers(0, 4, n).tolist()
+    for i, p in enumerate(pkts):
+        w = bytearray(craft(sa, 10 + i, p + bytes(tfc) + trailer))
+        if ov == 4:
+            w[1] = (w[1] & ~3) | outer_ecn[i]
+        else:
+            w[1] = (w[1] & ~0x30) | (outer_ecn[i] << 4)
+        raw.append(bytes(w))
+    outs = []
+    for path in PATHS:
+        with using(path):
+            batch = Batch.from_packets(raw, uniform=True)
+            assert DecryptTask(sas=SATable((sa,)))._decrypt_uniform(batch, np.arange(n))
+            outs.append(batch)
+    fast, slow = outs
+    assert fast.packets() == slow.packets()
+    assert fast.ext.equals(slow.ext)
+    for i, p in enumerate(pkts):
+        tos = p[1] if v == 4 else ((p[0] & 0xF) << 4) | (p[1] >> 4)
+        want = _DECAP[(tos & 3, outer_ecn[i])]
+        got = fast.packet(i)
+        if want is None:
+            assert fast.ext.error[i] == Reason.ECN_DROP
+            assert bytes(got) == raw[i]
+            continue
+        assert fast.ext.error[i] == 0
+        assert len(got) == len(p)  # TFC padding cut off
+        if v == 4:
+            assert got[1] & 3 == want
+            assert ones_complement_ok(bytes(got[:20]))
+        else:
+            assert (got[1] >> 4) & 3 == want
+        assert bytes(got[2:]) == p[2:] if v == 6 else bytes(got[12:]) == p[12:]
+
+
+def ones_complement_ok(h: bytes) -> bool:
+    s = sum(int.from_bytes(h[i : i + 2], "big") for i in range(0, len(h), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF

@@ -2046,6 +2046,132 @@ done:
     return res;
 }
 
+/* ------------------------------------------------------------------ esp_trailer */
+/* esp_trailer(buf, pos, P, ok, outer, ostride, reason, new_b1, iv, L, Lg, head)
+ *
+ * The decrypt task's checks after authentication (soft/crypto.py, the uniform path,
+ * an SA without traffic selectors), for packets whose P plaintext bytes are at
+ * buf[pos[i]:]: the ESP trailer (pad length, padding bytes 1, 2, ..., next header
+ * matching the inner version: BAD_PADDING / BAD_ESP), an inner packet shorter than
+ * its IP header (BAD_ESP), RFC 6040's decapsulation of the ECN field against the
+ * outer header's first two bytes (outer[i*ostride:+2]: ECN_DROP, or new_b1[i] the
+ * inner header's new second byte, -1: unchanged), and the inner packet's length
+ * without TFC padding (Lg). Only packets with ok[i] are judged; a failing one gets
+ * ok[i] = 0 and its reason. head[i] receives the first min(P, 40) plaintext bytes,
+ * zeros after. Nothing is written into buf. */
+enum { R_BAD_PADDING = 52, R_BAD_ESP = 53, R_ECN_DROP = 63 };
+static const int8_t ecn_decap[16] = {0, 0, 0, -1, 1, 1, 1, 3, 2, 1, 2, 3, 3, 3, 3, 3};
+
+static inline int tos_of(int b0, int b1) {
+    return (b0 >> 4) == 4 ? b1 : (((b0 & 0xF) << 4) | (b1 >> 4));
+}
+
+enum { ET_BUF, ET_POS, ET_P, ET_OK, ET_OUTER, ET_OSTRIDE, ET_REASON, ET_NEWB1, ET_IV, ET_L,
+       ET_LG, ET_HEAD, ET_N };
+
+static PyObject *py_esp_trailer(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != ET_N) {
+        PyErr_SetString(PyExc_TypeError, "esp_trailer: wrong number of arguments");
+        return NULL;
+    }
+    Py_ssize_t P = PyLong_AsSsize_t(args[ET_P]), ostride = PyLong_AsSsize_t(args[ET_OSTRIDE]);
+    if (PyErr_Occurred()) return NULL;
+    if (P < 2 || ostride < 2) {
+        PyErr_SetString(PyExc_ValueError, "esp_trailer: P and the outer stride must be >= 2");
+        return NULL;
+    }
+    static const int isz[ET_N] = {1, 8, 0, 1, 1, 0, 2, 8, 8, 8, 8, 1};
+    static const char *names[ET_N] = {"buf", "pos", "", "ok", "outer", "", "reason", "new_b1",
+                                      "iv", "L", "Lg", "head"};
+    Buf b[ET_N];
+    memset(b, 0, sizeof b);
+    PyObject *res = NULL;
+    for (int i = 0; i < ET_N; i++) {
+        if (isz[i] == 0) continue;
+        int w = i == ET_OK || i >= ET_REASON;
+        if (get_buf(args[i], &b[i], w, isz[i], names[i]) < 0) goto done;
+    }
+    const Py_ssize_t n = b[ET_POS].view.len / 8;
+    if (need_items(&b[ET_OK], 1, n, "ok") < 0 || need_items(&b[ET_REASON], 2, n, "reason") < 0 ||
+        need_items(&b[ET_NEWB1], 8, n, "new_b1") < 0 || need_items(&b[ET_IV], 8, n, "iv") < 0 ||
+        need_items(&b[ET_L], 8, n, "L") < 0 || need_items(&b[ET_LG], 8, n, "Lg") < 0 ||
+        need_items(&b[ET_HEAD], 1, 40 * n, "head") < 0)
+        goto done;
+    if (n > 0 && (n - 1) * ostride + 2 > b[ET_OUTER].view.len) {
+        PyErr_SetString(PyExc_ValueError, "esp_trailer: outer rows outside their buffer");
+        goto done;
+    }
+    const uint8_t *buf = b[ET_BUF].view.buf, *outer = b[ET_OUTER].view.buf;
+    const int64_t *pos = b[ET_POS].view.buf;
+    const int64_t blen = b[ET_BUF].view.len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (pos[i] < 0 || pos[i] > blen - P) {
+            PyErr_SetString(PyExc_ValueError, "esp_trailer: a packet outside the buffer");
+            goto done;
+        }
+    }
+    uint8_t *ok = b[ET_OK].view.buf, *head = b[ET_HEAD].view.buf;
+    uint16_t *reason = b[ET_REASON].view.buf;
+    int64_t *new_b1 = b[ET_NEWB1].view.buf, *ivs = b[ET_IV].view.buf;
+    int64_t *Ls = b[ET_L].view.buf, *Lg = b[ET_LG].view.buf;
+    const Py_ssize_t hn = P < 40 ? P : 40;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *p = buf + pos[i];
+        uint8_t *h = head + 40 * i;
+        memcpy(h, p, (size_t)hn);
+        if (hn < 40) memset(h + hn, 0, (size_t)(40 - hn));
+        const int64_t padl = p[P - 2], nh = p[P - 1], L = P - 2 - padl;
+        const int64_t iv = L >= 1 ? (p[0] >> 4) : 0;
+        Ls[i] = L;
+        ivs[i] = iv;
+        reason[i] = 0;
+        new_b1[i] = -1;
+        /* the inner packet's length without TFC padding (_ip_lengths_of) */
+        int64_t tot = 0;
+        if (L >= 1) {
+            int ver = h[0] >> 4;
+            if (ver == 4 && L >= 20)
+                tot = ((int64_t)h[2] << 8) | h[3];
+            else if (ver == 6 && L >= 40)
+                tot = 40 + (((int64_t)h[4] << 8) | h[5]);
+        }
+        Lg[i] = (tot > 0 && tot <= L) ? tot : L;
+        if (!ok[i]) continue;
+        int bad_pad = L < 0;
+        for (int64_t j = 0; !bad_pad && j < padl; j++) bad_pad = p[L + j] != (uint8_t)(j + 1);
+        if (bad_pad) {
+            reason[i] = R_BAD_PADDING;
+            ok[i] = 0;
+            continue;
+        }
+        if (!((nh == 4 && iv == 4) || (nh == 41 && iv == 6))) {
+            reason[i] = R_BAD_ESP;
+            ok[i] = 0;
+            continue;
+        }
+        if ((iv == 4 ? 20 : 40) > L) {
+            reason[i] = R_BAD_ESP;
+            ok[i] = 0;
+            continue;
+        }
+        const int b0 = h[0], b1 = h[1];
+        const int inner = tos_of(b0, b1) & 3;
+        const int out_ecn = tos_of(outer[i * ostride], outer[i * ostride + 1]) & 3;
+        const int ecn = ecn_decap[inner * 4 + out_ecn];
+        if (ecn < 0) {
+            reason[i] = R_ECN_DROP;
+            ok[i] = 0;
+            continue;
+        }
+        if (ecn != inner) new_b1[i] = iv == 4 ? ((b1 & ~3) | ecn) : ((b1 & ~0x30) | (ecn << 4));
+    }
+    res = Py_NewRef(Py_None);
+done:
+    release(b, ET_N);
+    return res;
+}
+
 /* ------------------------------------------------------------------ aead */
 /* aead(fn, fail, nonce, noff, nstride, nlen, aad, aoff, astride, alen, buf, pos, slen, dlen,
  *      ok) -> number of packets that failed
@@ -2264,6 +2390,9 @@ static PyMethodDef methods[] = {
     {"gro_build", (PyCFunction)(void (*)(void))py_gro_build, METH_FASTCALL,
      "gro_build(in, start, out, o_start, o_len, out_rows, o_j, n_out, idx, result, grp, hlen, "
      "pay, info, l4, proto): copy and complete the merged packets"},
+    {"esp_trailer", (PyCFunction)(void (*)(void))py_esp_trailer, METH_FASTCALL,
+     "esp_trailer(buf, pos, P, ok, outer, ostride, reason, new_b1, iv, L, Lg, head): the "
+     "decrypt task's trailer, inner header and ECN checks"},
     {"simd", py_simd, METH_NOARGS, "the sum loop in use: 'avx2' or 'c'"},
     {"set_simd", py_set_simd, METH_O, "use the SIMD loop when the CPU has it (tests)"},
     {NULL, NULL, 0, NULL},

@@ -399,9 +399,10 @@ def _first(views: list[memoryview], n: int) -> Iterable[memoryview]:
 
 
 def _aead_kernel() -> _native.Kernel | None:
-    """The compiled kernel when it has the per-packet AEAD loop (``aead``), else None."""
+    """The compiled kernel when it has the per-packet AEAD loop (``aead``) and the
+    decrypt checks (``esp_trailer``), else None."""
     k = _native.kernel
-    return k if k is not None and hasattr(k, "aead") else None
+    return k if k is not None and hasattr(k, "aead") and hasattr(k, "esp_trailer") else None
 
 
 def _aead_loop(
@@ -1168,23 +1169,27 @@ class DecryptTask(SoftTask):
         mat = b.matrix()[ix]
         v0 = int(mat[0, h0]) >> 4
         want: tuple[tuple[int, int], ...]
-        if v0 == 4 and L0 >= 20:
+        if v0 == 4 and L0 >= 20 + 16 + ICV_LEN:
             iph = 20
             want = ((0, 0x45), (2, L0 >> 8), (3, L0 & 0xFF), (9, IPPROTO_ESP), (7, 0))
-            if (mat[:, h0 + 6] & 0x3F).any():  # a fragment (MF or an offset)
-                return False
-        elif v0 == 6 and L0 >= 40:
+        elif v0 == 6 and L0 >= 40 + 16 + ICV_LEN:
             iph = 40
             want = ((4, (L0 - 40) >> 8), (5, (L0 - 40) & 0xFF), (6, IPPROTO_ESP))
-            if ((mat[:, h0] >> 4) != 6).any():
-                return False
         else:
             return False
-        for col, val in want:
-            if (mat[:, h0 + col] != val).any():
-                return False
+        # outer IP and ESP headers (SPI, seq, IV) of every packet in one gather: the
+        # checks below read this small matrix, not columns of the batch
         eo = h0 + iph  # ESP header column
-        spi_b = mat[:, eo : eo + 4]
+        hh = mat[:, h0 : eo + 16].copy()
+        if iph == 20:
+            if (hh[:, 6] & 0x3F).any():  # a fragment (MF or an offset)
+                return False
+        elif ((hh[:, 0] >> 4) != 6).any():
+            return False
+        for col, val in want:
+            if (hh[:, col] != val).any():
+                return False
+        spi_b = hh[:, iph : iph + 4]
         if (spi_b != spi_b[0]).any():
             return False
         k = int(self.table.lookup(np.array([int.from_bytes(spi_b[0].tobytes(), "big")]))[0])
@@ -1202,7 +1207,7 @@ class DecryptTask(SoftTask):
         kern = _aead_kernel()
         if kern is not None:
             ia = scratch.rows("dec-hdr", 16, 0, 0, n).arr[:n]
-            ia[:] = mat[:, eo : eo + 16]
+            ia[:] = hh[:, iph:]
         else:
             src = scratch.rows("dec-in", -(-(16 + P + ICV_LEN) // 8) * 8, 16, 16 + P + ICV_LEN, n)
             ia = src.arr[:n]
@@ -1259,35 +1264,51 @@ class DecryptTask(SoftTask):
                     ok[n - operator.length_hint(it) - 1] = False
             oa = out.arr[:n]
         e.error[ix][~ok] = Reason.BAD_ICV
-        # trailer: pad length, next header, padding bytes 1, 2, ...
-        padl = oa[:, P - 2].astype(np.int64)
-        nh = oa[:, P - 1]
-        L = P - 2 - padl
-        bad_pad = ok & (L < 0)
-        p0 = int(padl[0])
-        if p0 <= P - 2 and (padl == p0).all():
-            if p0:
-                want_pad = np.arange(1, p0 + 1, dtype=np.uint8)
-                bad_pad |= ok & (oa[:, P - 2 - p0 : P - 2] != want_pad).any(axis=1)
+        Lg_k: I64 | None = None
+        if kern is not None and pos is not None and self.selectors[k] is None:
+            # trailer, inner header length and ECN (RFC 6040) checks in one kernel
+            # call, on the plaintext in place
+            why = np.empty(n, np.uint16)
+            new_b1 = np.empty(n, np.int64)
+            iv, L, Lg_k = np.empty((3, n), np.int64)
+            head = np.empty((n, 40), np.uint8)
+            kern.esp_trailer(
+                b.buf, pos, P, ok.view(np.uint8), hh, hh.shape[1], why, new_b1, iv, L, Lg_k, head
+            )
+            bad = why != 0
+            e.error[ix][bad] = why[bad]
         else:
-            ar = np.arange(n)
-            for j in range(int(padl[ok].max()) if ok.any() else 0):
-                w = ok & ~bad_pad & (j < padl)
-                got = oa[ar, np.clip(L + j, 0, P - 1)]
-                bad_pad |= w & (got != j + 1)
-        iv = np.where(L >= 1, oa[:, 0] >> 4, 0)
-        bad_nh = ok & ~bad_pad & ~(((nh == NH_IPV4) & (iv == 4)) | ((nh == NH_IPV6) & (iv == 6)))
-        e.error[ix][bad_pad] = Reason.BAD_PADDING
-        e.error[ix][bad_nh] = Reason.BAD_ESP
-        ok &= ~(bad_pad | bad_nh)
-        # the inner packet: its header, the selectors, ECN (RFC 6040)
-        head = np.zeros((n, 40), np.uint8)
-        head[:, : min(P, 40)] = oa[:, : min(P, 40)]
-        why, new_b1 = _decap_checks(
-            self.selectors[k], head, mat[:, h0 : h0 + 2], iv.astype(np.int64), L, ok
-        )
-        e.error[ix][why != 0] = why[why != 0]
-        ok &= why == 0
+            # trailer: pad length, next header, padding bytes 1, 2, ...
+            padl = oa[:, P - 2].astype(np.int64)
+            nh = oa[:, P - 1]
+            L = P - 2 - padl
+            bad_pad = ok & (L < 0)
+            p0 = int(padl[0])
+            if p0 <= P - 2 and (padl == p0).all():
+                if p0:
+                    want_pad = np.arange(1, p0 + 1, dtype=np.uint8)
+                    bad_pad |= ok & (oa[:, P - 2 - p0 : P - 2] != want_pad).any(axis=1)
+            else:
+                ar = np.arange(n)
+                for j in range(int(padl[ok].max()) if ok.any() else 0):
+                    w = ok & ~bad_pad & (j < padl)
+                    got = oa[ar, np.clip(L + j, 0, P - 1)]
+                    bad_pad |= w & (got != j + 1)
+            iv = np.where(L >= 1, oa[:, 0] >> 4, 0)
+            bad_nh = (
+                ok & ~bad_pad & ~(((nh == NH_IPV4) & (iv == 4)) | ((nh == NH_IPV6) & (iv == 6)))
+            )
+            e.error[ix][bad_pad] = Reason.BAD_PADDING
+            e.error[ix][bad_nh] = Reason.BAD_ESP
+            ok &= ~(bad_pad | bad_nh)
+            # the inner packet: its header, the selectors, ECN (RFC 6040)
+            head = np.zeros((n, 40), np.uint8)
+            head[:, : min(P, 40)] = oa[:, : min(P, 40)]
+            why, new_b1 = _decap_checks(
+                self.selectors[k], head, hh[:, :2], iv.astype(np.int64), L, ok
+            )
+            e.error[ix][why != 0] = why[why != 0]
+            ok &= why == 0
         # anti-replay: only authenticated packets are judged and move the window
         # (those whose window the host keeps are left to ``settle``)
         self._note_top(k, seqs[ok & on_host])
@@ -1313,8 +1334,11 @@ class DecryptTask(SoftTask):
             oa[ch[c4], 10] = csum[c4] >> 8
             oa[ch[c4], 11] = csum[c4] & 0xFF
         # the inner packets (without TFC padding), in place of the ciphertext
-        _, iplen = _ip_lengths_of(head[:, :6], L)
-        Lg = np.where((iplen > 0) & (iplen <= L), iplen, L)
+        if Lg_k is not None:
+            Lg = Lg_k
+        else:
+            _, iplen = _ip_lengths_of(head[:, :6], L)
+            Lg = np.where((iplen > 0) & (iplen <= L), iplen, L)
         if ok.all():
             g: I64 | slice = ix
             if pos is None:
