@@ -468,6 +468,41 @@ def test_receive_engine_small_equals_batch(
     same_world(dpa, dpb)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, int(Task.CHECKSUM), int(Task.CHECKSUM | Task.DECRYPT)]),
+            st.sampled_from([0, 0, int(Reason.BAD_ICV)]),
+            st.sampled_from([0, 0, 1, 2]),
+            st.sampled_from([0, int(Task.DECRYPT), int(Task.DECRYPT | Task.CLASSIFY)]),
+            st.sampled_from([0, 1, 2]),
+        ),
+        max_size=4,
+    )
+)
+def test_tun_checksum_small_equals_batch(rows: list[tuple[int, int, int, int, int]]) -> None:
+    """The TUN checksum device's submit, a packet at a time and for the batch."""
+    got = []
+    for small in (0, 4):
+        b = Batch.from_packets([bytes(20)] * len(rows))
+        e = b.ext
+        for i, (off, err, verdict, done, vflags) in enumerate(rows):
+            e.offload[i], e.error[i], e.filter_verdict[i] = off, err, verdict
+            e.done[i], e.vflags[i] = done, vflags
+        dev = TunChecksum("nofs0")
+        old = dpm.SMALL
+        dpm.SMALL = small
+        try:
+            comp = dev.complete(dev.submit(b, dpm.RX_ORDER))
+        finally:
+            dpm.SMALL = old
+        got.append((comp.ok, comp.error, b, dev.counters()))
+    (oka, erra, a, ca), (okb, errb, bb, cb) = got
+    assert (oka, erra, ca) == (okb, errb, cb)
+    same_batch(a, bb)
+
+
 def test_scalar_lpm_answers_as_the_table() -> None:
     """Every interval edge of a table with nested prefixes, both families."""
     dp = make_world(WorldSpec(0, (0, 0, 0), ((), (), ()), PORT))
