@@ -83,3 +83,71 @@ def test_the_users_environment_wins() -> None:
 def test_bad_threshold() -> None:
     with pytest.raises(ValueError):
         heap.pin_mmap_threshold(0)
+
+
+# 400 blocks of 64 KiB (below the threshold: from the heap), all freed but the last (the
+# heap cannot shrink from its top): RSS as /proc/self/statm gives it, before and after
+_TRIM_PROBE = r"""
+import ctypes, json, os, sys, time
+from netoffload import heap
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+blocks = [libc.malloc(64 << 10) for _ in range(400)]
+for b in blocks:
+    libc.memset(b, 1, 64 << 10)
+full = rss()
+for b in blocks[:-1]:
+    libc.free(b)
+freed = rss()
+if sys.argv[1] == "trim":
+    heap.trim()
+elif sys.argv[1] == "thread":
+    assert heap.start_trimmer(0.05)
+    pid = os.fork()
+    if pid == 0:  # the child's own trimmer runs
+        time.sleep(0.5)
+        os._exit(0 if heap.trims() > 0 and heap._TRIMMER.thread.is_alive() else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "no trimmer in the forked child"
+    time.sleep(0.3)
+print(json.dumps({"full": full, "freed": freed, "after": rss()}))
+"""
+
+
+def _trim_probe(mode: str) -> dict[str, int]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_",
+                                                              "GLIBC_TUNABLES")}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _TRIM_PROBE, mode],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    doc: dict[str, int] = json.loads(out)
+    return doc
+
+
+@glibc
+def test_freed_heap_pages_stay_resident_without_a_trim() -> None:
+    r = _trim_probe("none")  # the control: glibc keeps them
+    assert r["after"] > r["full"] - (4 << 20)
+
+
+@glibc
+@pytest.mark.parametrize("mode", ["trim", "thread"])
+def test_trim_hands_freed_heap_pages_back(mode: str) -> None:
+    r = _trim_probe(mode)
+    # ~25 MiB were freed inside the heap: most of it leaves RSS
+    assert r["after"] < r["full"] - (20 << 20)
+
+
+def test_bad_interval() -> None:
+    with pytest.raises(ValueError):
+        heap.start_trimmer(0)

@@ -25,18 +25,22 @@ import errno
 import ipaddress
 import socket
 import struct
+import sys
 import time
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from netoffload.batch import Batch, Reason, copy_ranges
+from netoffload.batch import Batch, Ext, Reason, copy_ranges
 from netoffload.devices import kernel_common as kc
 from netoffload.devices.udp import MAX_PAYLOAD, MAX_SEGMENTS, Addr, UdpDevice
 from netoffload.errors import DeviceDown
 
 OUTER4 = 28
 OUTER6 = 48
+#: recv's slots start at multiples of this (as Batch.alloc lays them)
+SLOT_ALIGN = 64
 
 
 def _packed(addr: Any) -> tuple[bytes, int]:
@@ -64,6 +68,54 @@ def _buffers(s: socket.socket, size: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+class OutPool:
+    """Reused buffers for the batches ``recv`` builds (one gather copy a batch).
+
+    A new buffer for every batch (``Batch.alloc``) costs its zeroing and, for a big
+    batch, glibc's mapping or heap growth; the heap then keeps its high-water mark.
+    Here a batch is laid in the first of at most ``POOL`` persistent buffers that no
+    earlier batch still holds (a batch's buffer is a view: the pooled array's
+    reference count says whether one is alive, as ``kc.Arena`` does), grown (never
+    shrunk) to the largest batch seen; when every one is held, a fresh buffer, as
+    before. The caller writes every byte of each packet."""
+
+    POOL = 4
+    #: a buffer never starts smaller (a batch of 1 KiB datagrams needs ~1 MiB)
+    MIN_BYTES = 256 << 10
+
+    def __init__(self) -> None:
+        self._bufs: list[NDArray[np.uint8]] = []
+        self._idle_refs = 0
+        #: batches that found every pooled buffer held (made in a fresh one)
+        self.fresh = 0
+
+    def _idle(self, i: int) -> bool:
+        return sys.getrefcount(self._bufs[i]) <= self._idle_refs
+
+    def batch(self, lengths: NDArray[np.int64]) -> Batch:
+        """Slots of ``lengths`` bytes (no head or tail room, each rounded up to
+        ``ALIGN``), contents undefined."""
+        n = len(lengths)
+        sizes = (lengths + (SLOT_ALIGN - 1)) // SLOT_ALIGN * SLOT_ALIGN
+        slot_hi = np.cumsum(sizes)
+        slot_lo = slot_hi - sizes
+        need = int(slot_hi[-1]) if n else 0
+        i = next((k for k in range(len(self._bufs)) if self._idle(k)), -1)
+        if i < 0 and len(self._bufs) < self.POOL:
+            self._bufs.append(np.empty(0, dtype=np.uint8))
+            i = len(self._bufs) - 1
+            self._idle_refs = sys.getrefcount(self._bufs[i])
+        if i < 0:
+            self.fresh += 1
+            buf = np.empty(need, dtype=np.uint8)
+        else:
+            if len(self._bufs[i]) < need:
+                grown = max(need + need // 4, self.MIN_BYTES)
+                self._bufs[i] = np.empty(grown, dtype=np.uint8)
+            buf = self._bufs[i][:need]
+        return Batch(buf, slot_lo.copy(), lengths.astype(np.int64), slot_lo, slot_hi, Ext(n))
+
+
 class UdpIpDevice(UdpDevice):
     """A UDP socket whose batches are outer IP/UDP packets (see the module docstring)."""
 
@@ -76,6 +128,8 @@ class UdpIpDevice(UdpDevice):
         #: (received in UDP_GRO super-datagrams): the outer udp-segment/-assemble
         self.gso_datagrams_out = 0
         self.gro_datagrams_in = 0
+        #: the buffers recv's batches are built in, reused (OutPool)
+        self._out = OutPool()
         self.query()  # probe now: turns UDP_GRO on (when wanted) before the first read
 
     def disable_gso(self) -> None:
@@ -251,7 +305,7 @@ class UdpIpDevice(UdpDevice):
         is6 = np.array([v == 6 for _, v in srcs], dtype=np.bool_)
         hdr_p = np.where(is6, OUTER6, OUTER4)
         hdr = hdr_p[parent]
-        out = Batch.alloc(hdr + plen, headroom=0, tailroom=0, uniform=False)
+        out = self._out.batch(hdr + plen)
         # payloads
         copy_ranges(out.buf, out.start + hdr, raw.buf, raw.start[parent] + off, plen)
         st = out.start
@@ -260,6 +314,9 @@ class UdpIpDevice(UdpDevice):
         six = is6[parent]
         four = ~six
         b = out.buf
+        # the headers' other bytes are 0 (a reused buffer holds the last batch's bytes)
+        b[(st[four][:, None] + np.arange(OUTER4)).ravel()] = 0
+        b[(st[six][:, None] + np.arange(OUTER6)).ravel()] = 0
         if four.any():
             s4 = st[four]
             b[s4] = 0x45
