@@ -110,6 +110,34 @@ def test_psutil_sampler_reads_fractions() -> None:
     assert 0.0 <= host <= 1.0 and proc >= 0.0
 
 
+def test_proc_stat_reader_agrees_with_psutil() -> None:
+    """The sampler reads /proc/stat itself (a third of psutil's cost): the same busy and
+    total seconds per CPU as psutil's per-CPU times, read a moment apart."""
+    import os
+
+    import psutil
+
+    from netoffload.policy.load import proc_stat_times
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat")
+    fd = os.open("/proc/stat", os.O_RDONLY)
+    try:
+        mine = proc_stat_times(fd)
+        theirs = psutil.cpu_times(percpu=True)
+    finally:
+        os.close(fd)
+    assert mine is not None and len(mine) == len(theirs)
+    for (busy, total), t in zip(mine, theirs, strict=True):
+        assert total == pytest.approx(sum(t), abs=0.1)
+        assert busy == pytest.approx(sum(t) - t.idle - t.iowait, abs=0.1)
+    s = PsutilSampler()
+    _, _, proc = s._take()
+    pt = psutil.Process().cpu_times()
+    assert proc == pytest.approx(pt.user + pt.system, abs=0.05)
+    s.close()
+
+
 def test_bad_alpha() -> None:
     with pytest.raises(ValueError):
         LoadMonitor(cpu_alpha=0.0)

@@ -18,6 +18,7 @@ fake sampler and a fake clock, and nothing sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Mapping
@@ -109,11 +110,38 @@ class PsutilSampler:
             self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - not Linux
             self.cpus = list(range(psutil.cpu_count() or 1))
+        #: /proc/stat kept open: read directly, what psutil reads there costs 3x more
+        #: (~40 us a sample, on the packet path of whichever batch takes the sample)
+        self._stat = -1
+        with contextlib.suppress(OSError, AttributeError):
+            self._stat = os.open("/proc/stat", os.O_RDONLY | os.O_CLOEXEC)
+            if proc_stat_times(self._stat) is None:
+                os.close(self._stat)
+                self._stat = -1
         self._last = self._take()
+
+    def close(self) -> None:
+        fd = getattr(self, "_stat", -1)
+        if fd >= 0:
+            self._stat = -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
     def _take(self) -> tuple[float, list[tuple[float, float]], float]:
         import time
 
+        if self._stat >= 0:
+            rows = proc_stat_times(self._stat)
+            if rows is not None:
+                bt = []
+                for c in self.cpus:
+                    if c < len(rows):
+                        bt.append(rows[c])
+                t = os.times()
+                return time.monotonic(), bt, t.user + t.system
         per = self._psutil.cpu_times(percpu=True)
         busy_total = []
         for c in self.cpus:
@@ -136,6 +164,26 @@ class PsutilSampler:
         dt = t1 - t0
         proc = (p1 - p0) / dt if dt > 0 else 0.0
         return min(max(host, 0.0), 1.0), max(proc, 0.0)
+
+
+def proc_stat_times(fd: int) -> list[tuple[float, float]] | None:
+    """Per CPU line of ``/proc/stat`` (open at ``fd``), in the order listed: (busy,
+    total) seconds, as psutil's ``cpu_times(percpu=True)`` sums them (total: every
+    field; busy: less idle and iowait); None if it cannot be read."""
+    try:
+        data = os.pread(fd, 1 << 16, 0)
+        tick = float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return None
+    out = []
+    for line in data.split(b"\n"):
+        if line[:3] == b"cpu" and line[3:4].isdigit():
+            f = [int(x) for x in line.split()[1:]]
+            if len(f) < 4:
+                return None
+            total = sum(f)
+            out.append(((total - f[3] - (f[4] if len(f) > 4 else 0)) / tick, total / tick))
+    return out or None
 
 
 class LoadMonitor:
