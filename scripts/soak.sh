@@ -14,11 +14,11 @@
 # at most a third of the run); 1: one of them failed; 2: the soak cannot run here
 # (needs root, /dev/net/tun, iperf3).
 #
-# RSS and glibc: freed big buffers stay in the heap (its dynamic mmap threshold rises),
-# so RSS climbs in steps to a high-water mark, then stays flat (measured: +9.9 % after
-# the warm-up, +0.2 % over the last 5 minutes). MALLOC_MMAP_THRESHOLD_=131072 in the
-# environment (passed to the tunnels) returns them at once: then RSS is a leak check
-# free of those steps (measured: +0.95 %, +0.33 % in the second half).
+# RSS (all the tunnel's processes) is judged between the median of the first minute
+# after the warm-up and that of the last minute. glibc keeps freed big buffers in its
+# heap (its dynamic mmap threshold rises), so RSS used to climb in steps to a high-water
+# mark (measured: +9.9 % after the warm-up); `netoffload up` now runs heap.start_trimmer()
+# (malloc_trim every 10 s, in every worker), and RSS wanders by a few % between trims.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

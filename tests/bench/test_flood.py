@@ -92,25 +92,45 @@ def _count(sock: socket.socket, quiet: float) -> list[tuple[str, int]]:
 
 
 @pytest.mark.kernel
-def test_flood_is_bounded_in_packets_and_arrives_forged() -> None:
+@pytest.mark.parametrize("method", ["packet", "raw"])
+def test_flood_is_bounded_in_packets_and_arrives_forged(method: str) -> None:
     _root_netns()
     with netns.Testbed() as tb:
         f, v = tb.host("ff"), tb.host("fv")
         tb.link(f, v, addrs_a=["198.18.2.1/24"], addrs_b=["198.18.2.2/24"])
         v.add_route(str(fl.SPOOF_NET), via="198.18.2.1")
+        link = fl.Link("veth0", fl._mac(f, "veth0"), fl._mac(v, "veth0"))
         rx = v.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             rx.bind(("198.18.2.2", 40000))
             packets = fl.junk_packets("198.18.2.2", 40000, 64, seed=3)
-            res = f.spawn(fl._flood_args, "198.18.2.2", packets, 5000.0, 0.3, "/nonexistent", None)
+            res = f.spawn(
+                fl._flood_args, "198.18.2.2", packets, 5000.0, 0.3, "/nonexistent", None,
+                link if method == "packet" else None,
+            )  # fmt: skip
             r = res.join(20)
             got = _count(rx, 0.5)
         finally:
             rx.close()
+    assert r.method == method
     assert 0 < r.sent <= int(5000.0 * 0.3) + 1  # the bound in packets
     assert 0 < len(got) <= r.sent
     assert all(ipaddress.ip_address(a) in fl.SPOOF_NET for a, _ in got)
+    sent = {(str(IP(p).src), IP(p)[UDP].sport) for p in packets}
+    assert {(a, p) for a, p in got} <= sent  # what arrived is what was sent
+    assert r.cpu_s > 0
+
+
+def test_data_junk_is_shaped_as_transport_data() -> None:
+    for raw in fl.data_junk_packets("198.18.2.2", 51820, 300, seed=4):
+        pkt = IP(raw)
+        msg = bytes(pkt[UDP].payload)
+        assert ipaddress.ip_address(pkt.src) in fl.SPOOF_NET and pkt[UDP].dport == 51820
+        assert msg[:4] == b"\x04\0\0\0" and 32 <= len(msg) <= 512
+        ref = IP(bytes(IP(src=pkt.src, dst=pkt.dst, flags="DF", ttl=64, id=0) / UDP(
+            sport=pkt[UDP].sport, dport=51820) / msg))  # fmt: skip
+        assert (pkt[IP].chksum, pkt[UDP].chksum) == (ref[IP].chksum, ref[UDP].chksum)
 
 
 def _status(scene: fl.Scene) -> dict[str, object]:

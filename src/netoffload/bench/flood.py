@@ -8,11 +8,13 @@ Topology (all namespaces ours, every address in 198.18.0.0/15)::
 A and B hold an established session; iperf3 runs one TCP stream from A to B
 through it (B decrypts: the flood and the session share B's UDP socket and its
 receive path). C is a second, legitimate peer of B that has not talked yet.
-The flooder in ``f`` writes whole IPv4/UDP packets on a raw socket
-(``sendmmsg`` in batches, so that Python is not the bottleneck): their
-sources are forged from ``SPOOF_NET`` (198.19.0.0/16, inside 198.18.0.0/15),
-and B routes that prefix back to ``f``, so B's answers (cookie replies) stay
-in the test topology (``f`` does not forward; it drops them).
+The flooder in ``f`` writes Ethernet frames of whole IPv4/UDP packets on a packet
+socket on its veth (``sendmmsg`` in batches, PACKET_QDISC_BYPASS: no route lookup,
+IP output, netfilter or qdisc on the sending side, as a traffic generator sends;
+the IP raw socket it used before spent 1.9 us a datagram sending, this 1.0 us):
+their sources are forged from ``SPOOF_NET`` (198.19.0.0/16, inside 198.18.0.0/15),
+and B routes that prefix back to ``f``, so B's answers (cookie replies) stay in the
+test topology (``f`` does not forward; it drops them).
 
 Floods:
 
@@ -20,26 +22,35 @@ Floods:
   attacker who knows B's public key sends; no mac2) at ``HANDSHAKE_FLOOD_X``
   times B's under-load threshold, from ``SPOOF_SOURCES`` forged sources;
 - ``junk``: random datagrams (random sizes) to B's listen port, from forged
-  sources and ports, as fast as one sending core pushes them (line rate here:
-  a veth has no wire speed; the rate is reported);
-- ``junk-closed`` (not with --quick): the same to a port of B where nothing
-  listens: the control, what such a flood costs this machine (the flooder's
-  core, the kernel's receive path) without the tunnel's socket.
+  sources and ports, as fast as the flooder sends them (line rate here: a veth
+  has no wire speed; the rate is reported);
+- ``junk-data``: the same, shaped as transport data messages (type 4, 32..512
+  bytes) with random receiver indices: they pass a filter of message shapes, so
+  they cost B what its filter of receiver indices costs;
+- ``junk-closed`` (not with --quick): junk to a port of B where nothing listens:
+  the control, what such a flood costs this machine (the flooder's core, the
+  kernel's receive path) without the tunnel's socket.
+
+Where the CPU goes: the flooder runs on the same two cores as A, B and iperf3, and
+the receiving kernel's work on each datagram (softirq: IP receive, route and
+socket look-up, checksum, B's socket filter) mostly runs on the flooder's CPU, in
+its time. The figures say, per flood: the flooder's cores and datagrams a second,
+B's cores, the machine's idle and softirq cores (/proc/stat), off and on.
 
 Each flood is measured in one iperf3 run through phases of one second, the flood
 off, on, off, ... (the flooder keeps the schedule); the goodput of a phase is
 what B wrote to its TUN in it. On a small shared machine separate runs drift by
 tens of percent; neighbouring phases see the same machine.
 
-Figures: ``flood_handshake_goodput_ratio`` and ``flood_junk_goodput_ratio``
-(the median over the flood phases of the goodput over the mean of the two
-neighbouring phases without), ``flood_new_peer_handshake_s`` (C's first
-initiation, sent into a running handshake flood, to its completed handshake:
-through B's cookie reply and C's retry with mac2; the target is 5 s +
+Figures: ``flood_handshake_goodput_ratio``, ``flood_junk_goodput_ratio`` and
+``flood_junk_data_goodput_ratio`` (the median over the flood phases of the goodput
+over the mean of the two neighbouring phases without), ``flood_new_peer_handshake_s``
+(C's first initiation, sent into a running handshake flood, to its completed
+handshake: through B's cookie reply and C's retry with mac2; the target is 5 s +
 REKEY_TIMEOUT), B's CPU seconds per Gbit under each flood over without, and B's
-memory: RSS at the start and its growth over all floods (``flood_rss_growth``,
-a fraction; without --quick also after 30 s of handshake flood from 65,000
-sources).
+memory (all its processes): RSS at the start and its growth over all floods
+(``flood_rss_growth``, a fraction; without --quick also after 30 s of handshake
+flood from 65,000 sources).
 
 Every flood is bounded in seconds and packets (``flood()``).
 """
@@ -89,7 +100,7 @@ A_LINK, B_LINK_A = "198.18.0.1", "198.18.0.2"
 F_LINK, B_LINK_F = "198.18.2.1", "198.18.2.2"
 INNER_A, INNER_B, INNER_C = "198.18.40.1", "198.18.40.2", "198.18.40.3"
 PORT = 51820
-FLOODS = ("handshake", "junk", "junk-closed")
+FLOODS = ("handshake", "junk", "junk-data", "junk-closed")
 IPERF_PORT = 5201
 #: nothing listens here in B (the junk flood's control)
 CLOSED_PORT = 9
@@ -150,6 +161,20 @@ def junk_packets(dst: str, port: int, n: int, seed: int) -> list[bytes]:
     return out
 
 
+def data_junk_packets(dst: str, port: int, n: int, seed: int) -> list[bytes]:
+    """``n`` datagrams shaped as WireGuard transport data (type 4, three zero bytes,
+    32..512 bytes) with random receiver indices, counters and contents, from forged
+    sources: what passes a filter of message shapes, down to the receiver look-up."""
+    rng = random.Random(seed)
+    d = ipaddress.IPv4Address(dst).packed
+    out = []
+    for _ in range(n):
+        src, sport = _spoofed(rng)
+        body = b"\x04\x00\x00\x00" + rng.randbytes(rng.randrange(28, 509))
+        out.append(ipv4_udp(src, sport, d, port, body))
+    return out
+
+
 # --------------------------------------------------------------------------- sender
 
 
@@ -178,10 +203,60 @@ class FloodResult:
     sent: int = 0
     seconds: float = 0.0
     errors: int = 0
+    #: the flooding process's CPU seconds (user + system) while it ran: its sending,
+    #: and the receiving kernel's softirq work that ran on its CPU in its time
+    cpu_s: float = 0.0
+    #: "packet" (frames on a packet socket, no qdisc) or "raw" (an IP raw socket)
+    method: str = ""
 
     @property
     def pps(self) -> float:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cores(self) -> float:
+        """The flooder's CPU over its flooding time (its off windows it sleeps)."""
+        return self.cpu_s / self.seconds if self.seconds > 0 else 0.0
+
+
+#: SOL_PACKET options (linux/if_packet.h)
+SOL_PACKET = 263
+PACKET_QDISC_BYPASS = 20
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where a packet-socket flooder writes frames: its interface (in the flooding
+    namespace) and the two ends' Ethernet addresses."""
+
+    ifname: str
+    src_mac: bytes
+    dst_mac: bytes
+
+    def frame(self, packet: bytes) -> bytes:
+        return self.dst_mac + self.src_mac + b"\x08\x00" + packet
+
+
+def _open_sender(dst: str, link: Link | None) -> tuple[socket.socket, int]:
+    """The sending socket and how many bytes each message has before the IP packet.
+
+    With ``link``: a packet socket bound to the interface, PACKET_QDISC_BYPASS on,
+    protocol 0 (it receives nothing): a frame goes from ``sendmmsg`` straight to the
+    driver, with no route lookup, no IP output, no netfilter and no qdisc -- the least
+    the flooding side can spend a datagram, as a traffic generator does. Without: an
+    IP raw socket connected to ``dst`` (the whole IP output path a datagram)."""
+    if link is None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s.connect((dst, 0))
+        return s, 0
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        s.bind((link.ifname, 0))
+    except BaseException:
+        s.close()
+        raise
+    return s, 14
 
 
 def flood(
@@ -194,13 +269,16 @@ def flood(
     batch: int = 64,
     stop_file: str | None = None,
     on_off: tuple[float, float, float] | None = None,
+    link: Link | None = None,
 ) -> FloodResult:
-    """Send ``packets`` (whole IPv4 packets, cycled) to ``dst`` on a raw socket with
-    ``sendmmsg``: at ``rate_pps`` (None: as fast as they go), for at most ``seconds``
-    and ``max_packets`` (both also capped by MAX_FLOOD_*), or until ``stop_file``
-    exists. ``on_off = (start, on, off)``: only in the windows ``[start + k(on+off),
-    start + k(on+off) + on)`` of the monotonic clock. Every packet's addresses must
-    lie in 198.18.0.0/15. Run it inside the flooding namespace (root)."""
+    """Send ``packets`` (whole IPv4 packets, cycled) to ``dst`` with ``sendmmsg``, in
+    Ethernet frames on a packet socket on ``link`` (the cheapest sending path; see
+    ``_open_sender``), else on a raw IP socket: at ``rate_pps`` (None: as fast as they
+    go), for at most ``seconds`` and ``max_packets`` (both also capped by MAX_FLOOD_*),
+    or until ``stop_file`` exists. ``on_off = (start, on, off)``: only in the windows
+    ``[start + k(on+off), start + k(on+off) + on)`` of the monotonic clock. Every
+    packet's addresses must lie in 198.18.0.0/15. Run it inside the flooding
+    namespace (root)."""
     check_address(dst)
     want = ipaddress.IPv4Address(dst).packed
     net = netns.ALLOWED_NETS[0]
@@ -213,12 +291,13 @@ def flood(
     max_packets = min(max_packets, MAX_FLOOD_PACKETS)
     libc = ctypes.CDLL(None, use_errno=True)
     n = len(packets)
-    blob = ctypes.create_string_buffer(b"".join(packets))
+    frames = [link.frame(p) for p in packets] if link is not None else packets
+    blob = ctypes.create_string_buffer(b"".join(frames))
     base = ctypes.addressof(blob)
     iovs = (_Iovec * n)()
     msgs = (_Mmsghdr * (n + batch))()
     off = 0
-    for i, p in enumerate(packets):
+    for i, p in enumerate(frames):
         iovs[i].iov_base = base + off
         iovs[i].iov_len = len(p)
         off += len(p)
@@ -226,10 +305,10 @@ def flood(
         msgs[i].msg_hdr.msg_iov = ctypes.pointer(iovs[i % n])
         msgs[i].msg_hdr.msg_iovlen = 1
     size = ctypes.sizeof(_Mmsghdr)
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    res = FloodResult()
+    s, _ = _open_sender(dst, link)
+    res = FloodResult(method="raw" if link is None else "packet")
+    cpu0 = os.times()
     try:
-        s.connect((dst, 0))
         s.setblocking(False)
         fd = s.fileno()
         t0 = last = time.monotonic()
@@ -254,11 +333,11 @@ def flood(
                     continue
             res.seconds += now - last  # time spent flooding (the on windows)
             count = min(batch, max_packets - res.sent)
-            if rate_pps is not None:
-                tokens = min(tokens + (now - last) * rate_pps, float(batch))
+            if rate_pps is not None:  # a token bucket of 5 ms (at least one batch)
+                tokens = min(tokens + (now - last) * rate_pps, max(float(batch), rate_pps / 200))
                 last = now
                 if tokens < 1.0:
-                    time.sleep(min(0.002, end - now))
+                    time.sleep(max(0.0, min((1.0 - tokens) / rate_pps, 0.002, end - now)))
                     continue
                 count = min(count, int(tokens))
             last = now
@@ -274,6 +353,8 @@ def flood(
             pos = (pos + k) % n
     finally:
         s.close()
+        cpu1 = os.times()
+        res.cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return res
 
 
@@ -293,12 +374,32 @@ class Scene:
     c: wggo.WireguardGo
     b_name: str
     stops: list[Any] = field(default_factory=list)
+    #: f's veth to B, for the packet-socket flooder
+    link: Link | None = None
+
+    def _b_procs(self) -> list[psutil.Process]:
+        """B's processes: ``up`` and the workers it forked."""
+        try:
+            top = psutil.Process(self.b_pid)
+            return [top, *top.children(recursive=True)]
+        except psutil.Error:
+            return []
 
     def rss(self) -> int:
-        try:
-            return int(psutil.Process(self.b_pid).memory_info().rss)
-        except psutil.Error:
-            return 0
+        total = 0
+        for p in self._b_procs():
+            with contextlib.suppress(psutil.Error):
+                total += int(p.memory_info().rss)
+        return total
+
+    def b_cpu(self) -> float:
+        """B's CPU seconds so far (user + system, all its processes)."""
+        total = 0.0
+        for p in self._b_procs():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
     def close(self) -> None:
         for stop in reversed(self.stops):
@@ -315,6 +416,14 @@ def _b_config(name: str, key: bytes, a_pub: bytes, c_pub: bytes) -> str:
         f"Endpoint = {A_LINK}:{PORT}\n\n"
         f"[Peer]\nPublicKey = {keys.b64_encode(c_pub)}\nAllowedIPs = {INNER_C}/32\n"
     )
+
+
+def _mac(h: netns.Netns, ifname: str) -> bytes:
+    """An interface's Ethernet address, as ``ip -j link`` gives it."""
+    import json
+
+    doc = json.loads(h.ip("-j", "link", "show", "dev", ifname))
+    return bytes.fromhex(str(doc[0]["address"]).replace(":", ""))
 
 
 def build(tmp: Path, extra: list[str] | None = None) -> Scene:
@@ -364,7 +473,8 @@ def build(tmp: Path, extra: list[str] | None = None) -> Scene:
         go_c.start()
         stops.append(go_c.stop)
         go_c.set_peer(pb, allowed_ips=[f"{INNER_B}/32"], endpoint=(B_LINK_F, PORT))
-        return Scene(tmp, tb, a, b, f, row, proc.pid, pb, go_c, name, stops)
+        link = Link("veth0", _mac(f, "veth0"), _mac(b, "veth1"))
+        return Scene(tmp, tb, a, b, f, row, proc.pid, pb, go_c, name, stops, link)
     except BaseException:
         for stop in reversed(stops):
             with contextlib.suppress(Exception):
@@ -383,8 +493,10 @@ class Flooding:
         rate: float | None,
         seconds: float,
         on_off: tuple[float, float, float] | None = None,
+        packet_socket: bool = True,
     ) -> None:
         self.scene = scene
+        self.packet_socket = packet_socket
         self.stop_file = str(scene.tmp / f"stop-{time.monotonic_ns()}")
         self.packets = packets
         self.rate = rate
@@ -402,6 +514,7 @@ class Flooding:
             self.seconds,
             self.stop_file,
             self.on_off,
+            self.scene.link if self.packet_socket else None,
         )
         if self.on_off is None:
             time.sleep(0.2)
@@ -423,6 +536,7 @@ def _flood_args(
     seconds: float,
     stop_file: str,
     on_off: tuple[float, float, float] | None,
+    link: Link | None = None,
 ) -> FloodResult:
     return flood(
         dst,
@@ -432,6 +546,7 @@ def _flood_args(
         max_packets=MAX_FLOOD_PACKETS if rate is None else int(rate * seconds) + 1,
         stop_file=stop_file,
         on_off=on_off,
+        link=link,
     )
 
 
@@ -450,10 +565,29 @@ class Phase:
     flooding: bool
     gbit: float
     cpu_per_gbit: float
+    #: B's CPU (cores), and the machine's (/proc/stat): busy and softirq cores (the
+    #: softirq ticks: the receive work of the kernel that lands in softirq context)
+    b_cores: float = 0.0
+    busy_cores: float = 0.0
+    softirq_cores: float = 0.0
+
+
+def _proc_stat() -> tuple[float, float]:
+    """(busy, softirq) CPU seconds of the whole machine so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + v[4]
+    return (sum(v[:8]) - idle) / hz, v[6] / hz
 
 
 def phased(
-    scene: Scene, packets: list[bytes], rate: float | None, pairs: int, phase: float
+    scene: Scene,
+    packets: list[bytes],
+    rate: float | None,
+    pairs: int,
+    phase: float,
+    packet_socket: bool = True,
 ) -> tuple[list[Phase], FloodResult]:
     """One iperf3 stream A->B through ``2 * pairs + 1`` phases of ``phase`` seconds,
     the flood off, on, off, ..., off (the flooder keeps the schedule itself); each
@@ -467,7 +601,7 @@ def phased(
         stderr=subprocess.DEVNULL,
     )
     cli: subprocess.Popen[bytes] | None = None
-    samples: list[tuple[float, int, float]] = []
+    samples: list[tuple[float, int, float, tuple[float, float]]] = []
     fl: Flooding | None = None
     try:
         time.sleep(0.3)
@@ -479,11 +613,11 @@ def phased(
         )
         t_s = time.monotonic() + warm
         on_off = (t_s + phase, phase, phase)
-        with Flooding(scene, packets, rate, warm + n * phase + 1.0, on_off) as fl:
+        with Flooding(scene, packets, rate, warm + n * phase + 1.0, on_off, packet_socket) as fl:
             for k in range(n + 1):
                 time.sleep(max(0.0, t_s + k * phase - time.monotonic()))
                 got = scene.b.run(_rx_bytes, scene.b_name)
-                samples.append((time.monotonic(), got, scene.row.cpu()))
+                samples.append((time.monotonic(), got, scene.b_cpu(), _proc_stat()))
         cli.wait(total + 10)
     finally:
         for p in (cli, srv):
@@ -492,10 +626,12 @@ def phased(
                 p.wait(5)
     out = []
     for k in range(n):
-        (t0, b0, c0), (t1, b1, c1) = samples[k], samples[k + 1]
-        g = (b1 - b0) * 8 / 1e9 / max(t1 - t0, 1e-6)
-        cpg = (c1 - c0) / (g * (t1 - t0)) if g > 0 else float("nan")
-        out.append(Phase(k % 2 == 1, g, cpg))
+        (t0, b0, c0, m0), (t1, b1, c1, m1) = samples[k], samples[k + 1]
+        dt = max(t1 - t0, 1e-6)
+        g = (b1 - b0) * 8 / 1e9 / dt
+        cpg = (c1 - c0) / (g * dt) if g > 0 else float("nan")
+        busy, sirq = (m1[0] - m0[0]) / dt, (m1[1] - m0[1]) / dt
+        out.append(Phase(k % 2 == 1, g, cpg, (c1 - c0) / dt, busy, sirq))
     return out, fl.result if fl is not None else FloodResult()
 
 
@@ -548,9 +684,11 @@ def run(ctx: BenchContext) -> BenchResult:
         raise ConfigError(f"bench flood: {reason}")
     if shutil.which("iperf3") is None:
         raise ConfigError("bench flood: iperf3 is not installed (apt-get install iperf3)")
-    # --quick: more flood phases for the two figures with targets, no control run
-    pairs = 8 if ctx.quick else 15
-    kinds = FLOODS[:2] if ctx.quick else FLOODS
+    # --quick: the floods at the tunnel's port (no control run), fewer phases; junk-data
+    # (no target: without a filter of receiver indices it costs B tenfold) the fewest
+    pairs = 7 if ctx.quick else 15
+    pairs_of = {"junk-data": 4} if ctx.quick else {}
+    kinds = FLOODS[:3] if ctx.quick else FLOODS
     phase = 1.0
     hs_rate = HANDSHAKE_FLOOD_X * UNDER_LOAD_RATE
     tmp = Path(tempfile.mkdtemp(prefix="nof-bench-flood-"))
@@ -569,6 +707,7 @@ def run(ctx: BenchContext) -> BenchResult:
                 hs_rate,
             ),
             "junk": (junk_packets(B_LINK_F, PORT, SPOOF_SOURCES, 2), None),
+            "junk-data": (data_junk_packets(B_LINK_F, PORT, SPOOF_SOURCES, 4), None),
             "junk-closed": (junk_packets(B_LINK_F, CLOSED_PORT, SPOOF_SOURCES, 2), None),
         }
         _ping_rtts(scene.a, INNER_B, 3, 0.2)  # the session A-B
@@ -584,7 +723,8 @@ def run(ctx: BenchContext) -> BenchResult:
         rss.append(("after new peer", scene.rss()))
         for cond in kinds:
             packets, rate = pk[cond]
-            runs[cond], floods[cond] = phased(scene, packets, rate, pairs, phase)
+            n_pairs = pairs_of.get(cond, pairs)
+            runs[cond], floods[cond] = phased(scene, packets, rate, n_pairs, phase)
             rss.append((f"after {cond}", scene.rss()))
             ctx.progress(
                 f"{cond}: goodput flood/no flood {paired_ratio(runs[cond]):.3f} "
@@ -608,6 +748,7 @@ def run(ctx: BenchContext) -> BenchResult:
     def med(cond: str, flooding: bool, what: str = "gbit") -> float:
         return _median([getattr(p, what) for p in runs[cond] if p.flooding == flooding])
 
+    ncpu = float(os.cpu_count() or 1)
     rss0 = rss[0][1]
     rss_max = max(v for _, v in rss)
     rss_end = rss[-1][1]
@@ -615,11 +756,13 @@ def run(ctx: BenchContext) -> BenchResult:
         "flood_handshake_goodput_ratio": paired_ratio(runs["handshake"]),
         "flood_junk_goodput_ratio": paired_ratio(runs["junk"]),
         "flood_new_peer_handshake_s": hs_s,
+        "flood_junk_data_goodput_ratio": paired_ratio(runs["junk-data"]),
         "flood_junk_closed_port_goodput_ratio": (
             paired_ratio(runs["junk-closed"]) if "junk-closed" in runs else float("nan")
         ),
         "flood_handshake_cpu_per_gbit_ratio": paired_ratio(runs["handshake"], "cpu_per_gbit"),
         "flood_junk_cpu_per_gbit_ratio": paired_ratio(runs["junk"], "cpu_per_gbit"),
+        "flood_junk_data_cpu_per_gbit_ratio": paired_ratio(runs["junk-data"], "cpu_per_gbit"),
         "flood_rss_start_mb": rss0 / 1e6,
         "flood_rss_max_mb": rss_max / 1e6,
         "flood_rss_growth": ratio(rss_end - rss0, rss0),
@@ -629,6 +772,13 @@ def run(ctx: BenchContext) -> BenchResult:
         metrics[f"gbit_s_{key}_off"] = med(c, False)
         metrics[f"gbit_s_{key}_on"] = med(c, True)
         metrics[f"flood_{key}_pps"] = floods[c].pps
+        # where the CPU went: the flooder's process (its sending and the receive
+        # softirq that ran in its time), B, the machine's softirq ticks, idle
+        metrics[f"flood_{key}_flooder_cores"] = floods[c].cores
+        for on, tag in ((False, "off"), (True, "on")):
+            metrics[f"flood_{key}_b_cores_{tag}"] = med(c, on, "b_cores")
+            metrics[f"flood_{key}_softirq_cores_{tag}"] = med(c, on, "softirq_cores")
+            metrics[f"flood_{key}_idle_cores_{tag}"] = ncpu - med(c, on, "busy_cores")
     rows: list[dict[str, Any]] = []
     for c in kinds:
         rows.append(
@@ -639,6 +789,15 @@ def run(ctx: BenchContext) -> BenchResult:
                 "on/off": round(paired_ratio(runs[c]), 3),
                 "B cpu s/Gbit off": round(med(c, False, "cpu_per_gbit"), 2),
                 "B cpu s/Gbit on": round(med(c, True, "cpu_per_gbit"), 2),
+                "B cores off/on": f"{med(c, False, 'b_cores'):.2f}/{med(c, True, 'b_cores'):.2f}",
+                "idle cores off/on": (
+                    f"{ncpu - med(c, False, 'busy_cores'):.2f}/"
+                    f"{ncpu - med(c, True, 'busy_cores'):.2f}"
+                ),
+                "softirq cores off/on": (
+                    f"{med(c, False, 'softirq_cores'):.2f}/{med(c, True, 'softirq_cores'):.2f}"
+                ),
+                "flooder cores": round(floods[c].cores, 2),
                 "flood pps": round(floods[c].pps),
                 "packets": floods[c].sent,
             }
@@ -648,14 +807,26 @@ def run(ctx: BenchContext) -> BenchResult:
     dig = rx.get("digest", {}).get("reasons", {})
     udp = status.get("devices", {}).get("udp", {})
     notes = [
-        f"one iperf3 TCP stream A->B a flood, through {2 * pairs + 1} phases of {phase:g} s: "
+        f"one iperf3 TCP stream A->B a flood, through {2 * pairs + 1} phases of {phase:g} s "
+        f"({', '.join(f'{k}: {2 * v + 1}' for k, v in pairs_of.items()) or 'each flood'}): "
         "off, on, off, ...; goodput = what B wrote to its TUN in a phase; ratios: median over "
         "the flood phases of on / mean of the two neighbouring off phases",
         f"handshake flood: {hs_rate:g}/s ({HANDSHAKE_FLOOD_X:g} x under-load threshold "
         f"{UNDER_LOAD_RATE:g}/s), valid mac1, {SPOOF_SOURCES} forged sources in {SPOOF_NET}",
-        "junk flood: random 1..512-byte datagrams, forged sources/ports, sendmmsg on a raw "
-        "socket as fast as one core sends; junk-closed: the same to a closed port of B "
-        "(the control: what such a flood costs this machine without the tunnel's socket)",
+        "junk flood: random 1..512-byte datagrams, forged sources/ports, as fast as the "
+        "flooder sends them (sendmmsg of frames on a packet socket, no qdisc); junk-data: "
+        "the same shaped as transport data (type 4, 32..512 bytes) with random receiver "
+        "indices; junk-closed: junk to a closed port of B (the control: what such a flood "
+        "costs this machine without the tunnel's socket)",
+        *(
+            f"{c}: the flooder's process took {floods[c].cores:.2f} cores at "
+            f"{floods[c].pps:.0f} datagrams/s ({_us(floods[c])} us a datagram: its sending and "
+            "the receiving kernel's softirq that ran in its time); the machine's idle cores "
+            f"off/on {ncpu - med(c, False, 'busy_cores'):.2f}/"
+            f"{ncpu - med(c, True, 'busy_cores'):.2f}"
+            for c in kinds
+            if c != "handshake"
+        ),
         f"new peer: C's handshake {hs_s:.2f} s during the handshake flood "
         f"(target <= {5.0 + REKEY_TIMEOUT:g} s; {floods['new-peer'].sent} initiations sent)",
         *(
@@ -680,6 +851,10 @@ def run(ctx: BenchContext) -> BenchResult:
         notes=notes,
         series=series,
     )
+
+
+def _us(r: FloodResult) -> str:
+    return f"{r.cpu_s / r.sent * 1e6:.2f}" if r.sent else "-"
 
 
 def _show(scene: Scene) -> dict[str, Any]:
