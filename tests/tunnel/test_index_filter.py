@@ -124,3 +124,33 @@ def test_the_kernel_keeps_what_the_rules_keep(
     want = [m for m in sent if oracle(m, set(live))]
     assert got == want
     assert 0 < len(want) < len(sent)
+
+
+@pytest.mark.kernel
+def test_keep_live_on_the_tunnels_device(
+    two_hosts: tuple[netns.Testbed, netns.Netns, netns.Netns],
+) -> None:
+    from netoffload.devices.udp_ip import UdpIpDevice
+    from netoffload.tunnel.index_filter import filter_of, keep_live
+
+    _tb, a, b = two_hosts
+    dev = a.run(UdpIpDevice.bind_here, 0)
+    tx = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert keep_live(dev, {7, 8}) and not keep_live(dev, [8, 7])
+        f = filter_of(dev)
+        assert f is not None and f.checks_index and f.rebuilds == 1
+        assert keep_live(dev, {8, 9})  # 7 gone, 9 new
+
+        def data(i: int) -> bytes:
+            return b"\4\0\0\0" + struct.pack("<I", i) + bytes(40)
+
+        for i in (7, 8, 9, 10):
+            tx.sendto(data(i), ("198.18.0.1", dev.local_port))
+        time.sleep(0.2)
+        got = dev.recv()
+        kept = [struct.unpack_from("<I", p, 28 + 4)[0] for p in got.packets()]
+        assert kept == [8, 9]
+    finally:
+        dev.close()
+        tx.close()

@@ -20,15 +20,19 @@ comparisons (cBPF has no maps): about ``2 log2(n) + 8`` instructions a data mess
 re-attaches it when the set changed (``SO_ATTACH_FILTER`` swaps programs atomically).
 A new local index must be in the program before the message that announces it leaves
 (the peer answers to it within a round trip): call ``refresh`` before sending
-handshake messages. Offsets are from the UDP header, as a UDP socket's filter runs;
-the receiver index is little-endian on the wire and a cBPF word load is big-endian,
-so the program compares byte-swapped values.
+handshake messages. ``keep_live(device, indices)`` is that in one call for a device
+with ``attach_filter`` (its ``IndexFilter`` made on first use). Offsets are from the
+UDP header, as a UDP socket's filter runs; the receiver index is little-endian on the
+wire and a cBPF word load is big-endian, so the program compares byte-swapped values.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
+from netoffload.errors import NetoffloadError
 from netoffload.wire.wireguard import (
     COOKIE_LEN,
     DATA_MIN_LEN,
@@ -171,3 +175,25 @@ class IndexFilter:
             "rebuilds": self.rebuilds,
             "instructions": self.instructions,
         }
+
+
+_FILTERS: weakref.WeakKeyDictionary[Any, IndexFilter] = weakref.WeakKeyDictionary()
+
+
+def keep_live(device: Any, indices: Collection[int]) -> bool:
+    """Refresh ``device``'s live-index filter (``device.attach_filter`` installs it; the
+    first call makes its ``IndexFilter``). True if a new program went in. When the
+    kernel refuses one, False: the program attached before (the shape filter at
+    least) stays, and the next call tries again."""
+    f = _FILTERS.get(device)
+    if f is None:
+        f = _FILTERS[device] = IndexFilter(device.attach_filter)
+    try:
+        return f.refresh(indices)
+    except NetoffloadError:
+        return False
+
+
+def filter_of(device: Any) -> IndexFilter | None:
+    """The ``IndexFilter`` ``keep_live`` keeps for ``device`` (for status reports)."""
+    return _FILTERS.get(device)
