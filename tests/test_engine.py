@@ -646,3 +646,43 @@ def test_two_devices_and_software_share_a_batch(pkts: list[tuple[bytes, int]]) -
     for i, d in enumerate(devs):
         assert d.stats.packets == sum(1 for _, k in pkts if k == i)
     assert eng.counters[Task.DIGEST].software == sum(1 for _, k in pkts if k < 0)
+
+
+class Asked(Always):
+    """Always, remembering which tasks it was asked to split."""
+
+    name = "asked"
+
+    def __init__(self) -> None:
+        self.asked: list[Task] = []
+
+    def split(self, task, batch, want, devices, load):  # type: ignore[no-untyped-def]
+        self.asked.append(task)
+        return super().split(task, batch, want, devices, load)
+
+
+@given(packets)
+def test_a_stage_no_device_can_do_is_not_offered_to_the_policy(
+    pkts: list[tuple[bytes, int]],
+) -> None:
+    """With a device that does only the checksum, the policy is asked about the
+    checksum alone, and the batch comes out as with every stage in software."""
+    outs = []
+    for policy, devs in ((Never(), False), (Asked(), True)):
+        soft = lib()
+        dev = SoftwareDevice(soft, name="sw")
+        dev.enable(Task.CHECKSUM)
+        tasks = Task.CHECKSUM | Task.ENCRYPT | Task.DIGEST | Task.TCP_SEGMENT
+        eng = Engine(Direction.TX, tasks, soft, policy, [dev] if devs else [])
+        b = Batch.from_packets([p for p, _ in pkts])
+        b.ext.tasks[:] = [t for _, t in pkts]
+        b.ext.l3_proto[:] = 4
+        out = eng.process(b).batch
+        outs.append(out.packets())
+        if isinstance(policy, Asked):
+            assert set(policy.asked) <= {Task.CHECKSUM}
+            wanted = any(t & Task.CHECKSUM for _, t in pkts)
+            assert (Task.CHECKSUM in policy.asked) == wanted
+            n_ck = sum(len(expected(p, t)) for p, t in pkts if t & Task.CHECKSUM)
+            assert eng.counters[Task.CHECKSUM].offloaded == n_ck
+    assert outs[0] == outs[1]
