@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from netoffload import heap
 from netoffload.errors import ConfigError
 
 STATE_DIR = Path("/run/netoffload")
@@ -109,6 +110,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     else:
         workers = default_workers()
     _need_root("up")
+    heap.start_trimmer()  # freed per-batch buffers leave RSS (heap.py); forks inherit it
     policy = getattr(args, "policy", None)
     pfile = getattr(args, "policy_file", None)
     nic = getattr(args, "nic", None)
