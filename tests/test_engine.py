@@ -686,3 +686,22 @@ def test_a_stage_no_device_can_do_is_not_offered_to_the_policy(
             n_ck = sum(len(expected(p, t)) for p, t in pkts if t & Task.CHECKSUM)
             assert eng.counters[Task.CHECKSUM].offloaded == n_ck
     assert outs[0] == outs[1]
+
+
+def test_software_costs_kept_only_for_tasks_a_device_has() -> None:
+    """Only a task some device has enabled is ever weighed against a device: the
+    software runs of the others are not queued for the cost fit (which folded a
+    thousand of them at once, a millisecond, every thousand batches)."""
+    soft = lib()
+    dev = SoftwareDevice(soft, name="sw")
+    dev.enable(Task.CHECKSUM)
+    eng = Engine(Direction.TX, Task.CHECKSUM | Task.ENCRYPT, soft, Never(), [dev])
+    for _ in range(3):
+        b = Batch.from_packets([b"abc", b"de"])
+        b.ext.tasks[:] = Task.CHECKSUM | Task.ENCRYPT
+        b.ext.l3_proto[:] = 4
+        eng.process(b)
+    cost = eng.monitor.snapshot(0.0).cost
+    assert cost[(Task.CHECKSUM, -1)].samples == 3
+    assert (Task.ENCRYPT, -1) not in cost
+    assert eng.counters[Task.ENCRYPT].software == 6

@@ -227,6 +227,7 @@ class Engine:
         self._acc = np.zeros(3 * len(self.stages), dtype=np.int64)
         self._observer: tuple[Policy | None, bool] = (None, False)
         self._snap: LoadSnapshot | None = None  # the load snapshot of this batch
+        self._costed = -1  # task bits whose software runs go to the monitor (start() sets it)
 
     @property
     def counters(self) -> dict[Task, TaskCounters]:
@@ -349,6 +350,13 @@ class Engine:
             if self.devices:
                 loads = [d.load() for d in self.devices]  # once: a load may ask the OS
                 views = self.device_views(loads)
+                # software costs are kept for the tasks a device has enabled: only those
+                # are ever weighed against a device (the rest would only queue up runs
+                # for the cost fit to fold, 1024 runs a task at once every 1024 pings)
+                costed = 0
+                for v in views:
+                    costed |= int(v.buffer.enabled_tasks)
+                self._costed = costed
                 self.monitor.set_devices(
                     tuple(x.occupancy for x in loads), tuple(v.up for v in views)
                 )
@@ -519,7 +527,8 @@ class Engine:
         if dead or before:
             self._count_drops(t, out, before)
         if self.devices:  # costs and feedback only matter where there is a choice
-            self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
+            if self._costed & _INT[t]:  # (the policies' cost models read no other task)
+                self.monitor.record(t, SOFTWARE, nsel, nbytes, dt / 1e9)
             if self._observes():  # else a no-op: skip building the feedback
                 self.policy.observe(Feedback(t, SOFTWARE, nsel, nbytes, dt / 1e9, self.clock()))
         return out
