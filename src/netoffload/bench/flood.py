@@ -333,11 +333,13 @@ def flood(
                     continue
             res.seconds += now - last  # time spent flooding (the on windows)
             count = min(batch, max_packets - res.sent)
-            if rate_pps is not None:  # a token bucket of 5 ms (at least one batch)
+            if rate_pps is not None:  # a token bucket of 5 ms (at least one batch), and
+                # a wake-up every 2 ms at most: a flooder waking for each datagram of a
+                # slow flood costs the shared machine more than the datagrams do
                 tokens = min(tokens + (now - last) * rate_pps, max(float(batch), rate_pps / 200))
                 last = now
                 if tokens < 1.0:
-                    time.sleep(max(0.0, min((1.0 - tokens) / rate_pps, 0.002, end - now)))
+                    time.sleep(max(0.0, min(0.002, end - now)))
                     continue
                 count = min(count, int(tokens))
             last = now
