@@ -119,7 +119,6 @@ def test_flood_is_bounded_in_packets_and_arrives_forged(method: str) -> None:
     assert all(ipaddress.ip_address(a) in fl.SPOOF_NET for a, _ in got)
     sent = {(str(IP(p).src), IP(p)[UDP].sport) for p in packets}
     assert {(a, p) for a, p in got} <= sent  # what arrived is what was sent
-    assert r.cpu_s > 0
 
 
 def test_data_junk_is_shaped_as_transport_data() -> None:
