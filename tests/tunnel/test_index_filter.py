@@ -137,7 +137,7 @@ def test_keep_live_on_the_tunnels_device(
     dev = a.run(UdpIpDevice.bind_here, 0)
     tx = b.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        assert keep_live(dev, {7, 8}) and not keep_live(dev, [8, 7])
+        assert keep_live([dev], {7, 8}) and not keep_live(dev, [8, 7])
         f = filter_of(dev)
         assert f is not None and f.checks_index and f.rebuilds == 1
         assert keep_live(dev, {8, 9})  # 7 gone, 9 new

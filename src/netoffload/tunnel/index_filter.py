@@ -182,9 +182,12 @@ _FILTERS: weakref.WeakKeyDictionary[Any, IndexFilter] = weakref.WeakKeyDictionar
 
 def keep_live(device: Any, indices: Collection[int]) -> bool:
     """Refresh ``device``'s live-index filter (``device.attach_filter`` installs it; the
-    first call makes its ``IndexFilter``). True if a new program went in. When the
-    kernel refuses one, False: the program attached before (the shape filter at
-    least) stays, and the next call tries again."""
+    first call makes its ``IndexFilter``); a list or tuple of devices: each of them.
+    True if a new program went in. When the kernel refuses one, False: the program
+    attached before (the shape filter at least) stays, and the next call tries again."""
+    if isinstance(device, (list, tuple)):
+        done = [keep_live(d, indices) for d in device]
+        return any(done)
     f = _FILTERS.get(device)
     if f is None:
         f = _FILTERS[device] = IndexFilter(device.attach_filter)
