@@ -322,7 +322,7 @@ def both(
 ) -> tuple[tuple[dpm.Datapath, Any], tuple[dpm.Datapath, Any]]:
     """``run`` in a world with the scalar paths off, then in its twin with them on."""
     out = []
-    for small in (0, 4):
+    for small in (0, 64):
         monkeypatch.setattr(dpm, "SMALL", small)
         dp = make_world(spec)
         out.append((dp, run(dp)))
@@ -372,7 +372,7 @@ def test_transmit_tasks_small_equals_batch(
 
 
 @SETTINGS
-@given(worlds, st.lists(tx_packets, min_size=1, max_size=6))
+@given(worlds, st.lists(tx_packets, min_size=1, max_size=12))
 def test_transmit_engine_small_equals_batch(
     monkeypatch: pytest.MonkeyPatch, spec: WorldSpec, pkts: list[TxPacket]
 ) -> None:
@@ -437,7 +437,7 @@ def test_receive_tasks_small_equals_batch(
 
 
 @SETTINGS
-@given(worlds, st.lists(rx_messages, min_size=1, max_size=6), st.sampled_from(["never", "always"]))
+@given(worlds, st.lists(rx_messages, min_size=1, max_size=12), st.sampled_from(["never", "always"]))
 def test_receive_engine_small_equals_batch(
     monkeypatch: pytest.MonkeyPatch, spec: WorldSpec, msgs: list[RxMessage], policy: str
 ) -> None:
@@ -484,7 +484,7 @@ def test_receive_engine_small_equals_batch(
 def test_tun_checksum_small_equals_batch(rows: list[tuple[int, int, int, int, int]]) -> None:
     """The TUN checksum device's submit, a packet at a time and for the batch."""
     got = []
-    for small in (0, 4):
+    for small in (0, 64):
         b = Batch.from_packets([bytes(20)] * len(rows))
         e = b.ext
         for i, (off, err, verdict, done, vflags) in enumerate(rows):
