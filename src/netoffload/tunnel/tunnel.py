@@ -42,6 +42,7 @@ from netoffload.policy.load import LoadMonitor, PsutilSampler
 from netoffload.soft import SoftLibrary, make_task
 from netoffload.tasks import Direction, Task
 from netoffload.tunnel import datapath as dpm
+from netoffload.tunnel import index_filter
 from netoffload.tunnel import metrics as prom
 from netoffload.tunnel.config import TunnelConfig
 from netoffload.tunnel.offload import TunnelOffload, outer_rows
@@ -125,6 +126,9 @@ class Tunnel:
         self.watch: dict[int, Callable[[], None]] = {}
         #: called after every turn of the loop
         self.after_turn: list[Callable[[], None]] = []
+        #: called after each UDP read, before its engine pass (a worker: the control's
+        #: news, so a session announced before the datagram arrived is known)
+        self.after_recv: Callable[[], None] | None = None
         #: replaces write_status (a worker reports to the control instead)
         self.status_hook: Callable[[], None] | None = None
         # the Prometheus exporter's HOST:PORT (tunnel/metrics.py; None: off)
@@ -373,6 +377,12 @@ class Tunnel:
         with contextlib.suppress(OSError):
             os.write(self._stop_w, b"x")
 
+    def _sockets(self) -> list[UdpIpDevice]:
+        """Every UDP socket of the interface (the workers' too: a filter is the socket's)."""
+        if self.workers is not None:
+            return self.workers.sockets
+        return [self.udp] if self.udp is not None else []
+
     def _sync_workers(self) -> None:
         """Peers and keypairs to the workers (under the lock: the UAPI thread edits them)."""
         if self.workers is not None:
@@ -461,15 +471,15 @@ class Tunnel:
                 raise DeviceDown(f"{self.name}: {e}") from None
             if self._stop_r in r:
                 break
+            for fd in r:
+                w = self.watch.get(fd)
+                if w is not None:
+                    w()
             got = self.receive() if ufd in r else 0
             if got and self._handshakes_only and self.dp.under_load:
                 hold = time.monotonic() + RX_HOLD_UNDER_LOAD
             if tfd in r:
                 self.transmit()
-            for fd in r:
-                w = self.watch.get(fd)
-                if w is not None:
-                    w()
             for f in self.after_turn:
                 f()
             if time.monotonic() - self._status_at > 1.0:
@@ -512,6 +522,10 @@ class Tunnel:
         if batch is None:
             assert self.udp is not None
             batch = self.udp.recv(RX_BATCH)
+            if self.after_recv is not None:
+                # a datagram read now was sent after the peer had our handshake message,
+                # i.e. after the control sent the session: it is there to read now
+                self.after_recv()
         b = batch
         n = len(b)
         if not n:
@@ -608,10 +622,18 @@ class Tunnel:
             self.udp.udp.note(e)
 
     def _handle(self, actions: list[Any]) -> None:
+        if not actions:
+            return
+        if self.workers is not None:
+            # a new session reaches every worker before anything that announces it
+            # leaves (the peer answers under it within a round trip)
+            self.workers.sync(force=True)
         for a in actions:
             if isinstance(a, SendDatagram):
                 if message_type(a.data) in (MSG_INITIATION, MSG_RESPONSE):
                     self.stats["handshakes_out"] += 1
+                    if self.shape_filter:  # the kernel's filter learns the new index first
+                        index_filter.keep_live(self._sockets(), self.protocol._index)
                 self._send_raw(a.dest, a.data)
             elif isinstance(a, Flush) and a.packets:
                 self._flush(a.packets)

@@ -531,6 +531,8 @@ class Workers:
         self.counters = SharedCounters()
         self.handles: list[WorkerHandle] = []
         self.steering: str = ""
+        #: every UDP socket of the interface, the control's first
+        self.sockets: list[UdpIpDevice] = []
         self._sig: object = None
         self._last_sync = 0.0
 
@@ -606,7 +608,9 @@ class Workers:
             self.handles.append(WorkerHandle(i, pid, mine))
         for j in range(1, self.n):
             os.close(fds[j])
-            socks[j].sock.close()
+        # the control keeps every socket open (not reading the workers'): a socket's
+        # filter is set on it (index_filter.keep_live) before a new index is announced
+        self.sockets = list(socks)
 
     # ---- running
     def fds(self) -> list[int]:
@@ -752,6 +756,10 @@ class Workers:
             h.ctl.close()
             h.alive = False
         self.handles = []
+        for u in self.sockets[1:]:
+            with contextlib.suppress(Exception):
+                u.close()
+        self.sockets = []
         self.counters.close()
 
 
@@ -833,6 +841,7 @@ def _worker_main(
         mirror.events.stats = w.worker_stats()
 
     w.watch[ctl.fileno()] = on_ctl
+    w.after_recv = on_ctl
     w.after_turn.append(flush)
     w.status_hook = stats
     try:
