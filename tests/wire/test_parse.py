@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
@@ -16,8 +17,16 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from netoffload.batch import Batch, Reason, XFlag
-from netoffload.wire.parse import _Reader, be_words, parse_batch
+from netoffload import _native
+from netoffload.batch import EXT_FIELDS, Batch, Reason, XFlag
+from netoffload.wire import parse as parse_mod
+from netoffload.wire.parse import (
+    _Reader,
+    be_words,
+    parse_batch,
+    parse_subset,
+    parse_subset_fast,
+)
 
 ALL_REASONS = {int(r) for r in Reason}
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -274,3 +283,97 @@ def test_reader_word_is_bounds_checked_bytes(
             p = int(off[i]) + j
             want = (want << 8) | (raw[p] if ok[i] and 0 <= p < len(raw) else 0)
         assert got[i] == want
+
+
+def _mangled(
+    pkts: list[tuple[bytes, dict[str, int], bool]],
+    junk: list[bytes],
+    cuts: list[int],
+    flips: list[tuple[int, int]],
+) -> list[bytes]:
+    raws = [r for r, _, _ in pkts]
+    prefixes = [raws[i % len(raws)][:c] for i, c in enumerate(cuts)]
+    flipped = []
+    for i, (pos, x) in enumerate(flips):
+        r = bytearray(raws[i % len(raws)])
+        r[pos % len(r)] ^= x
+        flipped.append(bytes(r))
+    junk4 = [bytes([0x45]) + j for j in junk] + [bytes([0x60]) + j for j in junk]
+    # an IPv6 header straight before a fragment header cut anywhere (40..48 bytes)
+    frag6 = bytes(IPv6(src="fd00::1", dst="fd00::2", plen=0) / IPv6ExtHdrFragment(m=1))
+    frag6 = frag6[:4] + b"\0\0" + frag6[6:]
+    v6frag = [frag6[:n] for n in range(40, 49)]
+    return raws + prefixes + flipped + junk + junk4 + v6frag
+
+
+@given(
+    pkts=st.lists(packets(), min_size=1, max_size=6),
+    junk=st.lists(st.binary(max_size=100), max_size=8),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+    flips=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 255)), max_size=8),
+    xflags=st.lists(st.integers(0, 255), max_size=60),
+    prior=st.lists(st.tuples(st.integers(-5, 300), st.integers(-5, 300)), max_size=60),
+    pick=st.lists(st.booleans(), max_size=60),
+    headroom=st.sampled_from([0, 3, 64]),
+)
+def test_parse_subset_fast_is_parse_subset(
+    pkts: list[tuple[bytes, dict[str, int], bool]],
+    junk: list[bytes],
+    cuts: list[int],
+    flips: list[tuple[int, int]],
+    xflags: list[int],
+    prior: list[tuple[int, int]],
+    pick: list[bool],
+    headroom: int,
+) -> None:
+    """The compiled fast path leaves every extension field exactly as parse_subset does,
+    for good, cut, bit-flipped and junk packets with any prior extension state."""
+    allp = _mangled(pkts, junk, cuts, flips)
+    b = Batch.from_packets(allp, headroom=headroom)
+    e = b.ext
+    for i, x in enumerate(xflags[: len(allp)]):
+        e.xflags[i] = x
+    for i, (l3, hl) in enumerate(prior[: len(allp)]):
+        e.l3_off[i] = l3
+        e.hdr_len[i] = hl
+        e.l3_proto[i] = l3 & 7
+        e.l4_off[i] = hl
+        e.l4_proto[i] = hl & 0xFF
+    sel = np.array(
+        [i for i in range(len(allp)) if (pick[i] if i < len(pick) else True)], dtype=np.int64
+    )
+    ref = b.copy()
+    want = parse_subset(ref, sel)
+    got = parse_subset_fast(b, sel)
+    assert got.tolist() == want.tolist()
+    for f in EXT_FIELDS:
+        assert getattr(b.ext, f).tolist() == getattr(ref.ext, f).tolist(), f
+    assert np.array_equal(b.buf, ref.buf)
+
+
+def test_parse_subset_fast_takes_the_compiled_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain raw-IP TCP/UDP packets (what a TUN read hands up) never reach parse_subset."""
+    if _native.kernel is None:
+        pytest.skip(f"compiled kernels not in use: {_native.status()}")
+    good = [
+        bytes(IP(src="198.18.0.1", dst="198.19.0.1") / TCP() / Raw(b"x" * 1000)),
+        bytes(
+            IP(src="198.18.0.1", dst="198.19.0.1", options=[IPOption_NOP()] * 4)
+            / UDP()
+            / Raw(b"w" * 20)
+        ),
+        bytes(IPv6(src="fd00::1", dst="fd00::2") / TCP() / Raw(b"y" * 3000)),
+        bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP() / Raw(b"z" * 20)),
+    ]
+    b = Batch.from_packets(good * 3)
+    ref = b.copy()
+    want = parse_subset(ref, np.arange(1, 12, dtype=np.int64))
+
+    def boom(batch: Batch, need: object) -> object:
+        raise AssertionError("parse_subset called")
+
+    monkeypatch.setattr(parse_mod, "parse_subset", boom)
+    got = parse_subset_fast(b, np.arange(1, 12, dtype=np.int64))
+    assert got.tolist() == want.tolist() == [0] * 11
+    for f in EXT_FIELDS:
+        assert getattr(b.ext, f).tolist() == getattr(ref.ext, f).tolist(), f

@@ -59,7 +59,7 @@ from netoffload.devices.registry import register_device
 from netoffload.errors import ConfigError, DeviceDown, DeviceError
 from netoffload.netns import Netns, available
 from netoffload.tasks import Direction, Task, bit16
-from netoffload.wire.parse import parse_batch, parse_subset
+from netoffload.wire.parse import parse_batch, parse_subset_fast
 
 #: Largest packet a TUN read/write carries (a 64 KiB super-packet plus headers).
 MAX_FRAME = 65535 + 14
@@ -574,7 +574,7 @@ class TunDevice(kc.ProbedDevice):
                 # the vnet hdr_len a TUN reports is the skb's linear head (skb_headlen),
                 # which for a GRO-merged packet holds its first segment's payload too:
                 # the segment count needs the headers' real length
-                parse_subset(b, np.flatnonzero(gso))
+                parse_subset_fast(b, np.flatnonzero(gso))
             kc.gso_segments(b, gso)
         self._rx_filtered(e)
 
