@@ -374,7 +374,11 @@ def _scalar_lpm(dp: Any) -> _ScalarLpm | None:
         return None
     s = _SCALAR_LPM.get(t)
     if s is None:
-        s = _SCALAR_LPM[t] = _ScalarLpm(t)
+        try:
+            s = _ScalarLpm(t)
+        except (AttributeError, TypeError):  # a table laid out otherwise: the batch path
+            return None
+        _SCALAR_LPM[t] = s
     return s
 
 
