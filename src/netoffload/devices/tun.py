@@ -224,16 +224,16 @@ class FrameReader:
         vl = self.vlen
         frames = self.frames
         limit = min(max_packets, len(self.hdrs) // vl) if vl else max_packets
-        while len(frames) < limit:
-            region = frames.slot()
+        # one system call a frame (a TUN has no recvmmsg): nothing else per frame but
+        # the slot and its commit, with the names looked up once
+        slot, commit, readv, hmv = frames.slot, frames.commit, os.readv, self._hmv
+        n = len(frames)
+        while n < limit:
+            region = slot()
             if region is None:
                 return
-            n = len(frames)
             try:
-                if vl:
-                    got = os.readv(fd, (self._hmv[n * vl : (n + 1) * vl], region))
-                else:
-                    got = os.readv(fd, (region,))
+                got = readv(fd, (hmv[n * vl : n * vl + vl], region) if vl else (region,))
             except BlockingIOError:
                 return
             except InterruptedError:
@@ -241,7 +241,8 @@ class FrameReader:
             if got < vl:
                 self.bad += 1
                 continue
-            frames.commit(got - vl)
+            commit(got - vl)
+            n += 1
 
     def batch(self) -> tuple[Batch, bytes]:
         """The frames read so far (at least one) as a Batch (one copy) and their packed headers."""
@@ -472,25 +473,25 @@ class TunDevice(kc.ProbedDevice):
         e = batch.ext
         alive_mask = e.alive()
         # packets that ask nothing of the kernel go with an all-zero header
-        hdrs = ext_to_vnet(e, self._vlen)
         vl = self._vlen
+        hdrs = memoryview(ext_to_vnet(e, vl))
         accepted = 0
         fd = self.fds[self._rr % len(self.fds)]
         self._rr += 1
         mv = memoryview(batch.buf.data)
-        starts = batch.start.tolist()
-        lens = batch.length.tolist()
+        starts: list[int] = batch.start.tolist()
+        ends: list[int] = (batch.start + batch.length).tolist()
         alive: list[bool] = alive_mask.tolist()
+        writev = os.writev
         deadline = 0.0
         i = 0
         while i < n:
             if not alive[i]:
                 i += 1
                 continue
-            s = starts[i]
-            pkt = mv[s : s + lens[i]]
+            s, t = starts[i], ends[i]
             try:
-                w = os.writev(fd, (hdrs[i * vl : (i + 1) * vl], pkt))
+                w = writev(fd, (hdrs[i * vl : i * vl + vl], mv[s:t]))
             except BlockingIOError:
                 if not deadline:
                     deadline = time.monotonic() + self.io_timeout
@@ -507,7 +508,7 @@ class TunDevice(kc.ProbedDevice):
                 e.error[i] = Reason.DEVICE_ERROR
                 i += 1
                 continue
-            if w != vl + lens[i]:
+            if w != vl + t - s:
                 self.tun.short_writes += 1
                 self.stats.errors += 1
                 e.error[i] = Reason.DEVICE_ERROR
@@ -550,30 +551,32 @@ class TunDevice(kc.ProbedDevice):
         e = b.ext
         if self.tap:
             parse_batch(b, ethernet=True)
-        else:
+        elif b.length.all():  # (lengths are >= 0: no empty packet)
             # no full parse on the hot path (consumers parse when they need to);
             # the IP version is one vectorised read (a table: nibble -> 4, 6 or 0)
+            np.take(_L3_OF_NIBBLE, b.buf[b.start] >> 4, out=e.l3_proto)
+        else:
             nz = b.length > 0
-            if nz.all():
-                np.take(_L3_OF_NIBBLE, b.buf[b.start] >> 4, out=e.l3_proto)
-            else:
-                e.l3_proto[nz] = _L3_OF_NIBBLE[b.buf[b.start[nz]] >> 4]
+            e.l3_proto[nz] = _L3_OF_NIBBLE[b.buf[b.start[nz]] >> 4]
         # table lookups instead of masks: NEEDS_CSUM -> PARTIAL, DATA_VALID -> GOOD, both
         # -> checksum done by the kernel; a GSO type -> TCP / UDP assembly done by the kernel
         vi = e.vflags & 3
         gt = e.gso_type & 0x7F
-        bits = _CSUM_BITS[vi] | _GSO_BITS[gt]
+        bits = _CSUM_BITS[vi]
+        bits |= _GSO_BITS[gt]
         e.done |= bits
         e.by_device |= bits
         e.csum_verdict[:] = _CSUM_VERDICT[vi]
         self.tun.csum_valid_in += int(np.count_nonzero(vi))
-        gso = gt != _GSO_NONE  # a plain int (cheaper for numpy than an IntEnum)
-        if gso.any():
-            self.tun.gso_in += int(np.count_nonzero(gso))
+        ngso = int(np.count_nonzero(gt))
+        if ngso:
+            self.tun.gso_in += ngso
+            gso = gt != _GSO_NONE  # a plain int (cheaper for numpy than an IntEnum)
             if not self.tap:
                 # the vnet hdr_len a TUN reports is the skb's linear head (skb_headlen),
                 # which for a GRO-merged packet holds its first segment's payload too:
-                # the segment count needs the headers' real length
+                # the segment count needs the headers' real length (the compiled parse,
+                # parse_subset for what it does not cover)
                 parse_subset_fast(b, np.flatnonzero(gso))
             kc.gso_segments(b, gso)
         self._rx_filtered(e)

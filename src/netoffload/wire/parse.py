@@ -227,6 +227,7 @@ def parse_subset(batch: Batch, need: NDArray[np.int64]) -> NDArray[np.uint16]:
 #: below this length a packet always takes ``parse_batch``: the compiled parse takes a
 #: too-short IPv6 fragment header (40 + 8 bytes) for a whole one, ``parse_batch`` does not
 _FAST_MIN_LEN = 48
+_PARSED = np.uint8(XFlag.PARSED)
 
 
 def parse_subset_fast(batch: Batch, need: NDArray[np.int64]) -> NDArray[np.uint16]:
@@ -247,7 +248,7 @@ def parse_subset_fast(batch: Batch, need: NDArray[np.int64]) -> NDArray[np.uint1
         return parse_subset(batch, need)
     e = batch.ext
     idx = need.astype(np.int64, copy=False)
-    slow = (batch.length[idx] < _FAST_MIN_LEN) | ((e.xflags[idx] & XFlag.PARSED) != 0)
+    slow = (batch.length[idx] < _FAST_MIN_LEN) | ((e.xflags[idx] & _PARSED) != 0)
     reason = np.zeros(m, dtype=np.uint16)
     if slow.any():
         fast_pos = np.flatnonzero(~slow)
