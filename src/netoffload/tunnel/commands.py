@@ -264,7 +264,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
             if args.iface:
                 raise ConfigError(f"{n}: not a running netoffload interface")
             continue
-        # the status file is written once a second: say how old it is
+        # the status file is written twice a second: say how old it is
         docs.append(doc)
     if args.json:
         out: Any = docs[0] if args.iface and docs else docs

@@ -1,7 +1,7 @@
 """``netoffload show --watch [IFACE] [--interval S] [--count N]``: a live terminal view.
 
 The numbers are those of ``show``, read from the same status file
-(/run/netoffload/IFACE.status.json, which the tunnel rewrites once a second):
+(/run/netoffload/IFACE.status.json, which the tunnel rewrites twice a second):
 per peer the endpoint, latest handshake and transfer, with rates between two
 status files; per direction and task the device and software counts, drops,
 errors and drops by reason, and the policy's split of the last batch where the
