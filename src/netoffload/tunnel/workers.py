@@ -62,6 +62,8 @@ TUNSETSTEERINGEBPF = 0x800454E0
 CTL_BUFFER = 4 << 20
 #: events a worker keeps while the control cannot take them (then it drops stagings)
 PENDING_LIMIT = 1024
+#: a worker tells the control of bytes received and sent at most this often (seconds)
+EVENT_EVERY = 0.05
 
 
 def default_workers() -> int:
@@ -828,14 +830,26 @@ def _worker_main(
                     udp.set_fwmark(obj.fwmark)
                 w.dp.rebuild()
 
+    last = 0.0
+
     def flush() -> None:
-        nonlocal pending
+        nonlocal pending, last
         ev = mirror.events
         if ev:
             _merge(pending, ev)
             mirror.events = Events()
-        if pending and _send_msg(ctl, ("events", pending)):
+        if not pending:
+            return
+        now = time.monotonic()
+        # bytes received/sent only move timers of seconds: sent every EVENT_EVERY at most
+        # (each message wakes the control, a context switch a packet batch otherwise);
+        # packets to stage, handshake messages and reports go at once
+        urgent = pending.staged or pending.handshakes or pending.stats is not None
+        if not urgent and now - last < EVENT_EVERY:
+            return
+        if _send_msg(ctl, ("events", pending)):
             pending = Events()
+            last = now
 
     def stats() -> None:
         mirror.events.stats = w.worker_stats()
