@@ -131,6 +131,8 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
         self._arena = kc.Arena(4 << 20, MAX_PAYLOAD + 64)
         #: source address of each packet of the last ``recv`` batch
         self.last_sources: list[Addr] = []
+        #: the arena slot each datagram of the last read landed in (its first bytes)
+        self.last_regions: list[memoryview] = []
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -448,31 +450,55 @@ class UdpDevice(kc.SocketDevice, kc.ProbedDevice):
 
     def recv(self, max_packets: int = 1024) -> Batch:
         """Datagrams waiting (non-blocking); GRO'd ones carry gso_size and segs."""
+        return self._raw_batch(self._read_datagrams(max_packets))
+
+    def _read_datagrams(self, max_packets: int) -> list[int]:
+        """Up to ``max_packets`` waiting datagrams (non-blocking) read into the arena's
+        slots (``last_regions``), their sources in ``last_sources``; returns each one's
+        UDP_GRO segment size (0: none). Stops at EAGAIN, a full arena or another
+        OSError, which is counted (DeviceDown if the socket is gone; else the next call
+        tries again: e.g. ECONNREFUSED from an earlier ICMP); EIO with GRO on also turns
+        GRO off for a while. (``SocketDevice._read_each``'s loop, without the batch.)"""
         self._check()
         gsos: list[int] = []
-        self.last_sources = []
+        sources: list[Addr] = []
+        regions: list[memoryview] = []
+        self.last_sources = sources
+        self.last_regions = regions
         if self._gro_retry_at and time.monotonic() >= self._gro_retry_at:
             self._reprobe_gro()
-
-        def read_one(region: memoryview) -> None:
-            # an error (e.g. ECONNREFUSED from an earlier ICMP) is counted, tried again next
-            # call; EIO with GRO on also turns GRO off for a while
+        arena = self._arena
+        arena.reset()
+        while len(gsos) < max_packets:
+            region = arena.slot()
+            if region is None:
+                break
             try:
                 nbytes, anc, _flags, addr = self.sock.recvmsg_into([region], _GRO_CMSG)
-            except OSError as e:
-                if e.errno == errno.EIO and self._gro_on:
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as err:
+                if err.errno == errno.EIO and self._gro_on:
                     self._drop_gro()
-                raise
+                self._io_error(err)
+                break
             g = 0
             for lvl, typ, data in anc:
                 if lvl == kc.SOL_UDP and typ == kc.UDP_GRO and len(data) >= 2:
                     fmt = "i" if len(data) >= 4 else "H"
                     g = struct.unpack(fmt, data[: struct.calcsize(fmt)])[0]
-            self._arena.commit(nbytes)
+            arena.commit(nbytes)
             gsos.append(g)
-            self.last_sources.append(addr)
+            sources.append(addr)
+            regions.append(region)
+        return gsos
 
-        b = self._read_each(self._arena, max_packets, read_one)
+    def _raw_batch(self, gsos: list[int]) -> Batch:
+        """The datagrams ``_read_datagrams`` read, as a batch of payloads with their
+        extensions (GRO'd ones: gso_size, segs, udp-assemble by the device)."""
+        b = self._arena.batch()
         if not len(b):
             return b
         e = b.ext

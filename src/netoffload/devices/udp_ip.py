@@ -32,13 +32,29 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from netoffload.batch import Batch, Ext, Reason, copy_ranges
+from netoffload.batch import Batch, CsumVerdict, Ext, FilterVerdict, Reason, copy_ranges
 from netoffload.devices import kernel_common as kc
 from netoffload.devices.udp import MAX_PAYLOAD, MAX_SEGMENTS, Addr, UdpDevice
 from netoffload.errors import DeviceDown
+from netoffload.tasks import Task
 
 OUTER4 = 28
 OUTER6 = 48
+#: a receive of at most this many datagrams (none a UDP_GRO super-datagram to split) and
+#: a send of at most this many packets take the scalar paths: plain Python ints and one
+#: struct pack a header instead of ~50 numpy calls, whose fixed cost (a microsecond or
+#: more each, whatever the size) is all a ping pays. Same batches, byte for byte
+#: (tests/devices/test_udp_ip_small.py runs both); 0 turns them off (``UdpIpDevice.small``).
+SMALL = 8
+#: the outer headers recv builds (the general path's bytes: no IP ID, flags, checksums
+#: or destination address; TTL / hop limit 64): IPv4 + UDP, IPv6 + UDP
+_HDR4 = struct.Struct("!BBH4xBBH4s4xHHHH")
+_HDR6 = struct.Struct("!B3xHBB16s16xHHHH")
+#: send's destination key per packet: 16 address bytes (IPv4 in the last 4), port, v6 flag
+_KEY = 19
+_DROP = int(FilterVerdict.DROP)
+_NOT_IP = int(Reason.NOT_IP)
+_Z12 = bytes(12)
 #: recv's slots start at multiples of this (as Batch.alloc lays them)
 SLOT_ALIGN = 64
 
@@ -92,6 +108,22 @@ class OutPool:
     def _idle(self, i: int) -> bool:
         return sys.getrefcount(self._bufs[i]) <= self._idle_refs
 
+    def buffer(self, need: int) -> NDArray[np.uint8]:
+        """``need`` bytes in the first pooled buffer no batch holds (grown if short),
+        or a fresh one when every pooled buffer is held; contents undefined."""
+        i = next((k for k in range(len(self._bufs)) if self._idle(k)), -1)
+        if i < 0 and len(self._bufs) < self.POOL:
+            self._bufs.append(np.empty(0, dtype=np.uint8))
+            i = len(self._bufs) - 1
+            self._idle_refs = sys.getrefcount(self._bufs[i])
+        if i < 0:
+            self.fresh += 1
+            return np.empty(need, dtype=np.uint8)
+        if len(self._bufs[i]) < need:
+            grown = max(need + need // 4, self.MIN_BYTES)
+            self._bufs[i] = np.empty(grown, dtype=np.uint8)
+        return self._bufs[i][:need]
+
     def batch(self, lengths: NDArray[np.int64]) -> Batch:
         """Slots of ``lengths`` bytes (no head or tail room, each rounded up to
         ``ALIGN``), contents undefined."""
@@ -100,19 +132,7 @@ class OutPool:
         slot_hi = np.cumsum(sizes)
         slot_lo = slot_hi - sizes
         need = int(slot_hi[-1]) if n else 0
-        i = next((k for k in range(len(self._bufs)) if self._idle(k)), -1)
-        if i < 0 and len(self._bufs) < self.POOL:
-            self._bufs.append(np.empty(0, dtype=np.uint8))
-            i = len(self._bufs) - 1
-            self._idle_refs = sys.getrefcount(self._bufs[i])
-        if i < 0:
-            self.fresh += 1
-            buf = np.empty(need, dtype=np.uint8)
-        else:
-            if len(self._bufs[i]) < need:
-                grown = max(need + need // 4, self.MIN_BYTES)
-                self._bufs[i] = np.empty(grown, dtype=np.uint8)
-            buf = self._bufs[i][:need]
+        buf = self.buffer(need)
         return Batch(buf, slot_lo.copy(), lengths.astype(np.int64), slot_lo, slot_hi, Ext(n))
 
 
@@ -130,6 +150,12 @@ class UdpIpDevice(UdpDevice):
         self.gro_datagrams_in = 0
         #: the buffers recv's batches are built in, reused (OutPool)
         self._out = OutPool()
+        #: batches of at most this many packets take the scalar paths (``SMALL``)
+        self.small = SMALL
+        self.last_gro = 0
+        self._dest_cache: dict[tuple[bytes, int], Addr] = {}
+        #: the small path's extensions by (IPv6 flags, done bits): copied, never handed out
+        self._ext_tmpl: dict[tuple[tuple[bool, ...], int], Ext] = {}
         self.query()  # probe now: turns UDP_GRO on (when wanted) before the first read
 
     def disable_gso(self) -> None:
@@ -166,10 +192,17 @@ class UdpIpDevice(UdpDevice):
 
     # ------------------------------------------------------------------ send
     def _dest(self, packed: bytes, port: int) -> Addr:
-        if len(packed) == 4:
-            ip = str(ipaddress.IPv4Address(packed))
-            return (f"::ffff:{ip}", port) if self.dual else (ip, port)
-        return (str(ipaddress.IPv6Address(packed)), port)
+        to = self._dest_cache.get((packed, port))
+        if to is None:
+            if len(packed) == 4:
+                ip = str(ipaddress.IPv4Address(packed))
+                to = (f"::ffff:{ip}", port) if self.dual else (ip, port)
+            else:
+                to = (str(ipaddress.IPv6Address(packed)), port)
+            if len(self._dest_cache) > 4096:
+                self._dest_cache.clear()
+            self._dest_cache[(packed, port)] = to
+        return to
 
     def send(self, batch: Batch, dest: Addr | None = None) -> int:
         """Send each live packet's UDP payload to its header's destination; returns how many."""
@@ -177,6 +210,8 @@ class UdpIpDevice(UdpDevice):
         n = len(batch)
         if not n:
             return 0
+        if n <= self.small:
+            return self._send_small(batch)
         e = batch.ext
         live = np.flatnonzero(e.alive())
         if not len(live):
@@ -191,28 +226,77 @@ class UdpIpDevice(UdpDevice):
             e.error[live[bad]] = Reason.NOT_IP
             keep = ~bad
             live, st, v6, hdr = live[keep], st[keep], v6[keep], hdr[keep]
-        # destination key per packet: 16 address bytes (IPv4 in the last 4) + port
-        key = np.zeros((len(live), 18), dtype=np.uint8)
+        # destination key per packet: 16 address bytes (IPv4 in the last 4), port, v6 flag
+        key = np.zeros((len(live), _KEY), dtype=np.uint8)
         if (~v6).any():
             key[~v6, 12:16] = batch.buf[st[~v6][:, None] + 16 + np.arange(4)]
         if v6.any():
             key[v6, 0:16] = batch.buf[st[v6][:, None] + 24 + np.arange(16)]
         key[:, 16:18] = batch.buf[(st + hdr - 6)[:, None] + np.arange(2)]
+        key[:, 18] = v6
         plen = batch.length[live] - hdr
         pstart = st + hdr
         # runs: same destination and size as the run's first, the last may be shorter
         same = np.zeros(len(live), dtype=np.bool_)
         if len(live) > 1:
             same[1:] = (key[1:] == key[:-1]).all(axis=1) & (plen[1:] <= plen[:-1])
+        return self._send_runs(
+            batch, live.tolist(), key.tobytes(), same.tolist(), plen.tolist(), pstart.tolist()
+        )
+
+    def _send_small(self, batch: Batch) -> int:
+        """``send`` of a few packets with plain ints: what the general path computes with
+        numpy (live packets, their version and destination key, runs), a packet at a time."""
+        e = batch.ext
+        errs = e.error.tolist()
+        verdicts = e.filter_verdict.tolist()
+        mv = memoryview(batch.buf.data)
+        live: list[int] = []
+        keys: list[bytes] = []
+        sames: list[bool] = []
+        pls: list[int] = []
+        pss: list[int] = []
+        prev = b""
+        prev_pl = 0
+        for i, (s, ln) in enumerate(zip(batch.start.tolist(), batch.length.tolist(), strict=True)):
+            if errs[i] or verdicts[i] == _DROP:
+                continue
+            ver = mv[s] >> 4
+            if ver == 4 and ln >= OUTER4:
+                hdr = OUTER4
+                k = _Z12 + mv[s + 16 : s + 20] + mv[s + 22 : s + 24] + b"\0"
+            elif ver == 6 and ln >= OUTER6:
+                hdr = OUTER6
+                k = mv[s + 24 : s + 40].tobytes() + mv[s + 42 : s + 44] + b"\1"
+            else:
+                e.error[i] = _NOT_IP
+                continue
+            pl = ln - hdr
+            sames.append(bool(live) and k == prev and pl <= prev_pl)
+            live.append(i)
+            keys.append(k)
+            pls.append(pl)
+            pss.append(s + hdr)
+            prev, prev_pl = k, pl
+        return self._send_runs(batch, live, b"".join(keys), sames, pls, pss)
+
+    def _send_runs(
+        self,
+        batch: Batch,
+        live: list[int],
+        keys: bytes,
+        sames: list[bool],
+        pls: list[int],
+        pss: list[int],
+    ) -> int:
+        """Send the payloads ``pss[x]:+pls[x]`` of the packets ``live`` in runs: packets
+        after the first of a run have its destination (``keys``, ``_KEY`` bytes each) and
+        size (``sames``; the last may be shorter), up to MAX_SEGMENTS and MAX_PAYLOAD: one
+        UDP_SEGMENT sendmsg a run. A run that fails marks its packets DEVICE_ERROR."""
         mv = memoryview(batch.buf.data)
         sent = 0
         i = 0
         m = len(live)
-        keys = key.tobytes()
-        pls = plen.tolist()
-        pss = pstart.tolist()
-        sixes = v6.tolist()
-        sames = same.tolist()
         while i < m:
             j = i + 1
             size = pls[i]
@@ -227,14 +311,14 @@ class UdpIpDevice(UdpDevice):
             ):
                 total += pls[j]
                 j += 1
-            k = keys[i * 18 : i * 18 + 18]
-            packed = k[12:16] if not sixes[i] else k[0:16]
+            k = keys[i * _KEY : i * _KEY + _KEY]
+            packed = k[0:16] if k[18] else k[12:16]
             to = self._dest(packed, int.from_bytes(k[16:18], "big"))
             iov = [mv[pss[x] : pss[x] + pls[x]] for x in range(i, j)]
             if self._send_run(iov, size, to):
                 sent += j - i
             else:
-                e.error[live[i:j]] = Reason.DEVICE_ERROR
+                batch.ext.error[live[i:j]] = Reason.DEVICE_ERROR
             i = j
         return sent
 
@@ -275,10 +359,119 @@ class UdpIpDevice(UdpDevice):
     # ------------------------------------------------------------------ recv
     def recv(self, max_packets: int = 1024) -> Batch:
         """Waiting datagrams, one outer IP/UDP packet each (GRO'd ones split)."""
-        raw = super().recv(max_packets)
-        n = len(raw)
+        gsos = self._read_datagrams(max_packets)
+        n = len(gsos)
         if not n:
-            return raw
+            return Batch.empty()
+        if n <= self.small and (
+            not any(gsos)
+            or all(
+                g <= 0 or ln <= min(g, 0xFFFF) for g, ln in zip(gsos, self._arena.lens, strict=True)
+            )
+        ):
+            return self._split_small()
+        return self._split(self._raw_batch(gsos))
+
+    def _source(self, addr: Addr) -> tuple[bytes, int]:
+        """(packed address, IP version) of a source recvmsg gave (cached)."""
+        cache = self._src_cache
+        p = cache.get(addr[0])
+        if p is None:
+            p = _packed(addr)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[addr[0]] = p
+        return p
+
+    def _split_small(self) -> Batch:
+        """``_split`` of a few datagrams none of which is a super-datagram, with plain
+        ints: one struct pack a header, one slice copy a payload, the extensions copied
+        from a template of what ``_split`` sets. The same batch, in the same pooled buffer."""
+        regions = self.last_regions
+        lens = self._arena.lens
+        local = self.local_port
+        hdrs: list[bytes] = []
+        los: list[int] = []
+        his: list[int] = []
+        lengths: list[int] = []
+        six: list[bool] = []
+        off = 0
+        for addr, pl in zip(self.last_sources, lens, strict=True):
+            packed, ver = self._source(addr)
+            sport = int(addr[1]) & 0xFFFF
+            if ver == 6:
+                h = _HDR6.pack(
+                    0x60, (pl + 8) & 0xFFFF, 17, 64, packed, sport, local, (pl + 8) & 0xFFFF, 0
+                )
+            else:
+                h = _HDR4.pack(
+                    0x45,
+                    0,
+                    (pl + OUTER4) & 0xFFFF,
+                    64,
+                    17,
+                    0,
+                    packed,
+                    sport,
+                    local,
+                    (pl + 8) & 0xFFFF,
+                    0,
+                )
+            hdrs.append(h)
+            six.append(ver == 6)
+            total = len(h) + pl
+            lengths.append(total)
+            los.append(off)
+            off += (total + (SLOT_ALIGN - 1)) // SLOT_ALIGN * SLOT_ALIGN
+            his.append(off)
+        buf = self._out.buffer(off)
+        mv = buf.data
+        for h, pl, lo, region in zip(hdrs, lens, los, regions, strict=True):
+            hl = len(h)
+            mv[lo : lo + hl] = h
+            mv[lo + hl : lo + hl + pl] = region[:pl]
+        del mv
+        done = int(Task.CHECKSUM)
+        if self._filter is not None and self._filter is self._whole_filter:
+            done |= int(Task.DOS_FILTER)  # as _rx_filtered marks the datagrams
+        key = (tuple(six), done)
+        tmpl = self._ext_tmpl.get(key)
+        if tmpl is None:
+            tmpl = self._template(six, done)
+        self.udp.datagrams_in += len(lens)
+        self.last_gro = 0
+        return Batch(
+            buf,
+            np.array(los, dtype=np.int64),
+            np.array(lengths, dtype=np.int64),
+            np.array(los, dtype=np.int64),
+            np.array(his, dtype=np.int64),
+            tmpl.copy(),
+        )
+
+    def _template(self, six: list[bool], done: int) -> Ext:
+        """The extensions ``_split`` gives datagrams from these IP versions (``six``) that
+        the kernel did ``done`` for, kept for ``_split_small`` to copy."""
+        v6 = np.array(six, dtype=np.bool_)
+        e = Ext(len(six))
+        e.l3_off[:] = 0
+        e.l4_off[:] = np.where(v6, OUTER6 - 8, OUTER4 - 8)
+        e.hdr_len[:] = np.where(v6, OUTER6, OUTER4)
+        e.l3_proto[:] = np.where(v6, 6, 4)
+        e.l4_proto[:] = 17
+        e.segs[:] = 1
+        e.done[:] = done
+        e.by_device[:] = done
+        e.csum_verdict[:] = CsumVerdict.GOOD
+        if len(self._ext_tmpl) > 256:
+            self._ext_tmpl.clear()
+        self._ext_tmpl[(tuple(six), done)] = e
+        return e
+
+    def _split(self, raw: Batch) -> Batch:
+        """The payloads of ``raw`` (``UdpDevice``'s batch, super-datagrams with their
+        ``gso_size``) as one outer IP/UDP packet a datagram, in one gather copy."""
+        n = len(raw)
         g = raw.ext.gso_size.astype(np.int64)
         ln = raw.length
         seg = np.where((g > 0) & (ln > g), g, np.maximum(ln, 1))
@@ -290,17 +483,10 @@ class UdpIpDevice(UdpDevice):
         off = j * seg[parent]
         plen = np.minimum(seg[parent], ln[parent] - off)
         plen = np.maximum(plen, 0)
-        cache = self._src_cache
         srcs: list[tuple[bytes, int]] = []
         ports = np.zeros(n, dtype=np.int64)
         for i, a in enumerate(self.last_sources):
-            p = cache.get(a[0])
-            if p is None:
-                p = _packed(a)
-                if len(cache) > 4096:
-                    cache.clear()
-                cache[a[0]] = p
-            srcs.append(p)
+            srcs.append(self._source(a))
             ports[i] = int(a[1])
         is6 = np.array([v == 6 for _, v in srcs], dtype=np.bool_)
         hdr_p = np.where(is6, OUTER6, OUTER4)
