@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netoffload.errors import ConfigError
@@ -101,3 +101,43 @@ def test_bad_size() -> None:
     for bad in (0, 63, 1 << 17, True, 1.5):
         with pytest.raises(ConfigError):
             ReplayWindow(bad)  # type: ignore[arg-type]
+
+
+def runs(base: int, size: int) -> st.SearchStrategy[list[int]]:
+    """Batches as a receiver sees them: a run of counters (reordered a little, some
+    repeated, some from far away) mixed with the odd counters of ``counters``."""
+
+    @st.composite
+    def run(draw: st.DrawFn) -> list[int]:
+        lo = draw(st.one_of(st.integers(0, 2 * size), st.integers(base, base + 2 * size)))
+        n = draw(st.integers(0, 300))
+        out = list(range(lo, lo + n))
+        for _ in range(draw(st.integers(0, 20))):
+            if out:
+                i, j = draw(st.integers(0, len(out) - 1)), draw(st.integers(0, len(out) - 1))
+                out[i], out[j] = out[j], out[i]
+        for _ in range(draw(st.integers(0, 10))):
+            at = draw(st.integers(0, len(out)))
+            out.insert(at, draw(st.one_of(counters(base), st.sampled_from(out or [0]))))
+        return out
+
+    return run()
+
+
+@pytest.mark.parametrize("size", [64, 200, WINDOW_SIZE])
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_update_many_as_update_in_order(size: int, data: st.DataObject) -> None:
+    """The whole-batch ``update_many`` against the model and against ``update`` one
+    counter at a time: the same answers, the same window after each batch."""
+    w, one, m = ReplayWindow(size), ReplayWindow(size), Model(size)
+    base = data.draw(st.sampled_from([0, size, 2**40]))
+    for _ in range(data.draw(st.integers(1, 6))):
+        batch = data.draw(st.one_of(runs(base, size), st.lists(counters(base), max_size=40)))
+        got = w.update_many(np.array(batch, dtype=np.uint64)).tolist()
+        assert got == [m.update(c) for c in batch], (batch, w)
+        assert got == [one.update(c) for c in batch]
+        assert (w.top, w._bits) == (one.top, one._bits)
+        near = [w.top - k for k in range(0, 2 * size, 7) if k <= w.top]
+        probe = np.array(batch + near, dtype=np.uint64)
+        assert w.check_many(probe).tolist() == one.check_many(probe).tolist()

@@ -58,6 +58,7 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 from numpy.typing import NDArray
 
+from netoffload import _native
 from netoffload.batch import Batch, Mask, Reason, XFlag, copy_ranges
 from netoffload.soft import SoftTask
 from netoffload.soft.lpm import NO_MATCH, LpmTable
@@ -647,19 +648,25 @@ class WgEncrypt(SoftTask):
             out.buf[u + 3] = port & 0xFF
             out.buf[u + 4] = (ul >> 8) & 0xFF
             out.buf[u + 5] = ul & 0xFF
-        # seal in place: one AEAD call a packet
-        mv = memoryview(out.buf.data)
-        body = (st + o + DATA_HEADER).tolist()
-        clen = (plen[idx] + pad[idx]).tolist()
-        nonce = bytearray(12)
-        nmv = memoryview(nonce)
-        seqs = e.seq[idx].tolist()
-        for j, s in enumerate(kps.tolist()):
-            aead = dp.sessions.keypairs[s].send_aead
-            nmv[4:12] = seqs[j].to_bytes(8, "little")
-            p0 = body[j]
-            c = clen[j]
-            aead.encrypt_into(nonce, mv[p0 : p0 + c], b"", mv[p0 : p0 + c + TAG])
+        # seal in place: one AEAD call a packet (one kernel call a keypair slot)
+        body = st + o + DATA_HEADER
+        clen = plen[idx] + pad[idx]
+        kern = _aead_kernel()
+        if kern is not None:
+            _aead_slots(kern, dp.sessions.keypairs, True, kps, body, clen, e.seq[idx], out.buf)
+        else:
+            mv = memoryview(out.buf.data)
+            bl = body.tolist()
+            cl = clen.tolist()
+            nonce = bytearray(12)
+            nmv = memoryview(nonce)
+            seqs = e.seq[idx].tolist()
+            for j, s in enumerate(kps.tolist()):
+                aead = dp.sessions.keypairs[s].send_aead
+                nmv[4:12] = seqs[j].to_bytes(8, "little")
+                p0 = bl[j]
+                c = cl[j]
+                aead.encrypt_into(nonce, mv[p0 : p0 + c], b"", mv[p0 : p0 + c + TAG])
         # the extension now describes the outer datagram
         e.l3_off[idx] = 0
         e.l4_off[idx] = o - 8
@@ -795,6 +802,65 @@ class WgEncrypt(SoftTask):
 
     def describe(self) -> dict[str, object]:
         return {"task": self.task.kebab, "format": "wireguard transport, chacha20-poly1305"}
+
+
+# ---------------------------------------------------------------- the AEAD calls
+
+
+def _aead_kernel() -> _native.Kernel | None:
+    """The compiled kernel when it has the per-packet AEAD loop (``aead``), else None
+    (the tasks then loop in Python: the same calls, the same results)."""
+    k = _native.kernel
+    return k if k is not None and hasattr(k, "aead") else None
+
+
+#: the associated data of every transport message: none (rows of 0 bytes)
+_NO_AAD = np.zeros(1, dtype=np.uint8)
+
+
+def _aead_slots(
+    kern: _native.Kernel,
+    keys: dict[int, Any],
+    seal: bool,
+    slots: NDArray[np.integer[Any]],
+    pos: I64,
+    clen: I64,
+    seqs: NDArray[np.uint64],
+    buf: U8,
+) -> NDArray[np.bool_]:
+    """Seal (``clen`` plaintext bytes in, tag after) or open (``clen`` bytes with the
+    tag in, plaintext out) each packet at ``buf[pos:]`` in place, with its keypair
+    slot's key and the nonce of its counter; one kernel call a slot. Which packets
+    succeeded: opening fails for a bad tag or an unknown slot (as the Python loop,
+    any exception of the AEAD counts as a failure there); sealing raises."""
+    n = len(pos)
+    ok = np.zeros(n, dtype=np.uint8)
+    # 16-byte rows, bytes 4..16 the nonce: 32 zero bits, then the counter (little endian)
+    nonce = np.zeros((n, 2), dtype="<u8")
+    nonce[:, 1] = seqs
+    rows = nonce.view(np.uint8)
+    pos = np.ascontiguousarray(pos, dtype=np.int64)
+    clen = np.ascontiguousarray(clen, dtype=np.int64)
+    dlen = clen + TAG if seal else clen - TAG
+    fail = None if seal else Exception
+    if not seal and (dlen < 0).any():  # shorter than a tag: fails (never reaches the AEAD)
+        slots = np.where(dlen < 0, np.int64(-1), slots)
+    uniq = np.unique(slots).tolist()
+    for s in uniq:
+        kp = keys[s] if seal else keys.get(s)
+        if kp is None:
+            continue
+        fn = kp.send_aead.encrypt_into if seal else kp.recv_aead.decrypt_into
+        if len(uniq) == 1:
+            kern.aead(fn, fail, rows, 4, 16, 12, _NO_AAD, 0, 0, 0, buf, pos, clen, dlen, ok)
+            break
+        m = np.flatnonzero(slots == s)
+        sub = np.zeros(len(m), dtype=np.uint8)
+        kern.aead(
+            fn, fail, rows[m], 4, 16, 12, _NO_AAD, 0, 0, 0, buf, pos[m], clen[m], dlen[m], sub
+        )
+        ok[m] = sub
+    return ok.view(np.bool_)
 
 
 # --------------------------------------------------------------------------- receive
@@ -1062,26 +1128,34 @@ class WgDecrypt(SoftTask):
         dp = self.dp
         ol = outer_len(batch, idx)
         st = batch.start[idx]
-        body = (st + ol + DATA_HEADER).tolist()
-        clen = (batch.length[idx] - ol - DATA_HEADER).tolist()
-        kps = e.sa[idx].tolist()
-        seqs = e.seq[idx].tolist()
-        mv = memoryview(batch.buf.data)
-        nonce = bytearray(12)
-        nmv = memoryview(nonce)
-        ok = np.zeros(len(idx), dtype=np.bool_)
-        for j in range(len(idx)):
-            kp = dp.sessions.keypairs.get(kps[j])
-            if kp is None:
-                continue
-            nmv[4:12] = seqs[j].to_bytes(8, "little")
-            p0 = body[j]
-            c = clen[j]
-            try:
-                kp.recv_aead.decrypt_into(nonce, mv[p0 : p0 + c], b"", mv[p0 : p0 + c - TAG])
-            except Exception:  # InvalidTag (or a keypair zeroed under us)
-                continue
-            ok[j] = True
+        body = st + ol + DATA_HEADER
+        clen = batch.length[idx] - ol - DATA_HEADER
+        kern = _aead_kernel()
+        if kern is not None:
+            ok = _aead_slots(
+                kern, dp.sessions.keypairs, False, e.sa[idx], body, clen, e.seq[idx], batch.buf
+            )
+        else:
+            bl = body.tolist()
+            cl = clen.tolist()
+            kps = e.sa[idx].tolist()
+            seqs = e.seq[idx].tolist()
+            mv = memoryview(batch.buf.data)
+            nonce = bytearray(12)
+            nmv = memoryview(nonce)
+            ok = np.zeros(len(idx), dtype=np.bool_)
+            for j in range(len(idx)):
+                kp = dp.sessions.keypairs.get(kps[j])
+                if kp is None:
+                    continue
+                nmv[4:12] = seqs[j].to_bytes(8, "little")
+                p0 = bl[j]
+                c = cl[j]
+                try:
+                    kp.recv_aead.decrypt_into(nonce, mv[p0 : p0 + c], b"", mv[p0 : p0 + c - TAG])
+                except Exception:  # InvalidTag (or a keypair zeroed under us)
+                    continue
+                ok[j] = True
         e.error[idx[~ok]] = Reason.BAD_ICV
         good = idx[ok]
         # the packet becomes the inner packet: strip outer, transport header, padding, tag
@@ -1179,13 +1253,26 @@ class WgDecrypt(SoftTask):
         e = batch.ext
         done = sel & (e.sa >= 0) & ((e.error == 0) | (e.error == Reason.KEEPALIVE))
         idx = np.flatnonzero(done)
-        kps = e.sa[idx].tolist()
-        seqs = e.seq[idx].tolist()
         keys = self.dp.sessions.keypairs
-        for j, i in enumerate(idx.tolist()):
-            kp = keys.get(kps[j])
-            if kp is None or not kp.replay.update(seqs[j]):
-                e.error[i] = Reason.REPLAY
+        if len(idx) <= SMALL:
+            kps = e.sa[idx].tolist()
+            seqs = e.seq[idx].tolist()
+            for j, i in enumerate(idx.tolist()):
+                kp = keys.get(kps[j])
+                if kp is None or not kp.replay.update(seqs[j]):
+                    e.error[i] = Reason.REPLAY
+            return
+        # per keypair slot, its counters in packet order: one window update a slot
+        sa = e.sa[idx]
+        seq = e.seq[idx]
+        uniq = np.unique(sa).tolist()
+        for s in uniq:
+            rows, ctr = (idx, seq) if len(uniq) == 1 else (idx[sa == s], seq[sa == s])
+            kp = keys.get(s)
+            if kp is None:
+                e.error[rows] = Reason.REPLAY
+                continue
+            e.error[rows[~kp.replay.update_many(ctr)]] = Reason.REPLAY
 
 
 class WgSource(SoftTask):

@@ -29,6 +29,8 @@ from netoffload.tunnel.timers import REJECT_AFTER_MESSAGES
 
 WINDOW_SIZE = 8128
 _LIMIT = np.uint64(REJECT_AFTER_MESSAGES)
+#: ``update_many`` of at most this many counters loops over ``update`` (cheaper)
+_SCALAR_MAX = 8
 
 
 class ReplayWindow:
@@ -78,9 +80,55 @@ class ReplayWindow:
         return True
 
     def update_many(self, counters: NDArray[np.uint64]) -> NDArray[np.bool_]:
-        """``update`` of each counter in order; the mask of those accepted."""
+        """``update`` of each counter in order; the mask of those accepted.
+
+        Whole-batch, the same answers as the loop: a valid counter only ever raises
+        ``top`` (to itself, when above it), so the top each counter meets is the
+        running maximum of the valid counters before it (and the window's). A counter
+        at or below that top passes when within ``size`` of it, not marked in the
+        window as it stood, and the first of its value in the batch (an earlier equal
+        one was either accepted, so this is a replay, or refused for a reason that
+        still holds). The bitmap then moves once, to the new top."""
         c = np.asarray(counters, dtype=np.uint64).reshape(-1)
-        return np.fromiter((self.update(int(x)) for x in c), dtype=np.bool_, count=len(c))
+        n = len(c)
+        if n <= _SCALAR_MAX:
+            return np.fromiter((self.update(int(x)) for x in c), dtype=np.bool_, count=n)
+        valid = c < _LIMIT
+        cv = np.where(valid, c, np.uint64(0))
+        top0 = np.uint64(self.top)
+        met = np.empty(n, dtype=np.uint64)
+        met[0] = top0
+        np.maximum(np.maximum.accumulate(cv[:-1]), top0, out=met[1:])
+        above = valid & (c > met)
+        below = valid & ~above
+        size = np.uint64(self.size)
+        # distances from the top met (and from the window's own top), 0 where unused
+        d = np.where(below, met - np.where(below, c, met), np.uint64(0))
+        ok = above | (below & (d < size))
+        old = ok & (c <= top0)
+        if old.any():
+            seen = np.zeros(n, dtype=np.bool_)
+            seen[old] = self._bitarray()[(top0 - c[old]).astype(np.int64)]
+            ok &= ~seen
+        _, first = np.unique(c, return_index=True)
+        if len(first) < n:
+            firsts = np.zeros(n, dtype=np.bool_)
+            firsts[first] = True
+            ok &= firsts
+        acc = c[ok]
+        if not len(acc):
+            return ok
+        top = max(self.top, int(acc.max()))
+        shift = top - self.top
+        bits = (self._bits << shift) & self._mask if shift < self.size else 0
+        dist = np.uint64(top) - acc
+        mark = np.zeros(self.size, dtype=np.bool_)
+        mark[dist[dist < size].astype(np.int64)] = True
+        bits |= int.from_bytes(np.packbits(mark, bitorder="little").tobytes(), "little")
+        self._bits = bits
+        self.top = top
+        self._cache = None
+        return ok
 
     def _bitarray(self) -> NDArray[np.bool_]:
         if self._cache is None:
