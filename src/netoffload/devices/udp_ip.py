@@ -291,8 +291,9 @@ class UdpIpDevice(UdpDevice):
     ) -> int:
         """Send the payloads ``pss[x]:+pls[x]`` of the packets ``live`` in runs: packets
         after the first of a run have its destination (``keys``, ``_KEY`` bytes each) and
-        size (``sames``; the last may be shorter), up to MAX_SEGMENTS and MAX_PAYLOAD: one
-        UDP_SEGMENT sendmsg a run. A run that fails marks its packets DEVICE_ERROR."""
+        size (``sames``; the last may be shorter; empty payloads each alone), up to
+        MAX_SEGMENTS and MAX_PAYLOAD: one UDP_SEGMENT sendmsg a run. A run that fails marks
+        its packets DEVICE_ERROR."""
         mv = memoryview(batch.buf.data)
         sent = 0
         i = 0
@@ -302,8 +303,10 @@ class UdpIpDevice(UdpDevice):
             size = pls[i]
             total = size
             while (
-                j < m
+                size  # (an empty payload in a UDP_SEGMENT send is no datagram: alone)
+                and j < m
                 and sames[j]
+                and pls[j]
                 and pls[j - 1] == size
                 and j - i < MAX_SEGMENTS
                 and total + pls[j] <= MAX_PAYLOAD
