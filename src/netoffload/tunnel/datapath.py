@@ -590,12 +590,14 @@ class WgEncrypt(SoftTask):
         # outer family per peer endpoint
         kps = e.sa[idx]
         ends: dict[int, tuple[bytes, int, bool]] = {}
-        for s in np.unique(kps).tolist():
+        uslots, slot_of = np.unique(kps, return_inverse=True)
+        for s in uslots.tolist():
             ps = dp.sessions.kp_owner[s]
             ep = dp.sessions.peers[ps].endpoint
             a = ipaddress.ip_address(ep[0])
             ends[s] = (a.packed, int(ep[1]), a.version == 6)
-        six = np.array([ends[s][2] for s in kps.tolist()], dtype=np.bool_)
+        # per slot, then per packet by the slot's position (no Python step a packet)
+        six = np.array([ends[s][2] for s in uslots.tolist()], dtype=np.bool_)[slot_of]
         fam6[idx] = six
         outer[idx] = np.where(six, OUTER6, OUTER4)
         new_len = batch.length.copy()
@@ -613,8 +615,8 @@ class WgEncrypt(SoftTask):
         h = st + o
         out.buf[h] = MSG_DATA
         recv_idx = np.array(
-            [dp.sessions.keypairs[s].remote_index for s in kps.tolist()], dtype="<u4"
-        )
+            [dp.sessions.keypairs[s].remote_index for s in uslots.tolist()], dtype="<u4"
+        )[slot_of]
         out.buf[h[:, None] + 4 + np.arange(4)] = recv_idx.view(np.uint8).reshape(-1, 4)
         ctr = e.seq[idx].astype("<u8")
         out.buf[h[:, None] + 8 + np.arange(8)] = ctr.view(np.uint8).reshape(-1, 8)
