@@ -17,6 +17,10 @@ here, the outer headers are made and read, as the virtio header is at the TUN:
   datagram with an outer header built from the source address and port and the
   socket's own port (destination address left 0: the socket's). One gather
   copy for the whole batch.
+
+A few packets (``SMALL``: a ping, a keepalive) take scalar paths both ways --
+plain ints and ``struct`` instead of numpy, whose fixed cost per call is what a
+small batch pays -- with the very same results (tests/devices/test_udp_ip_small.py).
 """
 
 from __future__ import annotations
