@@ -1074,39 +1074,9 @@ def shape_filter() -> tuple[tuple[int, int, int, int], ...]:
     the rest before they take room in the socket's queue (a junk flood then cannot
     crowd out the tunnel's traffic there). ``WgFilter`` still checks every datagram
     that comes through: nothing is marked done by the kernel."""
-    ld_len, ld_w, ld_mem, st = 0x80, 0x20, 0x60, 0x02
-    sub_k, rsh_k, mod_k = 0x14, 0x74, 0x94
-    jeq, jge, jset = 0x15, 0x35, 0x45
-    ret = 0x06
-    keep, drop = 0xFFFFFFFF, 0
-    # (code, jt label, jf label, k); labels resolve to relative jumps below
-    prog: list[tuple[int, str | int, str | int, int]] = [
-        (ld_len, 0, 0, 0),
-        (sub_k, 0, 0, 8),  # A = payload length
-        (st, 0, 0, 0),  # M[0] = payload length
-        (ld_w, 0, 0, 8),  # A = first word of the payload (a short datagram: dropped)
-        (jset, "drop", 0, 0x00FFFFFF),  # reserved bytes must be zero
-        (rsh_k, 0, 0, 24),  # A = type
-        (jeq, "data", 0, MSG_DATA),
-        (jeq, "init", 0, MSG_INITIATION),
-        (jeq, "resp", 0, MSG_RESPONSE),
-        (jeq, "cookie", "drop", MSG_COOKIE),
-    ]
-    labels: dict[str, int] = {}
-    labels["data"] = len(prog)
-    prog += [(ld_mem, 0, 0, 0), (jge, "keep", "drop", DATA_HEADER + TAG)]
-    for name, t in (("init", MSG_INITIATION), ("resp", MSG_RESPONSE), ("cookie", MSG_COOKIE)):
-        labels[name] = len(prog)
-        prog += [(ld_mem, 0, 0, 0), (mod_k, 0, 0, _HANDSHAKE_LEN[t]), (jeq, "keep", "drop", 0)]
-    labels["keep"] = len(prog)
-    prog.append((ret, 0, 0, keep))
-    labels["drop"] = len(prog)
-    prog.append((ret, 0, 0, drop))
+    from netoffload.tunnel.index_filter import live_filter
 
-    def rel(i: int, j: str | int) -> int:
-        return labels[j] - i - 1 if isinstance(j, str) else j
-
-    return tuple((c, rel(i, jt), rel(i, jf), k) for i, (c, jt, jf, k) in enumerate(prog))
+    return live_filter(None)  # one program builder: the live-index filter without indices
 
 
 class WgDecrypt(SoftTask):

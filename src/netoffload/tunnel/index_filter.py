@@ -67,10 +67,11 @@ def wire_word(index: int) -> int:
     return int.from_bytes((index & 0xFFFFFFFF).to_bytes(4, "little"), "big")
 
 
-def live_filter(indices: Iterable[int]) -> tuple[Insn, ...]:
-    """The socket filter (see the module docstring) for these live local indices."""
-    words = sorted({wire_word(i) for i in indices})
-    check_index = len(words) <= MAX_INDICES
+def live_filter(indices: Iterable[int] | None) -> tuple[Insn, ...]:
+    """The socket filter (see the module docstring) for these live local indices; None:
+    the shape checks alone (``datapath.shape_filter``)."""
+    words = sorted({wire_word(i) for i in indices}) if indices is not None else []
+    check_index = indices is not None and len(words) <= MAX_INDICES
     # (code, jt, jf, k) with labels for the jumps; resolved below
     prog: list[tuple[int, str | int, str | int, int | str]] = [
         (_LD_LEN, 0, 0, 0),
