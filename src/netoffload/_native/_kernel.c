@@ -468,6 +468,8 @@ static int layout_one(const uint8_t *buf, int64_t blen, int64_t base, int64_t pl
             proto = nh6;
             l4o = 40;
             if (!(ver == 6 && plen >= 40 && nh6 != 0 && nh6 != 43 && nh6 != 60)) return 1;
+            /* a fragment header is read (not walked): a cut one is parse_batch's TRUNCATED */
+            if (nh6 == 44 && plen < 48) return 1;
         }
         if (tot > plen) return 1;
         int tcp = proto == 6 && !frag4, udp = proto == 17 && !frag4;

@@ -363,7 +363,13 @@ def _fast_parse(batch: Batch, idx: I64) -> Mask:
     ok = np.where(
         is4,
         (ihl >= 20) & (ihl <= plen) & (tot >= ihl),
-        (ver == 6) & (plen >= 40) & (nh6 != 0) & (nh6 != 43) & (nh6 != 60),
+        (ver == 6)
+        & (plen >= 40)
+        & (nh6 != 0)
+        & (nh6 != 43)
+        & (nh6 != 60)
+        # a fragment header is read, not walked: a cut one is parse_batch's TRUNCATED
+        & ((nh6 != 44) | (plen >= 48)),
     )
     ok &= (plen >= 20) & (tot <= plen)
     tcp = ok & (proto == IPPROTO_TCP) & ~frag4

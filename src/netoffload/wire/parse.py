@@ -224,9 +224,6 @@ def parse_subset(batch: Batch, need: NDArray[np.int64]) -> NDArray[np.uint16]:
     return reason
 
 
-#: below this length a packet always takes ``parse_batch``: the compiled parse takes a
-#: too-short IPv6 fragment header (40 + 8 bytes) for a whole one, ``parse_batch`` does not
-_FAST_MIN_LEN = 48
 _PARSED = np.uint8(XFlag.PARSED)
 
 
@@ -237,7 +234,7 @@ def parse_subset_fast(batch: Batch, need: NDArray[np.int64]) -> NDArray[np.uint1
     options, IPv6 without a walkable extension header, whole TCP/UDP headers) in
     one call and writes their extension exactly as ``parse_batch`` would; every
     other packet (Ethernet frames, IPv6 extension headers, anything malformed,
-    anything already PARSED, anything under 48 bytes) goes to ``parse_subset``.
+    anything already PARSED) goes to ``parse_subset``.
     Without the compiled kernel it is ``parse_subset``. Returns their reasons.
     """
     from netoffload import _native
@@ -248,7 +245,7 @@ def parse_subset_fast(batch: Batch, need: NDArray[np.int64]) -> NDArray[np.uint1
         return parse_subset(batch, need)
     e = batch.ext
     idx = need.astype(np.int64, copy=False)
-    slow = (batch.length[idx] < _FAST_MIN_LEN) | ((e.xflags[idx] & _PARSED) != 0)
+    slow = (e.xflags[idx] & _PARSED) != 0
     reason = np.zeros(m, dtype=np.uint16)
     if slow.any():
         fast_pos = np.flatnonzero(~slow)
